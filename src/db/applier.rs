@@ -1,0 +1,112 @@
+//! The applier: one thread that puts committed txns into column files in txn
+//! order. Shards report each txn they were given as committed or aborted;
+//! the applier holds early arrivals until every txn before them is resolved.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use tracing::error;
+
+use crate::batch::Batch;
+use crate::table::TableWriter;
+
+use super::TableHandle;
+
+pub enum ApplyMsg {
+    AddTable {
+        handle: Arc<TableHandle>,
+        writer: TableWriter,
+    },
+    Committed {
+        table: Arc<TableHandle>,
+        txn: u64,
+        batch: Batch,
+    },
+    Aborted {
+        table: Arc<TableHandle>,
+        txn: u64,
+    },
+}
+
+struct Slot {
+    handle: Arc<TableHandle>,
+    writer: TableWriter,
+    /// Resolved txns not yet applied: `Some` committed, `None` aborted.
+    pending: BTreeMap<u64, Option<Batch>>,
+    /// Next txn to resolve.
+    next: u64,
+}
+
+/// Runs until every sender is gone, applying what arrived.
+pub fn run(rx: flume::Receiver<ApplyMsg>, apply_rows_max: usize) {
+    let mut slots: HashMap<String, Slot> = HashMap::new();
+    while let Ok(msg) = rx.recv() {
+        handle(&mut slots, msg);
+        while let Ok(msg) = rx.try_recv() {
+            handle(&mut slots, msg);
+        }
+        for slot in slots.values_mut() {
+            apply_ready(slot, apply_rows_max);
+        }
+    }
+}
+
+fn handle(slots: &mut HashMap<String, Slot>, msg: ApplyMsg) {
+    match msg {
+        ApplyMsg::AddTable { handle, writer } => {
+            let next = handle.resolved_txn() + 1;
+            slots.insert(
+                handle.name.clone(),
+                Slot {
+                    handle,
+                    writer,
+                    pending: BTreeMap::new(),
+                    next,
+                },
+            );
+        }
+        ApplyMsg::Committed { table, txn, batch } => {
+            if let Some(s) = slots.get_mut(&table.name) {
+                s.pending.insert(txn, Some(batch));
+            }
+        }
+        ApplyMsg::Aborted { table, txn } => {
+            if let Some(s) = slots.get_mut(&table.name) {
+                s.pending.insert(txn, None);
+            }
+        }
+    }
+}
+
+fn apply_ready(slot: &mut Slot, apply_rows_max: usize) {
+    while slot.handle.failure().is_none() {
+        let mut ready: Vec<(u64, Batch)> = Vec::new();
+        let mut rows = 0;
+        let mut progressed = false;
+        while rows < apply_rows_max {
+            let Some(entry) = slot.pending.first_entry() else { break };
+            if *entry.key() != slot.next {
+                break;
+            }
+            let (txn, batch) = entry.remove_entry();
+            if let Some(b) = batch {
+                rows += b.row_count();
+                ready.push((txn, b));
+            }
+            slot.next += 1;
+            progressed = true;
+        }
+        if !progressed {
+            return;
+        }
+        if !ready.is_empty() {
+            let refs: Vec<(u64, &Batch)> = ready.iter().map(|(t, b)| (*t, b)).collect();
+            if let Err(e) = slot.writer.apply(&refs) {
+                error!(table = %slot.handle.name, error = %e, "apply failed; the table stays at its last applied txn until reopened");
+                slot.handle.set_failed(e.to_string());
+                return;
+            }
+        }
+        slot.handle.set_resolved(slot.next - 1);
+    }
+}

@@ -1,0 +1,540 @@
+//! The database: tables, shards and the applier, and crash recovery at open.
+//!
+//! ```text
+//! commit(batch) ─ validate, encode ─▶ shard k (pinned thread, I/O engine)
+//!                                       group: txns from the table sequencer,
+//!                                       one WAL write + one fdatasync per table
+//!                                     ─▶ ack(txn) to the committer
+//!                                     ─▶ applier thread: txn order, column files, _txn
+//! ```
+
+mod applier;
+mod shard;
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+pub use applier::ApplyMsg;
+use shard::{CommitRequest, ShardLimits, ShardMsg};
+
+use crate::batch::{codec, Batch, BatchError};
+use crate::io::{
+    self, Engine, EngineChoice, EngineUnavailable, FaultEngine, GlommioEngine, PortableEngine, Resolved,
+    TokioUringEngine,
+};
+use crate::table::files::WAL_DIR;
+use crate::table::{Schema, ScanResult, TableError, TableReader, TableWriter};
+use crate::wal::{self, WalError};
+
+/// Database settings. `Default` gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct DbOptions {
+    pub data_dir: PathBuf,
+    pub engine: EngineChoice,
+    /// Shard threads; 0 = one per core.
+    pub shards: usize,
+    /// Pin shard `k` to core `k mod cores`.
+    pub pin_shards: bool,
+    /// A WAL file is closed and the next started past this size.
+    pub wal_file_bytes_max: u64,
+    /// A group commit stops collecting commits at this many payload bytes.
+    pub group_commit_bytes_max: usize,
+    /// Commits waiting for one shard before committers block.
+    pub shard_queue_max: usize,
+    /// Resolved txns waiting for the applier before shards block.
+    pub apply_queue_max: usize,
+    /// Rows the applier puts into one durable apply step.
+    pub apply_rows_max: usize,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            data_dir: PathBuf::from("basalt-data"),
+            engine: EngineChoice::Auto,
+            shards: 0,
+            pin_shards: true,
+            wal_file_bytes_max: wal::writer::WAL_FILE_BYTES_MAX_DEFAULT,
+            group_commit_bytes_max: 8 * 1024 * 1024,
+            shard_queue_max: 4096,
+            apply_queue_max: 65_536,
+            apply_rows_max: 4 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Wal(Arc<WalError>),
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error(transparent)]
+    Engine(#[from] EngineUnavailable),
+    #[error("shard {shard} could not start its I/O engine: {why}")]
+    ShardStart { shard: usize, why: String },
+    #[error("apply into table {table} failed: {reason}. Committed data is safe in the WAL; reopen the database to recover")]
+    ApplyFailed { table: String, reason: String },
+    #[error("the database is shut down")]
+    Closed,
+    #[error("timed out after {0:?} waiting for the applier")]
+    Timeout(Duration),
+}
+
+impl From<WalError> for DbError {
+    fn from(e: WalError) -> Self {
+        DbError::Wal(Arc::new(e))
+    }
+}
+
+impl DbError {
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            DbError::Wal(w) => matches!(**w, WalError::DiskFull { .. }),
+            DbError::Table(t) => t.is_disk_full(),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct ApplyStatus {
+    resolved: u64,
+    failed: Option<String>,
+}
+
+/// A table known to the database. Hold on to it: committing through a handle
+/// takes no lock.
+pub struct TableHandle {
+    pub name: String,
+    pub schema: Schema,
+    dir: PathBuf,
+    /// The table's sequencer: next txn to hand out.
+    next_txn: AtomicU64,
+    /// Every txn up to this is applied durably or was aborted.
+    durable_txn: AtomicU64,
+    status: Mutex<ApplyStatus>,
+    changed: Condvar,
+}
+
+impl TableHandle {
+    fn new(name: &str, schema: Schema, dir: PathBuf, resolved: u64) -> TableHandle {
+        TableHandle {
+            name: name.to_string(),
+            schema,
+            dir,
+            next_txn: AtomicU64::new(resolved + 1),
+            durable_txn: AtomicU64::new(resolved),
+            status: Mutex::new(ApplyStatus {
+                resolved,
+                failed: None,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ApplyStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every txn up to this one is applied (or was aborted and never acknowledged).
+    pub fn resolved_txn(&self) -> u64 {
+        self.lock().resolved
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.lock().failed.clone()
+    }
+
+    fn set_resolved(&self, txn: u64) {
+        self.lock().resolved = txn;
+        self.durable_txn.store(txn, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    fn set_failed(&self, why: String) {
+        self.lock().failed = Some(why);
+        self.changed.notify_all();
+    }
+
+    /// Blocks until `txn` is applied and visible to readers.
+    pub fn wait_applied(&self, txn: u64, timeout: Duration) -> Result<(), DbError> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        loop {
+            if let Some(reason) = &s.failed {
+                return Err(DbError::ApplyFailed {
+                    table: self.name.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            if s.resolved >= txn {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(DbError::Timeout(timeout));
+            }
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// A commit in flight; `wait` for its txn once it is durable.
+pub struct CommitTicket(flume::Receiver<Result<u64, DbError>>);
+
+impl CommitTicket {
+    pub fn wait(self) -> Result<u64, DbError> {
+        self.0.recv().unwrap_or(Err(DbError::Closed))
+    }
+    pub async fn wait_async(self) -> Result<u64, DbError> {
+        self.0.recv_async().await.unwrap_or(Err(DbError::Closed))
+    }
+}
+
+pub struct Database {
+    opts: DbOptions,
+    engine: Resolved,
+    tables: Mutex<HashMap<String, Arc<TableHandle>>>,
+    shards: Vec<flume::Sender<ShardMsg>>,
+    threads: Vec<JoinHandle<()>>,
+    applier_tx: Option<flume::Sender<ApplyMsg>>,
+    applier: Option<JoinHandle<()>>,
+}
+
+static NEXT_HOME_SHARD: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static HOME_SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+impl Database {
+    /// Opens (or creates) the database in `opts.data_dir`, recovering every
+    /// table: torn WAL tails are cut and committed txns re-applied.
+    pub fn open(opts: DbOptions) -> Result<Database, DbError> {
+        let engine = io::resolve(&opts.engine)?;
+        info!(engine = %engine.choice, reason = %engine.reason, "I/O engine");
+        fs::create_dir_all(&opts.data_dir).map_err(TableError::io(&opts.data_dir))?;
+        let (applier_tx, applier_rx) = flume::bounded(opts.apply_queue_max);
+        let mut tables = HashMap::new();
+        for (name, writer) in recover_all(&opts)? {
+            let handle = Arc::new(TableHandle::new(
+                &name,
+                writer.schema().clone(),
+                writer.dir().to_path_buf(),
+                writer.state().txn,
+            ));
+            applier_tx
+                .send(ApplyMsg::AddTable {
+                    handle: handle.clone(),
+                    writer,
+                })
+                .map_err(|_| DbError::Closed)?;
+            tables.insert(name, handle);
+        }
+        let rows_max = opts.apply_rows_max;
+        let applier = std::thread::Builder::new()
+            .name("basalt-applier".into())
+            .spawn(move || applier::run(applier_rx, rows_max))
+            .map_err(|e| TableError::io(&opts.data_dir)(e))?;
+        let shard_count = if opts.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            opts.shards
+        };
+        let mut db = Database {
+            opts,
+            engine,
+            tables: Mutex::new(tables),
+            shards: Vec::new(),
+            threads: Vec::new(),
+            applier_tx: Some(applier_tx),
+            applier: Some(applier),
+        };
+        for k in 0..shard_count {
+            db.start_shard(k)?;
+        }
+        info!(shards = shard_count, data_dir = %db.opts.data_dir.display(), "database open");
+        Ok(db)
+    }
+
+    fn start_shard(&mut self, k: usize) -> Result<(), DbError> {
+        let (tx, rx) = flume::bounded(self.opts.shard_queue_max);
+        let (ready_tx, ready_rx) = flume::bounded::<Result<(), String>>(1);
+        let applier = self.applier_tx.clone().ok_or(DbError::Closed)?;
+        let limits = ShardLimits {
+            group_bytes_max: self.opts.group_commit_bytes_max,
+            wal_file_bytes_max: self.opts.wal_file_bytes_max,
+        };
+        let core = self.opts.pin_shards.then_some(k);
+        let choice = self.engine.choice.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("basalt-shard-{k}"))
+            .spawn(move || {
+                let r = match choice {
+                    EngineChoice::Glommio | EngineChoice::Auto => {
+                        run_shard(GlommioEngine, core, k, rx, applier, limits, ready_tx.clone())
+                    }
+                    EngineChoice::TokioUring => {
+                        run_shard(TokioUringEngine, core, k, rx, applier, limits, ready_tx.clone())
+                    }
+                    EngineChoice::Portable => {
+                        run_shard(PortableEngine, core, k, rx, applier, limits, ready_tx.clone())
+                    }
+                    EngineChoice::Fault(plan) => {
+                        run_shard(FaultEngine { plan }, core, k, rx, applier, limits, ready_tx.clone())
+                    }
+                };
+                if let Err(e) = r {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                }
+            })
+            .map_err(|e| DbError::ShardStart {
+                shard: k,
+                why: e.to_string(),
+            })?;
+        self.threads.push(thread);
+        match ready_rx.recv() {
+            Ok(Ok(())) => {
+                self.shards.push(tx);
+                Ok(())
+            }
+            Ok(Err(why)) => Err(DbError::ShardStart { shard: k, why }),
+            Err(_) => Err(DbError::ShardStart {
+                shard: k,
+                why: "shard thread exited while starting".into(),
+            }),
+        }
+    }
+
+    /// The I/O engine in use and why it was picked.
+    pub fn engine(&self) -> &Resolved {
+        &self.engine
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.opts.data_dir
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TableHandle>>> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates a table. Tables without a designated timestamp are local-only.
+    pub fn create_table(&self, name: &str, schema: &Schema) -> Result<Arc<TableHandle>, DbError> {
+        let mut tables = self.tables();
+        if tables.contains_key(name) {
+            return Err(TableError::AlreadyExists(name.to_string()).into());
+        }
+        let writer = TableWriter::create(&self.opts.data_dir, name, schema)?;
+        let handle = Arc::new(TableHandle::new(name, schema.clone(), writer.dir().to_path_buf(), 0));
+        self.applier_tx
+            .as_ref()
+            .ok_or(DbError::Closed)?
+            .send(ApplyMsg::AddTable {
+                handle: handle.clone(),
+                writer,
+            })
+            .map_err(|_| DbError::Closed)?;
+        tables.insert(name.to_string(), handle.clone());
+        Ok(handle)
+    }
+
+    pub fn table(&self, name: &str) -> Option<Arc<TableHandle>> {
+        self.tables().get(name).cloned()
+    }
+
+    pub fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tables().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Sends a commit to this thread's shard; the ticket resolves once durable.
+    pub fn submit(&self, table: &Arc<TableHandle>, batch: Batch) -> Result<CommitTicket, DbError> {
+        batch.validate(&table.schema)?;
+        let mut payload = Vec::new();
+        codec::encode(&batch, &mut payload);
+        let (ack, rx) = flume::bounded(1);
+        let shard = HOME_SHARD.with(|h| {
+            h.get().unwrap_or_else(|| {
+                let k = NEXT_HOME_SHARD.fetch_add(1, Ordering::Relaxed);
+                h.set(Some(k));
+                k
+            })
+        }) % self.shards.len();
+        self.shards[shard]
+            .send(ShardMsg::Commit(CommitRequest {
+                table: table.clone(),
+                payload,
+                batch,
+                ack,
+            }))
+            .map_err(|_| DbError::Closed)?;
+        Ok(CommitTicket(rx))
+    }
+
+    /// Commits `batch` as one txn; returns once it is durable (not yet applied).
+    pub fn commit(&self, table: &Arc<TableHandle>, batch: Batch) -> Result<u64, DbError> {
+        self.submit(table, batch)?.wait()
+    }
+
+    /// A reader of `name`'s committed data.
+    pub fn reader(&self, name: &str) -> Result<TableReader, DbError> {
+        Ok(TableReader::open(&self.opts.data_dir, name)?)
+    }
+
+    /// Scans `columns` (all when empty) of `name` over `ts_range`.
+    pub fn scan(
+        &self,
+        name: &str,
+        columns: &[&str],
+        ts_range: Option<std::ops::Range<i64>>,
+    ) -> Result<ScanResult, DbError> {
+        Ok(self.reader(name)?.scan(columns, ts_range)?)
+    }
+
+    /// Stops shards and the applier after everything queued is applied.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        for s in &self.shards {
+            let _ = s.send(ShardMsg::Stop);
+        }
+        self.shards.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.applier_tx = None;
+        if let Some(a) = self.applier.take() {
+            let _ = a.join();
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_shard<E: Engine>(
+    engine: E,
+    core: Option<usize>,
+    k: usize,
+    rx: flume::Receiver<ShardMsg>,
+    applier: flume::Sender<ApplyMsg>,
+    limits: ShardLimits,
+    ready: flume::Sender<Result<(), String>>,
+) -> std::io::Result<()> {
+    let e2 = engine.clone();
+    engine.run(core, move || async move {
+        let _ = ready.send(Ok(()));
+        shard::run(e2, k as u32, rx, applier, limits).await
+    })
+}
+
+/// Opens every table under the data dir and replays its WAL.
+fn recover_all(opts: &DbOptions) -> Result<Vec<(String, TableWriter)>, DbError> {
+    let mut out = Vec::new();
+    let dir = &opts.data_dir;
+    let entries = fs::read_dir(dir).map_err(TableError::io(dir))?;
+    let mut names = Vec::new();
+    for e in entries {
+        let e = e.map_err(TableError::io(dir))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with(".create-") {
+            // A table creation that did not finish: nothing was committed to it.
+            fs::remove_dir_all(e.path()).map_err(TableError::io(e.path()))?;
+            continue;
+        }
+        if e.path().join(crate::table::files::META_FILE).is_file() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    for name in names {
+        let writer = recover_table(opts, &name)?;
+        out.push((name, writer));
+    }
+    Ok(out)
+}
+
+fn recover_table(opts: &DbOptions, name: &str) -> Result<TableWriter, DbError> {
+    let mut writer = TableWriter::open(&opts.data_dir, name)?;
+    let wal_dir = writer.dir().join(WAL_DIR);
+    let committed = writer.state().txn;
+    let recovered = wal::recover_table_wal(&wal_dir, committed)?;
+    let schema = writer.schema().clone();
+    let mut chunk: Vec<(u64, Batch)> = Vec::new();
+    let mut rows = 0;
+    let mut applied = 0usize;
+    for r in &recovered.records {
+        let batch = codec::decode(recovered.payload(r), &schema).map_err(|source| WalError::Payload {
+            path: recovered.path(r).to_path_buf(),
+            txn: r.header.txn,
+            source,
+        })?;
+        rows += batch.row_count();
+        chunk.push((r.header.txn, batch));
+        if rows >= opts.apply_rows_max {
+            apply_chunk(&mut writer, &mut chunk)?;
+            rows = 0;
+        }
+        applied += 1;
+    }
+    apply_chunk(&mut writer, &mut chunk)?;
+    // Every record is now in the table files (durably) or was at or below the
+    // committed txn: the WAL files are no longer needed.
+    let max_txn = recovered.max_txn;
+    let paths: Vec<PathBuf> = recovered.file_paths().map(Path::to_path_buf).collect();
+    drop(recovered);
+    for p in &paths {
+        if let Err(e) = fs::remove_file(p) {
+            warn!(path = %p.display(), error = %e, "could not remove recovered WAL file");
+        }
+    }
+    if applied > 0 || !paths.is_empty() {
+        info!(
+            table = name,
+            replayed_txns = applied,
+            wal_files = paths.len(),
+            txn = writer.state().txn,
+            "recovered table from WAL"
+        );
+    }
+    // Every record above the committed txn was just applied, so the WAL holds
+    // nothing above the table's txn: the sequencer continues from it.
+    assert!(max_txn <= writer.state().txn, "WAL txn {max_txn} above applied txn after recovery");
+    Ok(writer)
+}
+
+fn apply_chunk(writer: &mut TableWriter, chunk: &mut Vec<(u64, Batch)>) -> Result<(), DbError> {
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<(u64, &Batch)> = chunk.iter().map(|(t, b)| (*t, b)).collect();
+    writer.apply(&refs)?;
+    chunk.clear();
+    Ok(())
+}

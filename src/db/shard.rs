@@ -1,0 +1,179 @@
+//! A shard: one thread (pinned to a core) running an I/O engine's executor.
+//! It owns a WAL per table it has written to, collects commits into groups,
+//! gives each commit its txn from the table's sequencer, writes the group
+//! with one write and one fdatasync per table, then acknowledges.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::debug;
+
+use crate::batch::Batch;
+use crate::io::Engine;
+use crate::table::files::WAL_DIR;
+use crate::wal::format::{self, RecordHeader, FLAG_GROUP_END, SCHEMA_VERSION};
+use crate::wal::WalWriter;
+
+use super::{ApplyMsg, DbError, TableHandle};
+
+/// A commit on its way to a shard.
+pub struct CommitRequest {
+    pub table: Arc<TableHandle>,
+    pub payload: Vec<u8>,
+    pub batch: Batch,
+    pub ack: flume::Sender<Result<u64, DbError>>,
+}
+
+pub enum ShardMsg {
+    Commit(CommitRequest),
+    Stop,
+}
+
+/// Limits of one shard.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardLimits {
+    /// A group stops taking more commits at this many payload bytes.
+    pub group_bytes_max: usize,
+    /// WAL file size at which the next file is started.
+    pub wal_file_bytes_max: u64,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+pub async fn run<E: Engine>(
+    engine: E,
+    shard: u32,
+    rx: flume::Receiver<ShardMsg>,
+    applier: flume::Sender<ApplyMsg>,
+    limits: ShardLimits,
+) {
+    let mut wals: HashMap<String, WalWriter<E::File>> = HashMap::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut stop = false;
+    while !stop {
+        let first = match rx.recv_async().await {
+            Ok(ShardMsg::Commit(c)) => c,
+            Ok(ShardMsg::Stop) | Err(_) => break,
+        };
+        let mut bytes = first.payload.len();
+        let mut group = vec![first];
+        while bytes < limits.group_bytes_max {
+            match rx.try_recv() {
+                Ok(ShardMsg::Commit(c)) => {
+                    bytes += c.payload.len();
+                    group.push(c);
+                }
+                Ok(ShardMsg::Stop) => {
+                    stop = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        // One WAL write per table in the group, tables in order of first appearance.
+        while !group.is_empty() {
+            let name = group[0].table.name.clone();
+            let (mine, rest): (Vec<_>, Vec<_>) = group.into_iter().partition(|c| c.table.name == name);
+            group = rest;
+            buf = commit_table(&engine, shard, &mut wals, mine, buf, &applier, limits).await;
+        }
+    }
+    debug!(shard, "shard stopped");
+}
+
+async fn commit_table<E: Engine>(
+    engine: &E,
+    shard: u32,
+    wals: &mut HashMap<String, WalWriter<E::File>>,
+    reqs: Vec<CommitRequest>,
+    mut buf: Vec<u8>,
+    applier: &flume::Sender<ApplyMsg>,
+    limits: ShardLimits,
+) -> Vec<u8> {
+    let table = reqs[0].table.clone();
+    if !wals.contains_key(&table.name) {
+        let wal_dir = table.dir.join(WAL_DIR);
+        match WalWriter::create(engine, Path::new(&wal_dir), shard, limits.wal_file_bytes_max).await {
+            Ok(w) => {
+                wals.insert(table.name.clone(), w);
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for r in reqs {
+                    let _ = r.ack.send(Err(DbError::Wal(e.clone())));
+                }
+                return buf;
+            }
+        }
+    }
+    let wal = wals.get_mut(&table.name).expect("inserted above");
+    let group_start = match wal.begin_group(engine).await {
+        Ok(pos) => pos,
+        Err(e) => {
+            let e = Arc::new(e);
+            for r in reqs {
+                let _ = r.ack.send(Err(DbError::Wal(e.clone())));
+            }
+            return buf;
+        }
+    };
+    // The sequencer: one atomic add gives this group its contiguous txn range.
+    let n = reqs.len() as u64;
+    let first_txn = table.next_txn.fetch_add(n, Ordering::SeqCst);
+    let commit_time_us = now_us();
+    buf.clear();
+    for (i, r) in reqs.iter().enumerate() {
+        let h = RecordHeader {
+            payload_len: r.payload.len() as u32,
+            txn: first_txn + i as u64,
+            commit_time_us,
+            group_start,
+            row_count: r.batch.row_count() as u32,
+            schema_version: SCHEMA_VERSION,
+            flags: if i as u64 + 1 == n { FLAG_GROUP_END } else { 0 },
+        };
+        format::append_record(&mut buf, &h, &r.payload);
+    }
+    let last_txn = first_txn + n - 1;
+    let result = wal.write_group(buf, last_txn).await;
+    let buf = match result {
+        Ok(b) => {
+            for (i, r) in reqs.into_iter().enumerate() {
+                let txn = first_txn + i as u64;
+                // Applier first: the txn is durable, so it must reach the table
+                // even if the client has gone away.
+                let _ = applier
+                    .send_async(ApplyMsg::Committed {
+                        table: table.clone(),
+                        txn,
+                        batch: r.batch,
+                    })
+                    .await;
+                let _ = r.ack.send(Ok(txn));
+            }
+            b
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            for (i, r) in reqs.into_iter().enumerate() {
+                let _ = applier
+                    .send_async(ApplyMsg::Aborted {
+                        table: table.clone(),
+                        txn: first_txn + i as u64,
+                    })
+                    .await;
+                let _ = r.ack.send(Err(DbError::Wal(e.clone())));
+            }
+            Vec::new()
+        }
+    };
+    wal.remove_applied(table.durable_txn.load(Ordering::Acquire));
+    buf
+}

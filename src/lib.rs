@@ -1,0 +1,11 @@
+//! basalt: a time-series storage node.
+//!
+//! Data flows one way: [`batch`] rows → [`wal`] (durable, group-committed on
+//! per-core shards through an [`io`] engine) → [`table`] column files via the
+//! [`db`] applier. See docs/architecture.md and docs/format.md.
+
+pub mod batch;
+pub mod table;
+pub mod io;
+pub mod wal;
+pub mod db;

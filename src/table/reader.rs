@@ -1,0 +1,244 @@
+//! Reading a table: one committed txn, by columns and designated-timestamp range.
+//!
+//! A reader takes `_txn` first and then looks only at the rows it counts, so
+//! appends in progress past those rows are invisible. If an out-of-order merge
+//! removes a partition version between reading `_txn` and opening its files,
+//! the scan starts again from a fresh `_txn`.
+
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::batch::{unpack_bits, ColumnBuf, Value, Values};
+
+use super::files;
+use super::schema::{validate_name, ColumnType, Schema};
+use super::state::{self, TableState};
+use super::TableError;
+
+/// How often a scan restarts when a partition version vanishes under it.
+const SCAN_RETRIES_MAX: usize = 16;
+
+/// Reads rows `rows` of one column stored in `dir`. With `with_validity`
+/// false the validity file is not read (symbol dictionaries have none).
+pub fn read_column(
+    dir: &Path,
+    name: &str,
+    ty: ColumnType,
+    rows: Range<u64>,
+    with_validity: bool,
+) -> Result<ColumnBuf, TableError> {
+    let n = (rows.end - rows.start) as usize;
+    let dpath = dir.join(files::data_file(name));
+    let data = files::map(&dpath)?;
+    let values = match ty {
+        ColumnType::Varchar => {
+            let opath = dir.join(files::offsets_file(name));
+            let omap = files::map(&opath)?;
+            let raw = omap.slice(&opath, rows.start * 8, (n as u64 + 1) * 8)?;
+            let offs: Vec<u64> = raw
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect();
+            let first = offs[0];
+            if offs.windows(2).any(|w| w[0] > w[1]) {
+                return Err(TableError::Corrupt {
+                    file: opath,
+                    why: "offsets go backwards".into(),
+                });
+            }
+            let bytes = data.slice(&dpath, first, offs[n] - first)?.to_vec();
+            for w in offs.windows(2) {
+                if std::str::from_utf8(&bytes[(w[0] - first) as usize..(w[1] - first) as usize]).is_err() {
+                    return Err(TableError::Corrupt {
+                        file: dpath,
+                        why: "varchar bytes are not UTF-8".into(),
+                    });
+                }
+            }
+            Values::Var {
+                offsets: offs.iter().map(|o| o - first).collect(),
+                bytes,
+            }
+        }
+        ColumnType::Boolean => {
+            let bits = data.slice(&dpath, 0, rows.end.div_ceil(8))?;
+            Values::Fixed(unpack_bits(bits, rows.start as usize, n))
+        }
+        _ => {
+            let w = ty.width().expect("fixed-width type") as u64;
+            Values::Fixed(data.slice(&dpath, rows.start * w, n as u64 * w)?.to_vec())
+        }
+    };
+    let validity = if with_validity {
+        let vpath = dir.join(files::validity_file(name));
+        let vmap = files::map(&vpath)?;
+        let bits = vmap.slice(&vpath, 0, rows.end.div_ceil(8))?;
+        let v = unpack_bits(bits, rows.start as usize, n);
+        v.contains(&0).then_some(v)
+    } else {
+        None
+    };
+    Ok(ColumnBuf {
+        ty,
+        validity,
+        values,
+        dict: Vec::new(),
+    })
+}
+
+/// Rows of a scan, column by column. Symbol columns carry the table dictionary.
+#[derive(Debug)]
+pub struct ScanResult {
+    /// The txn the scan saw.
+    pub txn: u64,
+    pub names: Vec<String>,
+    pub columns: Vec<ColumnBuf>,
+}
+
+impl ScanResult {
+    pub fn row_count(&self) -> usize {
+        self.columns.first().map_or(0, ColumnBuf::len)
+    }
+
+    pub fn value(&self, column: usize, row: usize) -> Value<'_> {
+        self.columns[column].value(row)
+    }
+
+    pub fn column(&self, name: &str) -> Option<&ColumnBuf> {
+        self.names
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(name))
+            .map(|i| &self.columns[i])
+    }
+}
+
+/// Reads committed data of one table; cheap to create, safe next to a writer
+/// in this or another process.
+pub struct TableReader {
+    dir: PathBuf,
+    schema: Schema,
+    table_id: u64,
+}
+
+impl TableReader {
+    pub fn open(data_dir: &Path, name: &str) -> Result<TableReader, TableError> {
+        validate_name("table", name)?;
+        let dir = data_dir.join(name);
+        let meta = dir.join(files::META_FILE);
+        if !meta.exists() {
+            return Err(TableError::NotFound(name.to_string()));
+        }
+        let (schema, table_id) = state::decode_meta(&meta, &files::read_file(&meta)?)?;
+        Ok(TableReader { dir, schema, table_id })
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    pub fn table_id(&self) -> u64 {
+        self.table_id
+    }
+
+    /// The committed state a scan started now would see.
+    pub fn state(&self) -> Result<TableState, TableError> {
+        let p = self.dir.join(files::TXN_FILE);
+        state::decode_txn(&p, &files::read_file(&p)?)
+    }
+
+    /// Reads `columns` (all when empty) of rows whose designated timestamp is
+    /// in `ts_range` (all rows when `None`), in partition and timestamp order.
+    pub fn scan(&self, columns: &[&str], ts_range: Option<Range<i64>>) -> Result<ScanResult, TableError> {
+        let idx: Vec<usize> = if columns.is_empty() {
+            (0..self.schema.columns.len()).collect()
+        } else {
+            columns
+                .iter()
+                .map(|c| {
+                    self.schema
+                        .column_index(c)
+                        .ok_or_else(|| TableError::NoSuchColumn(c.to_string()))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let mut attempt = 0;
+        loop {
+            match self.scan_once(&idx, ts_range.clone()) {
+                Err(TableError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && attempt < SCAN_RETRIES_MAX =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn scan_once(&self, idx: &[usize], ts_range: Option<Range<i64>>) -> Result<ScanResult, TableError> {
+        let state = self.state()?;
+        let mut out: Vec<ColumnBuf> = idx
+            .iter()
+            .map(|&i| ColumnBuf::new(self.schema.columns[i].ty))
+            .collect();
+        for (o, &i) in out.iter_mut().zip(idx) {
+            let c = &self.schema.columns[i];
+            if c.ty == ColumnType::Symbol {
+                let count = state.symbol_count(i);
+                let strings = read_column(&self.dir.join(files::SYMBOL_DIR), &c.name, ColumnType::Varchar, 0..count, false)?;
+                o.dict = (0..count as usize).map(|k| strings.str_at(k).to_string()).collect();
+            }
+        }
+        for p in &state.partitions {
+            if let (Some(r), Some(_)) = (&ts_range, self.schema.timestamp) {
+                if p.max_ts < r.start || p.min_ts >= r.end {
+                    continue;
+                }
+            }
+            let dir = self.dir.join(files::partition_dir(
+                &self.schema.partition_by.partition_name(p.floor),
+                p.version,
+            ));
+            let rows = match (&ts_range, self.schema.timestamp) {
+                (Some(r), Some(ts)) => {
+                    let name = &self.schema.columns[ts].name;
+                    let path = dir.join(files::data_file(name));
+                    let map = files::map(&path)?;
+                    let bytes = map.slice(&path, 0, p.rows * 8)?;
+                    let at = |i: usize| i64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+                    let lower = partition_point(p.rows as usize, |i| at(i) < r.start);
+                    let upper = partition_point(p.rows as usize, |i| at(i) < r.end);
+                    lower as u64..upper as u64
+                }
+                _ => 0..p.rows,
+            };
+            if rows.is_empty() {
+                continue;
+            }
+            for (o, &i) in out.iter_mut().zip(idx) {
+                let c = &self.schema.columns[i];
+                let part = read_column(&dir, &c.name, c.ty, rows.clone(), true)?;
+                o.extend_from(&part, 0..part.len());
+            }
+        }
+        Ok(ScanResult {
+            txn: state.txn,
+            names: idx.iter().map(|&i| self.schema.columns[i].name.clone()).collect(),
+            columns: out,
+        })
+    }
+}
+
+/// First index in `0..n` for which `pred` is false (`pred` true then false).
+fn partition_point(n: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}

@@ -1,0 +1,553 @@
+//! The single writer of a table: creation, crash recovery of the table files,
+//! and apply of committed txns into column files.
+//!
+//! Apply keeps rows sorted by the designated timestamp inside every partition.
+//! Rows at or after a partition's newest row are appended in place; rows
+//! older than it ("out of order", O3) make a new partition version holding the
+//! merged rows. Either way the new rows count only once `_txn` is replaced, so
+//! a reader sees whole txns or nothing of them.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::fs;
+use std::hash::BuildHasher;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use tracing::{debug, info, warn};
+
+use crate::batch::{Batch, ColumnBuf, Values};
+
+use super::files::{self, SyncSet};
+use super::reader::read_column;
+use super::schema::{validate_name, ColumnType, PartitionBy, Schema};
+use super::state::{self, PartitionState, TableState};
+use super::TableError;
+
+struct SymbolDict {
+    keys: HashMap<String, i32>,
+    count: u64,
+    data_len: u64,
+}
+
+pub struct TableWriter {
+    dir: PathBuf,
+    name: String,
+    schema: Schema,
+    table_id: u64,
+    state: TableState,
+    /// Per column; `Some` for symbol columns.
+    symbols: Vec<Option<SymbolDict>>,
+    /// Set after a failed apply: the files may hold a partial apply, so the
+    /// writer refuses work until reopened (which runs recovery).
+    failed: Option<String>,
+}
+
+impl TableWriter {
+    /// Creates table `name` under `data_dir` atomically: it is built in a
+    /// hidden directory, then renamed into place.
+    pub fn create(data_dir: &Path, name: &str, schema: &Schema) -> Result<TableWriter, TableError> {
+        validate_name("table", name)?;
+        schema.validate()?;
+        let target = data_dir.join(name);
+        if target.exists() {
+            return Err(TableError::AlreadyExists(name.to_string()));
+        }
+        let tmp = data_dir.join(format!(".create-{name}"));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(TableError::io(&tmp))?;
+        }
+        let sym_dir = tmp.join(files::SYMBOL_DIR);
+        let wal_dir = tmp.join(files::WAL_DIR);
+        for d in [&tmp, &sym_dir, &wal_dir] {
+            fs::create_dir_all(d).map_err(TableError::io(d))?;
+        }
+        let mut sync = SyncSet::default();
+        for c in schema.columns.iter().filter(|c| c.ty == ColumnType::Symbol) {
+            let o = sym_dir.join(files::offsets_file(&c.name));
+            let f = sync.open(o.clone())?;
+            files::write_at(f, &o, &0u64.to_le_bytes(), 0)?;
+            sync.open(sym_dir.join(files::data_file(&c.name)))?;
+        }
+        sync.add_dir(sym_dir);
+        sync.add_dir(wal_dir);
+        sync.sync()?;
+        let table_id = RandomState::new().hash_one((name, std::process::id()));
+        files::durable_replace(&tmp, files::META_FILE, &state::encode_meta(schema, table_id))?;
+        let initial = initial_state(schema);
+        files::durable_replace(&tmp, files::TXN_FILE, &state::encode_txn(&initial))?;
+        fs::rename(&tmp, &target).map_err(TableError::io(&target))?;
+        files::fsync_dir(data_dir)?;
+        info!(table = name, local_only = schema.is_local_only(), "created table");
+        Self::open(data_dir, name)
+    }
+
+    /// Opens a table and recovers its files to the committed state in `_txn`:
+    /// bytes past the committed row counts are cut, partition versions that
+    /// `_txn` does not name are removed.
+    pub fn open(data_dir: &Path, name: &str) -> Result<TableWriter, TableError> {
+        validate_name("table", name)?;
+        let dir = data_dir.join(name);
+        if !dir.is_dir() {
+            return Err(TableError::NotFound(name.to_string()));
+        }
+        let meta_path = dir.join(files::META_FILE);
+        let (schema, table_id) = state::decode_meta(&meta_path, &files::read_file(&meta_path)?)?;
+        let txn_path = dir.join(files::TXN_FILE);
+        let state = state::decode_txn(&txn_path, &files::read_file(&txn_path)?)?;
+        let mut w = TableWriter {
+            dir,
+            name: name.to_string(),
+            schema,
+            table_id,
+            state,
+            symbols: Vec::new(),
+            failed: None,
+        };
+        w.recover_files()?;
+        Ok(w)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+    pub fn table_id(&self) -> u64 {
+        self.table_id
+    }
+    pub fn state(&self) -> &TableState {
+        &self.state
+    }
+
+    fn recover_files(&mut self) -> Result<(), TableError> {
+        let live: Vec<String> = self
+            .state
+            .partitions
+            .iter()
+            .map(|p| self.partition_path_name(p))
+            .collect();
+        for (p, dir_name) in self.state.partitions.clone().iter().zip(&live) {
+            let pdir = self.dir.join(dir_name);
+            for c in &self.schema.columns {
+                recover_column(&pdir, &c.name, c.ty, p.rows)?;
+            }
+        }
+        // Partition versions not named by `_txn` are leftovers of an apply that
+        // did not finish (new version never published) or of one that finished
+        // before the old version was removed.
+        let entries = fs::read_dir(&self.dir).map_err(TableError::io(&self.dir))?;
+        for e in entries {
+            let e = e.map_err(TableError::io(&self.dir))?;
+            let fname = e.file_name().to_string_lossy().to_string();
+            if fname.ends_with(".tmp") {
+                fs::remove_file(e.path()).map_err(TableError::io(e.path()))?;
+                continue;
+            }
+            if fname.starts_with('_') || files::parse_partition_dir(&fname).is_none() {
+                continue;
+            }
+            if !live.contains(&fname) {
+                debug!(table = %self.name, dir = %fname, "removing unpublished partition version");
+                fs::remove_dir_all(e.path()).map_err(TableError::io(e.path()))?;
+            }
+        }
+        self.symbols = Vec::with_capacity(self.schema.columns.len());
+        for (i, c) in self.schema.columns.iter().enumerate() {
+            if c.ty != ColumnType::Symbol {
+                self.symbols.push(None);
+                continue;
+            }
+            let count = self.state.symbol_count(i);
+            let sym_dir = self.dir.join(files::SYMBOL_DIR);
+            let strings = read_column(&sym_dir, &c.name, ColumnType::Varchar, 0..count, false)?;
+            let Values::Var { offsets, .. } = &strings.values else {
+                unreachable!("read_column gives offsets for VARCHAR")
+            };
+            let data_len = offsets[count as usize];
+            files::truncate_to(&sym_dir.join(files::offsets_file(&c.name)), (count + 1) * 8)?;
+            files::truncate_to(&sym_dir.join(files::data_file(&c.name)), data_len)?;
+            let keys = (0..count as usize)
+                .map(|k| (strings.str_at(k).to_string(), k as i32))
+                .collect();
+            self.symbols.push(Some(SymbolDict { keys, count, data_len }));
+        }
+        Ok(())
+    }
+
+    fn partition_path_name(&self, p: &PartitionState) -> String {
+        files::partition_dir(&self.schema.partition_by.partition_name(p.floor), p.version)
+    }
+
+    /// Applies committed txns, in ascending txn order, as one durable step.
+    pub fn apply(&mut self, txns: &[(u64, &Batch)]) -> Result<(), TableError> {
+        if let Some(why) = &self.failed {
+            return Err(TableError::Corrupt {
+                file: self.dir.clone(),
+                why: format!("an earlier apply failed ({why}); reopen the table to recover"),
+            });
+        }
+        let mut last = self.state.txn;
+        for (txn, _) in txns {
+            if *txn <= last {
+                return Err(TableError::TxnOrder {
+                    txn: *txn,
+                    committed: last,
+                });
+            }
+            last = *txn;
+        }
+        if txns.is_empty() {
+            return Ok(());
+        }
+        let result = self.apply_inner(txns, last);
+        if let Err(e) = &result {
+            warn!(table = %self.name, error = %e, "apply failed; table stays at txn {}", self.state.txn);
+            self.failed = Some(e.to_string());
+        }
+        result
+    }
+
+    fn apply_inner(&mut self, txns: &[(u64, &Batch)], last_txn: u64) -> Result<(), TableError> {
+        let mut next = self.state.clone();
+        next.txn = last_txn;
+        let mut sync = SyncSet::default();
+        let mut new_symbols: Vec<Vec<String>> = vec![Vec::new(); self.schema.columns.len()];
+        let mut combined = self.combine(txns, &mut new_symbols)?;
+        let rows = combined.first().map_or(0, ColumnBuf::len);
+        let mut obsolete = Vec::new();
+        match self.schema.timestamp {
+            None => {
+                if rows > 0 {
+                    self.write_run(&mut next, &mut sync, &combined, 0..rows, i64::MIN, &[], &mut obsolete)?;
+                }
+            }
+            Some(ts_col) => {
+                let mut ts: Vec<i64> = (0..rows).map(|r| combined[ts_col].i64_at(r)).collect();
+                if ts.windows(2).any(|w| w[0] > w[1]) {
+                    let mut perm: Vec<u32> = (0..rows as u32).collect();
+                    perm.sort_by_key(|&i| ts[i as usize]);
+                    combined = combined.iter().map(|c| c.gather(&perm)).collect();
+                    ts = perm.iter().map(|&i| ts[i as usize]).collect();
+                }
+                let mut start = 0;
+                while start < rows {
+                    let floor = self.schema.partition_by.floor(ts[start])?;
+                    let end_ts = self.partition_end(floor);
+                    let end = start + ts[start..].partition_point(|t| *t < end_ts);
+                    self.write_run(&mut next, &mut sync, &combined, start..end, floor, &ts[start..end], &mut obsolete)?;
+                    start = end;
+                }
+            }
+        }
+        self.write_symbols(&mut next, &mut sync, &new_symbols)?;
+        sync.sync()?;
+        files::durable_replace(&self.dir, files::TXN_FILE, &state::encode_txn(&next))?;
+        self.state = next;
+        for dir in obsolete {
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                // Harmless: recovery removes unnamed versions on the next open.
+                warn!(dir = %dir.display(), error = %e, "could not remove old partition version");
+            }
+        }
+        Ok(())
+    }
+
+    /// First µs after the partition starting at `floor`.
+    fn partition_end(&self, floor: i64) -> i64 {
+        // The floor of any instant after the partition differs from `floor`;
+        // step by the scheme's largest length and floor back.
+        let span: i64 = match self.schema.partition_by {
+            PartitionBy::None => return i64::MAX,
+            PartitionBy::Hour => 3_600_000_000,
+            PartitionBy::Day => 86_400_000_000,
+            PartitionBy::Week => 7 * 86_400_000_000,
+            PartitionBy::Month => 31 * 86_400_000_000,
+            PartitionBy::Year => 366 * 86_400_000_000,
+        };
+        let probe = floor.saturating_add(span);
+        match self.schema.partition_by.floor(probe) {
+            Ok(f) if f > floor => f,
+            _ => probe,
+        }
+    }
+
+    /// Concatenates the txns' columns, mapping batch-local symbol keys to table keys.
+    fn combine(
+        &mut self,
+        txns: &[(u64, &Batch)],
+        new_symbols: &mut [Vec<String>],
+    ) -> Result<Vec<ColumnBuf>, TableError> {
+        let mut out: Vec<ColumnBuf> = self.schema.columns.iter().map(|c| ColumnBuf::new(c.ty)).collect();
+        for (_, batch) in txns {
+            batch.validate(&self.schema)?;
+            let rows = batch.row_count();
+            for (i, col) in batch.columns.iter().enumerate() {
+                let start = out[i].len();
+                out[i].extend_from(col, 0..rows);
+                if let Some(dict) = &mut self.symbols[i] {
+                    let map: Vec<i32> = col
+                        .dict
+                        .iter()
+                        .map(|s| match dict.keys.get(s) {
+                            Some(k) => *k,
+                            None => {
+                                let k = dict.count as i32;
+                                dict.keys.insert(s.clone(), k);
+                                dict.count += 1;
+                                dict.data_len += s.len() as u64;
+                                new_symbols[i].push(s.clone());
+                                k
+                            }
+                        })
+                        .collect();
+                    let Values::Fixed(bytes) = &mut out[i].values else {
+                        unreachable!("symbol keys are fixed-width")
+                    };
+                    for (r, chunk) in bytes[start * 4..].chunks_exact_mut(4).enumerate() {
+                        let local = i32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+                        let global = if col.is_valid(r) { map[local as usize] } else { 0 };
+                        chunk.copy_from_slice(&global.to_le_bytes());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_run(
+        &self,
+        next: &mut TableState,
+        sync: &mut SyncSet,
+        combined: &[ColumnBuf],
+        range: Range<usize>,
+        floor: i64,
+        ts: &[i64],
+        obsolete: &mut Vec<PathBuf>,
+    ) -> Result<(), TableError> {
+        let (min_ts, max_ts) = match (ts.first(), ts.last()) {
+            (Some(a), Some(b)) => (*a, *b),
+            _ => (0, 0),
+        };
+        let name = self.schema.partition_by.partition_name(floor);
+        let pos = next.partitions.binary_search_by_key(&floor, |p| p.floor);
+        match pos {
+            Ok(i) if self.schema.timestamp.is_none() || min_ts >= next.partitions[i].max_ts => {
+                // In order: append in place after the committed rows.
+                let p = &mut next.partitions[i];
+                let dir = self.dir.join(files::partition_dir(&name, p.version));
+                for (c, col) in self.schema.columns.iter().zip(combined) {
+                    write_column(sync, &dir, &c.name, col, range.clone(), p.rows)?;
+                }
+                p.rows += range.len() as u64;
+                p.max_ts = max_ts.max(p.max_ts);
+            }
+            Ok(i) => {
+                // Out of order: merge into a new version of the partition.
+                let old = next.partitions[i];
+                let old_dir = self.dir.join(files::partition_dir(&name, old.version));
+                let ts_col = self.schema.timestamp.expect("O3 only with a designated timestamp");
+                let mut merged = Vec::with_capacity(combined.len());
+                for (c, col) in self.schema.columns.iter().zip(combined) {
+                    let mut m = read_column(&old_dir, &c.name, c.ty, 0..old.rows, true)?;
+                    m.extend_from(col, range.clone());
+                    merged.push(m);
+                }
+                let total = merged[ts_col].len();
+                let mut perm: Vec<u32> = (0..total as u32).collect();
+                let ts_of = |i: u32| merged[ts_col].i64_at(i as usize);
+                perm.sort_by_key(|&i| ts_of(i));
+                let version = old.version + 1;
+                let dir = self.new_partition_dir(sync, &name, version)?;
+                for (c, col) in self.schema.columns.iter().zip(&merged) {
+                    let sorted = col.gather(&perm);
+                    write_column(sync, &dir, &c.name, &sorted, 0..total, 0)?;
+                }
+                next.partitions[i] = PartitionState {
+                    floor,
+                    version,
+                    rows: total as u64,
+                    min_ts: old.min_ts.min(min_ts),
+                    max_ts: old.max_ts.max(max_ts),
+                };
+                debug!(table = %self.name, partition = %name, version, rows = total, "out-of-order merge");
+                obsolete.push(old_dir);
+            }
+            Err(i) => {
+                let dir = self.new_partition_dir(sync, &name, 0)?;
+                for (c, col) in self.schema.columns.iter().zip(combined) {
+                    write_column(sync, &dir, &c.name, col, range.clone(), 0)?;
+                }
+                next.partitions.insert(
+                    i,
+                    PartitionState {
+                        floor,
+                        version: 0,
+                        rows: range.len() as u64,
+                        min_ts,
+                        max_ts,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn new_partition_dir(&self, sync: &mut SyncSet, name: &str, version: u64) -> Result<PathBuf, TableError> {
+        let dir = self.dir.join(files::partition_dir(name, version));
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(TableError::io(&dir))?;
+        }
+        fs::create_dir(&dir).map_err(TableError::io(&dir))?;
+        sync.add_dir(dir.clone());
+        sync.add_dir(self.dir.clone());
+        Ok(dir)
+    }
+
+    fn write_symbols(
+        &self,
+        next: &mut TableState,
+        sync: &mut SyncSet,
+        new_symbols: &[Vec<String>],
+    ) -> Result<(), TableError> {
+        let sym_dir = self.dir.join(files::SYMBOL_DIR);
+        for (i, added) in new_symbols.iter().enumerate() {
+            let Some(dict) = &self.symbols[i] else { continue };
+            if added.is_empty() {
+                continue;
+            }
+            let name = &self.schema.columns[i].name;
+            let old_count = dict.count - added.len() as u64;
+            let mut col = ColumnBuf::new(ColumnType::Varchar);
+            if let Values::Var { offsets, bytes } = &mut col.values {
+                for s in added {
+                    bytes.extend_from_slice(s.as_bytes());
+                    offsets.push(bytes.len() as u64);
+                }
+            }
+            write_varchar(sync, &sym_dir, name, &col, 0..added.len(), old_count)?;
+            match next.symbol_counts.iter_mut().find(|(c, _)| *c as usize == i) {
+                Some(entry) => entry.1 = dict.count,
+                None => next.symbol_counts.push((i as u32, dict.count)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of symbol strings stored for column `column` (0 for other columns).
+    pub fn symbol_bytes(&self, column: usize) -> u64 {
+        self.symbols
+            .get(column)
+            .and_then(Option::as_ref)
+            .map_or(0, |d| d.data_len)
+    }
+}
+
+fn initial_state(schema: &Schema) -> TableState {
+    TableState {
+        txn: 0,
+        partitions: Vec::new(),
+        symbol_counts: schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.ty == ColumnType::Symbol)
+            .map(|(i, _)| (i as u32, 0))
+            .collect(),
+    }
+}
+
+/// Writes rows `range` of `col` after the `existing` committed rows of a column.
+fn write_column(
+    sync: &mut SyncSet,
+    dir: &Path,
+    name: &str,
+    col: &ColumnBuf,
+    range: Range<usize>,
+    existing: u64,
+) -> Result<(), TableError> {
+    if col.ty == ColumnType::Varchar {
+        write_varchar(sync, dir, name, col, range.clone(), existing)?;
+    } else {
+        let path = dir.join(files::data_file(name));
+        let f = sync.open(path.clone())?;
+        let Values::Fixed(bytes) = &col.values else {
+            unreachable!("fixed-width column")
+        };
+        let w = col.width();
+        let values = &bytes[range.start * w..range.end * w];
+        if col.ty == ColumnType::Boolean {
+            files::append_bits(f, &path, existing, values)?;
+        } else {
+            files::write_at(f, &path, values, existing * w as u64)?;
+        }
+    }
+    let vpath = dir.join(files::validity_file(name));
+    let f = sync.open(vpath.clone())?;
+    match &col.validity {
+        Some(v) => files::append_bits(f, &vpath, existing, &v[range]),
+        None => files::append_bits(f, &vpath, existing, &vec![1u8; range.len()]),
+    }
+}
+
+/// Appends varchar rows: offsets continue from the last committed offset.
+fn write_varchar(
+    sync: &mut SyncSet,
+    dir: &Path,
+    name: &str,
+    col: &ColumnBuf,
+    range: Range<usize>,
+    existing: u64,
+) -> Result<(), TableError> {
+    let Values::Var { offsets, bytes } = &col.values else {
+        unreachable!("varchar column")
+    };
+    let opath = dir.join(files::offsets_file(name));
+    let dpath = dir.join(files::data_file(name));
+    let of = sync.open(opath.clone())?;
+    let base = if existing == 0 {
+        files::write_at(of, &opath, &0u64.to_le_bytes(), 0)?;
+        0
+    } else {
+        let mut b = [0u8; 8];
+        of.read_exact_at(&mut b, existing * 8)
+            .map_err(TableError::io(&opath))?;
+        u64::from_le_bytes(b)
+    };
+    let first = offsets[range.start];
+    let mut out = Vec::with_capacity(range.len() * 8);
+    for o in &offsets[range.start + 1..=range.end] {
+        out.extend_from_slice(&(o - first + base).to_le_bytes());
+    }
+    files::write_at(of, &opath, &out, (existing + 1) * 8)?;
+    let df = sync.open(dpath.clone())?;
+    let data = &bytes[first as usize..offsets[range.end] as usize];
+    files::write_at(df, &dpath, data, base)
+}
+
+/// Cuts a column's files back to `rows` committed rows.
+fn recover_column(dir: &Path, name: &str, ty: ColumnType, rows: u64) -> Result<(), TableError> {
+    match ty {
+        ColumnType::Varchar => {
+            let opath = dir.join(files::offsets_file(name));
+            files::truncate_to(&opath, (rows + 1) * 8)?;
+            let f = fs::File::open(&opath).map_err(TableError::io(&opath))?;
+            let mut b = [0u8; 8];
+            f.read_exact_at(&mut b, rows * 8)
+                .map_err(TableError::io(&opath))?;
+            files::truncate_to(&dir.join(files::data_file(name)), u64::from_le_bytes(b))?;
+        }
+        ColumnType::Boolean => files::truncate_bits(&dir.join(files::data_file(name)), rows)?,
+        _ => {
+            let w = ty.width().expect("fixed-width type") as u64;
+            files::truncate_to(&dir.join(files::data_file(name)), rows * w)?;
+        }
+    }
+    files::truncate_bits(&dir.join(files::validity_file(name)), rows)
+}

@@ -1,0 +1,160 @@
+//! Reading a table's WAL after a restart: every file of every shard, torn
+//! tails cut, records after the table's committed txn returned in txn order.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use tracing::{info, warn};
+
+use super::format::{self, FileHeaderError, RecordHeader, Tail, FILE_HEADER_BYTES};
+use super::WalError;
+
+/// A record to re-apply: where its payload is and what its header says.
+#[derive(Clone, Copy, Debug)]
+pub struct RecoveredRecord {
+    pub header: RecordHeader,
+    file: usize,
+    offset: usize,
+}
+
+/// The WAL files of one table, mapped, with the records still to apply.
+pub struct RecoveredWal {
+    files: Vec<(PathBuf, Option<Mmap>)>,
+    /// Records with txn above the committed txn, ascending.
+    pub records: Vec<RecoveredRecord>,
+    /// Highest txn found in any file (0 if none).
+    pub max_txn: u64,
+}
+
+impl RecoveredWal {
+    pub fn payload(&self, r: &RecoveredRecord) -> &[u8] {
+        let map = self.files[r.file].1.as_deref().unwrap_or(&[]);
+        let start = r.offset + format::RECORD_HEADER_BYTES;
+        &map[start..start + r.header.payload_len as usize]
+    }
+
+    pub fn path(&self, r: &RecoveredRecord) -> &Path {
+        &self.files[r.file].0
+    }
+
+    /// Every WAL file found; all of them may go once their records are applied.
+    pub fn file_paths(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|(p, _)| p.as_path())
+    }
+}
+
+fn wal_files(wal_dir: &Path) -> Result<Vec<PathBuf>, WalError> {
+    let mut out = Vec::new();
+    if !wal_dir.exists() {
+        return Ok(out);
+    }
+    let shards = fs::read_dir(wal_dir).map_err(|e| WalError::from_io(wal_dir, "list", e))?;
+    for s in shards {
+        let s = s.map_err(|e| WalError::from_io(wal_dir, "list", e))?;
+        if !s.path().is_dir() {
+            continue;
+        }
+        let files = fs::read_dir(s.path()).map_err(|e| WalError::from_io(&s.path(), "list", e))?;
+        for f in files {
+            let f = f.map_err(|e| WalError::from_io(&s.path(), "list", e))?;
+            if f.file_name().to_string_lossy().ends_with(".wal") {
+                out.push(f.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads every WAL file under `wal_dir`, cutting torn tails, and returns the
+/// records with txn above `committed_txn` in txn order.
+pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<RecoveredWal, WalError> {
+    let mut files = Vec::new();
+    let mut records = Vec::new();
+    let mut max_txn = 0;
+    for path in wal_files(wal_dir)? {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| WalError::from_io(&path, "open", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| WalError::from_io(&path, "stat", e))?
+            .len();
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: recovery runs before any writer of this table exists;
+            // nothing else writes the file while it is mapped, and the only
+            // change (set_len) happens after the map is dropped below.
+            Some(unsafe { Mmap::map(&file) }.map_err(|e| WalError::from_io(&path, "mmap", e))?)
+        };
+        let bytes = map.as_deref().unwrap_or(&[]);
+        match format::decode_file_header(bytes) {
+            Ok(_) => {}
+            // Created but never synced: an fdatasync of any group would have
+            // made the header durable, so nothing acknowledged is in here.
+            Err(_) if bytes.len() <= FILE_HEADER_BYTES || bytes.iter().all(|b| *b == 0) => {
+                info!(path = %path.display(), "WAL file with no synced header: nothing to recover");
+                files.push((path, None));
+                continue;
+            }
+            Err(FileHeaderError::Version(version)) => return Err(WalError::UnsupportedVersion { path, version }),
+            Err(e) => {
+                return Err(WalError::BadHeader {
+                    path,
+                    why: format!("{e:?}"),
+                })
+            }
+        }
+        let (found, tail) = format::scan(bytes);
+        let file_idx = files.len();
+        let valid_end = match tail {
+            Tail::Clean => None,
+            Tail::Torn { bytes: cut } => Some(len - cut),
+            Tail::Damaged { offset } => return Err(WalError::Damaged { path, offset }),
+        };
+        for (offset, header) in found {
+            max_txn = max_txn.max(header.txn);
+            if header.txn > committed_txn {
+                records.push(RecoveredRecord {
+                    header,
+                    file: file_idx,
+                    offset,
+                });
+            }
+        }
+        let map = match valid_end {
+            None => map,
+            Some(end) => {
+                warn!(
+                    path = %path.display(),
+                    cut_bytes = len - end,
+                    "cutting torn WAL tail (an unsynced write, never acknowledged)"
+                );
+                drop(map);
+                file.set_len(end)
+                    .and_then(|_| file.sync_all())
+                    .map_err(|e| WalError::from_io(&path, "truncate torn tail", e))?;
+                // SAFETY: as above; the file no longer changes.
+                Some(unsafe { Mmap::map(&file) }.map_err(|e| WalError::from_io(&path, "mmap", e))?)
+            }
+        };
+        files.push((path, map));
+    }
+    records.sort_by_key(|r| r.header.txn);
+    if let Some(w) = records.windows(2).find(|w| w[0].header.txn == w[1].header.txn) {
+        return Err(WalError::DuplicateTxn {
+            txn: w[0].header.txn,
+            first: files[w[0].file].0.clone(),
+            second: files[w[1].file].0.clone(),
+        });
+    }
+    Ok(RecoveredWal {
+        files,
+        records,
+        max_txn,
+    })
+}
