@@ -9,3 +9,4 @@ pub mod table;
 pub mod io;
 pub mod wal;
 pub mod db;
+pub mod gen;

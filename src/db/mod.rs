@@ -107,7 +107,7 @@ impl DbError {
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct ApplyStatus {
     resolved: u64,
     failed: Option<String>,
@@ -115,6 +115,7 @@ struct ApplyStatus {
 
 /// A table known to the database. Hold on to it: committing through a handle
 /// takes no lock.
+#[derive(Debug)]
 pub struct TableHandle {
     pub name: String,
     pub schema: Schema,
