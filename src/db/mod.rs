@@ -207,8 +207,21 @@ impl CommitTicket {
     }
 }
 
+/// What recovery did to one table when the database was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub table: String,
+    /// Committed txns found in the WAL and applied into the table files.
+    pub replayed_txns: u64,
+    /// Bytes of torn (never acknowledged) WAL tails that were cut.
+    pub torn_bytes_cut: u64,
+    /// WAL files read (and removed once applied).
+    pub wal_files: u64,
+}
+
 pub struct Database {
     opts: DbOptions,
+    recovery: Vec<RecoveryReport>,
     engine: Resolved,
     tables: Mutex<HashMap<String, Arc<TableHandle>>>,
     shards: Vec<flume::Sender<ShardMsg>>,
@@ -231,7 +244,10 @@ impl Database {
         fs::create_dir_all(&opts.data_dir).map_err(TableError::io(&opts.data_dir))?;
         let (applier_tx, applier_rx) = flume::bounded(opts.apply_queue_max);
         let mut tables = HashMap::new();
-        for (name, writer) in recover_all(&opts)? {
+        let mut recovery = Vec::new();
+        for (writer, report) in recover_all(&opts)? {
+            let name = report.table.clone();
+            recovery.push(report);
             let handle = Arc::new(TableHandle::new(
                 &name,
                 writer.schema().clone(),
@@ -258,6 +274,7 @@ impl Database {
         };
         let mut db = Database {
             opts,
+            recovery,
             engine,
             tables: Mutex::new(tables),
             shards: Vec::new(),
@@ -319,6 +336,11 @@ impl Database {
                 why: "shard thread exited while starting".into(),
             }),
         }
+    }
+
+    /// What recovery did at open, one entry per table.
+    pub fn recovery(&self) -> &[RecoveryReport] {
+        &self.recovery
     }
 
     /// The I/O engine in use and why it was picked.
@@ -456,7 +478,7 @@ fn run_shard<E: Engine>(
 }
 
 /// Opens every table under the data dir and replays its WAL.
-fn recover_all(opts: &DbOptions) -> Result<Vec<(String, TableWriter)>, DbError> {
+fn recover_all(opts: &DbOptions) -> Result<Vec<(TableWriter, RecoveryReport)>, DbError> {
     let mut out = Vec::new();
     let dir = &opts.data_dir;
     let entries = fs::read_dir(dir).map_err(TableError::io(dir))?;
@@ -475,13 +497,12 @@ fn recover_all(opts: &DbOptions) -> Result<Vec<(String, TableWriter)>, DbError> 
     }
     names.sort();
     for name in names {
-        let writer = recover_table(opts, &name)?;
-        out.push((name, writer));
+        out.push(recover_table(opts, &name)?);
     }
     Ok(out)
 }
 
-fn recover_table(opts: &DbOptions, name: &str) -> Result<TableWriter, DbError> {
+fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryReport), DbError> {
     let mut writer = TableWriter::open(&opts.data_dir, name)?;
     let wal_dir = writer.dir().join(WAL_DIR);
     let committed = writer.state().txn;
@@ -489,7 +510,7 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<TableWriter, DbError> {
     let schema = writer.schema().clone();
     let mut chunk: Vec<(u64, Batch)> = Vec::new();
     let mut rows = 0;
-    let mut applied = 0usize;
+    let mut applied = 0u64;
     for r in &recovered.records {
         let batch = codec::decode(recovered.payload(r), &schema).map_err(|source| WalError::Payload {
             path: recovered.path(r).to_path_buf(),
@@ -508,6 +529,7 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<TableWriter, DbError> {
     // Every record is now in the table files (durably) or was at or below the
     // committed txn: the WAL files are no longer needed.
     let max_txn = recovered.max_txn;
+    let torn_bytes_cut = recovered.torn_bytes_cut;
     let paths: Vec<PathBuf> = recovered.file_paths().map(Path::to_path_buf).collect();
     drop(recovered);
     for p in &paths {
@@ -519,6 +541,7 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<TableWriter, DbError> {
         info!(
             table = name,
             replayed_txns = applied,
+            torn_bytes_cut,
             wal_files = paths.len(),
             txn = writer.state().txn,
             "recovered table from WAL"
@@ -527,7 +550,13 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<TableWriter, DbError> {
     // Every record above the committed txn was just applied, so the WAL holds
     // nothing above the table's txn: the sequencer continues from it.
     assert!(max_txn <= writer.state().txn, "WAL txn {max_txn} above applied txn after recovery");
-    Ok(writer)
+    let report = RecoveryReport {
+        table: name.to_string(),
+        replayed_txns: applied,
+        torn_bytes_cut,
+        wal_files: paths.len() as u64,
+    };
+    Ok((writer, report))
 }
 
 fn apply_chunk(writer: &mut TableWriter, chunk: &mut Vec<(u64, Batch)>) -> Result<(), DbError> {

@@ -25,6 +25,8 @@ pub struct RecoveredWal {
     pub records: Vec<RecoveredRecord>,
     /// Highest txn found in any file (0 if none).
     pub max_txn: u64,
+    /// Bytes of torn tails cut from the files.
+    pub torn_bytes_cut: u64,
 }
 
 impl RecoveredWal {
@@ -73,6 +75,7 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
     let mut files = Vec::new();
     let mut records = Vec::new();
     let mut max_txn = 0;
+    let mut torn_bytes_cut = 0;
     for path in wal_files(wal_dir)? {
         let file = fs::OpenOptions::new()
             .read(true)
@@ -135,6 +138,7 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
                     "cutting torn WAL tail (an unsynced write, never acknowledged)"
                 );
                 drop(map);
+                torn_bytes_cut += len - end;
                 file.set_len(end)
                     .and_then(|_| file.sync_all())
                     .map_err(|e| WalError::from_io(&path, "truncate torn tail", e))?;
@@ -156,5 +160,6 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
         files,
         records,
         max_txn,
+        torn_bytes_cut,
     })
 }
