@@ -47,7 +47,8 @@ impl CpuGenerator {
         let h = (i % HOSTS) as usize;
         let f = (i % 1000) as f64;
         let set = |b: &mut BatchBuilder, c: usize, v: Value<'_>| {
-            b.set(c, v).expect("generated values match the reference schema");
+            b.set(c, v)
+                .expect("generated values match the reference schema");
         };
         set(b, 0, Value::Symbol(&self.hosts[h]));
         set(b, 1, Value::Symbol(REGIONS[h % REGIONS.len()]));

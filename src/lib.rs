@@ -5,8 +5,8 @@
 //! [`db`] applier. See docs/architecture.md and docs/format.md.
 
 pub mod batch;
-pub mod table;
-pub mod io;
-pub mod wal;
 pub mod db;
 pub mod gen;
+pub mod io;
+pub mod table;
+pub mod wal;

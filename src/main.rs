@@ -35,7 +35,12 @@ struct Cli {
 #[derive(Args, Clone)]
 struct NodeArgs {
     /// Directory holding the tables and their WALs.
-    #[arg(long, global = true, env = "BASALT_DATA_DIR", default_value = "basalt-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_DATA_DIR",
+        default_value = "basalt-data"
+    )]
     data_dir: PathBuf,
     /// WAL I/O engine: auto (io_uring via glommio when the kernel allows it,
     /// else tokio-uring, else portable), glommio, tokio-uring or portable.
@@ -196,8 +201,15 @@ fn demo(node: &NodeArgs, rows: u64, batch_rows: usize, committers: usize) -> Res
     );
     let result = db.scan("cpu", &[], None)?;
     print_summary(&result, 5);
-    let day = db.scan("cpu", &["host", "usage_user", "ts"], Some(BASE_TS_US..BASE_TS_US + 1_000))?;
-    println!("rows in the first millisecond of 2024-01-01 (time-range scan): {}", day.row_count());
+    let day = db.scan(
+        "cpu",
+        &["host", "usage_user", "ts"],
+        Some(BASE_TS_US..BASE_TS_US + 1_000),
+    )?;
+    println!(
+        "rows in the first millisecond of 2024-01-01 (time-range scan): {}",
+        day.row_count()
+    );
     db.close();
     Ok(())
 }
@@ -239,7 +251,11 @@ fn tables(node: &NodeArgs) -> Result<(), DbError> {
             s.txn,
             s.partitions.len(),
             s.row_count(),
-            if r.schema().is_local_only() { "local-only" } else { "replicated" }
+            if r.schema().is_local_only() {
+                "local-only"
+            } else {
+                "replicated"
+            }
         );
     }
     Ok(())
@@ -256,7 +272,9 @@ fn format_value(v: Value<'_>) -> String {
         Value::Float(x) => x.to_string(),
         Value::Double(x) => x.to_string(),
         Value::Timestamp(us) => chrono::DateTime::from_timestamp_micros(us)
-            .map_or(us.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()),
+            .map_or(us.to_string(), |t| {
+                t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+            }),
         Value::Symbol(s) | Value::Varchar(s) => s.to_string(),
     }
 }
@@ -268,14 +286,19 @@ fn print_rows(r: &ScanResult, rows: std::ops::Range<usize>) {
 
 fn print_values(r: &ScanResult, rows: std::ops::Range<usize>) {
     for row in rows {
-        let line: Vec<String> = (0..r.columns.len()).map(|c| format_value(r.value(c, row))).collect();
+        let line: Vec<String> = (0..r.columns.len())
+            .map(|c| format_value(r.value(c, row)))
+            .collect();
         println!("{}", line.join("\t"));
     }
 }
 
 fn print_summary(r: &ScanResult, n: usize) {
     let total = r.row_count();
-    println!("scan of cpu at txn {}: {total} rows; first and last {n}:", r.txn);
+    println!(
+        "scan of cpu at txn {}: {total} rows; first and last {n}:",
+        r.txn
+    );
     print_rows(r, 0..total.min(n));
     if total > n {
         println!("...");
@@ -286,7 +309,12 @@ fn print_summary(r: &ScanResult, n: usize) {
 /// Commits batches of `batch_rows` rows; batch `b` holds rows with
 /// `requests = b * batch_rows + j`. Timestamps spread over three days and
 /// arrive out of order across committers, so O3 merges happen too.
-fn crash_child(node: &NodeArgs, first_batch: u64, batch_rows: usize, committers: usize) -> Result<(), DbError> {
+fn crash_child(
+    node: &NodeArgs,
+    first_batch: u64,
+    batch_rows: usize,
+    committers: usize,
+) -> Result<(), DbError> {
     let db = node.open()?;
     let table = open_cpu(&db)?;
     let gen = CpuGenerator::default();

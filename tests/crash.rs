@@ -37,7 +37,10 @@ fn rows_per_batch(r: &ScanResult) -> BTreeMap<u64, u64> {
 
 fn assert_whole(per: &BTreeMap<u64, u64>, when: &str) {
     for (b, n) in per {
-        assert_eq!(*n, BATCH_ROWS, "{when}: batch {b} has {n} of {BATCH_ROWS} rows: a partial txn is visible");
+        assert_eq!(
+            *n, BATCH_ROWS,
+            "{when}: batch {b} has {n} of {BATCH_ROWS} rows: a partial txn is visible"
+        );
     }
 }
 
@@ -52,8 +55,21 @@ fn delay_ms(cycle: u64) -> u64 {
 
 fn run_child(data: &Path, engine: &str, cycle: u64) -> BTreeSet<u64> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_basalt"))
-        .args(["--data-dir", data.to_str().unwrap(), "--io-engine", engine, "--shards", "2"])
-        .args(["crash-child", "--batch-rows", &BATCH_ROWS.to_string(), "--committers", "4"])
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--io-engine",
+            engine,
+            "--shards",
+            "2",
+        ])
+        .args([
+            "crash-child",
+            "--batch-rows",
+            &BATCH_ROWS.to_string(),
+            "--committers",
+            "4",
+        ])
         .args(["--first-batch", &(cycle * BATCH_ID_STRIDE).to_string()])
         .env("BASALT_LOG", "warn")
         .stdout(Stdio::piped())
@@ -66,14 +82,19 @@ fn run_child(data: &Path, engine: &str, cycle: u64) -> BTreeSet<u64> {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             // Only whole lines count: a line cut by the kill was never fully acknowledged to us.
-            if let Some(id) = line.strip_prefix("ack ").and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(id) = line
+                .strip_prefix("ack ")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 let _ = tx.send(id);
             }
         }
     });
     // Wait for the first ack so the kill lands while ingesting, not during start-up.
     let mut acked = BTreeSet::new();
-    let first = rx.recv_timeout(Duration::from_secs(60)).expect("child acknowledged nothing in 60 s");
+    let first = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("child acknowledged nothing in 60 s");
     acked.insert(first);
     let until = Instant::now() + Duration::from_millis(delay_ms(cycle));
     while Instant::now() < until {
@@ -126,7 +147,10 @@ fn kill_9_during_ingest_loses_no_acknowledged_txn_and_shows_no_partial_one() {
         let per = rows_per_batch(&db.scan("cpu", &["requests"], None).unwrap());
         assert_whole(&per, &format!("cycle {cycle} after recovery"));
         for b in &all_acked {
-            assert!(per.contains_key(b), "cycle {cycle} ({engine}): acknowledged batch {b} is missing");
+            assert!(
+                per.contains_key(b),
+                "cycle {cycle} ({engine}): acknowledged batch {b} is missing"
+            );
         }
         let wal_left = walkdir_count(&data.join("cpu").join("_wal"));
         assert_eq!(wal_left, 0, "recovered WAL files are removed once applied");
@@ -143,7 +167,9 @@ fn kill_9_during_ingest_loses_no_acknowledged_txn_and_shows_no_partial_one() {
 }
 
 fn walkdir_count(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     entries
         .filter_map(Result::ok)
         .map(|e| {

@@ -25,8 +25,12 @@ fn open(dir: &Path, plan: &Arc<FaultPlan>) -> Database {
 
 fn setup(dir: &Path, plan: &Arc<FaultPlan>) -> (Database, Arc<TableHandle>) {
     let db = open(dir, plan);
-    let t = db.create_table("cpu", CpuGenerator::default().schema()).unwrap();
-    let txn = db.commit(&t, CpuGenerator::default().batch(0, 100, 0)).unwrap();
+    let t = db
+        .create_table("cpu", CpuGenerator::default().schema())
+        .unwrap();
+    let txn = db
+        .commit(&t, CpuGenerator::default().batch(0, 100, 0))
+        .unwrap();
     t.wait_applied(txn, WAIT).unwrap();
     (db, t)
 }
@@ -50,8 +54,14 @@ fn fsync_failure_poisons_the_wal_until_reopen() {
     plan.heal();
     let e = db.commit(&t, gen.batch(200, 100, 0)).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("refuses writes since an earlier failure"), "{msg}");
-    assert!(msg.contains("fdatasync failed") && msg.contains("reopen the database"), "{msg}");
+    assert!(
+        msg.contains("refuses writes since an earlier failure"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("fdatasync failed") && msg.contains("reopen the database"),
+        "{msg}"
+    );
     // What was acknowledged before stays readable.
     assert_eq!(requests(&db), (0..100).collect::<Vec<_>>());
     db.close();
@@ -64,7 +74,11 @@ fn fsync_failure_poisons_the_wal_until_reopen() {
     t.wait_applied(txn, WAIT).unwrap();
     let got = requests(&db);
     assert_eq!(&got[..100], &(0..100).collect::<Vec<_>>()[..]);
-    assert!(got.len() == 200 || got.len() == 300, "{} rows: a partial txn?", got.len());
+    assert!(
+        got.len() == 200 || got.len() == 300,
+        "{} rows: a partial txn?",
+        got.len()
+    );
     assert_eq!(&got[got.len() - 100..], &(300..400).collect::<Vec<_>>()[..]);
 }
 
@@ -77,14 +91,21 @@ fn torn_write_is_cut_at_recovery_and_nothing_acknowledged_is_lost() {
     plan.tear_next_write();
     let e = db.commit(&t, gen.batch(100, 100, 0)).unwrap_err();
     assert!(e.to_string().contains("injected torn write"), "{e}");
-    assert!(db.commit(&t, gen.batch(200, 100, 0)).is_err(), "poisoned after a failed write");
+    assert!(
+        db.commit(&t, gen.batch(200, 100, 0)).is_err(),
+        "poisoned after a failed write"
+    );
     db.close();
 
     let db = open(dir.path(), &plan);
     let report = &db.recovery()[0];
     assert!(report.torn_bytes_cut > 0, "{report:?}");
     assert_eq!(report.replayed_txns, 0);
-    assert_eq!(requests(&db), (0..100).collect::<Vec<_>>(), "the torn txn is not visible");
+    assert_eq!(
+        requests(&db),
+        (0..100).collect::<Vec<_>>(),
+        "the torn txn is not visible"
+    );
     let t = db.table("cpu").unwrap();
     let txn = db.commit(&t, gen.batch(100, 100, 0)).unwrap();
     t.wait_applied(txn, WAIT).unwrap();
@@ -101,10 +122,16 @@ fn disk_full_is_a_clear_error_and_committed_data_stays_readable() {
     let e = db.commit(&t, gen.batch(100, 1000, 0)).unwrap_err();
     assert!(e.is_disk_full(), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains("the disk is full") && msg.contains("Free space and reopen"), "{msg}");
+    assert!(
+        msg.contains("the disk is full") && msg.contains("Free space and reopen"),
+        "{msg}"
+    );
     assert_eq!(requests(&db), (0..100).collect::<Vec<_>>());
     let e = db.commit(&t, gen.batch(100, 10, 0)).unwrap_err();
-    assert!(e.to_string().contains("the disk is full"), "poisoned, naming the cause: {e}");
+    assert!(
+        e.to_string().contains("the disk is full"),
+        "poisoned, naming the cause: {e}"
+    );
     db.close();
 
     plan.heal();
@@ -139,7 +166,9 @@ fn wal_files_rotate_and_applied_ones_are_removed() {
     // One more commit lets the shard drop files applied by now.
     let txn = db.commit(&t, gen.batch(40_000, 10, 0)).unwrap();
     t.wait_applied(txn, WAIT).unwrap();
-    let files: Vec<_> = std::fs::read_dir(dir.path().join("cpu/_wal/s0")).unwrap().collect();
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("cpu/_wal/s0"))
+        .unwrap()
+        .collect();
     // 40 txns of ~60 KiB each would be ~40 files; applied ones are gone.
     assert!(files.len() <= 2, "{} WAL files left", files.len());
     assert_eq!(requests(&db).len(), 40_010);

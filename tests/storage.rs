@@ -15,7 +15,11 @@ const DAY_US: i64 = 86_400_000_000;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn engines() -> Vec<EngineChoice> {
-    vec![EngineChoice::Glommio, EngineChoice::TokioUring, EngineChoice::Portable]
+    vec![
+        EngineChoice::Glommio,
+        EngineChoice::TokioUring,
+        EngineChoice::Portable,
+    ]
 }
 
 fn open(dir: &std::path::Path, engine: &EngineChoice) -> Database {
@@ -68,7 +72,11 @@ fn expected_row(i: i64, strings: &[String]) -> Vec<Value<'_>> {
         pick(5, Value::Float(i as f32 / 4.0)),
         pick(6, Value::Double(i as f64 * 1.5)),
         pick(7, Value::Timestamp(-i)),
-        if null(8) { Value::Null } else { Value::Symbol(&strings[(i % 5) as usize]) },
+        if null(8) {
+            Value::Null
+        } else {
+            Value::Symbol(&strings[(i % 5) as usize])
+        },
         if null(9) {
             Value::Null
         } else {
@@ -117,7 +125,11 @@ fn every_type_and_null_round_trips_across_partitions_and_reopen() {
                 commit_and_wait(&db, &t, build(&schema, rows, &s));
             }
             let st = db.reader("all_types").unwrap().state().unwrap();
-            assert_eq!(st.partitions.len(), 4, "{engine}: 96 hours make 4 day partitions");
+            assert_eq!(
+                st.partitions.len(),
+                4,
+                "{engine}: 96 hours make 4 day partitions"
+            );
             assert_eq!(st.row_count(), 96);
             db.close();
         }
@@ -131,7 +143,10 @@ fn every_type_and_null_round_trips_across_partitions_and_reopen() {
                 let got = r.value(c, i as usize);
                 assert_eq!(got, *v, "{engine}: row {i} column {}", r.names[c]);
             }
-            assert_eq!(r.value(10, i as usize), Value::Timestamp(BASE_TS_US + i * 3_600_000_000));
+            assert_eq!(
+                r.value(10, i as usize),
+                Value::Timestamp(BASE_TS_US + i * 3_600_000_000)
+            );
         }
     }
 }
@@ -162,15 +177,25 @@ fn out_of_order_rows_are_merged_in_timestamp_order() {
         assert_eq!(r.row_count(), 1100, "{engine}");
         let ts = r.column("ts").unwrap();
         for row in 1..r.row_count() {
-            assert!(ts.i64_at(row - 1) <= ts.i64_at(row), "{engine}: not sorted at {row}");
+            assert!(
+                ts.i64_at(row - 1) <= ts.i64_at(row),
+                "{engine}: not sorted at {row}"
+            );
         }
         for i in 0..1000usize {
             assert_eq!(r.value(0, i), Value::Long(i as i64), "{engine}");
-            assert_eq!(r.value(2, i), Value::Symbol(&format!("host_{:02}", i % 100)), "{engine}");
+            assert_eq!(
+                r.value(2, i),
+                Value::Symbol(&format!("host_{:02}", i % 100)),
+                "{engine}"
+            );
         }
         let st = db.reader("cpu").unwrap().state().unwrap();
         assert_eq!(st.partitions.len(), 2);
-        assert_eq!(st.partitions[0].version, 1, "the O3 merge made version 1 of day one");
+        assert_eq!(
+            st.partitions[0].version, 1,
+            "the O3 merge made version 1 of day one"
+        );
         // The old version is gone from disk once the new one is published.
         let names: Vec<String> = std::fs::read_dir(dir.path().join("cpu"))
             .unwrap()
@@ -215,9 +240,15 @@ fn time_range_scan_returns_exactly_the_rows_in_range() {
     let from = BASE_TS_US + DAY_US + 3 * 3_600_000_000; // day 2, 03:00
     let to = BASE_TS_US + 3 * DAY_US; // day 4, 00:00 (exclusive)
     let r = db.scan("cpu", &["requests", "ts"], Some(from..to)).unwrap();
-    let got: Vec<i64> = (0..r.row_count()).map(|i| r.column("requests").unwrap().i64_at(i)).collect();
+    let got: Vec<i64> = (0..r.row_count())
+        .map(|i| r.column("requests").unwrap().i64_at(i))
+        .collect();
     assert_eq!(got, (27..72).collect::<Vec<i64>>());
-    assert!(db.scan("cpu", &["nope"], None).unwrap_err().to_string().contains("no column named \"nope\""));
+    assert!(db
+        .scan("cpu", &["nope"], None)
+        .unwrap_err()
+        .to_string()
+        .contains("no column named \"nope\""));
 }
 
 #[test]
@@ -233,7 +264,10 @@ fn symbols_share_one_table_dictionary_across_txns_and_partitions() {
     assert_eq!(st.symbol_count(1), 4, "4 regions");
     let r = db.scan("cpu", &["host", "region"], None).unwrap();
     for i in 0..1000 {
-        assert_eq!(r.value(0, i), Value::Symbol(&format!("host_{:02}", i % 100)));
+        assert_eq!(
+            r.value(0, i),
+            Value::Symbol(&format!("host_{:02}", i % 100))
+        );
     }
 }
 
@@ -260,7 +294,9 @@ fn local_only_tables_have_one_partition_and_keep_insert_order() {
     let got: Vec<Value> = (0..3).map(|i| r.value(1, i)).collect();
     assert_eq!(got, vec![Value::Long(3), Value::Long(1), Value::Long(2)]);
     assert_eq!(r.value(0, 0), Value::Varchar("key3"));
-    assert!(std::fs::metadata(dir.path().join("settings/default.0")).unwrap().is_dir());
+    assert!(std::fs::metadata(dir.path().join("settings/default.0"))
+        .unwrap()
+        .is_dir());
 }
 
 #[test]
@@ -272,19 +308,30 @@ fn bad_input_gets_a_clear_error_and_harms_nothing() {
     commit_and_wait(&db, &t, gen.batch(0, 10, 0));
     // A batch built for another schema.
     let other = all_types_schema(PartitionBy::Day);
-    let e = db.commit(&t, build(&other, [(1, BASE_TS_US)].into_iter(), &strings())).unwrap_err();
+    let e = db
+        .commit(&t, build(&other, [(1, BASE_TS_US)].into_iter(), &strings()))
+        .unwrap_err();
     assert!(e.to_string().contains("11 columns, the table has 8"), "{e}");
     // Names that would leave the data dir.
     for name in ["../evil", "a/b", ".hidden", ""] {
         let e = db.create_table(name, gen.schema()).unwrap_err();
         assert!(e.to_string().contains("invalid table name"), "{name}: {e}");
     }
-    assert!(db.create_table("cpu", gen.schema()).unwrap_err().to_string().contains("already exists"));
+    assert!(db
+        .create_table("cpu", gen.schema())
+        .unwrap_err()
+        .to_string()
+        .contains("already exists"));
     // Partition scheme rules.
     let e = Schema::new(vec![("v", ColumnType::Long)], None, PartitionBy::Day).unwrap_err();
-    assert!(e.to_string().contains("needs a designated timestamp"), "{e}");
+    assert!(
+        e.to_string().contains("needs a designated timestamp"),
+        "{e}"
+    );
     assert_eq!(db.scan("cpu", &[], None).unwrap().row_count(), 10);
-    assert!(!dir.path().join("evil").exists() && !dir.path().parent().unwrap().join("evil").exists());
+    assert!(
+        !dir.path().join("evil").exists() && !dir.path().parent().unwrap().join("evil").exists()
+    );
 }
 
 #[test]
@@ -299,7 +346,12 @@ fn every_partition_scheme_names_and_splits_partitions() {
     for (p, span, first_dir) in cases {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path(), &EngineChoice::Portable);
-        let schema = Schema::new(vec![("v", ColumnType::Long), ("ts", ColumnType::Timestamp)], Some("ts"), p).unwrap();
+        let schema = Schema::new(
+            vec![("v", ColumnType::Long), ("ts", ColumnType::Timestamp)],
+            Some("ts"),
+            p,
+        )
+        .unwrap();
         let t = db.create_table("t", &schema).unwrap();
         let mut b = BatchBuilder::new(&schema);
         for k in 0..3i64 {
@@ -310,6 +362,9 @@ fn every_partition_scheme_names_and_splits_partitions() {
         commit_and_wait(&db, &t, b.finish());
         let st = db.reader("t").unwrap().state().unwrap();
         assert_eq!(st.partitions.len(), 3, "{p}");
-        assert!(dir.path().join("t").join(first_dir).is_dir(), "{p}: {first_dir}");
+        assert!(
+            dir.path().join("t").join(first_dir).is_dir(),
+            "{p}: {first_dir}"
+        );
     }
 }

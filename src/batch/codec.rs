@@ -84,10 +84,14 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
     fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 }
 
@@ -109,7 +113,8 @@ pub fn decode(buf: &[u8], schema: &Schema) -> Result<Batch, DecodeError> {
     for (i, s) in schema.columns.iter().enumerate() {
         let bad = |why: String| DecodeError::Column { column: i, why };
         let head = r.take(4)?;
-        let ty = ColumnType::from_tag(head[0]).ok_or_else(|| bad(format!("unknown type tag {}", head[0])))?;
+        let ty = ColumnType::from_tag(head[0])
+            .ok_or_else(|| bad(format!("unknown type tag {}", head[0])))?;
         if ty != s.ty {
             return Err(bad(format!("type {ty}, the schema says {}", s.ty)));
         }
@@ -155,7 +160,9 @@ pub fn decode(buf: &[u8], schema: &Schema) -> Result<Batch, DecodeError> {
                     || offsets.windows(2).any(|w| w[0] > w[1])
                     || offsets[rows as usize] != data_len
                 {
-                    return Err(bad("varchar offsets are not ascending from 0 to the data length".into()));
+                    return Err(bad(
+                        "varchar offsets are not ascending from 0 to the data length".into(),
+                    ));
                 }
                 let bytes = r.take(data_len)?.to_vec();
                 for w in offsets.windows(2) {
@@ -173,10 +180,12 @@ pub fn decode(buf: &[u8], schema: &Schema) -> Result<Batch, DecodeError> {
         };
         if ty == ColumnType::Symbol {
             let n = col.dict.len() as i64;
-            if let Some(row) =
-                (0..rows as usize).find(|&row| col.is_valid(row) && !(0..n).contains(&i64::from(col.i32_at(row))))
+            if let Some(row) = (0..rows as usize)
+                .find(|&row| col.is_valid(row) && !(0..n).contains(&i64::from(col.i32_at(row))))
             {
-                return Err(bad(format!("row {row}: symbol key outside the dictionary of {n}")));
+                return Err(bad(format!(
+                    "row {row}: symbol key outside the dictionary of {n}"
+                )));
             }
         }
         columns.push(col);
@@ -204,7 +213,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn all_types() -> Schema {
-        let cols: Vec<(&str, ColumnType)> = ColumnType::ALL.iter().map(|t| (t.name(), *t)).collect();
+        let cols: Vec<(&str, ColumnType)> =
+            ColumnType::ALL.iter().map(|t| (t.name(), *t)).collect();
         Schema::new(cols, Some("TIMESTAMP"), PartitionBy::Day).unwrap()
     }
 
@@ -260,7 +270,9 @@ mod tests {
             .iter()
             .map(|t| {
                 if *t == ColumnType::Timestamp {
-                    any::<i64>().prop_map(|v| Some(OwnedValue::Timestamp(v))).boxed()
+                    any::<i64>()
+                        .prop_map(|v| Some(OwnedValue::Timestamp(v)))
+                        .boxed()
                 } else {
                     value_strategy(*t)
                 }
@@ -325,12 +337,16 @@ mod tests {
 
     #[test]
     fn huge_length_fields_do_not_allocate() {
-        let schema = Schema::new(vec![("v", ColumnType::Varchar)], None, PartitionBy::None).unwrap();
+        let schema =
+            Schema::new(vec![("v", ColumnType::Varchar)], None, PartitionBy::None).unwrap();
         let mut buf = Vec::new();
         buf.extend_from_slice(&1u32.to_le_bytes());
         buf.extend_from_slice(&1u32.to_le_bytes());
         buf.extend_from_slice(&[ColumnType::Varchar.tag(), 0, 0, 0]);
         buf.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(decode(&buf, &schema), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            decode(&buf, &schema),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 }

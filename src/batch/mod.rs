@@ -171,7 +171,9 @@ impl ColumnBuf {
             ColumnType::Int => Value::Int(self.i32_at(row)),
             ColumnType::Long => Value::Long(self.i64_at(row)),
             ColumnType::Float => Value::Float(f32::from_le_bytes(f().try_into().unwrap_or([0; 4]))),
-            ColumnType::Double => Value::Double(f64::from_le_bytes(f().try_into().unwrap_or([0; 8]))),
+            ColumnType::Double => {
+                Value::Double(f64::from_le_bytes(f().try_into().unwrap_or([0; 8])))
+            }
             ColumnType::Timestamp => Value::Timestamp(self.i64_at(row)),
             ColumnType::Symbol => {
                 let key = self.i32_at(row);
@@ -240,12 +242,22 @@ impl ColumnBuf {
                 let w = other.width();
                 b.extend_from_slice(&o[range.start * w..range.end * w]);
             }
-            (Values::Var { offsets, bytes }, Values::Var { offsets: oo, bytes: ob }) => {
+            (
+                Values::Var { offsets, bytes },
+                Values::Var {
+                    offsets: oo,
+                    bytes: ob,
+                },
+            ) => {
                 let start = oo[range.start];
                 let end = oo[range.end];
                 let base = bytes.len() as u64;
                 bytes.extend_from_slice(&ob[start as usize..end as usize]);
-                offsets.extend(oo[range.start + 1..=range.end].iter().map(|o| o - start + base));
+                offsets.extend(
+                    oo[range.start + 1..=range.end]
+                        .iter()
+                        .map(|o| o - start + base),
+                );
             }
             _ => {}
         }
@@ -347,7 +359,10 @@ impl Batch {
                     || offsets.windows(2).any(|w| w[0] > w[1])
                     || offsets[rows] != bytes.len() as u64
                 {
-                    return Err(BatchError::Shape(format!("column {} has bad offsets", s.name)));
+                    return Err(BatchError::Shape(format!(
+                        "column {} has bad offsets",
+                        s.name
+                    )));
                 }
             }
             if c.ty == ColumnType::Symbol {
@@ -396,7 +411,11 @@ impl BatchBuilder {
     pub fn new(schema: &Schema) -> BatchBuilder {
         let n = schema.columns.len();
         BatchBuilder {
-            columns: schema.columns.iter().map(|c| ColumnBuf::new(c.ty)).collect(),
+            columns: schema
+                .columns
+                .iter()
+                .map(|c| ColumnBuf::new(c.ty))
+                .collect(),
             names: schema.columns.iter().map(|c| c.name.clone()).collect(),
             timestamp: schema.timestamp,
             set: vec![false; n],
@@ -472,7 +491,9 @@ impl BatchBuilder {
         }
         if self.rows >= BATCH_ROWS_MAX {
             self.cancel_row();
-            return Err(BatchError::TooManyRows { rows: self.rows + 1 });
+            return Err(BatchError::TooManyRows {
+                rows: self.rows + 1,
+            });
         }
         for (c, set) in self.columns.iter_mut().zip(self.set.iter_mut()) {
             if !*set {
@@ -532,10 +553,8 @@ mod tests {
     use crate::table::schema::PartitionBy;
 
     fn all_types() -> Schema {
-        let cols: Vec<(&str, ColumnType)> = ColumnType::ALL
-            .iter()
-            .map(|t| (t.name(), *t))
-            .collect();
+        let cols: Vec<(&str, ColumnType)> =
+            ColumnType::ALL.iter().map(|t| (t.name(), *t)).collect();
         Schema::new(cols, Some("TIMESTAMP"), PartitionBy::Day).unwrap()
     }
 
@@ -566,7 +585,11 @@ mod tests {
         assert_eq!(batch.row_count(), 2);
         for (i, v) in row.iter().enumerate() {
             assert_eq!(batch.columns[i].value(0), *v);
-            let second = if i == 7 { Value::Timestamp(2_000) } else { Value::Null };
+            let second = if i == 7 {
+                Value::Timestamp(2_000)
+            } else {
+                Value::Null
+            };
             assert_eq!(batch.columns[i].value(1), second);
         }
     }

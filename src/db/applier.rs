@@ -84,7 +84,9 @@ fn apply_ready(slot: &mut Slot, apply_rows_max: usize) {
         let mut rows = 0;
         let mut progressed = false;
         while rows < apply_rows_max {
-            let Some(entry) = slot.pending.first_entry() else { break };
+            let Some(entry) = slot.pending.first_entry() else {
+                break;
+            };
             if *entry.key() != slot.next {
                 break;
             }

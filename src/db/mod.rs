@@ -27,11 +27,11 @@ use shard::{CommitRequest, ShardLimits, ShardMsg};
 
 use crate::batch::{codec, Batch, BatchError};
 use crate::io::{
-    self, Engine, EngineChoice, EngineUnavailable, FaultEngine, GlommioEngine, PortableEngine, Resolved,
-    TokioUringEngine,
+    self, Engine, EngineChoice, EngineUnavailable, FaultEngine, GlommioEngine, PortableEngine,
+    Resolved, TokioUringEngine,
 };
 use crate::table::files::WAL_DIR;
-use crate::table::{Schema, ScanResult, TableError, TableReader, TableWriter};
+use crate::table::{ScanResult, Schema, TableError, TableReader, TableWriter};
 use crate::wal::{self, WalError};
 
 /// Database settings. `Default` gives the documented defaults.
@@ -303,18 +303,42 @@ impl Database {
             .name(format!("basalt-shard-{k}"))
             .spawn(move || {
                 let r = match choice {
-                    EngineChoice::Glommio | EngineChoice::Auto => {
-                        run_shard(GlommioEngine, core, k, rx, applier, limits, ready_tx.clone())
-                    }
-                    EngineChoice::TokioUring => {
-                        run_shard(TokioUringEngine, core, k, rx, applier, limits, ready_tx.clone())
-                    }
-                    EngineChoice::Portable => {
-                        run_shard(PortableEngine, core, k, rx, applier, limits, ready_tx.clone())
-                    }
-                    EngineChoice::Fault(plan) => {
-                        run_shard(FaultEngine { plan }, core, k, rx, applier, limits, ready_tx.clone())
-                    }
+                    EngineChoice::Glommio | EngineChoice::Auto => run_shard(
+                        GlommioEngine,
+                        core,
+                        k,
+                        rx,
+                        applier,
+                        limits,
+                        ready_tx.clone(),
+                    ),
+                    EngineChoice::TokioUring => run_shard(
+                        TokioUringEngine,
+                        core,
+                        k,
+                        rx,
+                        applier,
+                        limits,
+                        ready_tx.clone(),
+                    ),
+                    EngineChoice::Portable => run_shard(
+                        PortableEngine,
+                        core,
+                        k,
+                        rx,
+                        applier,
+                        limits,
+                        ready_tx.clone(),
+                    ),
+                    EngineChoice::Fault(plan) => run_shard(
+                        FaultEngine { plan },
+                        core,
+                        k,
+                        rx,
+                        applier,
+                        limits,
+                        ready_tx.clone(),
+                    ),
                 };
                 if let Err(e) = r {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -367,7 +391,12 @@ impl Database {
             return Err(TableError::AlreadyExists(name.to_string()).into());
         }
         let writer = TableWriter::create(&self.opts.data_dir, name, schema)?;
-        let handle = Arc::new(TableHandle::new(name, schema.clone(), writer.dir().to_path_buf(), 0));
+        let handle = Arc::new(TableHandle::new(
+            name,
+            schema.clone(),
+            writer.dir().to_path_buf(),
+            0,
+        ));
         self.applier_tx
             .as_ref()
             .ok_or(DbError::Closed)?
@@ -512,11 +541,12 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
     let mut rows = 0;
     let mut applied = 0u64;
     for r in &recovered.records {
-        let batch = codec::decode(recovered.payload(r), &schema).map_err(|source| WalError::Payload {
-            path: recovered.path(r).to_path_buf(),
-            txn: r.header.txn,
-            source,
-        })?;
+        let batch =
+            codec::decode(recovered.payload(r), &schema).map_err(|source| WalError::Payload {
+                path: recovered.path(r).to_path_buf(),
+                txn: r.header.txn,
+                source,
+            })?;
         rows += batch.row_count();
         chunk.push((r.header.txn, batch));
         if rows >= opts.apply_rows_max {
@@ -549,7 +579,10 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
     }
     // Every record above the committed txn was just applied, so the WAL holds
     // nothing above the table's txn: the sequencer continues from it.
-    assert!(max_txn <= writer.state().txn, "WAL txn {max_txn} above applied txn after recovery");
+    assert!(
+        max_txn <= writer.state().txn,
+        "WAL txn {max_txn} above applied txn after recovery"
+    );
     let report = RecoveryReport {
         table: name.to_string(),
         replayed_txns: applied,

@@ -80,7 +80,8 @@ pub async fn run<E: Engine>(
         // One WAL write per table in the group, tables in order of first appearance.
         while !group.is_empty() {
             let name = group[0].table.name.clone();
-            let (mine, rest): (Vec<_>, Vec<_>) = group.into_iter().partition(|c| c.table.name == name);
+            let (mine, rest): (Vec<_>, Vec<_>) =
+                group.into_iter().partition(|c| c.table.name == name);
             group = rest;
             buf = commit_table(&engine, shard, &mut wals, mine, buf, &applier, limits).await;
         }
@@ -100,7 +101,14 @@ async fn commit_table<E: Engine>(
     let table = reqs[0].table.clone();
     if !wals.contains_key(&table.name) {
         let wal_dir = table.dir.join(WAL_DIR);
-        match WalWriter::create(engine, Path::new(&wal_dir), shard, limits.wal_file_bytes_max).await {
+        match WalWriter::create(
+            engine,
+            Path::new(&wal_dir),
+            shard,
+            limits.wal_file_bytes_max,
+        )
+        .await
+        {
             Ok(w) => {
                 wals.insert(table.name.clone(), w);
             }

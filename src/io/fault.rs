@@ -79,10 +79,7 @@ impl WalFile for FaultFile {
         if self.plan.tear_next_write.swap(false, Ordering::SeqCst) {
             let half = buf.len() / 2;
             let r = f.write_all_at(&buf[..half], pos);
-            return (
-                r.and(Err(io::Error::other("injected torn write"))),
-                buf,
-            );
+            return (r.and(Err(io::Error::other("injected torn write"))), buf);
         }
         let len = buf.len() as u64;
         let left = self.plan.bytes_left.load(Ordering::SeqCst);

@@ -32,7 +32,11 @@ pub use uring::TokioUringEngine;
 pub trait WalFile {
     /// Writes all of `buf` at `pos`. Returns the buffer (when the engine gives
     /// it back) so the caller can reuse its allocation.
-    fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> impl Future<Output = (io::Result<()>, Vec<u8>)>;
+    fn write_all_at(
+        &self,
+        buf: Vec<u8>,
+        pos: u64,
+    ) -> impl Future<Output = (io::Result<()>, Vec<u8>)>;
     /// `fdatasync`: returns once the written bytes are on stable storage.
     fn sync_data(&self) -> impl Future<Output = io::Result<()>>;
 }
@@ -167,7 +171,9 @@ pub fn resolve(choice: &EngineChoice) -> Result<Resolved, EngineUnavailable> {
 /// Pins the current thread to `core` (modulo the number of cores).
 pub fn pin_current_thread(core: Option<usize>) {
     let Some(core) = core else { return };
-    let Some(ids) = core_affinity::get_core_ids() else { return };
+    let Some(ids) = core_affinity::get_core_ids() else {
+        return;
+    };
     if ids.is_empty() {
         return;
     }
@@ -187,7 +193,10 @@ mod tests {
             assert_eq!(s.parse::<EngineChoice>().unwrap().to_string(), s);
         }
         let e = "uring".parse::<EngineChoice>().unwrap_err();
-        assert!(e.contains("expected auto, glommio, tokio-uring or portable"), "{e}");
+        assert!(
+            e.contains("expected auto, glommio, tokio-uring or portable"),
+            "{e}"
+        );
     }
 
     #[test]

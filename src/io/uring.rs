@@ -42,7 +42,9 @@ impl Engine for TokioUringEngine {
         catch_unwind(AssertUnwindSafe(|| {
             tokio_uring::builder().entries(RING_ENTRIES).start(make())
         }))
-        .map_err(|_| io::Error::other("tokio-uring runtime failed to start (io_uring unavailable?)"))
+        .map_err(|_| {
+            io::Error::other("tokio-uring runtime failed to start (io_uring unavailable?)")
+        })
     }
 
     async fn create(&self, path: &Path) -> io::Result<TokioUringFile> {

@@ -104,10 +104,7 @@ impl MappedFile {
             Some(end) => Ok(&b[offset as usize..end as usize]),
             None => Err(TableError::Corrupt {
                 file: path.to_path_buf(),
-                why: format!(
-                    "needs {len} bytes at offset {offset}, file has {}",
-                    b.len()
-                ),
+                why: format!("needs {len} bytes at offset {offset}, file has {}", b.len()),
             }),
         }
     }
@@ -232,7 +229,13 @@ mod tests {
     fn append_bits_keeps_old_bits_and_clears_stale_ones() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b");
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
         append_bits(&f, &path, 0, &[1, 0, 1]).unwrap();
         // Stale bits past row 3 (a crashed append) must not leak into the next append.
         write_at(&f, &path, &[0xFF], 0).unwrap();
@@ -240,13 +243,19 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), vec![0b0000_0111]);
         append_bits(&f, &path, 3, &[0, 0, 1, 1, 0, 1, 1, 1, 1]).unwrap();
         let bits = fs::read(&path).unwrap();
-        assert_eq!(unpack_bits(&bits, 0, 12), vec![1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 1, 1]);
+        assert_eq!(
+            unpack_bits(&bits, 0, 12),
+            vec![1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 1, 1]
+        );
         assert_eq!(bits.len(), 2);
     }
 
     #[test]
     fn partition_dir_names_round_trip() {
-        assert_eq!(parse_partition_dir(&partition_dir("2024-01-02", 7)), Some(("2024-01-02", 7)));
+        assert_eq!(
+            parse_partition_dir(&partition_dir("2024-01-02", 7)),
+            Some(("2024-01-02", 7))
+        );
         assert_eq!(parse_partition_dir("_meta"), None);
     }
 }

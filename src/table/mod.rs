@@ -38,7 +38,11 @@ pub enum TableError {
     #[error("invalid schema: {0}")]
     InvalidSchema(String),
     #[error("invalid {what} name {name:?}: {why}")]
-    InvalidName { what: String, name: String, why: String },
+    InvalidName {
+        what: String,
+        name: String,
+        why: String,
+    },
     #[error("timestamp {ts_us} µs is outside the supported range")]
     TimestampOutOfRange { ts_us: i64 },
     #[error("table {0:?} already exists")]

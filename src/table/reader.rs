@@ -49,7 +49,9 @@ pub fn read_column(
             }
             let bytes = data.slice(&dpath, first, offs[n] - first)?.to_vec();
             for w in offs.windows(2) {
-                if std::str::from_utf8(&bytes[(w[0] - first) as usize..(w[1] - first) as usize]).is_err() {
+                if std::str::from_utf8(&bytes[(w[0] - first) as usize..(w[1] - first) as usize])
+                    .is_err()
+                {
                     return Err(TableError::Corrupt {
                         file: dpath,
                         why: "varchar bytes are not UTF-8".into(),
@@ -130,7 +132,11 @@ impl TableReader {
             return Err(TableError::NotFound(name.to_string()));
         }
         let (schema, table_id) = state::decode_meta(&meta, &files::read_file(&meta)?)?;
-        Ok(TableReader { dir, schema, table_id })
+        Ok(TableReader {
+            dir,
+            schema,
+            table_id,
+        })
     }
 
     pub fn schema(&self) -> &Schema {
@@ -149,7 +155,11 @@ impl TableReader {
 
     /// Reads `columns` (all when empty) of rows whose designated timestamp is
     /// in `ts_range` (all rows when `None`), in partition and timestamp order.
-    pub fn scan(&self, columns: &[&str], ts_range: Option<Range<i64>>) -> Result<ScanResult, TableError> {
+    pub fn scan(
+        &self,
+        columns: &[&str],
+        ts_range: Option<Range<i64>>,
+    ) -> Result<ScanResult, TableError> {
         let idx: Vec<usize> = if columns.is_empty() {
             (0..self.schema.columns.len()).collect()
         } else {
@@ -175,7 +185,11 @@ impl TableReader {
         }
     }
 
-    fn scan_once(&self, idx: &[usize], ts_range: Option<Range<i64>>) -> Result<ScanResult, TableError> {
+    fn scan_once(
+        &self,
+        idx: &[usize],
+        ts_range: Option<Range<i64>>,
+    ) -> Result<ScanResult, TableError> {
         let state = self.state()?;
         let mut out: Vec<ColumnBuf> = idx
             .iter()
@@ -185,8 +199,16 @@ impl TableReader {
             let c = &self.schema.columns[i];
             if c.ty == ColumnType::Symbol {
                 let count = state.symbol_count(i);
-                let strings = read_column(&self.dir.join(files::SYMBOL_DIR), &c.name, ColumnType::Varchar, 0..count, false)?;
-                o.dict = (0..count as usize).map(|k| strings.str_at(k).to_string()).collect();
+                let strings = read_column(
+                    &self.dir.join(files::SYMBOL_DIR),
+                    &c.name,
+                    ColumnType::Varchar,
+                    0..count,
+                    false,
+                )?;
+                o.dict = (0..count as usize)
+                    .map(|k| strings.str_at(k).to_string())
+                    .collect();
             }
         }
         for p in &state.partitions {
@@ -205,7 +227,9 @@ impl TableReader {
                     let path = dir.join(files::data_file(name));
                     let map = files::map(&path)?;
                     let bytes = map.slice(&path, 0, p.rows * 8)?;
-                    let at = |i: usize| i64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+                    let at = |i: usize| {
+                        i64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+                    };
                     let lower = partition_point(p.rows as usize, |i| at(i) < r.start);
                     let upper = partition_point(p.rows as usize, |i| at(i) < r.end);
                     lower as u64..upper as u64
@@ -223,7 +247,10 @@ impl TableReader {
         }
         Ok(ScanResult {
             txn: state.txn,
-            names: idx.iter().map(|&i| self.schema.columns[i].name.clone()).collect(),
+            names: idx
+                .iter()
+                .map(|&i| self.schema.columns[i].name.clone())
+                .collect(),
             columns: out,
         })
     }

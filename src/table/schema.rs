@@ -139,9 +139,8 @@ impl PartitionBy {
             PartitionBy::Week => (date
                 - Duration::days(i64::from(date.weekday().num_days_from_monday())))
             .and_hms_opt(0, 0, 0),
-            PartitionBy::Month => {
-                NaiveDate::from_ymd_opt(date.year(), date.month(), 1).and_then(|d| d.and_hms_opt(0, 0, 0))
-            }
+            PartitionBy::Month => NaiveDate::from_ymd_opt(date.year(), date.month(), 1)
+                .and_then(|d| d.and_hms_opt(0, 0, 0)),
             PartitionBy::Year => {
                 NaiveDate::from_ymd_opt(date.year(), 1, 1).and_then(|d| d.and_hms_opt(0, 0, 0))
             }
@@ -235,7 +234,9 @@ impl Schema {
         let timestamp = match timestamp {
             None => None,
             Some(ts) => Some(columns.iter().position(|c| c.name == ts).ok_or_else(|| {
-                TableError::InvalidSchema(format!("designated timestamp column {ts:?} does not exist"))
+                TableError::InvalidSchema(format!(
+                    "designated timestamp column {ts:?} does not exist"
+                ))
             })?),
         };
         let schema = Schema {
@@ -268,7 +269,9 @@ impl Schema {
 
     pub fn validate(&self) -> Result<(), TableError> {
         if self.columns.is_empty() {
-            return Err(TableError::InvalidSchema("a table needs at least one column".into()));
+            return Err(TableError::InvalidSchema(
+                "a table needs at least one column".into(),
+            ));
         }
         if self.columns.len() > COLUMNS_MAX {
             return Err(TableError::InvalidSchema(format!(
@@ -291,7 +294,9 @@ impl Schema {
         match self.timestamp {
             Some(i) => {
                 let c = self.columns.get(i).ok_or_else(|| {
-                    TableError::InvalidSchema(format!("designated timestamp index {i} out of range"))
+                    TableError::InvalidSchema(format!(
+                        "designated timestamp index {i} out of range"
+                    ))
                 })?;
                 if c.ty != ColumnType::Timestamp {
                     return Err(TableError::InvalidSchema(format!(
@@ -345,12 +350,17 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), TableError> {
         return Err(bad("it is longer than 127 bytes"));
     }
     if name.starts_with('.') || name.starts_with('_') {
-        return Err(bad("it starts with '.' or '_' (reserved for basalt's own files)"));
+        return Err(bad(
+            "it starts with '.' or '_' (reserved for basalt's own files)",
+        ));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| c.is_control() || matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|' | '~'))
-    {
+    if let Some(c) = name.chars().find(|c| {
+        c.is_control()
+            || matches!(
+                c,
+                '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|' | '~'
+            )
+    }) {
         return Err(bad(&format!("it contains the character {c:?}")));
     }
     if name.trim() != name {
@@ -383,13 +393,18 @@ mod tests {
             assert_eq!(p.partition_name(f), name, "{p}");
         }
         // Before the epoch floors downwards, not towards zero.
-        assert_eq!(PartitionBy::Day.floor(-1).unwrap(), us("1969-12-31T00:00:00Z"));
+        assert_eq!(
+            PartitionBy::Day.floor(-1).unwrap(),
+            us("1969-12-31T00:00:00Z")
+        );
         assert_eq!(PartitionBy::None.partition_name(i64::MIN), "default");
     }
 
     #[test]
     fn rejects_names_that_escape_the_data_dir() {
-        for n in ["", "..", ".hidden", "a/b", "a\\b", "_txn", "x\0y", " pad", "a\nb"] {
+        for n in [
+            "", "..", ".hidden", "a/b", "a\\b", "_txn", "x\0y", " pad", "a\nb",
+        ] {
             assert!(validate_name("table", n).is_err(), "{n:?} accepted");
         }
         for n in ["cpu", "cpu.load", "Ünïcode", "a-b_c 1"] {
@@ -405,7 +420,12 @@ mod tests {
         assert!(!s.is_local_only());
         assert!(Schema::new(vec![("a", ColumnType::Long)], Some("a"), PartitionBy::Day).is_err());
         assert!(Schema::new(vec![("a", ColumnType::Long)], None, PartitionBy::Day).is_err());
-        assert!(Schema::new(vec![("a", ColumnType::Long), ("A", ColumnType::Int)], None, PartitionBy::None).is_err());
+        assert!(Schema::new(
+            vec![("a", ColumnType::Long), ("A", ColumnType::Int)],
+            None,
+            PartitionBy::None
+        )
+        .is_err());
         let local = Schema::new(vec![("a", ColumnType::Long)], None, PartitionBy::None).unwrap();
         assert!(local.is_local_only());
         for t in ColumnType::ALL {

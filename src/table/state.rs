@@ -61,7 +61,10 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], TableError> {
         if self.buf.len() - self.pos < n {
-            return Err(corrupt(self.file, format!("ends early at byte {}", self.pos)));
+            return Err(corrupt(
+                self.file,
+                format!("ends early at byte {}", self.pos),
+            ));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -71,10 +74,14 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, TableError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, TableError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn i64(&mut self) -> Result<i64, TableError> {
         Ok(self.u64()? as i64)
@@ -96,7 +103,10 @@ fn open_envelope<'a>(
     supported: &'static str,
 ) -> Result<Cursor<'a>, TableError> {
     if buf.len() < 20 || &buf[..8] != magic {
-        return Err(corrupt(file, "bad magic: not a basalt file of this kind".into()));
+        return Err(corrupt(
+            file,
+            "bad magic: not a basalt file of this kind".into(),
+        ));
     }
     let (body, sum) = buf.split_at(buf.len() - 8);
     let expected = u64::from_le_bytes(sum.try_into().expect("8 bytes"));
@@ -186,7 +196,8 @@ pub fn decode_meta(file: &Path, buf: &[u8]) -> Result<(Schema, u64), TableError>
 
 pub fn encode_txn(state: &TableState) -> Vec<u8> {
     let mut out = Vec::with_capacity(
-        40 + state.partitions.len() * PARTITION_RECORD_BYTES + state.symbol_counts.len() * SYMBOL_RECORD_BYTES,
+        40 + state.partitions.len() * PARTITION_RECORD_BYTES
+            + state.symbol_counts.len() * SYMBOL_RECORD_BYTES,
     );
     out.extend_from_slice(TXN_MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -236,8 +247,15 @@ pub fn decode_txn(file: &Path, buf: &[u8]) -> Result<TableState, TableError> {
             max_ts: c.i64()?,
         });
     }
-    if state.partitions.windows(2).any(|w| w[0].floor >= w[1].floor) {
-        return Err(corrupt(file, "partitions are not in ascending order".into()));
+    if state
+        .partitions
+        .windows(2)
+        .any(|w| w[0].floor >= w[1].floor)
+    {
+        return Err(corrupt(
+            file,
+            "partitions are not in ascending order".into(),
+        ));
     }
     for _ in 0..symbols {
         let col = c.u32()?;

@@ -74,12 +74,20 @@ impl TableWriter {
         sync.add_dir(wal_dir);
         sync.sync()?;
         let table_id = RandomState::new().hash_one((name, std::process::id()));
-        files::durable_replace(&tmp, files::META_FILE, &state::encode_meta(schema, table_id))?;
+        files::durable_replace(
+            &tmp,
+            files::META_FILE,
+            &state::encode_meta(schema, table_id),
+        )?;
         let initial = initial_state(schema);
         files::durable_replace(&tmp, files::TXN_FILE, &state::encode_txn(&initial))?;
         fs::rename(&tmp, &target).map_err(TableError::io(&target))?;
         files::fsync_dir(data_dir)?;
-        info!(table = name, local_only = schema.is_local_only(), "created table");
+        info!(
+            table = name,
+            local_only = schema.is_local_only(),
+            "created table"
+        );
         Self::open(data_dir, name)
     }
 
@@ -175,7 +183,11 @@ impl TableWriter {
             let keys = (0..count as usize)
                 .map(|k| (strings.str_at(k).to_string(), k as i32))
                 .collect();
-            self.symbols.push(Some(SymbolDict { keys, count, data_len }));
+            self.symbols.push(Some(SymbolDict {
+                keys,
+                count,
+                data_len,
+            }));
         }
         Ok(())
     }
@@ -224,7 +236,15 @@ impl TableWriter {
         match self.schema.timestamp {
             None => {
                 if rows > 0 {
-                    self.write_run(&mut next, &mut sync, &combined, 0..rows, i64::MIN, &[], &mut obsolete)?;
+                    self.write_run(
+                        &mut next,
+                        &mut sync,
+                        &combined,
+                        0..rows,
+                        i64::MIN,
+                        &[],
+                        &mut obsolete,
+                    )?;
                 }
             }
             Some(ts_col) => {
@@ -240,7 +260,15 @@ impl TableWriter {
                     let floor = self.schema.partition_by.floor(ts[start])?;
                     let end_ts = self.partition_end(floor);
                     let end = start + ts[start..].partition_point(|t| *t < end_ts);
-                    self.write_run(&mut next, &mut sync, &combined, start..end, floor, &ts[start..end], &mut obsolete)?;
+                    self.write_run(
+                        &mut next,
+                        &mut sync,
+                        &combined,
+                        start..end,
+                        floor,
+                        &ts[start..end],
+                        &mut obsolete,
+                    )?;
                     start = end;
                 }
             }
@@ -283,7 +311,12 @@ impl TableWriter {
         txns: &[(u64, &Batch)],
         new_symbols: &mut [Vec<String>],
     ) -> Result<Vec<ColumnBuf>, TableError> {
-        let mut out: Vec<ColumnBuf> = self.schema.columns.iter().map(|c| ColumnBuf::new(c.ty)).collect();
+        let mut out: Vec<ColumnBuf> = self
+            .schema
+            .columns
+            .iter()
+            .map(|c| ColumnBuf::new(c.ty))
+            .collect();
         for (_, batch) in txns {
             batch.validate(&self.schema)?;
             let rows = batch.row_count();
@@ -311,7 +344,11 @@ impl TableWriter {
                     };
                     for (r, chunk) in bytes[start * 4..].chunks_exact_mut(4).enumerate() {
                         let local = i32::from_le_bytes(chunk.try_into().expect("4 bytes"));
-                        let global = if col.is_valid(r) { map[local as usize] } else { 0 };
+                        let global = if col.is_valid(r) {
+                            map[local as usize]
+                        } else {
+                            0
+                        };
                         chunk.copy_from_slice(&global.to_le_bytes());
                     }
                 }
@@ -352,7 +389,10 @@ impl TableWriter {
                 // Out of order: merge into a new version of the partition.
                 let old = next.partitions[i];
                 let old_dir = self.dir.join(files::partition_dir(&name, old.version));
-                let ts_col = self.schema.timestamp.expect("O3 only with a designated timestamp");
+                let ts_col = self
+                    .schema
+                    .timestamp
+                    .expect("O3 only with a designated timestamp");
                 let mut merged = Vec::with_capacity(combined.len());
                 for (c, col) in self.schema.columns.iter().zip(combined) {
                     let mut m = read_column(&old_dir, &c.name, c.ty, 0..old.rows, true)?;
@@ -399,7 +439,12 @@ impl TableWriter {
         Ok(())
     }
 
-    fn new_partition_dir(&self, sync: &mut SyncSet, name: &str, version: u64) -> Result<PathBuf, TableError> {
+    fn new_partition_dir(
+        &self,
+        sync: &mut SyncSet,
+        name: &str,
+        version: u64,
+    ) -> Result<PathBuf, TableError> {
         let dir = self.dir.join(files::partition_dir(name, version));
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(TableError::io(&dir))?;
@@ -418,7 +463,9 @@ impl TableWriter {
     ) -> Result<(), TableError> {
         let sym_dir = self.dir.join(files::SYMBOL_DIR);
         for (i, added) in new_symbols.iter().enumerate() {
-            let Some(dict) = &self.symbols[i] else { continue };
+            let Some(dict) = &self.symbols[i] else {
+                continue;
+            };
             if added.is_empty() {
                 continue;
             }
@@ -432,7 +479,11 @@ impl TableWriter {
                 }
             }
             write_varchar(sync, &sym_dir, name, &col, 0..added.len(), old_count)?;
-            match next.symbol_counts.iter_mut().find(|(c, _)| *c as usize == i) {
+            match next
+                .symbol_counts
+                .iter_mut()
+                .find(|(c, _)| *c as usize == i)
+            {
                 Some(entry) => entry.1 = dict.count,
                 None => next.symbol_counts.push((i as u32, dict.count)),
             }

@@ -113,7 +113,8 @@ pub fn read_record(file: &[u8], pos: usize) -> Option<(RecordHeader, &[u8])> {
     if end > file.len() as u64 {
         return None;
     }
-    let payload = &file[pos + RECORD_HEADER_BYTES..pos + RECORD_HEADER_BYTES + payload_len as usize];
+    let payload =
+        &file[pos + RECORD_HEADER_BYTES..pos + RECORD_HEADER_BYTES + payload_len as usize];
     let mut hasher = Xxh3::new();
     hasher.update(&head[..40]);
     hasher.update(payload);
@@ -176,9 +177,9 @@ pub fn scan(file: &[u8]) -> (Vec<(usize, RecordHeader)>, Tail) {
         .rposition(|(_, h)| h.flags & FLAG_GROUP_END != 0)
         .map_or(0, |i| i + 1);
     records.truncate(whole);
-    let valid_end = records
-        .last()
-        .map_or(FILE_HEADER_BYTES, |(at, h)| at + record_bytes(h.payload_len) as usize);
+    let valid_end = records.last().map_or(FILE_HEADER_BYTES, |(at, h)| {
+        at + record_bytes(h.payload_len) as usize
+    });
     if valid_end >= file.len() {
         (records, Tail::Clean)
     } else {
@@ -206,7 +207,11 @@ mod tests {
                 group_start,
                 row_count: 1,
                 schema_version: SCHEMA_VERSION,
-                flags: if i + 1 == txns.len() { FLAG_GROUP_END } else { 0 },
+                flags: if i + 1 == txns.len() {
+                    FLAG_GROUP_END
+                } else {
+                    0
+                },
             };
             append_record(out, &h, &payload);
         }
@@ -232,7 +237,10 @@ mod tests {
     fn clean_file_scans_every_record() {
         let f = file();
         let (recs, tail) = scan(&f);
-        assert_eq!(recs.iter().map(|r| r.1.txn).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            recs.iter().map(|r| r.1.txn).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 6]
+        );
         assert_eq!(tail, Tail::Clean);
         assert_ne!(recs[1].1.flags & FLAG_GROUP_END, 0);
         assert_eq!(recs[0].1.flags & FLAG_GROUP_END, 0);
@@ -245,8 +253,18 @@ mod tests {
         let last_group = recs[3].0;
         for len in last_group + 1..f.len() {
             let (r, tail) = scan(&f[..len]);
-            assert_eq!(r.len(), 3, "len {len}: the whole groups before the cut stay, the cut group goes");
-            assert_eq!(tail, Tail::Torn { bytes: (len - last_group) as u64 }, "len {len}");
+            assert_eq!(
+                r.len(),
+                3,
+                "len {len}: the whole groups before the cut stay, the cut group goes"
+            );
+            assert_eq!(
+                tail,
+                Tail::Torn {
+                    bytes: (len - last_group) as u64
+                },
+                "len {len}"
+            );
         }
     }
 
@@ -266,7 +284,12 @@ mod tests {
         d[recs[2].0 + 1] ^= 0xFF;
         let (r, tail) = scan(&d);
         assert_eq!(r.len(), 2);
-        assert_eq!(tail, Tail::Damaged { offset: recs[2].0 as u64 });
+        assert_eq!(
+            tail,
+            Tail::Damaged {
+                offset: recs[2].0 as u64
+            }
+        );
     }
 
     #[test]

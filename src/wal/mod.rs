@@ -36,7 +36,10 @@ pub enum WalError {
     Damaged { path: PathBuf, offset: u64 },
     #[error("WAL {path} has a bad file header: {why}")]
     BadHeader { path: PathBuf, why: String },
-    #[error("WAL {path} has format version {version}; this build reads versions {}", format::FILE_VERSIONS)]
+    #[error(
+        "WAL {path} has format version {version}; this build reads versions {}",
+        format::FILE_VERSIONS
+    )]
     UnsupportedVersion { path: PathBuf, version: u32 },
     #[error("WAL {path}: record of txn {txn} does not decode: {source}")]
     Payload {

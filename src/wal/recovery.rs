@@ -104,7 +104,9 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
                 files.push((path, None));
                 continue;
             }
-            Err(FileHeaderError::Version(version)) => return Err(WalError::UnsupportedVersion { path, version }),
+            Err(FileHeaderError::Version(version)) => {
+                return Err(WalError::UnsupportedVersion { path, version })
+            }
             Err(e) => {
                 return Err(WalError::BadHeader {
                     path,
@@ -149,7 +151,10 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
         files.push((path, map));
     }
     records.sort_by_key(|r| r.header.txn);
-    if let Some(w) = records.windows(2).find(|w| w[0].header.txn == w[1].header.txn) {
+    if let Some(w) = records
+        .windows(2)
+        .find(|w| w[0].header.txn == w[1].header.txn)
+    {
         return Err(WalError::DuplicateTxn {
             txn: w[0].header.txn,
             first: files[w[0].file].0.clone(),

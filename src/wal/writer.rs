@@ -135,11 +135,7 @@ impl<F: WalFile> WalWriter<F> {
 
     /// Writes one group of framed records (see `format::append_record`),
     /// started with [`WalWriter::begin_group`], and syncs it. Returns the buffer for reuse. Any failure poisons the writer.
-    pub async fn write_group(
-        &mut self,
-        group: Vec<u8>,
-        max_txn: u64,
-    ) -> Result<Vec<u8>, WalError> {
+    pub async fn write_group(&mut self, group: Vec<u8>, max_txn: u64) -> Result<Vec<u8>, WalError> {
         if let Some(reason) = &self.poisoned {
             return Err(WalError::Poisoned {
                 path: self.path.clone(),
@@ -154,7 +150,11 @@ impl<F: WalFile> WalWriter<F> {
         result
     }
 
-    async fn write_group_inner(&mut self, group: Vec<u8>, max_txn: u64) -> Result<Vec<u8>, WalError> {
+    async fn write_group_inner(
+        &mut self,
+        group: Vec<u8>,
+        max_txn: u64,
+    ) -> Result<Vec<u8>, WalError> {
         let len = group.len() as u64;
         let (r, buf) = self.file.write_all_at(group, self.pos).await;
         r.map_err(|e| WalError::from_io(&self.path, "write", e))?;
