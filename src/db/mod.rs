@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 pub use applier::ApplyMsg;
-use shard::{CommitRequest, ShardLimits, ShardMsg};
+pub use shard::ShardStats;
+use shard::{CommitRequest, ShardContext, ShardLimits, ShardMsg};
 
 use crate::batch::{codec, Batch, BatchError};
 use crate::io::{
@@ -225,6 +226,7 @@ pub struct Database {
     engine: Resolved,
     tables: Mutex<HashMap<String, Arc<TableHandle>>>,
     shards: Vec<flume::Sender<ShardMsg>>,
+    shard_stats: Vec<Arc<ShardStats>>,
     threads: Vec<JoinHandle<()>>,
     applier_tx: Option<flume::Sender<ApplyMsg>>,
     applier: Option<JoinHandle<()>>,
@@ -278,6 +280,7 @@ impl Database {
             engine,
             tables: Mutex::new(tables),
             shards: Vec::new(),
+            shard_stats: Vec::new(),
             threads: Vec::new(),
             applier_tx: Some(applier_tx),
             applier: Some(applier),
@@ -298,47 +301,27 @@ impl Database {
             wal_file_bytes_max: self.opts.wal_file_bytes_max,
         };
         let core = self.opts.pin_shards.then_some(k);
+        let stats = Arc::new(ShardStats::default());
+        self.shard_stats.push(stats.clone());
         let choice = self.engine.choice.clone();
+        let ctx = ShardContext {
+            shard: k as u32,
+            rx,
+            applier,
+            limits,
+            stats,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("basalt-shard-{k}"))
             .spawn(move || {
+                let ready = ready_tx.clone();
                 let r = match choice {
-                    EngineChoice::Glommio | EngineChoice::Auto => run_shard(
-                        GlommioEngine,
-                        core,
-                        k,
-                        rx,
-                        applier,
-                        limits,
-                        ready_tx.clone(),
-                    ),
-                    EngineChoice::TokioUring => run_shard(
-                        TokioUringEngine,
-                        core,
-                        k,
-                        rx,
-                        applier,
-                        limits,
-                        ready_tx.clone(),
-                    ),
-                    EngineChoice::Portable => run_shard(
-                        PortableEngine,
-                        core,
-                        k,
-                        rx,
-                        applier,
-                        limits,
-                        ready_tx.clone(),
-                    ),
-                    EngineChoice::Fault(plan) => run_shard(
-                        FaultEngine { plan },
-                        core,
-                        k,
-                        rx,
-                        applier,
-                        limits,
-                        ready_tx.clone(),
-                    ),
+                    EngineChoice::Glommio | EngineChoice::Auto => {
+                        run_shard(GlommioEngine, core, ctx, ready)
+                    }
+                    EngineChoice::TokioUring => run_shard(TokioUringEngine, core, ctx, ready),
+                    EngineChoice::Portable => run_shard(PortableEngine, core, ctx, ready),
+                    EngineChoice::Fault(plan) => run_shard(FaultEngine { plan }, core, ctx, ready),
                 };
                 if let Err(e) = r {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -370,6 +353,17 @@ impl Database {
     /// The I/O engine in use and why it was picked.
     pub fn engine(&self) -> &Resolved {
         &self.engine
+    }
+
+    /// WAL totals over all shards: (group writes = fdatasyncs, commits, bytes).
+    pub fn wal_totals(&self) -> (u64, u64, u64) {
+        self.shard_stats.iter().fold((0, 0, 0), |(g, c, b), s| {
+            (
+                g + s.groups.load(Ordering::Relaxed),
+                c + s.commits.load(Ordering::Relaxed),
+                b + s.bytes.load(Ordering::Relaxed),
+            )
+        })
     }
 
     pub fn shard_count(&self) -> usize {
@@ -489,20 +483,16 @@ impl Drop for Database {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_shard<E: Engine>(
     engine: E,
     core: Option<usize>,
-    k: usize,
-    rx: flume::Receiver<ShardMsg>,
-    applier: flume::Sender<ApplyMsg>,
-    limits: ShardLimits,
+    ctx: ShardContext,
     ready: flume::Sender<Result<(), String>>,
 ) -> std::io::Result<()> {
     let e2 = engine.clone();
     engine.run(core, move || async move {
         let _ = ready.send(Ok(()));
-        shard::run(e2, k as u32, rx, applier, limits).await
+        shard::run(e2, ctx).await
     })
 }
 

@@ -1,0 +1,240 @@
+//! Whole-system storage benchmarks with hdrhistogram percentiles, each printed
+//! beside fio measured in the same run on the same file system (this machine
+//! is shared and noisy: only same-run ratios mean anything).
+//!
+//! cargo bench --bench perf                 # everything
+//! cargo bench --bench perf -- commit       # durable commit latency only
+//! cargo bench --bench perf -- group        # group-commit throughput only
+//! PERF_DIR=/mnt/nvme/x cargo bench --bench perf   # measure another disk
+//!
+//! Reference table: cpu (see src/gen.rs).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use basalt::db::{Database, DbOptions, TableHandle};
+use basalt::gen::CpuGenerator;
+use hdrhistogram::Histogram;
+
+const ENGINES: [&str; 3] = ["glommio", "tokio-uring", "portable"];
+
+struct Fio {
+    sync_p50_us: f64,
+    sync_p99_us: f64,
+    sync_p999_us: f64,
+    write_p99_us: f64,
+    mb_per_s: f64,
+}
+
+/// Runs fio's sequential write with one fdatasync per `bs` bytes.
+fn fio(dir: &Path, bs: usize, size_mb: usize) -> Option<Fio> {
+    let out = Command::new("fio")
+        .args([
+            "--name=basalt-yardstick",
+            &format!("--directory={}", dir.display()),
+            "--ioengine=io_uring",
+            "--rw=write",
+            &format!("--bs={bs}"),
+            "--fdatasync=1",
+            &format!("--size={size_mb}m"),
+            "--output-format=json",
+        ])
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            eprintln!("fio failed: {}", String::from_utf8_lossy(&o.stderr));
+            return None;
+        }
+        Err(e) => {
+            eprintln!(
+                "fio not runnable ({e}); install it with `apt-get install fio` for the yardstick"
+            );
+            return None;
+        }
+    };
+    let _ = std::fs::remove_file(dir.join("basalt-yardstick.0.0"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let job = &v["jobs"][0];
+    let pct = |section: &str, key: &str, p: &str| {
+        job[section][key]["percentile"][p]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+            / 1000.0
+    };
+    Some(Fio {
+        sync_p50_us: pct("sync", "lat_ns", "50.000000"),
+        sync_p99_us: pct("sync", "lat_ns", "99.000000"),
+        sync_p999_us: pct("sync", "lat_ns", "99.900000"),
+        write_p99_us: pct("write", "clat_ns", "99.000000"),
+        mb_per_s: job["write"]["bw_bytes"].as_f64().unwrap_or(f64::NAN) / 1e6,
+    })
+}
+
+fn open(dir: &Path, engine: &str) -> (Database, Arc<TableHandle>) {
+    let _ = std::fs::remove_dir_all(dir);
+    let db = Database::open(DbOptions {
+        data_dir: dir.to_path_buf(),
+        engine: engine.parse().expect("engine name"),
+        ..DbOptions::default()
+    })
+    .expect("open database");
+    let t = db
+        .create_table("cpu", CpuGenerator::default().schema())
+        .expect("create cpu");
+    (db, t)
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn commit_latency(base: &Path) {
+    println!("\n== durable commit latency (one committer, commit returns after fdatasync) ==");
+    let fio = fio(base, 4096, 16);
+    if let Some(f) = &fio {
+        println!(
+            "fio io_uring 4k write+fdatasync: fdatasync p50 {:.1} µs  p99 {:.1} µs  p999 {:.1} µs  (write p99 {:.1} µs)",
+            f.sync_p50_us, f.sync_p99_us, f.sync_p999_us, f.write_p99_us
+        );
+    }
+    println!(
+        "{:<12} {:>6} {:>8} {:>10} {:>10} {:>10} {:>14}",
+        "engine", "rows", "commits", "p50 µs", "p99 µs", "p999 µs", "p99 / fio p99"
+    );
+    let gen = CpuGenerator::default();
+    for engine in ENGINES {
+        for (rows, commits) in [(1usize, 3000u64), (1000, 1500)] {
+            let (db, t) = open(&base.join("db"), engine);
+            let batches: Vec<_> = (0..commits)
+                .map(|i| gen.batch(i * rows as u64, rows, 0))
+                .collect();
+            let mut h = Histogram::<u64>::new(3).expect("histogram");
+            for (i, b) in batches.into_iter().enumerate() {
+                let start = Instant::now();
+                db.commit(&t, b).expect("commit");
+                if i >= 50 {
+                    h.record(start.elapsed().as_nanos() as u64).expect("record");
+                }
+            }
+            let ratio = fio
+                .as_ref()
+                .map_or(f64::NAN, |f| us(&h, 0.99) / f.sync_p99_us);
+            println!(
+                "{:<12} {:>6} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>14.2}",
+                engine,
+                rows,
+                h.len(),
+                us(&h, 0.5),
+                us(&h, 0.99),
+                us(&h, 0.999),
+                ratio
+            );
+            db.close();
+        }
+    }
+}
+
+fn group_commit(base: &Path, seconds: f64) {
+    println!("\n== group-commit throughput (1,000-row commits, {seconds} s per run) ==");
+    println!(
+        "{:<12} {:>10} {:>12} {:>10} {:>12} {:>10} {:>14} {:>10}",
+        "engine",
+        "committers",
+        "rows/s",
+        "MB/s",
+        "commits/sync",
+        "KiB/sync",
+        "fio MB/s same",
+        "ratio"
+    );
+    let gen = Arc::new(CpuGenerator::default());
+    for engine in ENGINES {
+        for committers in [1usize, 8, 64] {
+            let (db, t) = open(&base.join("db"), engine);
+            let db = Arc::new(db);
+            let stop = Arc::new(AtomicBool::new(false));
+            let rows = Arc::new(AtomicU64::new(0));
+            // Pre-build one batch per committer: the bench measures the WAL, not the generator.
+            let threads: Vec<_> = (0..committers)
+                .map(|c| {
+                    let (db, t, stop, rows, gen) = (
+                        db.clone(),
+                        t.clone(),
+                        stop.clone(),
+                        rows.clone(),
+                        gen.clone(),
+                    );
+                    std::thread::spawn(move || {
+                        let batch = gen.batch(c as u64 * 1000, 1000, 0);
+                        while !stop.load(Ordering::Relaxed) {
+                            db.commit(&t, batch.clone()).expect("commit");
+                            rows.fetch_add(1000, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(300));
+            let (g0, c0, b0) = db.wal_totals();
+            let r0 = rows.load(Ordering::Relaxed);
+            let start = Instant::now();
+            std::thread::sleep(Duration::from_secs_f64(seconds));
+            let (g1, c1, b1) = db.wal_totals();
+            let r1 = rows.load(Ordering::Relaxed);
+            let el = start.elapsed().as_secs_f64();
+            stop.store(true, Ordering::Relaxed);
+            for th in threads {
+                th.join().expect("committer");
+            }
+            let groups = (g1 - g0).max(1);
+            let bytes = b1 - b0;
+            let per_sync = bytes / groups;
+            // fio at the same fsync cadence: one fdatasync per `per_sync` bytes.
+            let bs = (per_sync.max(4096) / 4096 * 4096) as usize;
+            let size_mb = ((bytes as f64 / 1e6) as usize).clamp(16, 256);
+            let f = fio(base, bs, size_mb);
+            let mbs = bytes as f64 / el / 1e6;
+            println!(
+                "{:<12} {:>10} {:>12.0} {:>10.1} {:>12.1} {:>10.1} {:>14.1} {:>10.2}",
+                engine,
+                committers,
+                (r1 - r0) as f64 / el,
+                mbs,
+                (c1 - c0) as f64 / groups as f64,
+                per_sync as f64 / 1024.0,
+                f.as_ref().map_or(f64::NAN, |f| f.mb_per_s),
+                f.as_ref().map_or(f64::NAN, |f| mbs / f.mb_per_s),
+            );
+            drop(db);
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let what = args.first().map_or("all", String::as_str);
+    let base = std::env::var_os("PERF_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/perf-data"));
+    std::fs::create_dir_all(&base).expect("create PERF_DIR");
+    println!(
+        "perf data dir: {} (set PERF_DIR to measure another disk)",
+        base.display()
+    );
+    let seconds: f64 = std::env::var("PERF_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    if what == "all" || what == "commit" {
+        commit_latency(&base);
+    }
+    if what == "all" || what == "group" {
+        group_commit(&base, seconds);
+    }
+}
