@@ -5,6 +5,7 @@
 //! cargo bench --bench perf                 # everything
 //! cargo bench --bench perf -- commit       # durable commit latency only
 //! cargo bench --bench perf -- group        # group-commit throughput only
+//! cargo bench --bench perf -- apply        # apply into column files only
 //! PERF_DIR=/mnt/nvme/x cargo bench --bench perf   # measure another disk
 //!
 //! Reference table: cpu (see src/gen.rs).
@@ -213,6 +214,78 @@ fn group_commit(base: &Path, seconds: f64) {
     }
 }
 
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Apply throughput into column files, wall clock (fsyncs included) and per
+/// CPU-second of the applying thread (what "per core" means).
+fn apply(base: &Path) {
+    use basalt::batch::BatchBuilder;
+    use basalt::gen::BASE_TS_US;
+    use basalt::table::TableWriter;
+    const ROWS: usize = 1_000_000;
+    const STEPS: u64 = 5;
+    println!("\n== apply into column files ({STEPS} steps of {ROWS} rows, cpu table) ==");
+    println!(
+        "{:<28} {:>14} {:>16} {:>10} {:>22}",
+        "case", "rows/s wall", "rows/s per core", "cpu share", "+checkpoint rows/s"
+    );
+    let gen = CpuGenerator::default();
+    for o3_every in [0usize, 10] {
+        let dir = base.join("apply");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("apply dir");
+        let mut w = TableWriter::create(&dir, "cpu", gen.schema()).expect("create");
+        let (mut wall, mut cpu, mut ckpt) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        for step in 0..STEPS {
+            let first = step * ROWS as u64;
+            let mut b = BatchBuilder::new(gen.schema());
+            for k in 0..ROWS as u64 {
+                let i = first + k;
+                // Every o3_every-th row lands inside the range already applied.
+                let ts = if o3_every > 0 && step > 0 && k % o3_every as u64 == 0 {
+                    BASE_TS_US + (i * 7919 % first) as i64
+                } else {
+                    BASE_TS_US + i as i64
+                };
+                gen.row(&mut b, i, ts);
+            }
+            let batch = b.finish();
+            let (w0, c0) = (Instant::now(), thread_cpu());
+            w.apply(&[(step + 1, &batch)]).expect("apply");
+            let (applied, cpu_applied) = (w0.elapsed(), thread_cpu() - c0);
+            let k0 = Instant::now();
+            w.checkpoint().expect("checkpoint");
+            if step > 0 {
+                wall += applied;
+                cpu += cpu_applied;
+                ckpt += k0.elapsed();
+            }
+        }
+        let rows = ((STEPS - 1) * ROWS as u64) as f64;
+        println!(
+            "{:<28} {:>14.0} {:>16.0} {:>9.0}% {:>22.0}",
+            if o3_every == 0 {
+                "in order"
+            } else {
+                "10% out of order (O3 merge)"
+            },
+            rows / wall.as_secs_f64(),
+            rows / cpu.as_secs_f64(),
+            100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
+            rows / (wall + ckpt).as_secs_f64(),
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -236,5 +309,8 @@ fn main() {
     }
     if what == "all" || what == "group" {
         group_commit(&base, seconds);
+    }
+    if what == "all" || what == "apply" {
+        apply(&base);
     }
 }

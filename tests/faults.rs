@@ -152,6 +152,7 @@ fn wal_files_rotate_and_applied_ones_are_removed() {
         engine: EngineChoice::Portable,
         shards: 1,
         wal_file_bytes_max: 64 * 1024,
+        checkpoint_interval: Duration::from_millis(10),
         ..DbOptions::default()
     })
     .unwrap();
@@ -163,7 +164,16 @@ fn wal_files_rotate_and_applied_ones_are_removed() {
         t.wait_applied(last, WAIT).unwrap();
     }
     t.wait_applied(last, WAIT).unwrap();
-    // One more commit lets the shard drop files applied by now.
+    // WAL stays until a checkpoint has made its txns durable in the table files.
+    let deadline = std::time::Instant::now() + WAIT;
+    while t.checkpoint_txn() < last {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint reached txn {last}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // One more commit lets the shard drop files checkpointed by now.
     let txn = db.commit(&t, gen.batch(40_000, 10, 0)).unwrap();
     t.wait_applied(txn, WAIT).unwrap();
     let files: Vec<_> = std::fs::read_dir(dir.path().join("cpu/_wal/s0"))

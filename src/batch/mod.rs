@@ -8,7 +8,8 @@
 
 pub mod codec;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
+use foldhash::HashMapExt;
 
 use crate::table::schema::{ColumnType, Schema};
 

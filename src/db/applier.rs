@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tracing::error;
 
@@ -28,25 +29,69 @@ pub enum ApplyMsg {
     },
 }
 
+/// When the applier applies and checkpoints.
+#[derive(Clone, Copy, Debug)]
+pub struct ApplierLimits {
+    /// Rows put into one apply step.
+    pub rows_max: usize,
+    /// A table with applied but unsynced txns is checkpointed this often.
+    pub checkpoint_interval: Duration,
+    /// ... or as soon as this many rows were applied since its last checkpoint.
+    pub checkpoint_rows_max: usize,
+}
+
 struct Slot {
     handle: Arc<TableHandle>,
     writer: TableWriter,
+    last_checkpoint: Instant,
+    rows_since_checkpoint: usize,
     /// Resolved txns not yet applied: `Some` committed, `None` aborted.
     pending: BTreeMap<u64, Option<Batch>>,
     /// Next txn to resolve.
     next: u64,
 }
 
-/// Runs until every sender is gone, applying what arrived.
-pub fn run(rx: flume::Receiver<ApplyMsg>, apply_rows_max: usize) {
+/// Runs until every sender is gone, applying what arrived and checkpointing
+/// on the limits; a last checkpoint of every table on the way out.
+pub fn run(rx: flume::Receiver<ApplyMsg>, limits: ApplierLimits) {
     let mut slots: HashMap<String, Slot> = HashMap::new();
-    while let Ok(msg) = rx.recv() {
-        handle(&mut slots, msg);
+    let tick = (limits.checkpoint_interval / 2).max(Duration::from_millis(1));
+    loop {
+        match rx.recv_timeout(tick) {
+            Ok(msg) => handle(&mut slots, msg),
+            Err(flume::RecvTimeoutError::Timeout) => {}
+            Err(flume::RecvTimeoutError::Disconnected) => break,
+        }
         while let Ok(msg) = rx.try_recv() {
             handle(&mut slots, msg);
         }
         for slot in slots.values_mut() {
-            apply_ready(slot, apply_rows_max);
+            apply_ready(slot, limits.rows_max);
+            let due = slot.last_checkpoint.elapsed() >= limits.checkpoint_interval
+                || slot.rows_since_checkpoint >= limits.checkpoint_rows_max;
+            if due {
+                checkpoint(slot);
+            }
+        }
+    }
+    for slot in slots.values_mut() {
+        checkpoint(slot);
+    }
+}
+
+fn checkpoint(slot: &mut Slot) {
+    slot.last_checkpoint = Instant::now();
+    if slot.handle.failure().is_some() || slot.writer.state().txn == slot.writer.checkpoint_txn() {
+        return;
+    }
+    match slot.writer.checkpoint() {
+        Ok(txn) => {
+            slot.rows_since_checkpoint = 0;
+            slot.handle.set_durable(txn);
+        }
+        Err(e) => {
+            error!(table = %slot.handle.name, error = %e, "checkpoint failed; the table stays at its last checkpoint until reopened");
+            slot.handle.set_failed(e.to_string());
         }
     }
 }
@@ -60,6 +105,8 @@ fn handle(slots: &mut HashMap<String, Slot>, msg: ApplyMsg) {
                 Slot {
                     handle,
                     writer,
+                    last_checkpoint: Instant::now(),
+                    rows_since_checkpoint: 0,
                     pending: BTreeMap::new(),
                     next,
                 },
@@ -103,6 +150,7 @@ fn apply_ready(slot: &mut Slot, apply_rows_max: usize) {
         }
         if !ready.is_empty() {
             let refs: Vec<(u64, &Batch)> = ready.iter().map(|(t, b)| (*t, b)).collect();
+            slot.rows_since_checkpoint += rows;
             if let Err(e) = slot.writer.apply(&refs) {
                 error!(table = %slot.handle.name, error = %e, "apply failed; the table stays at its last applied txn until reopened");
                 slot.handle.set_failed(e.to_string());

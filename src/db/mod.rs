@@ -52,8 +52,13 @@ pub struct DbOptions {
     pub shard_queue_max: usize,
     /// Resolved txns waiting for the applier before shards block.
     pub apply_queue_max: usize,
-    /// Rows the applier puts into one durable apply step.
+    /// Rows the applier puts into one apply step.
     pub apply_rows_max: usize,
+    /// Applied txns are made durable in the table files (and their WAL
+    /// dropped) this often...
+    pub checkpoint_interval: Duration,
+    /// ... or after this many rows, whichever comes first.
+    pub checkpoint_rows_max: usize,
 }
 
 impl Default for DbOptions {
@@ -68,6 +73,8 @@ impl Default for DbOptions {
             shard_queue_max: 4096,
             apply_queue_max: 65_536,
             apply_rows_max: 4 * 1024 * 1024,
+            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_rows_max: 16 * 1024 * 1024,
         }
     }
 }
@@ -123,7 +130,7 @@ pub struct TableHandle {
     dir: PathBuf,
     /// The table's sequencer: next txn to hand out.
     next_txn: AtomicU64,
-    /// Every txn up to this is applied durably or was aborted.
+    /// Last checkpointed txn: WAL records up to it are no longer needed.
     durable_txn: AtomicU64,
     status: Mutex<ApplyStatus>,
     changed: Condvar,
@@ -160,8 +167,17 @@ impl TableHandle {
 
     fn set_resolved(&self, txn: u64) {
         self.lock().resolved = txn;
-        self.durable_txn.store(txn, Ordering::Release);
         self.changed.notify_all();
+    }
+
+    /// Txns up to `txn` are durable in the table files: their WAL may go.
+    fn set_durable(&self, txn: u64) {
+        self.durable_txn.store(txn, Ordering::Release);
+    }
+
+    /// The last checkpointed txn: durable in the table files, not only the WAL.
+    pub fn checkpoint_txn(&self) -> u64 {
+        self.durable_txn.load(Ordering::Acquire)
     }
 
     fn set_failed(&self, why: String) {
@@ -264,10 +280,14 @@ impl Database {
                 .map_err(|_| DbError::Closed)?;
             tables.insert(name, handle);
         }
-        let rows_max = opts.apply_rows_max;
+        let limits = applier::ApplierLimits {
+            rows_max: opts.apply_rows_max,
+            checkpoint_interval: opts.checkpoint_interval,
+            checkpoint_rows_max: opts.checkpoint_rows_max,
+        };
         let applier = std::thread::Builder::new()
             .name("basalt-applier".into())
-            .spawn(move || applier::run(applier_rx, rows_max))
+            .spawn(move || applier::run(applier_rx, limits))
             .map_err(|e| TableError::io(&opts.data_dir)(e))?;
         let shard_count = if opts.shards == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -546,8 +566,9 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
         applied += 1;
     }
     apply_chunk(&mut writer, &mut chunk)?;
+    writer.checkpoint()?;
     // Every record is now in the table files (durably) or was at or below the
-    // committed txn: the WAL files are no longer needed.
+    // checkpoint: the WAL files are no longer needed.
     let max_txn = recovered.max_txn;
     let torn_bytes_cut = recovered.torn_bytes_cut;
     let paths: Vec<PathBuf> = recovered.file_paths().map(Path::to_path_buf).collect();

@@ -1,14 +1,16 @@
 //! File primitives for table files, and the one place that says which fsyncs
 //! happen and why.
 //!
-//! fsync rules (see docs/format.md, "Assumptions about the disk"):
-//! 1. Column and symbol files are written, then each is `fdatasync`ed before
-//!    the `_txn` that counts their rows is published.
-//! 2. `_txn` and `_meta` are replaced by write temp → fsync temp → rename →
-//!    fsync directory ([`durable_replace`]), so a crash leaves the old or the
-//!    new file, never a mix.
-//! 3. A new directory (table, partition version) is fsynced after its files,
-//!    and its parent is fsynced after it is linked in.
+//! fsync rules (docs/format.md, "Which fsyncs happen, and why"):
+//! 1. Apply writes column and symbol files and publishes `_txn` with an atomic
+//!    rename but no fsync ([`replace`]): readers see it at once; it is durable
+//!    only in the WAL.
+//! 2. A checkpoint `fdatasync`s every file written since the last one, fsyncs
+//!    new directories, then replaces `_ckpt` durably ([`durable_replace`]:
+//!    write temp → fsync → rename → fsync directory). WAL is removed only up
+//!    to the `_ckpt` txn.
+//! 3. Recovery trusts `_ckpt`, never `_txn` (which may count bytes a power
+//!    loss took).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -21,6 +23,7 @@ use super::TableError;
 
 pub const META_FILE: &str = "_meta";
 pub const TXN_FILE: &str = "_txn";
+pub const CKPT_FILE: &str = "_ckpt";
 pub const SYMBOL_DIR: &str = "_sym";
 pub const WAL_DIR: &str = "_wal";
 
@@ -67,6 +70,14 @@ pub fn durable_replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Table
     fsync_dir(dir)
 }
 
+/// Replaces `dir/name` with `bytes` atomically for readers, without fsync.
+pub fn replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), TableError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let target = dir.join(name);
+    fs::write(&tmp, bytes).map_err(TableError::io(&tmp))?;
+    fs::rename(&tmp, &target).map_err(TableError::io(&target))
+}
+
 /// Reads a whole small file (`_meta`, `_txn`).
 pub fn read_file(path: &Path) -> Result<Vec<u8>, TableError> {
     fs::read(path).map_err(TableError::io(path))
@@ -110,7 +121,8 @@ impl MappedFile {
     }
 }
 
-/// A set of files written by one apply, synced together before `_txn` moves.
+/// Files and directories written since the last checkpoint, synced together
+/// before `_ckpt` moves.
 #[derive(Default)]
 pub struct SyncSet {
     files: Vec<(PathBuf, File)>,
@@ -137,6 +149,12 @@ impl SyncSet {
         }
     }
 
+    /// Closes the files, keeping their paths in `dirty` for the next checkpoint.
+    pub fn defer(self, dirty: &mut Dirty) {
+        dirty.files.extend(self.files.into_iter().map(|(p, _)| p));
+        dirty.dirs.extend(self.dirs);
+    }
+
     /// fdatasyncs every file, then fsyncs every directory.
     pub fn sync(self) -> Result<(), TableError> {
         for (path, f) in &self.files {
@@ -145,6 +163,36 @@ impl SyncSet {
         for d in &self.dirs {
             fsync_dir(d)?;
         }
+        Ok(())
+    }
+}
+
+/// Paths written since the last checkpoint.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    pub files: std::collections::BTreeSet<PathBuf>,
+    pub dirs: std::collections::BTreeSet<PathBuf>,
+}
+
+impl Dirty {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.dirs.is_empty()
+    }
+
+    /// fdatasyncs every file, then fsyncs every directory (children before parents).
+    pub fn sync(&mut self) -> Result<(), TableError> {
+        for path in &self.files {
+            File::open(path)
+                .and_then(|f| f.sync_data())
+                .map_err(TableError::io(path))?;
+        }
+        let mut dirs: Vec<&PathBuf> = self.dirs.iter().collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            fsync_dir(d)?;
+        }
+        self.files.clear();
+        self.dirs.clear();
         Ok(())
     }
 }
@@ -173,6 +221,30 @@ pub fn append_bits(f: &File, path: &Path, first: u64, flags: &[u8]) -> Result<()
     for (i, v) in flags.iter().enumerate() {
         let bit = shift + i;
         out[bit / 8] |= ((*v != 0) as u8) << (bit % 8);
+    }
+    write_at(f, path, &out, byte0)
+}
+
+/// Sets bits `first..first+n` of an LSB-first bitmap file to 1 (the
+/// validity of a column without nulls), like [`append_bits`] with all ones.
+pub fn append_ones(f: &File, path: &Path, first: u64, n: usize) -> Result<(), TableError> {
+    let byte0 = first / 8;
+    let shift = (first % 8) as usize;
+    let total = shift + n;
+    let mut out = vec![0xFFu8; total.div_ceil(8)];
+    if out.is_empty() {
+        return Ok(());
+    }
+    if shift > 0 {
+        let mut existing = [0u8; 1];
+        f.read_exact_at(&mut existing, byte0)
+            .map_err(TableError::io(path))?;
+        let low = (1u8 << shift) - 1;
+        out[0] = (existing[0] & low) | !low;
+    }
+    if total % 8 != 0 {
+        let last = out.len() - 1;
+        out[last] &= (1u8 << (total % 8)) - 1;
     }
     write_at(f, path, &out, byte0)
 }

@@ -7,8 +7,9 @@
 //! merged rows. Either way the new rows count only once `_txn` is replaced, so
 //! a reader sees whole txns or nothing of them.
 
+use foldhash::HashMap;
+use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::fs;
 use std::hash::BuildHasher;
 use std::ops::Range;
@@ -31,12 +32,40 @@ struct SymbolDict {
     data_len: u64,
 }
 
+impl SymbolDict {
+    /// Table keys for a batch's dictionary, adding strings not seen before
+    /// (in dictionary order, so every node assigns the same keys).
+    fn map_batch_keys(&mut self, batch_dict: &[String], added: &mut Vec<String>) -> Vec<i32> {
+        batch_dict
+            .iter()
+            .map(|s| match self.keys.get(s) {
+                Some(k) => *k,
+                None => {
+                    let k = self.count as i32;
+                    self.keys.insert(s.clone(), k);
+                    self.count += 1;
+                    self.data_len += s.len() as u64;
+                    added.push(s.clone());
+                    k
+                }
+            })
+            .collect()
+    }
+}
+
 pub struct TableWriter {
     dir: PathBuf,
     name: String,
     schema: Schema,
     table_id: u64,
+    /// What readers see (`_txn`).
     state: TableState,
+    /// What is durable in the table files (`_ckpt`); recovery starts here.
+    ckpt: TableState,
+    /// Written since `ckpt`, to sync at the next checkpoint.
+    dirty: files::Dirty,
+    /// Partition versions replaced since `ckpt`, removed once a checkpoint drops them.
+    obsolete: Vec<PathBuf>,
     /// Per column; `Some` for symbol columns.
     symbols: Vec<Option<SymbolDict>>,
     /// Set after a failed apply: the files may hold a partial apply, so the
@@ -80,6 +109,7 @@ impl TableWriter {
             &state::encode_meta(schema, table_id),
         )?;
         let initial = initial_state(schema);
+        files::durable_replace(&tmp, files::CKPT_FILE, &state::encode_txn(&initial))?;
         files::durable_replace(&tmp, files::TXN_FILE, &state::encode_txn(&initial))?;
         fs::rename(&tmp, &target).map_err(TableError::io(&target))?;
         files::fsync_dir(data_dir)?;
@@ -91,9 +121,10 @@ impl TableWriter {
         Self::open(data_dir, name)
     }
 
-    /// Opens a table and recovers its files to the committed state in `_txn`:
-    /// bytes past the committed row counts are cut, partition versions that
-    /// `_txn` does not name are removed.
+    /// Opens a table and recovers its files to the last checkpoint (`_ckpt`):
+    /// bytes past its row counts are cut, partition versions it does not name
+    /// are removed, and `_txn` is reset to it. The caller replays the WAL
+    /// from the checkpoint's txn.
     pub fn open(data_dir: &Path, name: &str) -> Result<TableWriter, TableError> {
         validate_name("table", name)?;
         let dir = data_dir.join(name);
@@ -102,18 +133,24 @@ impl TableWriter {
         }
         let meta_path = dir.join(files::META_FILE);
         let (schema, table_id) = state::decode_meta(&meta_path, &files::read_file(&meta_path)?)?;
-        let txn_path = dir.join(files::TXN_FILE);
-        let state = state::decode_txn(&txn_path, &files::read_file(&txn_path)?)?;
+        // `_txn` may be ahead of what reached the disk; `_ckpt` is not.
+        let ckpt_path = dir.join(files::CKPT_FILE);
+        let state = state::decode_txn(&ckpt_path, &files::read_file(&ckpt_path)?)?;
         let mut w = TableWriter {
             dir,
             name: name.to_string(),
             schema,
             table_id,
-            state,
+            state: state.clone(),
+            ckpt: state,
+            dirty: files::Dirty::default(),
+            obsolete: Vec::new(),
             symbols: Vec::new(),
             failed: None,
         };
         w.recover_files()?;
+        // Readers go back to the checkpoint until the WAL is replayed on top.
+        files::durable_replace(&w.dir, files::TXN_FILE, &state::encode_txn(&w.state))?;
         Ok(w)
     }
 
@@ -231,7 +268,7 @@ impl TableWriter {
         let mut sync = SyncSet::default();
         let mut new_symbols: Vec<Vec<String>> = vec![Vec::new(); self.schema.columns.len()];
         let mut combined = self.combine(txns, &mut new_symbols)?;
-        let rows = combined.first().map_or(0, ColumnBuf::len);
+        let rows = combined.first().map_or(0, |c| c.len());
         let mut obsolete = Vec::new();
         match self.schema.timestamp {
             None => {
@@ -252,7 +289,10 @@ impl TableWriter {
                 if ts.windows(2).any(|w| w[0] > w[1]) {
                     let mut perm: Vec<u32> = (0..rows as u32).collect();
                     perm.sort_by_key(|&i| ts[i as usize]);
-                    combined = combined.iter().map(|c| c.gather(&perm)).collect();
+                    combined = combined
+                        .iter()
+                        .map(|c| Cow::Owned(c.gather(&perm)))
+                        .collect();
                     ts = perm.iter().map(|&i| ts[i as usize]).collect();
                 }
                 let mut start = 0;
@@ -274,16 +314,50 @@ impl TableWriter {
             }
         }
         self.write_symbols(&mut next, &mut sync, &new_symbols)?;
-        sync.sync()?;
-        files::durable_replace(&self.dir, files::TXN_FILE, &state::encode_txn(&next))?;
+        sync.defer(&mut self.dirty);
+        // Visible to readers now; durable in the WAL until the next checkpoint.
+        files::replace(&self.dir, files::TXN_FILE, &state::encode_txn(&next))?;
         self.state = next;
-        for dir in obsolete {
+        // Old versions stay until a checkpoint no longer names them: `_ckpt`
+        // (what recovery trusts) may still point at them.
+        self.obsolete.extend(obsolete);
+        Ok(())
+    }
+
+    /// Makes everything applied so far durable in the table files: syncs what
+    /// was written since the last checkpoint, then replaces `_ckpt`. Returns
+    /// the checkpointed txn; WAL up to it is no longer needed.
+    pub fn checkpoint(&mut self) -> Result<u64, TableError> {
+        if let Some(why) = &self.failed {
+            return Err(TableError::Corrupt {
+                file: self.dir.clone(),
+                why: format!("an earlier apply failed ({why}); reopen the table to recover"),
+            });
+        }
+        if self.state == self.ckpt && self.dirty.is_empty() {
+            return Ok(self.ckpt.txn);
+        }
+        let result = self.dirty.sync().and_then(|_| {
+            files::durable_replace(&self.dir, files::CKPT_FILE, &state::encode_txn(&self.state))
+        });
+        if let Err(e) = result {
+            warn!(table = %self.name, error = %e, "checkpoint failed; the table refuses work until reopened");
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
+        self.ckpt = self.state.clone();
+        for dir in self.obsolete.drain(..) {
             if let Err(e) = fs::remove_dir_all(&dir) {
                 // Harmless: recovery removes unnamed versions on the next open.
                 warn!(dir = %dir.display(), error = %e, "could not remove old partition version");
             }
         }
-        Ok(())
+        Ok(self.ckpt.txn)
+    }
+
+    /// The last checkpointed (durable in table files) txn.
+    pub fn checkpoint_txn(&self) -> u64 {
+        self.ckpt.txn
     }
 
     /// First µs after the partition starting at `floor`.
@@ -305,46 +379,37 @@ impl TableWriter {
         }
     }
 
-    /// Concatenates the txns' columns, mapping batch-local symbol keys to table keys.
-    fn combine(
+    /// Concatenates the txns' columns, mapping batch-local symbol keys to
+    /// table keys. A single txn's non-symbol columns are borrowed, not copied.
+    fn combine<'b>(
         &mut self,
-        txns: &[(u64, &Batch)],
+        txns: &[(u64, &'b Batch)],
         new_symbols: &mut [Vec<String>],
-    ) -> Result<Vec<ColumnBuf>, TableError> {
-        let mut out: Vec<ColumnBuf> = self
-            .schema
-            .columns
-            .iter()
-            .map(|c| ColumnBuf::new(c.ty))
-            .collect();
+    ) -> Result<Vec<Cow<'b, ColumnBuf>>, TableError> {
         for (_, batch) in txns {
             batch.validate(&self.schema)?;
-            let rows = batch.row_count();
-            for (i, col) in batch.columns.iter().enumerate() {
-                let start = out[i].len();
-                out[i].extend_from(col, 0..rows);
+        }
+        let mut out = Vec::with_capacity(self.schema.columns.len());
+        for (i, c) in self.schema.columns.iter().enumerate() {
+            if let [(_, batch)] = txns {
+                if self.symbols[i].is_none() {
+                    out.push(Cow::Borrowed(&batch.columns[i]));
+                    continue;
+                }
+            }
+            let mut col = ColumnBuf::new(c.ty);
+            for (_, batch) in txns {
+                let src = &batch.columns[i];
+                let start = col.len();
+                col.extend_from(src, 0..src.len());
                 if let Some(dict) = &mut self.symbols[i] {
-                    let map: Vec<i32> = col
-                        .dict
-                        .iter()
-                        .map(|s| match dict.keys.get(s) {
-                            Some(k) => *k,
-                            None => {
-                                let k = dict.count as i32;
-                                dict.keys.insert(s.clone(), k);
-                                dict.count += 1;
-                                dict.data_len += s.len() as u64;
-                                new_symbols[i].push(s.clone());
-                                k
-                            }
-                        })
-                        .collect();
-                    let Values::Fixed(bytes) = &mut out[i].values else {
+                    let map = dict.map_batch_keys(&src.dict, &mut new_symbols[i]);
+                    let Values::Fixed(bytes) = &mut col.values else {
                         unreachable!("symbol keys are fixed-width")
                     };
                     for (r, chunk) in bytes[start * 4..].chunks_exact_mut(4).enumerate() {
                         let local = i32::from_le_bytes(chunk.try_into().expect("4 bytes"));
-                        let global = if col.is_valid(r) {
+                        let global = if src.is_valid(r) {
                             map[local as usize]
                         } else {
                             0
@@ -353,6 +418,7 @@ impl TableWriter {
                     }
                 }
             }
+            out.push(Cow::Owned(col));
         }
         Ok(out)
     }
@@ -362,7 +428,7 @@ impl TableWriter {
         &self,
         next: &mut TableState,
         sync: &mut SyncSet,
-        combined: &[ColumnBuf],
+        combined: &[Cow<'_, ColumnBuf>],
         range: Range<usize>,
         floor: i64,
         ts: &[i64],
@@ -543,7 +609,7 @@ fn write_column(
     let f = sync.open(vpath.clone())?;
     match &col.validity {
         Some(v) => files::append_bits(f, &vpath, existing, &v[range]),
-        None => files::append_bits(f, &vpath, existing, &vec![1u8; range.len()]),
+        None => files::append_ones(f, &vpath, existing, range.len()),
     }
 }
 
