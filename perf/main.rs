@@ -7,6 +7,8 @@
 //! cargo bench --bench perf -- group        # group-commit throughput only
 //! cargo bench --bench perf -- apply        # apply into column files only
 //! PERF_DIR=/mnt/nvme/x cargo bench --bench perf   # measure another disk
+//! PERF_CHECKPOINT_MS=60000 ...             # checkpoint interval (default 1000)
+//! PERF_SECONDS=10 ...                      # length of each throughput run
 //!
 //! Reference table: cpu (see src/gen.rs).
 
@@ -77,12 +79,18 @@ fn fio(dir: &Path, bs: usize, size_mb: usize) -> Option<Fio> {
 
 fn open(dir: &Path, engine: &str) -> (Database, Arc<TableHandle>) {
     let _ = std::fs::remove_dir_all(dir);
-    let db = Database::open(DbOptions {
+    let mut opts = DbOptions {
         data_dir: dir.to_path_buf(),
         engine: engine.parse().expect("engine name"),
         ..DbOptions::default()
-    })
-    .expect("open database");
+    };
+    if let Some(ms) = std::env::var("PERF_CHECKPOINT_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        opts.checkpoint_interval = Duration::from_millis(ms);
+    }
+    let db = Database::open(opts).expect("open database");
     let t = db
         .create_table("cpu", CpuGenerator::default().schema())
         .expect("create cpu");

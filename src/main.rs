@@ -49,6 +49,16 @@ struct NodeArgs {
     /// Shard threads, each pinned to a core. 0 = one per core.
     #[arg(long, global = true, env = "BASALT_SHARDS", default_value_t = 0)]
     shards: usize,
+    /// How often applied txns are made durable in the table files (and their
+    /// WAL dropped). Shorter: less WAL to replay after a crash; longer: fewer
+    /// fsync bursts next to commits.
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_CHECKPOINT_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    checkpoint_interval_ms: u64,
 }
 
 impl NodeArgs {
@@ -57,6 +67,7 @@ impl NodeArgs {
             data_dir: self.data_dir.clone(),
             engine: self.io_engine.clone(),
             shards: self.shards,
+            checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms.max(1)),
             ..DbOptions::default()
         })
     }

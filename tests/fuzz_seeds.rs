@@ -10,7 +10,9 @@ use basalt::table::{ColumnType, PartitionBy, Schema};
 use basalt::wal::format::{self, RecordHeader, Tail, FLAG_GROUP_END, SCHEMA_VERSION};
 
 fn corpus(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
 }
 
 fn all_types() -> Schema {
@@ -43,7 +45,10 @@ fn payload_seeds() -> Vec<(String, Vec<u8>)> {
     b.finish_row().unwrap();
     let mut all = vec![1u8];
     codec::encode(&b.finish(), &mut all);
-    vec![("cpu_3_rows".into(), cpu), ("all_types_with_nulls".into(), all)]
+    vec![
+        ("cpu_3_rows".into(), cpu),
+        ("all_types_with_nulls".into(), all),
+    ]
 }
 
 fn wal_seed() -> Vec<u8> {
@@ -61,7 +66,11 @@ fn wal_seed() -> Vec<u8> {
                 group_start: start,
                 row_count: 2,
                 schema_version: SCHEMA_VERSION,
-                flags: if txn + 1 == txns.end { FLAG_GROUP_END } else { 0 },
+                flags: if txn + 1 == txns.end {
+                    FLAG_GROUP_END
+                } else {
+                    0
+                },
             };
             format::append_record(&mut f, &h, &payload);
         }
@@ -78,7 +87,11 @@ fn committed_fuzz_seeds_are_valid_encodings() {
             std::fs::write(&path, &bytes).unwrap();
         }
         let seed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let schema = if seed[0] & 1 == 0 { Schema::reference_cpu() } else { all_types() };
+        let schema = if seed[0] & 1 == 0 {
+            Schema::reference_cpu()
+        } else {
+            all_types()
+        };
         codec::decode(&seed[1..], &schema).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     let path = corpus("wal_scan").join("two_groups");

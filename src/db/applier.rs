@@ -16,7 +16,7 @@ use super::TableHandle;
 pub enum ApplyMsg {
     AddTable {
         handle: Arc<TableHandle>,
-        writer: TableWriter,
+        writer: Box<TableWriter>,
     },
     Committed {
         table: Arc<TableHandle>,
@@ -34,6 +34,10 @@ pub enum ApplyMsg {
 pub struct ApplierLimits {
     /// Rows put into one apply step.
     pub rows_max: usize,
+    /// Least time between two apply steps: commits arriving meanwhile are
+    /// applied together, so `_txn` renames and column-file growth do not
+    /// join every WAL fdatasync's journal commit.
+    pub apply_interval: Duration,
     /// A table with applied but unsynced txns is checkpointed this often.
     pub checkpoint_interval: Duration,
     /// ... or as soon as this many rows were applied since its last checkpoint.
@@ -56,17 +60,33 @@ struct Slot {
 pub fn run(rx: flume::Receiver<ApplyMsg>, limits: ApplierLimits) {
     let mut slots: HashMap<String, Slot> = HashMap::new();
     let tick = (limits.checkpoint_interval / 2).max(Duration::from_millis(1));
-    loop {
-        match rx.recv_timeout(tick) {
+    let mut next_apply = Instant::now();
+    let mut open = true;
+    while open {
+        // With txns waiting, sleep only until the next apply is allowed.
+        let pending = slots.values().any(|s| !s.pending.is_empty());
+        let wait = if pending {
+            next_apply.saturating_duration_since(Instant::now())
+        } else {
+            tick
+        };
+        match rx.recv_timeout(wait) {
             Ok(msg) => handle(&mut slots, msg),
             Err(flume::RecvTimeoutError::Timeout) => {}
-            Err(flume::RecvTimeoutError::Disconnected) => break,
+            Err(flume::RecvTimeoutError::Disconnected) => open = false,
         }
         while let Ok(msg) = rx.try_recv() {
             handle(&mut slots, msg);
         }
+        let now = Instant::now();
+        let apply_now = now >= next_apply || !open;
+        if apply_now {
+            next_apply = now + limits.apply_interval;
+        }
         for slot in slots.values_mut() {
-            apply_ready(slot, limits.rows_max);
+            if apply_now {
+                apply_ready(slot, limits.rows_max);
+            }
             let due = slot.last_checkpoint.elapsed() >= limits.checkpoint_interval
                 || slot.rows_since_checkpoint >= limits.checkpoint_rows_max;
             if due {
@@ -75,6 +95,7 @@ pub fn run(rx: flume::Receiver<ApplyMsg>, limits: ApplierLimits) {
         }
     }
     for slot in slots.values_mut() {
+        apply_ready(slot, limits.rows_max);
         checkpoint(slot);
     }
 }
@@ -104,7 +125,7 @@ fn handle(slots: &mut HashMap<String, Slot>, msg: ApplyMsg) {
                 handle.name.clone(),
                 Slot {
                     handle,
-                    writer,
+                    writer: *writer,
                     last_checkpoint: Instant::now(),
                     rows_since_checkpoint: 0,
                     pending: BTreeMap::new(),

@@ -54,6 +54,8 @@ pub struct DbOptions {
     pub apply_queue_max: usize,
     /// Rows the applier puts into one apply step.
     pub apply_rows_max: usize,
+    /// Least time between two apply steps (bounds how often `_txn` moves).
+    pub apply_interval: Duration,
     /// Applied txns are made durable in the table files (and their WAL
     /// dropped) this often...
     pub checkpoint_interval: Duration,
@@ -73,7 +75,8 @@ impl Default for DbOptions {
             shard_queue_max: 4096,
             apply_queue_max: 65_536,
             apply_rows_max: 4 * 1024 * 1024,
-            checkpoint_interval: Duration::from_secs(1),
+            apply_interval: Duration::from_millis(5),
+            checkpoint_interval: Duration::from_secs(10),
             checkpoint_rows_max: 16 * 1024 * 1024,
         }
     }
@@ -275,13 +278,14 @@ impl Database {
             applier_tx
                 .send(ApplyMsg::AddTable {
                     handle: handle.clone(),
-                    writer,
+                    writer: Box::new(writer),
                 })
                 .map_err(|_| DbError::Closed)?;
             tables.insert(name, handle);
         }
         let limits = applier::ApplierLimits {
             rows_max: opts.apply_rows_max,
+            apply_interval: opts.apply_interval,
             checkpoint_interval: opts.checkpoint_interval,
             checkpoint_rows_max: opts.checkpoint_rows_max,
         };
@@ -416,7 +420,7 @@ impl Database {
             .ok_or(DbError::Closed)?
             .send(ApplyMsg::AddTable {
                 handle: handle.clone(),
-                writer,
+                writer: Box::new(writer),
             })
             .map_err(|_| DbError::Closed)?;
         tables.insert(name.to_string(), handle.clone());
