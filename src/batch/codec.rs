@@ -122,7 +122,9 @@ pub fn decode(buf: &[u8], schema: &Schema) -> Result<Batch, DecodeError> {
             return Err(bad(format!("unknown flags {:#x}", head[1])));
         }
         let validity = if head[1] & FLAG_VALIDITY != 0 {
-            Some(unpack_bits(r.take(rows.div_ceil(8))?, 0, rows as usize))
+            // An all-valid bitmap decodes to "no nulls", the form encode writes.
+            let v = unpack_bits(r.take(rows.div_ceil(8))?, 0, rows as usize);
+            v.contains(&0).then_some(v)
         } else {
             None
         };
@@ -134,13 +136,13 @@ pub fn decode(buf: &[u8], schema: &Schema) -> Result<Batch, DecodeError> {
                 .chunks_exact(4)
                 .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
                 .collect();
+            if ends.windows(2).any(|w| w[0] > w[1]) {
+                return Err(bad("symbol dictionary offsets go backwards".into()));
+            }
             let total = ends.last().copied().unwrap_or(0);
             let bytes = r.take(u64::from(total))?;
             let mut start = 0u32;
             for end in ends {
-                if end < start {
-                    return Err(bad("symbol dictionary offsets go backwards".into()));
-                }
                 let s = std::str::from_utf8(&bytes[start as usize..end as usize])
                     .map_err(|e| bad(format!("symbol is not UTF-8: {e}")))?;
                 dict.push(s.to_string());
@@ -333,6 +335,22 @@ mod tests {
         let mut long = buf.clone();
         long.push(0);
         assert_eq!(decode(&long, &schema), Err(DecodeError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn symbol_offsets_that_go_backwards_are_refused() {
+        // Found by the wal_payload fuzz target: a dictionary end offset larger
+        // than the last one used to index past the dictionary bytes.
+        let schema = Schema::new(vec![("s", ColumnType::Symbol)], None, PartitionBy::None).unwrap();
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        buf.extend_from_slice(&1u32.to_le_bytes());
+        buf.extend_from_slice(&[ColumnType::Symbol.tag(), 0, 0, 0]);
+        buf.extend_from_slice(&2u32.to_le_bytes());
+        buf.extend_from_slice(&1792u32.to_le_bytes());
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        let e = decode(&buf, &schema).unwrap_err();
+        assert!(e.to_string().contains("go backwards"), "{e}");
     }
 
     #[test]
