@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod db;
 pub mod gen;
+pub mod ilp;
 pub mod io;
 pub mod table;
 pub mod wal;

@@ -1,0 +1,439 @@
+//! InfluxDB Line Protocol, as QuestDB accepts it.
+//!
+//! ```text
+//! measurement[,tag=value...] field=value[,field=value...] [timestamp]\n
+//! ```
+//!
+//! - measurement: `\,` and `\ ` escape comma and space;
+//! - tag keys, tag values and field keys: `\,` `\=` `\ ` escape comma, equals, space;
+//! - field values: float (`1.5`, `-2e10`, `NaN`, `Infinity`), integer `12i`,
+//!   string `"..."` (`\"` and `\\` escaped; newlines allowed inside), boolean
+//!   `t T true True TRUE f F false False FALSE`, timestamp `123t` (µs) or `123n` (ns);
+//! - a backslash before any other byte is kept as it is;
+//! - lines end with `\n` (a preceding `\r` is dropped); empty lines and lines
+//!   starting with `#` are skipped;
+//! - the trailing timestamp is in the request's precision (nanoseconds by
+//!   default); without one the server's clock is used.
+//!
+//! Parsing borrows from the input: a name or string is copied only when it
+//! contains escapes. [`Line`] keeps its vectors between lines, so parsing a
+//! buffer allocates nothing per row once they have grown.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Unit of the designated timestamp at the end of a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Nanos,
+    Micros,
+    Millis,
+    Seconds,
+}
+
+impl Precision {
+    /// Parses the `precision` query parameter of `/write` and `/api/v2/write`.
+    pub fn from_param(p: &str) -> Option<Precision> {
+        match p {
+            "n" | "ns" => Some(Precision::Nanos),
+            "u" | "us" | "µ" => Some(Precision::Micros),
+            "ms" => Some(Precision::Millis),
+            "s" => Some(Precision::Seconds),
+            _ => None,
+        }
+    }
+
+    /// Converts a timestamp in this precision to µs, `None` on overflow.
+    pub fn to_micros(self, v: i64) -> Option<i64> {
+        match self {
+            Precision::Nanos => Some(v.div_euclid(1000)),
+            Precision::Micros => Some(v),
+            Precision::Millis => v.checked_mul(1000),
+            Precision::Seconds => v.checked_mul(1_000_000),
+        }
+    }
+}
+
+/// A field value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FieldValue<'a> {
+    Float(f64),
+    Integer(i64),
+    String(Cow<'a, str>),
+    Boolean(bool),
+    /// µs since the epoch (`t` suffix; `n` values are converted).
+    Timestamp(i64),
+}
+
+impl FieldValue<'_> {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FieldValue::Float(_) => "float",
+            FieldValue::Integer(_) => "integer",
+            FieldValue::String(_) => "string",
+            FieldValue::Boolean(_) => "boolean",
+            FieldValue::Timestamp(_) => "timestamp",
+        }
+    }
+}
+
+/// One parsed line. Reuse it across the lines of a buffer.
+#[derive(Debug, Default)]
+pub struct Line<'a> {
+    pub measurement: Cow<'a, str>,
+    pub tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
+    /// Designated timestamp in µs, if the line has one.
+    pub timestamp: Option<i64>,
+}
+
+impl Line<'_> {
+    fn clear(&mut self) {
+        self.measurement = Cow::Borrowed("");
+        self.tags.clear();
+        self.fields.clear();
+        self.timestamp = None;
+    }
+}
+
+/// What is wrong with a line, and where (byte offset within the line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IlpError {
+    pub kind: IlpErrorKind,
+    pub position: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IlpErrorKind {
+    MissingMeasurement,
+    MissingTagValue,
+    MissingFieldValue,
+    MissingFields,
+    EmptyName,
+    InvalidFieldValue(String),
+    UnterminatedString,
+    InvalidTimestamp(String),
+    TrailingBytes,
+    NotUtf8,
+}
+
+impl fmt::Display for IlpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = self.position;
+        match &self.kind {
+            IlpErrorKind::MissingMeasurement => write!(f, "missing table name at byte {at}"),
+            IlpErrorKind::MissingTagValue => write!(f, "tag without '=value' at byte {at}"),
+            IlpErrorKind::MissingFieldValue => write!(f, "field without '=value' at byte {at}"),
+            IlpErrorKind::MissingFields => write!(f, "line has no fields (at byte {at})"),
+            IlpErrorKind::EmptyName => write!(f, "empty tag or field name at byte {at}"),
+            IlpErrorKind::InvalidFieldValue(v) => {
+                write!(f, "invalid field value {v:?} at byte {at}")
+            }
+            IlpErrorKind::UnterminatedString => write!(
+                f,
+                "string field value not closed with '\"' (opened at byte {at})"
+            ),
+            IlpErrorKind::InvalidTimestamp(v) => write!(f, "invalid timestamp {v:?} at byte {at}"),
+            IlpErrorKind::TrailingBytes => {
+                write!(f, "unexpected bytes after the timestamp at byte {at}")
+            }
+            IlpErrorKind::NotUtf8 => write!(f, "bytes are not UTF-8 at byte {at}"),
+        }
+    }
+}
+
+impl std::error::Error for IlpError {}
+
+/// Splits the next line off `buf`, honouring quoted strings (which may hold
+/// newlines) and escapes. Returns (line without its `\n`/`\r\n`, bytes
+/// consumed), or `None` when `buf` holds no complete line yet.
+pub fn next_line(buf: &[u8]) -> Option<(&[u8], usize)> {
+    let mut in_string = false;
+    let mut in_fields = false;
+    let mut i = 0;
+    while i < buf.len() {
+        match buf[i] {
+            b'\\' => i += 1,
+            b'"' if in_fields => in_string = !in_string,
+            b' ' if !in_string => in_fields = true,
+            b'\n' if !in_string => {
+                let line = &buf[..i];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                return Some((line, i + 1));
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether a line carries no data (empty, white space, or a `#` comment).
+pub fn is_blank(line: &[u8]) -> bool {
+    let t = line.trim_ascii();
+    t.is_empty() || t[0] == b'#'
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn err(&self, kind: IlpErrorKind) -> IlpError {
+        IlpError {
+            kind,
+            position: self.i,
+        }
+    }
+
+    /// Reads a name up to an unescaped byte in `stops`, unescaping `escapable`.
+    fn name(&mut self, stops: &[u8], escapable: &[u8]) -> Result<Cow<'a, str>, IlpError> {
+        let start = self.i;
+        let mut escaped = false;
+        while let Some(c) = self.peek() {
+            if c == b'\\'
+                && self
+                    .b
+                    .get(self.i + 1)
+                    .is_some_and(|n| escapable.contains(n))
+            {
+                escaped = true;
+                self.i += 2;
+                continue;
+            }
+            if stops.contains(&c) || c == b'\n' {
+                break;
+            }
+            self.i += 1;
+        }
+        let raw = &self.b[start..self.i];
+        let s = std::str::from_utf8(raw).map_err(|e| IlpError {
+            kind: IlpErrorKind::NotUtf8,
+            position: start + e.valid_up_to(),
+        })?;
+        if !escaped {
+            return Ok(Cow::Borrowed(s));
+        }
+        let mut out = String::with_capacity(s.len());
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                if let Some(&n) = chars.peek() {
+                    if n.is_ascii() && escapable.contains(&(n as u8)) {
+                        out.push(n);
+                        chars.next();
+                        continue;
+                    }
+                }
+            }
+            out.push(c);
+        }
+        Ok(Cow::Owned(out))
+    }
+
+    fn string_value(&mut self) -> Result<Cow<'a, str>, IlpError> {
+        let open = self.i;
+        self.i += 1;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            match self.peek() {
+                None => {
+                    return Err(IlpError {
+                        kind: IlpErrorKind::UnterminatedString,
+                        position: open,
+                    })
+                }
+                Some(b'\\') if matches!(self.b.get(self.i + 1), Some(b'"' | b'\\')) => {
+                    escaped = true;
+                    self.i += 2;
+                }
+                Some(b'"') => break,
+                Some(_) => self.i += 1,
+            }
+        }
+        let raw = &self.b[start..self.i];
+        self.i += 1;
+        let s = std::str::from_utf8(raw).map_err(|e| IlpError {
+            kind: IlpErrorKind::NotUtf8,
+            position: start + e.valid_up_to(),
+        })?;
+        if !escaped {
+            return Ok(Cow::Borrowed(s));
+        }
+        let mut out = String::with_capacity(s.len());
+        let mut bytes = s.char_indices().peekable();
+        while let Some((_, c)) = bytes.next() {
+            if c == '\\' {
+                if let Some(&(_, n)) = bytes.peek() {
+                    if n == '"' || n == '\\' {
+                        out.push(n);
+                        bytes.next();
+                        continue;
+                    }
+                }
+            }
+            out.push(c);
+        }
+        Ok(Cow::Owned(out))
+    }
+
+    fn field_value(&mut self) -> Result<FieldValue<'a>, IlpError> {
+        if self.peek() == Some(b'"') {
+            return Ok(FieldValue::String(self.string_value()?));
+        }
+        let start = self.i;
+        while let Some(c) = self.peek() {
+            if c == b',' || c == b' ' || c == b'\n' {
+                break;
+            }
+            self.i += 1;
+        }
+        let raw = &self.b[start..self.i];
+        let bad = || IlpError {
+            kind: IlpErrorKind::InvalidFieldValue(String::from_utf8_lossy(raw).into_owned()),
+            position: start,
+        };
+        let text = std::str::from_utf8(raw).map_err(|_| bad())?;
+        let value = match text {
+            "" => return Err(bad()),
+            "t" | "T" | "true" | "True" | "TRUE" => FieldValue::Boolean(true),
+            "f" | "F" | "false" | "False" | "FALSE" => FieldValue::Boolean(false),
+            _ => match text.as_bytes()[text.len() - 1] {
+                b'i' => FieldValue::Integer(parse_int(&text[..text.len() - 1]).ok_or_else(bad)?),
+                b't' => FieldValue::Timestamp(parse_int(&text[..text.len() - 1]).ok_or_else(bad)?),
+                b'n' if text.len() > 1 && text.as_bytes()[text.len() - 2].is_ascii_digit() => {
+                    let ns = parse_int(&text[..text.len() - 1]).ok_or_else(bad)?;
+                    FieldValue::Timestamp(ns.div_euclid(1000))
+                }
+                _ => FieldValue::Float(parse_float(text).ok_or_else(bad)?),
+            },
+        };
+        Ok(value)
+    }
+}
+
+fn parse_int(s: &str) -> Option<i64> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn parse_float(s: &str) -> Option<f64> {
+    match s {
+        "NaN" => Some(f64::NAN),
+        "Infinity" | "+Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
+        // Rust's parser would also take "inf" or "nan" in any case: only
+        // number syntax reaches it.
+        _ if s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E')) =>
+        {
+            s.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// Parses one line (without its newline) into `out`.
+pub fn parse_line<'a>(
+    line: &'a [u8],
+    precision: Precision,
+    out: &mut Line<'a>,
+) -> Result<(), IlpError> {
+    out.clear();
+    let mut c = Cursor { b: line, i: 0 };
+    out.measurement = c.name(b", ", b", ")?;
+    if out.measurement.is_empty() {
+        return Err(c.err(IlpErrorKind::MissingMeasurement));
+    }
+    while c.peek() == Some(b',') {
+        c.i += 1;
+        let at = c.i;
+        let key = c.name(b"=, ", b",= ")?;
+        if key.is_empty() {
+            return Err(IlpError {
+                kind: IlpErrorKind::EmptyName,
+                position: at,
+            });
+        }
+        if c.peek() != Some(b'=') {
+            return Err(c.err(IlpErrorKind::MissingTagValue));
+        }
+        c.i += 1;
+        let value = c.name(b", ", b",= ")?;
+        if value.is_empty() {
+            return Err(c.err(IlpErrorKind::MissingTagValue));
+        }
+        out.tags.push((key, value));
+    }
+    if c.peek() != Some(b' ') {
+        return Err(c.err(IlpErrorKind::MissingFields));
+    }
+    c.i += 1;
+    loop {
+        let at = c.i;
+        let key = c.name(b"=, ", b",= ")?;
+        if key.is_empty() {
+            return Err(
+                if out.fields.is_empty() && c.peek().is_none_or(|b| b == b' ') {
+                    IlpError {
+                        kind: IlpErrorKind::MissingFields,
+                        position: at,
+                    }
+                } else {
+                    IlpError {
+                        kind: IlpErrorKind::EmptyName,
+                        position: at,
+                    }
+                },
+            );
+        }
+        if c.peek() != Some(b'=') {
+            return Err(c.err(IlpErrorKind::MissingFieldValue));
+        }
+        c.i += 1;
+        let value = c.field_value()?;
+        out.fields.push((key, value));
+        match c.peek() {
+            Some(b',') => c.i += 1,
+            _ => break,
+        }
+    }
+    match c.peek() {
+        None => return Ok(()),
+        Some(b' ') => c.i += 1,
+        Some(_) => return Err(c.err(IlpErrorKind::TrailingBytes)),
+    }
+    let start = c.i;
+    let rest = line[start..].trim_ascii_end();
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let text = std::str::from_utf8(rest).unwrap_or("");
+    let bad = || IlpError {
+        kind: IlpErrorKind::InvalidTimestamp(String::from_utf8_lossy(rest).into_owned()),
+        position: start,
+    };
+    if rest.contains(&b' ') {
+        return Err(IlpError {
+            kind: IlpErrorKind::TrailingBytes,
+            position: start + rest.iter().position(|b| *b == b' ').unwrap_or(0),
+        });
+    }
+    let v = parse_int(text).ok_or_else(bad)?;
+    out.timestamp = Some(precision.to_micros(v).ok_or_else(bad)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
