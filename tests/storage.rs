@@ -329,7 +329,25 @@ fn bad_input_gets_a_clear_error_and_harms_nothing() {
         e.to_string().contains("needs a designated timestamp"),
         "{e}"
     );
-    assert_eq!(db.scan("cpu", &[], None).unwrap().row_count(), 10);
+    // Designated timestamps outside years 1..=9999 are refused before the WAL.
+    let mut b = BatchBuilder::new(gen.schema());
+    gen.row(&mut b, 99, i64::MAX);
+    let e = db.commit(&t, b.finish()).unwrap_err();
+    assert!(e.to_string().contains("outside years 1 to 9999"), "{e}");
+    // A second process (or open) on the same data directory is refused.
+    let e = Database::open(DbOptions {
+        data_dir: dir.path().to_path_buf(),
+        engine: EngineChoice::Portable,
+        ..DbOptions::default()
+    })
+    .err()
+    .expect("second open of a locked data dir");
+    assert!(
+        e.to_string().contains("in use by another basalt process"),
+        "{e}"
+    );
+    commit_and_wait(&db, &t, gen.batch(10, 5, 0));
+    assert_eq!(db.scan("cpu", &[], None).unwrap().row_count(), 15);
     assert!(
         !dir.path().join("evil").exists() && !dir.path().parent().unwrap().join("evil").exists()
     );
@@ -368,4 +386,59 @@ fn every_partition_scheme_names_and_splits_partitions() {
             "{p}: {first_dir}"
         );
     }
+}
+
+#[test]
+fn null_rows_store_zero_bytes_whatever_the_batch_carried() {
+    use basalt::batch::{ColumnBuf, Values};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), &EngineChoice::Portable);
+    let schema = Schema::new(
+        vec![
+            ("v", ColumnType::Long),
+            ("s", ColumnType::Varchar),
+            ("ts", ColumnType::Timestamp),
+        ],
+        Some("ts"),
+        PartitionBy::Day,
+    )
+    .unwrap();
+    let t = db.create_table("t", &schema).unwrap();
+    // Hand-built: row 1 is null but carries bytes under it.
+    let batch = Batch {
+        columns: vec![
+            ColumnBuf {
+                ty: ColumnType::Long,
+                validity: Some(vec![1, 0]),
+                values: Values::Fixed([5i64.to_le_bytes(), 7i64.to_le_bytes()].concat()),
+                dict: vec![],
+            },
+            ColumnBuf {
+                ty: ColumnType::Varchar,
+                validity: Some(vec![1, 0]),
+                values: Values::Var {
+                    offsets: vec![0, 1, 4],
+                    bytes: b"aXYZ".to_vec(),
+                },
+                dict: vec![],
+            },
+            ColumnBuf {
+                ty: ColumnType::Timestamp,
+                validity: None,
+                values: Values::Fixed(
+                    [BASE_TS_US.to_le_bytes(), BASE_TS_US.to_le_bytes()].concat(),
+                ),
+                dict: vec![],
+            },
+        ],
+    };
+    commit_and_wait(&db, &t, batch);
+    db.close();
+    let part = dir.path().join("t/2024-01-01.0");
+    assert_eq!(
+        std::fs::read(part.join("v.d")).unwrap(),
+        [5i64.to_le_bytes(), [0; 8]].concat()
+    );
+    assert_eq!(std::fs::read(part.join("s.d")).unwrap(), b"a");
+    assert_eq!(std::fs::read(part.join("v.v")).unwrap(), vec![0b01]);
 }

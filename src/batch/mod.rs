@@ -11,7 +11,7 @@ pub mod codec;
 use foldhash::HashMap;
 use foldhash::HashMapExt;
 
-use crate::table::schema::{ColumnType, Schema};
+use crate::table::schema::{ColumnType, Schema, TIMESTAMP_MAX_US, TIMESTAMP_MIN_US};
 
 /// Most rows one batch may carry (one txn). Keeps every length field bounded.
 pub const BATCH_ROWS_MAX: usize = 16 * 1024 * 1024;
@@ -31,6 +31,14 @@ pub enum BatchError {
     NullTimestamp { name: String, row: usize },
     #[error("batch has {rows} rows, more than the limit of {BATCH_ROWS_MAX}")]
     TooManyRows { rows: usize },
+    #[error("batch encodes to {bytes} bytes, more than the limit of {limit} bytes per txn; commit it in smaller batches")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("designated timestamp {name} is {ts_us} µs in row {row}, outside years 1 to 9999")]
+    TimestampOutOfRange {
+        name: String,
+        row: usize,
+        ts_us: i64,
+    },
     #[error("batch does not match the table schema: {0}")]
     Shape(String),
 }
@@ -223,6 +231,47 @@ impl ColumnBuf {
         }
     }
 
+    /// Sets the stored value of every null row to zero bytes (fixed types)
+    /// or the empty string (varchar), so files depend only on the values.
+    pub fn clear_null_values(&mut self) {
+        let Some(valid) = &self.validity else { return };
+        if !valid.contains(&0) {
+            self.validity = None;
+            return;
+        }
+        let w = self.width();
+        match &mut self.values {
+            Values::Fixed(bytes) => {
+                for (r, v) in valid.iter().enumerate() {
+                    if *v == 0 {
+                        bytes[r * w..r * w + w].fill(0);
+                    }
+                }
+            }
+            Values::Var { offsets, bytes } => {
+                if valid
+                    .iter()
+                    .zip(offsets.windows(2))
+                    .any(|(v, o)| *v == 0 && o[0] != o[1])
+                {
+                    let mut out = Vec::with_capacity(bytes.len());
+                    let mut offs = Vec::with_capacity(offsets.len());
+                    offs.push(0u64);
+                    for (r, v) in valid.iter().enumerate() {
+                        if *v != 0 {
+                            out.extend_from_slice(
+                                &bytes[offsets[r] as usize..offsets[r + 1] as usize],
+                            );
+                        }
+                        offs.push(out.len() as u64);
+                    }
+                    *offsets = offs;
+                    *bytes = out;
+                }
+            }
+        }
+    }
+
     /// Appends `other[range]`; symbol keys are copied as they are.
     pub fn extend_from(&mut self, other: &ColumnBuf, range: std::ops::Range<usize>) {
         let rows = self.len();
@@ -380,10 +429,19 @@ impl Batch {
             }
         }
         if let Some(ts) = schema.timestamp {
-            if let Some(row) = (0..rows).find(|&r| !self.columns[ts].is_valid(r)) {
+            let col = &self.columns[ts];
+            if let Some(row) = (0..rows).find(|&r| !col.is_valid(r)) {
                 return Err(BatchError::NullTimestamp {
                     name: schema.columns[ts].name.clone(),
                     row,
+                });
+            }
+            let range = TIMESTAMP_MIN_US..=TIMESTAMP_MAX_US;
+            if let Some(row) = (0..rows).find(|&r| !range.contains(&col.i64_at(r))) {
+                return Err(BatchError::TimestampOutOfRange {
+                    name: schema.columns[ts].name.clone(),
+                    row,
+                    ts_us: col.i64_at(row),
                 });
             }
         }

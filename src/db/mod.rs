@@ -98,6 +98,10 @@ pub enum DbError {
     ApplyFailed { table: String, reason: String },
     #[error("the database is shut down")]
     Closed,
+    #[error("data directory {0} is in use by another basalt process (it holds {0}/.lock)")]
+    Locked(PathBuf),
+    #[error("table {table} refuses commits: an earlier apply or checkpoint failed ({reason}); reopen the database to recover")]
+    TableFailed { table: String, reason: String },
     #[error("timed out after {0:?} waiting for the applier")]
     Timeout(Duration),
 }
@@ -137,6 +141,8 @@ pub struct TableHandle {
     durable_txn: AtomicU64,
     status: Mutex<ApplyStatus>,
     changed: Condvar,
+    /// Set when apply or checkpoint failed: commits are refused (read without a lock).
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl TableHandle {
@@ -152,6 +158,7 @@ impl TableHandle {
                 failed: None,
             }),
             changed: Condvar::new(),
+            failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -184,6 +191,7 @@ impl TableHandle {
     }
 
     fn set_failed(&self, why: String) {
+        self.failed.store(true, Ordering::Release);
         self.lock().failed = Some(why);
         self.changed.notify_all();
     }
@@ -241,6 +249,8 @@ pub struct RecoveryReport {
 
 pub struct Database {
     opts: DbOptions,
+    /// Exclusive lock on `<data-dir>/.lock`, held while the database is open.
+    _lock: fs::File,
     recovery: Vec<RecoveryReport>,
     engine: Resolved,
     tables: Mutex<HashMap<String, Arc<TableHandle>>>,
@@ -263,7 +273,20 @@ impl Database {
         let engine = io::resolve(&opts.engine)?;
         info!(engine = %engine.choice, reason = %engine.reason, "I/O engine");
         fs::create_dir_all(&opts.data_dir).map_err(TableError::io(&opts.data_dir))?;
-        let (applier_tx, applier_rx) = flume::bounded(opts.apply_queue_max);
+        let lock = lock_data_dir(&opts.data_dir)?;
+        let (applier_tx, applier_rx) = flume::bounded(opts.apply_queue_max.max(1));
+        // The applier runs before tables are handed to it, so a bounded
+        // queue can never block open.
+        let limits = applier::ApplierLimits {
+            rows_max: opts.apply_rows_max,
+            apply_interval: opts.apply_interval,
+            checkpoint_interval: opts.checkpoint_interval,
+            checkpoint_rows_max: opts.checkpoint_rows_max,
+        };
+        let applier = std::thread::Builder::new()
+            .name("basalt-applier".into())
+            .spawn(move || applier::run(applier_rx, limits))
+            .map_err(|e| TableError::io(&opts.data_dir)(e))?;
         let mut tables = HashMap::new();
         let mut recovery = Vec::new();
         for (writer, report) in recover_all(&opts)? {
@@ -283,16 +306,6 @@ impl Database {
                 .map_err(|_| DbError::Closed)?;
             tables.insert(name, handle);
         }
-        let limits = applier::ApplierLimits {
-            rows_max: opts.apply_rows_max,
-            apply_interval: opts.apply_interval,
-            checkpoint_interval: opts.checkpoint_interval,
-            checkpoint_rows_max: opts.checkpoint_rows_max,
-        };
-        let applier = std::thread::Builder::new()
-            .name("basalt-applier".into())
-            .spawn(move || applier::run(applier_rx, limits))
-            .map_err(|e| TableError::io(&opts.data_dir)(e))?;
         let shard_count = if opts.shards == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -300,6 +313,7 @@ impl Database {
         };
         let mut db = Database {
             opts,
+            _lock: lock,
             recovery,
             engine,
             tables: Mutex::new(tables),
@@ -439,9 +453,23 @@ impl Database {
 
     /// Sends a commit to this thread's shard; the ticket resolves once durable.
     pub fn submit(&self, table: &Arc<TableHandle>, batch: Batch) -> Result<CommitTicket, DbError> {
+        if table.failed.load(Ordering::Acquire) {
+            return Err(DbError::TableFailed {
+                table: table.name.clone(),
+                reason: table.failure().unwrap_or_default(),
+            });
+        }
         batch.validate(&table.schema)?;
         let mut payload = Vec::new();
         codec::encode(&batch, &mut payload);
+        let limit = crate::wal::format::RECORD_PAYLOAD_BYTES_MAX as usize;
+        if payload.len() > limit {
+            return Err(BatchError::TooLarge {
+                bytes: payload.len(),
+                limit,
+            }
+            .into());
+        }
         let (ack, rx) = flume::bounded(1);
         let shard = HOME_SHARD.with(|h| {
             h.get().unwrap_or_else(|| {
@@ -518,6 +546,23 @@ fn run_shard<E: Engine>(
         let _ = ready.send(Ok(()));
         shard::run(e2, ctx).await
     })
+}
+
+/// Takes `<data-dir>/.lock` exclusively: two processes writing one data
+/// directory would both run recovery and hand out the same txns.
+fn lock_data_dir(dir: &Path) -> Result<fs::File, DbError> {
+    let path = dir.join(".lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(TableError::io(&path))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(DbError::Locked(dir.to_path_buf())),
+        Err(fs::TryLockError::Error(e)) => Err(TableError::io(&path)(e).into()),
+    }
 }
 
 /// Opens every table under the data dir and replays its WAL.

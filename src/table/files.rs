@@ -149,9 +149,13 @@ impl SyncSet {
         }
     }
 
-    /// Closes the files, keeping their paths in `dirty` for the next checkpoint.
+    /// Hands the files to `dirty` for the next checkpoint. The first handle
+    /// of each file is kept open until then, so a writeback error the kernel
+    /// reports on it cannot be lost by closing and reopening the file.
     pub fn defer(self, dirty: &mut Dirty) {
-        dirty.files.extend(self.files.into_iter().map(|(p, _)| p));
+        for (p, f) in self.files {
+            dirty.files.entry(p).or_insert(f);
+        }
         dirty.dirs.extend(self.dirs);
     }
 
@@ -167,10 +171,10 @@ impl SyncSet {
     }
 }
 
-/// Paths written since the last checkpoint.
+/// Files and directories written since the last checkpoint.
 #[derive(Debug, Default)]
 pub struct Dirty {
-    pub files: std::collections::BTreeSet<PathBuf>,
+    pub files: std::collections::BTreeMap<PathBuf, File>,
     pub dirs: std::collections::BTreeSet<PathBuf>,
 }
 
@@ -181,10 +185,8 @@ impl Dirty {
 
     /// fdatasyncs every file, then fsyncs every directory (children before parents).
     pub fn sync(&mut self) -> Result<(), TableError> {
-        for path in &self.files {
-            File::open(path)
-                .and_then(|f| f.sync_data())
-                .map_err(TableError::io(path))?;
+        for (path, f) in &self.files {
+            f.sync_data().map_err(TableError::io(path))?;
         }
         let mut dirs: Vec<&PathBuf> = self.dirs.iter().collect();
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
@@ -242,7 +244,7 @@ pub fn append_ones(f: &File, path: &Path, first: u64, n: usize) -> Result<(), Ta
         let low = (1u8 << shift) - 1;
         out[0] = (existing[0] & low) | !low;
     }
-    if total % 8 != 0 {
+    if !total.is_multiple_of(8) {
         let last = out.len() - 1;
         out[last] &= (1u8 << (total % 8)) - 1;
     }
@@ -274,7 +276,7 @@ pub fn truncate_to(path: &Path, len: u64) -> Result<(), TableError> {
 /// last byte, so the file's bytes depend only on committed rows.
 pub fn truncate_bits(path: &Path, bits: u64) -> Result<(), TableError> {
     truncate_to(path, bits.div_ceil(8))?;
-    if bits % 8 != 0 {
+    if !bits.is_multiple_of(8) {
         let f = OpenOptions::new()
             .read(true)
             .write(true)

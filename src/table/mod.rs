@@ -43,7 +43,7 @@ pub enum TableError {
         name: String,
         why: String,
     },
-    #[error("timestamp {ts_us} µs is outside the supported range")]
+    #[error("timestamp {ts_us} µs is outside the supported range (years 1 to 9999)")]
     TimestampOutOfRange { ts_us: i64 },
     #[error("table {0:?} already exists")]
     AlreadyExists(String),

@@ -12,6 +12,10 @@ use super::TableError;
 pub const NAME_BYTES_MAX: usize = 127;
 /// Most columns a table may have.
 pub const COLUMNS_MAX: usize = 2048;
+/// Designated timestamps must lie in years 1..=9999 (UTC): every partition
+/// scheme can name and floor them.
+pub const TIMESTAMP_MIN_US: i64 = -62_135_596_800_000_000;
+pub const TIMESTAMP_MAX_US: i64 = 253_402_300_799_999_999;
 
 /// A column's type. The discriminant is the on-disk type tag (docs/format.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,6 +132,9 @@ impl PartitionBy {
 
     /// Start (µs since epoch) of the partition holding `ts_us`.
     pub fn floor(self, ts_us: i64) -> Result<i64, TableError> {
+        if !(TIMESTAMP_MIN_US..=TIMESTAMP_MAX_US).contains(&ts_us) {
+            return Err(TableError::TimestampOutOfRange { ts_us });
+        }
         let dt = DateTime::from_timestamp_micros(ts_us)
             .ok_or(TableError::TimestampOutOfRange { ts_us })?
             .naive_utc();
@@ -136,9 +143,11 @@ impl PartitionBy {
             PartitionBy::None => return Ok(i64::MIN),
             PartitionBy::Hour => date.and_hms_opt(dt.hour(), 0, 0),
             PartitionBy::Day => date.and_hms_opt(0, 0, 0),
-            PartitionBy::Week => (date
-                - Duration::days(i64::from(date.weekday().num_days_from_monday())))
-            .and_hms_opt(0, 0, 0),
+            PartitionBy::Week => date
+                .checked_sub_signed(Duration::days(i64::from(
+                    date.weekday().num_days_from_monday(),
+                )))
+                .and_then(|d| d.and_hms_opt(0, 0, 0)),
             PartitionBy::Month => NaiveDate::from_ymd_opt(date.year(), date.month(), 1)
                 .and_then(|d| d.and_hms_opt(0, 0, 0)),
             PartitionBy::Year => {
@@ -398,6 +407,21 @@ mod tests {
             us("1969-12-31T00:00:00Z")
         );
         assert_eq!(PartitionBy::None.partition_name(i64::MIN), "default");
+        // The ends of the supported range floor without overflow; beyond is an error.
+        for p in [
+            PartitionBy::Hour,
+            PartitionBy::Day,
+            PartitionBy::Week,
+            PartitionBy::Month,
+            PartitionBy::Year,
+        ] {
+            assert!(p.floor(TIMESTAMP_MIN_US).is_ok(), "{p}");
+            assert!(p.floor(TIMESTAMP_MAX_US).is_ok(), "{p}");
+            assert!(
+                p.floor(i64::MIN).is_err() && p.floor(i64::MAX).is_err(),
+                "{p}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub const META_VERSIONS: &str = "1";
 pub const TXN_VERSIONS: &str = "1";
 const FORMAT_VERSION: u32 = 1;
 const PARTITION_RECORD_BYTES: usize = 40;
+/// More rows than any partition can hold (2^48); larger counts are damage.
+pub const ROWS_PER_PARTITION_MAX: u64 = 1 << 48;
 const SYMBOL_RECORD_BYTES: usize = 16;
 
 /// One live partition version, as `_txn` records it.
@@ -260,7 +262,14 @@ pub fn decode_txn(file: &Path, buf: &[u8]) -> Result<TableState, TableError> {
     for _ in 0..symbols {
         let col = c.u32()?;
         c.u32()?;
-        state.symbol_counts.push((col, c.u64()?));
+        let n = c.u64()?;
+        if n > i32::MAX as u64 {
+            return Err(corrupt(
+                file,
+                format!("symbol column {col} claims {n} symbols"),
+            ));
+        }
+        state.symbol_counts.push((col, n));
     }
     Ok(state)
 }

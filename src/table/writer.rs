@@ -35,18 +35,28 @@ struct SymbolDict {
 impl SymbolDict {
     /// Table keys for a batch's dictionary, adding strings not seen before
     /// (in dictionary order, so every node assigns the same keys).
-    fn map_batch_keys(&mut self, batch_dict: &[String], added: &mut Vec<String>) -> Vec<i32> {
+    fn map_batch_keys(
+        &mut self,
+        column: &str,
+        batch_dict: &[String],
+        added: &mut Vec<String>,
+    ) -> Result<Vec<i32>, TableError> {
         batch_dict
             .iter()
             .map(|s| match self.keys.get(s) {
-                Some(k) => *k,
+                Some(k) => Ok(*k),
                 None => {
-                    let k = self.count as i32;
+                    let k = i32::try_from(self.count).map_err(|_| {
+                        TableError::InvalidSchema(format!(
+                            "symbol column {column} has {} distinct values, the most a symbol column holds",
+                            i32::MAX
+                        ))
+                    })?;
                     self.keys.insert(s.clone(), k);
                     self.count += 1;
                     self.data_len += s.len() as u64;
                     added.push(s.clone());
-                    k
+                    Ok(k)
                 }
             })
             .collect()
@@ -287,6 +297,10 @@ impl TableWriter {
             Some(ts_col) => {
                 let mut ts: Vec<i64> = (0..rows).map(|r| combined[ts_col].i64_at(r)).collect();
                 if ts.windows(2).any(|w| w[0] > w[1]) {
+                    assert!(
+                        u32::try_from(rows).is_ok(),
+                        "apply steps are bounded far below 2^32 rows"
+                    );
                     let mut perm: Vec<u32> = (0..rows as u32).collect();
                     perm.sort_by_key(|&i| ts[i as usize]);
                     combined = combined
@@ -392,8 +406,9 @@ impl TableWriter {
         let mut out = Vec::with_capacity(self.schema.columns.len());
         for (i, c) in self.schema.columns.iter().enumerate() {
             if let [(_, batch)] = txns {
-                if self.symbols[i].is_none() {
-                    out.push(Cow::Borrowed(&batch.columns[i]));
+                let col = &batch.columns[i];
+                if self.symbols[i].is_none() && col.validity.is_none() {
+                    out.push(Cow::Borrowed(col));
                     continue;
                 }
             }
@@ -403,7 +418,7 @@ impl TableWriter {
                 let start = col.len();
                 col.extend_from(src, 0..src.len());
                 if let Some(dict) = &mut self.symbols[i] {
-                    let map = dict.map_batch_keys(&src.dict, &mut new_symbols[i]);
+                    let map = dict.map_batch_keys(&c.name, &src.dict, &mut new_symbols[i])?;
                     let Values::Fixed(bytes) = &mut col.values else {
                         unreachable!("symbol keys are fixed-width")
                     };
@@ -418,6 +433,7 @@ impl TableWriter {
                     }
                 }
             }
+            col.clear_null_values();
             out.push(Cow::Owned(col));
         }
         Ok(out)
@@ -466,6 +482,13 @@ impl TableWriter {
                     merged.push(m);
                 }
                 let total = merged[ts_col].len();
+                if u32::try_from(total).is_err() {
+                    return Err(TableError::InvalidSchema(format!(
+                        "partition {name} would hold {total} rows after an out-of-order merge; \
+                         use a finer PARTITION BY (the limit is {} rows per merged partition)",
+                        u32::MAX
+                    )));
+                }
                 let mut perm: Vec<u32> = (0..total as u32).collect();
                 let ts_of = |i: u32| merged[ts_col].i64_at(i as usize);
                 perm.sort_by_key(|&i| ts_of(i));

@@ -77,7 +77,12 @@ pub fn record_bytes(payload_len: u32) -> u64 {
 
 /// Appends a record (header, payload, zero padding) to `out`.
 pub fn append_record(out: &mut Vec<u8>, h: &RecordHeader, payload: &[u8]) {
-    debug_assert_eq!(h.payload_len as usize, payload.len());
+    assert!(
+        payload.len() <= RECORD_PAYLOAD_BYTES_MAX as usize
+            && h.payload_len as usize == payload.len(),
+        "WAL payload of {} bytes: callers must refuse payloads over the limit",
+        payload.len()
+    );
     let start = out.len();
     out.extend_from_slice(RECORD_MAGIC);
     out.extend_from_slice(&h.payload_len.to_le_bytes());

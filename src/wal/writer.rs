@@ -99,8 +99,11 @@ impl<F: WalFile> WalWriter<F> {
             .write_all_at(encode_file_header(shard, seq).to_vec(), 0)
             .await;
         r.map_err(|e| WalError::from_io(&path, "write header", e))?;
-        // The header reaches the disk with the first group's fdatasync; the
-        // directory entry needs its own fsync.
+        // The header is synced on its own: a torn first group must never
+        // leave a file whose header recovery cannot read.
+        file.sync_data()
+            .await
+            .map_err(|e| WalError::from_io(&path, "fdatasync header", e))?;
         sync_dir(dir)?;
         debug!(path = %path.display(), "opened WAL file");
         Ok((file, path))
