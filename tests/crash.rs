@@ -132,6 +132,14 @@ fn kill_9_during_ingest_loses_no_acknowledged_txn_and_shows_no_partial_one() {
             assert_whole(&per, &format!("cycle {cycle} before recovery"));
         }
 
+        // Every third cycle, also play a power loss on the table files: nothing
+        // written since the last checkpoint survives. `_txn` (renamed, never
+        // fsynced) is garbage, partition versions `_ckpt` does not name are
+        // gone, and column/symbol files lose their unsynced tails.
+        if cycle % 3 == 1 {
+            lose_unsynced_table_writes(&data.join("cpu"));
+        }
+
         // Recovery: reopen (cuts torn WAL tails, re-applies committed txns).
         let db = Database::open(DbOptions {
             data_dir: data.clone(),
@@ -164,6 +172,60 @@ fn kill_9_during_ingest_loses_no_acknowledged_txn_and_shows_no_partial_one() {
         "{total_kills} kills, {} acknowledged batches, all present; {replayed} txns replayed from WAL, {torn} torn bytes cut",
         all_acked.len()
     );
+}
+
+/// What a power loss may leave of a table's files: only what the last
+/// checkpoint synced. (WAL files are left alone: every acknowledged group
+/// was fdatasynced before its ack.)
+fn lose_unsynced_table_writes(table: &Path) {
+    let ckpt = std::fs::read(table.join("_ckpt")).expect("_ckpt exists");
+    std::fs::write(
+        table.join("_txn"),
+        b"garbage: rename reached the disk, data did not",
+    )
+    .unwrap();
+    // _ckpt layout (docs/format.md): partitions at byte 32, 40 bytes each.
+    let count = u32::from_le_bytes(ckpt[12..16].try_into().unwrap()) as usize;
+    let named: Vec<(i64, u64, u64)> = (0..count)
+        .map(|i| {
+            let at = 32 + i * 40;
+            let f = |o: usize| u64::from_le_bytes(ckpt[at + o..at + o + 8].try_into().unwrap());
+            (f(0) as i64, f(8), f(16))
+        })
+        .collect();
+    for e in std::fs::read_dir(table).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('_') || !e.path().is_dir() {
+            continue;
+        }
+        let keep = named.iter().find(|(floor, version, _)| {
+            let day = chrono::DateTime::from_timestamp_micros(*floor)
+                .unwrap()
+                .format("%Y-%m-%d");
+            name == format!("{day}.{version}")
+        });
+        match keep {
+            None => std::fs::remove_dir_all(e.path()).unwrap(),
+            Some((_, _, rows)) => {
+                // Fixed-width columns lose everything past the checkpointed rows.
+                for col in [
+                    "usage_user",
+                    "usage_system",
+                    "usage_idle",
+                    "temp",
+                    "requests",
+                    "ts",
+                ] {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(e.path().join(format!("{col}.d")))
+                        .unwrap();
+                    f.set_len(rows * 8).unwrap();
+                }
+            }
+        }
+    }
 }
 
 fn walkdir_count(dir: &Path) -> usize {
