@@ -196,14 +196,11 @@ pub fn decode(buf: &[u8], schema: &Schema) -> Result<Batch, DecodeError> {
         return Err(DecodeError::TrailingBytes(buf.len() - r.pos));
     }
     let batch = Batch { columns };
-    if let Some(ts) = schema.timestamp {
-        if let Some(row) = (0..rows as usize).find(|&row| !batch.columns[ts].is_valid(row)) {
-            return Err(DecodeError::Column {
-                column: ts,
-                why: format!("designated timestamp is null in row {row}"),
-            });
-        }
-    }
+    // Everything else `Batch::validate` checks: a decoded batch is a valid one.
+    batch.validate(schema).map_err(|e| DecodeError::Column {
+        column: schema.timestamp.unwrap_or(0),
+        why: e.to_string(),
+    })?;
     Ok(batch)
 }
 
@@ -272,7 +269,9 @@ mod tests {
             .iter()
             .map(|t| {
                 if *t == ColumnType::Timestamp {
-                    any::<i64>()
+                    // The designated timestamp: only years 1..=9999 are valid.
+                    (crate::table::schema::TIMESTAMP_MIN_US
+                        ..=crate::table::schema::TIMESTAMP_MAX_US)
                         .prop_map(|v| Some(OwnedValue::Timestamp(v)))
                         .boxed()
                 } else {
