@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
+results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
 
 step() { printf '\n=== %s ===\n' "$*"; }
 
@@ -31,10 +33,10 @@ if grep -rnE 'todo!\(|unimplemented!\(|dbg!\(' --include='*.rs' src tests benche
 fi
 
 step "cargo test (unit, storage on every I/O engine, SIGKILL crash, fault injection)"
-cargo test --locked
+cargo test --locked 2>&1 | tee -a "$results"
 
 step "criterion benches run once (test mode)"
-cargo test --locked --bench storage
+cargo test --locked --bench storage 2>&1 | tee -a "$results"
 
 if [ "$FUZZ_SECONDS" != "0" ]; then
   step "fuzzing: each target for ${FUZZ_SECONDS}s"
@@ -55,3 +57,5 @@ if [ "$FUZZ_SECONDS" != "0" ]; then
 fi
 
 step "all checks passed"
+# One summary line over every cargo test binary run above.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$results"

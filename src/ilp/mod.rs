@@ -212,29 +212,7 @@ impl<'a> Cursor<'a> {
             }
             self.i += 1;
         }
-        let raw = &self.b[start..self.i];
-        let s = std::str::from_utf8(raw).map_err(|e| IlpError {
-            kind: IlpErrorKind::NotUtf8,
-            position: start + e.valid_up_to(),
-        })?;
-        if !escaped {
-            return Ok(Cow::Borrowed(s));
-        }
-        let mut out = String::with_capacity(s.len());
-        let mut chars = s.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '\\' {
-                if let Some(&n) = chars.peek() {
-                    if n.is_ascii() && escapable.contains(&(n as u8)) {
-                        out.push(n);
-                        chars.next();
-                        continue;
-                    }
-                }
-            }
-            out.push(c);
-        }
-        Ok(Cow::Owned(out))
+        unescape(&self.b[start..self.i], start, escaped, escapable)
     }
 
     fn string_value(&mut self) -> Result<Cow<'a, str>, IlpError> {
@@ -260,28 +238,7 @@ impl<'a> Cursor<'a> {
         }
         let raw = &self.b[start..self.i];
         self.i += 1;
-        let s = std::str::from_utf8(raw).map_err(|e| IlpError {
-            kind: IlpErrorKind::NotUtf8,
-            position: start + e.valid_up_to(),
-        })?;
-        if !escaped {
-            return Ok(Cow::Borrowed(s));
-        }
-        let mut out = String::with_capacity(s.len());
-        let mut bytes = s.char_indices().peekable();
-        while let Some((_, c)) = bytes.next() {
-            if c == '\\' {
-                if let Some(&(_, n)) = bytes.peek() {
-                    if n == '"' || n == '\\' {
-                        out.push(n);
-                        bytes.next();
-                        continue;
-                    }
-                }
-            }
-            out.push(c);
-        }
-        Ok(Cow::Owned(out))
+        unescape(raw, start, escaped, b"\"\\")
     }
 
     fn field_value(&mut self) -> Result<FieldValue<'a>, IlpError> {
@@ -317,6 +274,39 @@ impl<'a> Cursor<'a> {
         };
         Ok(value)
     }
+}
+
+/// `raw` as UTF-8 (`start` is its offset in the line, for errors), with
+/// `\x` turned into `x` for every `x` in `escapable` when `escaped` says
+/// the scan saw one. Borrowed when there is nothing to unescape.
+fn unescape<'a>(
+    raw: &'a [u8],
+    start: usize,
+    escaped: bool,
+    escapable: &[u8],
+) -> Result<Cow<'a, str>, IlpError> {
+    let s = std::str::from_utf8(raw).map_err(|e| IlpError {
+        kind: IlpErrorKind::NotUtf8,
+        position: start + e.valid_up_to(),
+    })?;
+    if !escaped {
+        return Ok(Cow::Borrowed(s));
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(&n) = chars.peek() {
+                if n.is_ascii() && escapable.contains(&(n as u8)) {
+                    out.push(n);
+                    chars.next();
+                    continue;
+                }
+            }
+        }
+        out.push(c);
+    }
+    Ok(Cow::Owned(out))
 }
 
 fn parse_int(s: &str) -> Option<i64> {
