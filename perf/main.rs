@@ -8,6 +8,7 @@
 //! cargo bench --bench perf -- apply        # apply into column files only
 //! PERF_DIR=/mnt/nvme/x cargo bench --bench perf   # measure another disk
 //! PERF_CHECKPOINT_MS=60000 ...             # checkpoint interval (default 1000)
+//! PERF_APPLY_MS=50 ...                     # least time between apply steps (default 5)
 //! PERF_SECONDS=10 ...                      # length of each throughput run
 //!
 //! Reference table: cpu (see src/gen.rs).
