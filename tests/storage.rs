@@ -22,6 +22,32 @@ fn engines() -> Vec<EngineChoice> {
     ]
 }
 
+/// For each named test body, a test that runs it on every I/O engine.
+macro_rules! on_every_engine {
+    ($($name:ident),* $(,)?) => {
+        mod every_engine {
+            $(
+                #[test]
+                fn $name() {
+                    for engine in super::engines() {
+                        super::$name(&engine);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_every_engine!(
+    equal_timestamps_keep_commit_order,
+    time_range_scan_returns_exactly_the_rows_in_range,
+    symbols_share_one_table_dictionary_across_txns_and_partitions,
+    local_only_tables_have_one_partition_and_keep_insert_order,
+    bad_input_gets_a_clear_error_and_harms_nothing,
+    every_partition_scheme_names_and_splits_partitions,
+    null_rows_store_zero_bytes_whatever_the_batch_carried
+);
+
 fn open(dir: &std::path::Path, engine: &EngineChoice) -> Database {
     Database::open(DbOptions {
         data_dir: dir.to_path_buf(),
@@ -207,10 +233,9 @@ fn out_of_order_rows_are_merged_in_timestamp_order() {
     }
 }
 
-#[test]
-fn equal_timestamps_keep_commit_order() {
+fn equal_timestamps_keep_commit_order(engine: &EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let db = open(dir.path(), &EngineChoice::Portable);
+    let db = open(dir.path(), engine);
     let gen = CpuGenerator::default();
     let t = db.create_table("cpu", gen.schema()).unwrap();
     for first in [0u64, 10, 20] {
@@ -226,10 +251,9 @@ fn equal_timestamps_keep_commit_order() {
     assert_eq!(got, want);
 }
 
-#[test]
-fn time_range_scan_returns_exactly_the_rows_in_range() {
+fn time_range_scan_returns_exactly_the_rows_in_range(engine: &EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let db = open(dir.path(), &EngineChoice::Portable);
+    let db = open(dir.path(), engine);
     let gen = CpuGenerator::default();
     let t = db.create_table("cpu", gen.schema()).unwrap();
     // 5 days, one row per hour.
@@ -252,10 +276,9 @@ fn time_range_scan_returns_exactly_the_rows_in_range() {
         .contains("no column named \"nope\""));
 }
 
-#[test]
-fn symbols_share_one_table_dictionary_across_txns_and_partitions() {
+fn symbols_share_one_table_dictionary_across_txns_and_partitions(engine: &EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let db = open(dir.path(), &EngineChoice::Portable);
+    let db = open(dir.path(), engine);
     let gen = CpuGenerator::default();
     let t = db.create_table("cpu", gen.schema()).unwrap();
     commit_and_wait(&db, &t, gen.batch(0, 500, 0));
@@ -272,10 +295,9 @@ fn symbols_share_one_table_dictionary_across_txns_and_partitions() {
     }
 }
 
-#[test]
-fn local_only_tables_have_one_partition_and_keep_insert_order() {
+fn local_only_tables_have_one_partition_and_keep_insert_order(engine: &EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let db = open(dir.path(), &EngineChoice::Portable);
+    let db = open(dir.path(), engine);
     let schema = Schema::new(
         vec![("k", ColumnType::Varchar), ("v", ColumnType::Long)],
         None,
@@ -300,10 +322,9 @@ fn local_only_tables_have_one_partition_and_keep_insert_order() {
         .is_dir());
 }
 
-#[test]
-fn bad_input_gets_a_clear_error_and_harms_nothing() {
+fn bad_input_gets_a_clear_error_and_harms_nothing(engine: &EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let db = open(dir.path(), &EngineChoice::Portable);
+    let db = open(dir.path(), engine);
     let gen = CpuGenerator::default();
     let t = db.create_table("cpu", gen.schema()).unwrap();
     commit_and_wait(&db, &t, gen.batch(0, 10, 0));
@@ -337,7 +358,7 @@ fn bad_input_gets_a_clear_error_and_harms_nothing() {
     // A second process (or open) on the same data directory is refused.
     let e = Database::open(DbOptions {
         data_dir: dir.path().to_path_buf(),
-        engine: EngineChoice::Portable,
+        engine: engine.clone(),
         ..DbOptions::default()
     })
     .err()
@@ -353,8 +374,7 @@ fn bad_input_gets_a_clear_error_and_harms_nothing() {
     );
 }
 
-#[test]
-fn every_partition_scheme_names_and_splits_partitions() {
+fn every_partition_scheme_names_and_splits_partitions(engine: &EngineChoice) {
     let cases = [
         (PartitionBy::Hour, 3_600_000_000i64, "2024-01-01T00.0"),
         (PartitionBy::Day, DAY_US, "2024-01-01.0"),
@@ -364,7 +384,7 @@ fn every_partition_scheme_names_and_splits_partitions() {
     ];
     for (p, span, first_dir) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let db = open(dir.path(), &EngineChoice::Portable);
+        let db = open(dir.path(), engine);
         let schema = Schema::new(
             vec![("v", ColumnType::Long), ("ts", ColumnType::Timestamp)],
             Some("ts"),
@@ -388,11 +408,10 @@ fn every_partition_scheme_names_and_splits_partitions() {
     }
 }
 
-#[test]
-fn null_rows_store_zero_bytes_whatever_the_batch_carried() {
+fn null_rows_store_zero_bytes_whatever_the_batch_carried(engine: &EngineChoice) {
     use basalt::batch::{ColumnBuf, Values};
     let dir = tempfile::tempdir().unwrap();
-    let db = open(dir.path(), &EngineChoice::Portable);
+    let db = open(dir.path(), engine);
     let schema = Schema::new(
         vec![
             ("v", ColumnType::Long),
