@@ -44,6 +44,13 @@ impl CpuGenerator {
 
     /// Appends row `i` with timestamp `ts_us`.
     pub fn row(&self, b: &mut BatchBuilder, i: u64, ts_us: i64) {
+        self.row_partial(b, i, ts_us);
+        b.finish_row().expect("generated rows have a timestamp");
+    }
+
+    /// Sets the reference columns of row `i` without ending the row, so a
+    /// caller can set columns added to the table since.
+    pub fn row_partial(&self, b: &mut BatchBuilder, i: u64, ts_us: i64) {
         let h = (i % HOSTS) as usize;
         let f = (i % 1000) as f64;
         let set = |b: &mut BatchBuilder, c: usize, v: Value<'_>| {
@@ -58,6 +65,5 @@ impl CpuGenerator {
         set(b, 5, Value::Double(40.0 + f / 50.0));
         set(b, 6, Value::Long(i as i64));
         set(b, 7, Value::Timestamp(ts_us));
-        b.finish_row().expect("generated rows have a timestamp");
     }
 }

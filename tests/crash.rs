@@ -178,20 +178,18 @@ fn kill_9_during_ingest_loses_no_acknowledged_txn_and_shows_no_partial_one() {
 /// checkpoint synced. (WAL files are left alone: every acknowledged group
 /// was fdatasynced before its ack.)
 fn lose_unsynced_table_writes(table: &Path) {
-    let ckpt = std::fs::read(table.join("_ckpt")).expect("_ckpt exists");
+    let ckpt_path = table.join("_ckpt");
+    let ckpt =
+        basalt::table::state::decode_txn(&ckpt_path, &std::fs::read(&ckpt_path).unwrap()).unwrap();
     std::fs::write(
         table.join("_txn"),
         b"garbage: rename reached the disk, data did not",
     )
     .unwrap();
-    // _ckpt layout (docs/format.md): partitions at byte 32, 40 bytes each.
-    let count = u32::from_le_bytes(ckpt[12..16].try_into().unwrap()) as usize;
-    let named: Vec<(i64, u64, u64)> = (0..count)
-        .map(|i| {
-            let at = 32 + i * 40;
-            let f = |o: usize| u64::from_le_bytes(ckpt[at + o..at + o + 8].try_into().unwrap());
-            (f(0) as i64, f(8), f(16))
-        })
+    let named: Vec<(i64, u64, u64)> = ckpt
+        .partitions
+        .iter()
+        .map(|p| (p.floor, p.version, p.rows))
         .collect();
     for e in std::fs::read_dir(table).unwrap() {
         let e = e.unwrap();

@@ -21,7 +21,7 @@ pub enum DecodeError {
     Column { column: usize, why: String },
     #[error("payload declares {rows} rows, more than the limit of {BATCH_ROWS_MAX}")]
     TooManyRows { rows: u64 },
-    #[error("payload has {actual} columns, the schema has {expected}")]
+    #[error("payload has {actual} columns, the schema has {expected} (and at least its first version's)")]
     ColumnCount { expected: usize, actual: usize },
 }
 
@@ -103,14 +103,16 @@ pub fn decode(buf: &[u8], schema: &Schema) -> Result<Batch, DecodeError> {
         return Err(DecodeError::TooManyRows { rows });
     }
     let column_count = r.u32()? as usize;
-    if column_count != schema.columns.len() {
+    // A batch of an earlier schema version carries a prefix of the columns.
+    let first = schema.columns.iter().filter(|c| c.added_in == 1).count();
+    if column_count > schema.columns.len() || column_count < first {
         return Err(DecodeError::ColumnCount {
             expected: schema.columns.len(),
             actual: column_count,
         });
     }
     let mut columns = Vec::with_capacity(column_count);
-    for (i, s) in schema.columns.iter().enumerate() {
+    for (i, s) in schema.columns.iter().take(column_count).enumerate() {
         let bad = |why: String| DecodeError::Column { column: i, why };
         let head = r.take(4)?;
         let ty = ColumnType::from_tag(head[0])
@@ -334,6 +336,32 @@ mod tests {
         let mut long = buf.clone();
         long.push(0);
         assert_eq!(decode(&long, &schema), Err(DecodeError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn a_batch_of_an_earlier_schema_version_decodes_as_a_prefix() {
+        let v1 = Schema::reference_cpu();
+        let v2 = v1.with_column("extra", ColumnType::Varchar).unwrap();
+        let batch = crate::gen::CpuGenerator::default().batch(0, 3, 0);
+        let mut buf = Vec::new();
+        encode(&batch, &mut buf);
+        let back = decode(&buf, &v2).unwrap();
+        assert_eq!(back, batch, "8 columns of v1, decoded against v2");
+        // Fewer columns than the table's first version is damage.
+        let mut short = Vec::new();
+        encode(
+            &Batch {
+                columns: batch.columns[..7].to_vec(),
+            },
+            &mut short,
+        );
+        assert!(matches!(
+            decode(&short, &v2),
+            Err(DecodeError::ColumnCount {
+                expected: 9,
+                actual: 7
+            })
+        ));
     }
 
     #[test]

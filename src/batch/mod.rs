@@ -115,6 +115,23 @@ impl ColumnBuf {
         }
     }
 
+    /// `rows` nulls of type `ty`.
+    pub fn nulls(ty: ColumnType, rows: usize) -> ColumnBuf {
+        let values = match ty.width() {
+            Some(w) => Values::Fixed(vec![0; rows * w]),
+            None => Values::Var {
+                offsets: vec![0; rows + 1],
+                bytes: Vec::new(),
+            },
+        };
+        ColumnBuf {
+            ty,
+            validity: (rows > 0).then(|| vec![0; rows]),
+            values,
+            dict: Vec::new(),
+        }
+    }
+
     pub fn width(&self) -> usize {
         self.ty.width().unwrap_or(0)
     }
@@ -375,9 +392,12 @@ impl Batch {
     }
 
     /// Checks that the batch fits `schema`: column types, equal lengths, no null
-    /// designated timestamp, symbol keys inside their dictionaries.
+    /// designated timestamp, symbol keys inside their dictionaries. A batch
+    /// made for an earlier schema version (a prefix of the columns) fits:
+    /// the columns added since are null in its rows.
     pub fn validate(&self, schema: &Schema) -> Result<(), BatchError> {
-        if self.columns.len() != schema.columns.len() {
+        let first = schema.columns.iter().filter(|c| c.added_in == 1).count();
+        if self.columns.len() > schema.columns.len() || self.columns.len() < first {
             return Err(BatchError::Shape(format!(
                 "{} columns, the table has {}",
                 self.columns.len(),

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use tracing::error;
 
 use crate::batch::Batch;
-use crate::table::TableWriter;
+use crate::table::{ColumnType, Schema, TableError, TableWriter};
 
-use super::TableHandle;
+use super::{DbError, TableHandle};
 
 pub enum ApplyMsg {
     AddTable {
@@ -26,6 +26,13 @@ pub enum ApplyMsg {
     Aborted {
         table: Arc<TableHandle>,
         txn: u64,
+    },
+    /// Add a column; answered once `_meta` is durable.
+    AddColumn {
+        table: Arc<TableHandle>,
+        name: String,
+        ty: ColumnType,
+        ack: flume::Sender<Result<Arc<Schema>, DbError>>,
     },
 }
 
@@ -142,6 +149,25 @@ fn handle(slots: &mut HashMap<String, Slot>, msg: ApplyMsg) {
             if let Some(s) = slots.get_mut(&table.name) {
                 s.pending.insert(txn, None);
             }
+        }
+        ApplyMsg::AddColumn {
+            table,
+            name,
+            ty,
+            ack,
+        } => {
+            let result = match slots.get_mut(&table.name) {
+                None => Err(DbError::Table(TableError::NotFound(table.name.clone()))),
+                Some(s) => s
+                    .writer
+                    .add_column(&name, ty)
+                    .map_err(DbError::from)
+                    .map(|schema| {
+                        s.handle.set_schema(schema);
+                        s.handle.schema()
+                    }),
+            };
+            let _ = ack.send(result);
         }
     }
 }

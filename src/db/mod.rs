@@ -32,7 +32,7 @@ use crate::io::{
     Resolved, TokioUringEngine,
 };
 use crate::table::files::WAL_DIR;
-use crate::table::{ScanResult, Schema, TableError, TableReader, TableWriter};
+use crate::table::{ColumnType, ScanResult, Schema, TableError, TableReader, TableWriter};
 use crate::wal::{self, WalError};
 
 /// Database settings. `Default` gives the documented defaults.
@@ -133,7 +133,8 @@ struct ApplyStatus {
 #[derive(Debug)]
 pub struct TableHandle {
     pub name: String,
-    pub schema: Schema,
+    /// Current schema; replaced (never mutated) when a column is added.
+    schema: arc_swap::ArcSwap<Schema>,
     dir: PathBuf,
     /// The table's sequencer: next txn to hand out.
     next_txn: AtomicU64,
@@ -149,7 +150,7 @@ impl TableHandle {
     fn new(name: &str, schema: Schema, dir: PathBuf, resolved: u64) -> TableHandle {
         TableHandle {
             name: name.to_string(),
-            schema,
+            schema: arc_swap::ArcSwap::from_pointee(schema),
             dir,
             next_txn: AtomicU64::new(resolved + 1),
             durable_txn: AtomicU64::new(resolved),
@@ -160,6 +161,11 @@ impl TableHandle {
             changed: Condvar::new(),
             failed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The table's current schema (batches built for an earlier version still commit).
+    pub fn schema(&self) -> Arc<Schema> {
+        self.schema.load_full()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ApplyStatus> {
@@ -188,6 +194,10 @@ impl TableHandle {
     /// The last checkpointed txn: durable in the table files, not only the WAL.
     pub fn checkpoint_txn(&self) -> u64 {
         self.durable_txn.load(Ordering::Acquire)
+    }
+
+    fn set_schema(&self, schema: Schema) {
+        self.schema.store(Arc::new(schema));
     }
 
     fn set_failed(&self, why: String) {
@@ -459,7 +469,12 @@ impl Database {
                 reason: table.failure().unwrap_or_default(),
             });
         }
-        batch.validate(&table.schema)?;
+        let schema = table.schema.load();
+        batch.validate(&schema)?;
+        // The version that added the batch's last column is the one it was built for.
+        let schema_version = schema.columns[batch.columns.len() - 1]
+            .added_in
+            .min(u32::from(u16::MAX)) as u16;
         let mut payload = Vec::new();
         codec::encode(&batch, &mut payload);
         let limit = crate::wal::format::RECORD_PAYLOAD_BYTES_MAX as usize;
@@ -481,12 +496,37 @@ impl Database {
         self.shards[shard]
             .send(ShardMsg::Commit(CommitRequest {
                 table: table.clone(),
+                schema_version,
                 payload,
                 batch,
                 ack,
             }))
             .map_err(|_| DbError::Closed)?;
         Ok(CommitTicket(rx))
+    }
+
+    /// Adds a column to `table` as its next schema version, durably. Rows
+    /// already committed read as null in it; batches built for the previous
+    /// schema still commit (the new column is null in their rows).
+    pub fn add_column(
+        &self,
+        table: &Arc<TableHandle>,
+        name: &str,
+        ty: ColumnType,
+    ) -> Result<Arc<Schema>, DbError> {
+        let (ack, done) = flume::bounded(1);
+        self.applier_tx
+            .as_ref()
+            .ok_or(DbError::Closed)?
+            .send(ApplyMsg::AddColumn {
+                table: table.clone(),
+                name: name.to_string(),
+                ty,
+                ack,
+            })
+            .map_err(|_| DbError::Closed)?;
+        let schema = done.recv().map_err(|_| DbError::Closed)??;
+        Ok(schema)
     }
 
     /// Commits `batch` as one txn; returns once it is durable (not yet applied).

@@ -14,7 +14,7 @@ use tracing::debug;
 use crate::batch::Batch;
 use crate::io::Engine;
 use crate::table::files::WAL_DIR;
-use crate::wal::format::{self, RecordHeader, FLAG_GROUP_END, SCHEMA_VERSION};
+use crate::wal::format::{self, RecordHeader, FLAG_GROUP_END};
 use crate::wal::WalWriter;
 
 use super::{ApplyMsg, DbError, TableHandle};
@@ -22,6 +22,8 @@ use super::{ApplyMsg, DbError, TableHandle};
 /// A commit on its way to a shard.
 pub struct CommitRequest {
     pub table: Arc<TableHandle>,
+    /// Schema version the batch was built for (its columns are that version's).
+    pub schema_version: u16,
     pub payload: Vec<u8>,
     pub batch: Batch,
     pub ack: flume::Sender<Result<u64, DbError>>,
@@ -159,7 +161,7 @@ async fn commit_table<E: Engine>(
             commit_time_us,
             group_start,
             row_count: r.batch.row_count() as u32,
-            schema_version: SCHEMA_VERSION,
+            schema_version: r.schema_version,
             flags: if i as u64 + 1 == n { FLAG_GROUP_END } else { 0 },
         };
         format::append_record(&mut buf, &h, &r.payload);

@@ -241,7 +241,12 @@ impl TableReader {
             }
             for (o, &i) in out.iter_mut().zip(idx) {
                 let c = &self.schema.columns[i];
-                let part = read_column(&dir, &c.name, c.ty, rows.clone(), true)?;
+                // Columns added after this partition version was written are null in it.
+                let part = if i < p.columns as usize {
+                    read_column(&dir, &c.name, c.ty, rows.clone(), true)?
+                } else {
+                    ColumnBuf::nulls(c.ty, (rows.end - rows.start) as usize)
+                };
                 o.extend_from(&part, 0..part.len());
             }
         }

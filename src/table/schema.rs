@@ -215,6 +215,8 @@ impl FromStr for PartitionBy {
 pub struct Column {
     pub name: String,
     pub ty: ColumnType,
+    /// Schema version that added the column (1 for the table's first columns).
+    pub added_in: u32,
 }
 
 /// A table's shape. Column order is the order of columns in batches and on disk.
@@ -224,6 +226,9 @@ pub struct Schema {
     /// Index of the designated timestamp column; `None` makes the table local-only.
     pub timestamp: Option<usize>,
     pub partition_by: PartitionBy,
+    /// Starts at 1; each added column makes the next version. Columns are
+    /// only ever appended, so version `v` is a prefix of the column list.
+    pub version: u32,
 }
 
 impl Schema {
@@ -238,6 +243,7 @@ impl Schema {
             .map(|(name, ty)| Column {
                 name: name.to_string(),
                 ty,
+                added_in: 1,
             })
             .collect();
         let timestamp = match timestamp {
@@ -252,9 +258,28 @@ impl Schema {
             columns,
             timestamp,
             partition_by,
+            version: 1,
         };
         schema.validate()?;
         Ok(schema)
+    }
+
+    /// This schema with one more column, as the next schema version.
+    pub fn with_column(&self, name: &str, ty: ColumnType) -> Result<Schema, TableError> {
+        if self.column_index(name).is_some() {
+            return Err(TableError::InvalidSchema(format!(
+                "column {name:?} already exists (names are case-insensitive)"
+            )));
+        }
+        let mut next = self.clone();
+        next.version += 1;
+        next.columns.push(Column {
+            name: name.to_string(),
+            ty,
+            added_in: next.version,
+        });
+        next.validate()?;
+        Ok(next)
     }
 
     /// The reference table of tests and benchmarks (issue 2).
@@ -299,6 +324,19 @@ impl Schema {
                     c.name
                 )));
             }
+        }
+        if self
+            .columns
+            .windows(2)
+            .any(|w| w[0].added_in > w[1].added_in)
+            || self
+                .columns
+                .iter()
+                .any(|c| c.added_in == 0 || c.added_in > self.version)
+        {
+            return Err(TableError::InvalidSchema(
+                "column versions must ascend from 1 to the schema version".into(),
+            ));
         }
         match self.timestamp {
             Some(i) => {

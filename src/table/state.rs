@@ -14,7 +14,7 @@ pub const TXN_MAGIC: &[u8; 8] = b"BSLTTXN\0";
 pub const META_VERSIONS: &str = "1";
 pub const TXN_VERSIONS: &str = "1";
 const FORMAT_VERSION: u32 = 1;
-const PARTITION_RECORD_BYTES: usize = 40;
+const PARTITION_RECORD_BYTES: usize = 48;
 /// More rows than any partition can hold (2^48); larger counts are damage.
 pub const ROWS_PER_PARTITION_MAX: u64 = 1 << 48;
 const SYMBOL_RECORD_BYTES: usize = 16;
@@ -29,6 +29,9 @@ pub struct PartitionState {
     /// Smallest and largest designated timestamp (0 for tables without one).
     pub min_ts: i64,
     pub max_ts: i64,
+    /// Columns `0..columns` have files holding every row of this version;
+    /// later columns (added since) are null in all of its rows.
+    pub columns: u32,
 }
 
 /// What a reader sees: the last applied txn and how many rows of each file count.
@@ -150,8 +153,10 @@ pub fn encode_meta(schema: &Schema, table_id: u64) -> Vec<u8> {
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&(schema.timestamp.unwrap_or(0) as u32).to_le_bytes());
     out.extend_from_slice(&table_id.to_le_bytes());
+    out.extend_from_slice(&schema.version.to_le_bytes());
     for c in &schema.columns {
         out.push(c.ty.tag());
+        out.extend_from_slice(&c.added_in.to_le_bytes());
         out.push(c.name.len() as u8);
         out.extend_from_slice(c.name.as_bytes());
     }
@@ -169,17 +174,20 @@ pub fn decode_meta(file: &Path, buf: &[u8]) -> Result<(Schema, u64), TableError>
     c.take(2)?;
     let ts = c.u32()? as usize;
     let table_id = c.u64()?;
+    let version = c.u32()?;
     let mut columns = Vec::with_capacity(count.min(super::schema::COLUMNS_MAX));
     for i in 0..count {
         let tag = c.u8()?;
         let ty = ColumnType::from_tag(tag)
             .ok_or_else(|| corrupt(file, format!("column {i} has unknown type {tag}")))?;
+        let added_in = c.u32()?;
         let len = c.u8()? as usize;
         let name = std::str::from_utf8(c.take(len)?)
             .map_err(|_| corrupt(file, format!("column {i} name is not UTF-8")))?;
         columns.push(Column {
             name: name.to_string(),
             ty,
+            added_in,
         });
     }
     if c.pos != c.buf.len() {
@@ -189,6 +197,7 @@ pub fn decode_meta(file: &Path, buf: &[u8]) -> Result<(Schema, u64), TableError>
         columns,
         timestamp: (has_ts != 0).then_some(ts),
         partition_by,
+        version,
     };
     schema
         .validate()
@@ -213,6 +222,8 @@ pub fn encode_txn(state: &TableState) -> Vec<u8> {
         out.extend_from_slice(&p.rows.to_le_bytes());
         out.extend_from_slice(&p.min_ts.to_le_bytes());
         out.extend_from_slice(&p.max_ts.to_le_bytes());
+        out.extend_from_slice(&p.columns.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
     }
     for (col, n) in &state.symbol_counts {
         out.extend_from_slice(&col.to_le_bytes());
@@ -241,13 +252,16 @@ pub fn decode_txn(file: &Path, buf: &[u8]) -> Result<TableState, TableError> {
         symbol_counts: Vec::with_capacity(symbols),
     };
     for _ in 0..partitions {
-        state.partitions.push(PartitionState {
+        let p = PartitionState {
             floor: c.i64()?,
             version: c.u64()?,
             rows: c.u64()?,
             min_ts: c.i64()?,
             max_ts: c.i64()?,
-        });
+            columns: c.u32()?,
+        };
+        c.u32()?;
+        state.partitions.push(p);
     }
     if state
         .partitions
@@ -292,6 +306,7 @@ mod tests {
                 rows: 10,
                 min_ts: 1,
                 max_ts: 5,
+                columns: 8,
             }],
             symbol_counts: vec![(0, 100), (1, 3)],
         };

@@ -189,8 +189,16 @@ impl TableWriter {
             .collect();
         for (p, dir_name) in self.state.partitions.clone().iter().zip(&live) {
             let pdir = self.dir.join(dir_name);
-            for c in &self.schema.columns {
+            let have = (p.columns as usize).min(self.schema.columns.len());
+            for c in &self.schema.columns[..have] {
                 recover_column(&pdir, &c.name, c.ty, p.rows)?;
+            }
+            // Files of later columns are leftovers of a backfill that was
+            // never checkpointed.
+            for c in &self.schema.columns[have..] {
+                for f in column_files(&c.name) {
+                    remove_if_exists(&pdir.join(f))?;
+                }
             }
         }
         // Partition versions not named by `_txn` are leftovers of an apply that
@@ -369,6 +377,51 @@ impl TableWriter {
         Ok(self.ckpt.txn)
     }
 
+    /// Adds a column as the next schema version. Existing rows read as null;
+    /// partitions get the column's files when they are next written.
+    pub fn add_column(&mut self, name: &str, ty: ColumnType) -> Result<Schema, TableError> {
+        if let Some(why) = &self.failed {
+            return Err(TableError::Corrupt {
+                file: self.dir.clone(),
+                why: format!("an earlier apply failed ({why}); reopen the table to recover"),
+            });
+        }
+        validate_name("column", name)?;
+        let next = self.schema.with_column(name, ty)?;
+        let index = next.columns.len() - 1;
+        if ty == ColumnType::Symbol {
+            // Dictionary files first: a crash before `_meta` leaves unused files.
+            let sym_dir = self.dir.join(files::SYMBOL_DIR);
+            let mut sync = SyncSet::default();
+            for f in [files::offsets_file(name), files::data_file(name)] {
+                remove_if_exists(&sym_dir.join(&f))?;
+            }
+            let o = sym_dir.join(files::offsets_file(name));
+            let f = sync.open(o.clone())?;
+            files::write_at(f, &o, &0u64.to_le_bytes(), 0)?;
+            sync.open(sym_dir.join(files::data_file(name)))?;
+            sync.add_dir(sym_dir);
+            sync.sync()?;
+        }
+        files::durable_replace(
+            &self.dir,
+            files::META_FILE,
+            &state::encode_meta(&next, self.table_id),
+        )?;
+        self.symbols
+            .push((ty == ColumnType::Symbol).then(|| SymbolDict {
+                keys: HashMap::default(),
+                count: 0,
+                data_len: 0,
+            }));
+        if ty == ColumnType::Symbol {
+            self.state.symbol_counts.push((index as u32, 0));
+        }
+        info!(table = %self.name, column = name, %ty, version = next.version, "added column");
+        self.schema = next.clone();
+        Ok(next)
+    }
+
     /// The last checkpointed (durable in table files) txn.
     pub fn checkpoint_txn(&self) -> u64 {
         self.ckpt.txn
@@ -406,15 +459,23 @@ impl TableWriter {
         let mut out = Vec::with_capacity(self.schema.columns.len());
         for (i, c) in self.schema.columns.iter().enumerate() {
             if let [(_, batch)] = txns {
-                let col = &batch.columns[i];
-                if self.symbols[i].is_none() && col.validity.is_none() {
-                    out.push(Cow::Borrowed(col));
-                    continue;
+                if let Some(col) = batch.columns.get(i) {
+                    if self.symbols[i].is_none() && col.validity.is_none() {
+                        out.push(Cow::Borrowed(col));
+                        continue;
+                    }
                 }
             }
             let mut col = ColumnBuf::new(c.ty);
             for (_, batch) in txns {
-                let src = &batch.columns[i];
+                // A batch made before column `i` was added: nulls.
+                let Some(src) = batch.columns.get(i) else {
+                    col.extend_from(
+                        &ColumnBuf::nulls(c.ty, batch.row_count()),
+                        0..batch.row_count(),
+                    );
+                    continue;
+                };
                 let start = col.len();
                 col.extend_from(src, 0..src.len());
                 if let Some(dict) = &mut self.symbols[i] {
@@ -461,6 +522,16 @@ impl TableWriter {
                 // In order: append in place after the committed rows.
                 let p = &mut next.partitions[i];
                 let dir = self.dir.join(files::partition_dir(&name, p.version));
+                // Columns added since this version was written start with
+                // null files for its existing rows.
+                for c in &self.schema.columns[p.columns as usize..] {
+                    for f in column_files(&c.name) {
+                        remove_if_exists(&dir.join(f))?;
+                    }
+                    let nulls = ColumnBuf::nulls(c.ty, p.rows as usize);
+                    write_column(sync, &dir, &c.name, &nulls, 0..p.rows as usize, 0)?;
+                }
+                p.columns = self.schema.columns.len() as u32;
                 for (c, col) in self.schema.columns.iter().zip(combined) {
                     write_column(sync, &dir, &c.name, col, range.clone(), p.rows)?;
                 }
@@ -476,8 +547,12 @@ impl TableWriter {
                     .timestamp
                     .expect("O3 only with a designated timestamp");
                 let mut merged = Vec::with_capacity(combined.len());
-                for (c, col) in self.schema.columns.iter().zip(combined) {
-                    let mut m = read_column(&old_dir, &c.name, c.ty, 0..old.rows, true)?;
+                for (k, (c, col)) in self.schema.columns.iter().zip(combined).enumerate() {
+                    let mut m = if k < old.columns as usize {
+                        read_column(&old_dir, &c.name, c.ty, 0..old.rows, true)?
+                    } else {
+                        ColumnBuf::nulls(c.ty, old.rows as usize)
+                    };
                     m.extend_from(col, range.clone());
                     merged.push(m);
                 }
@@ -504,6 +579,7 @@ impl TableWriter {
                     rows: total as u64,
                     min_ts: old.min_ts.min(min_ts),
                     max_ts: old.max_ts.max(max_ts),
+                    columns: self.schema.columns.len() as u32,
                 };
                 debug!(table = %self.name, partition = %name, version, rows = total, "out-of-order merge");
                 obsolete.push(old_dir);
@@ -521,6 +597,7 @@ impl TableWriter {
                         rows: range.len() as u64,
                         min_ts,
                         max_ts,
+                        columns: self.schema.columns.len() as u32,
                     },
                 );
             }
@@ -669,6 +746,22 @@ fn write_varchar(
     let df = sync.open(dpath.clone())?;
     let data = &bytes[first as usize..offsets[range.end] as usize];
     files::write_at(df, &dpath, data, base)
+}
+
+/// Every file a column may have in a partition directory.
+fn column_files(name: &str) -> [String; 3] {
+    [
+        files::data_file(name),
+        files::offsets_file(name),
+        files::validity_file(name),
+    ]
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), TableError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TableError::io(path)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Cuts a column's files back to `rows` committed rows.

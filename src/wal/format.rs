@@ -13,7 +13,7 @@ pub const RECORD_HEADER_BYTES: usize = 48;
 pub const RECORD_PAYLOAD_BYTES_MAX: u32 = 1 << 30;
 /// Flag: this record is the last one of a group-commit write.
 pub const FLAG_GROUP_END: u16 = 1;
-/// Schema version written by this build (schema changes are a later format addition).
+/// Schema version of a table's first columns (records name the version their batch was built for).
 pub const SCHEMA_VERSION: u16 = 1;
 
 pub fn encode_file_header(shard: u32, seq: u64) -> [u8; FILE_HEADER_BYTES] {
