@@ -8,6 +8,7 @@ pub mod batch;
 pub mod db;
 pub mod gen;
 pub mod ilp;
+pub mod ingest;
 pub mod io;
 pub mod table;
 pub mod wal;

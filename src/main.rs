@@ -107,6 +107,19 @@ enum Command {
     },
     /// List tables with their committed txn, partitions and row counts.
     Tables,
+    /// Ingest InfluxDB Line Protocol from a file (or `-` for stdin): tables
+    /// and columns are created on first use; the whole input is one request
+    /// (a bad line commits nothing and names the line).
+    Ingest {
+        /// File of ILP lines, or `-` for standard input.
+        file: PathBuf,
+        /// Unit of the trailing timestamps: n, u, ms or s.
+        #[arg(long, default_value = "n")]
+        precision: String,
+        /// Partition scheme of tables created by this input.
+        #[arg(long, default_value = "DAY")]
+        partition_by: basalt::table::PartitionBy,
+    },
     /// Test support: ingest acknowledged batches forever, printing `ack <id>`
     /// after each durable commit (the crash test kills it with SIGKILL).
     #[command(hide = true)]
@@ -138,20 +151,25 @@ fn main() -> ExitCode {
             rows,
             batch_rows,
             committers,
-        } => demo(&cli.node, rows, batch_rows.max(1), committers.max(1)),
+        } => demo(&cli.node, rows, batch_rows.max(1), committers.max(1)).map_err(|e| e.to_string()),
         Command::Scan {
             table,
             columns,
             from_us,
             to_us,
             limit,
-        } => scan(&cli.node, &table, &columns, from_us, to_us, limit),
-        Command::Tables => tables(&cli.node),
+        } => scan(&cli.node, &table, &columns, from_us, to_us, limit).map_err(|e| e.to_string()),
+        Command::Tables => tables(&cli.node).map_err(|e| e.to_string()),
+        Command::Ingest {
+            file,
+            precision,
+            partition_by,
+        } => ingest(&cli.node, &file, &precision, partition_by),
         Command::CrashChild {
             first_batch,
             batch_rows,
             committers,
-        } => crash_child(&cli.node, first_batch, batch_rows, committers),
+        } => crash_child(&cli.node, first_batch, batch_rows, committers).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -242,6 +260,46 @@ fn scan(
     let result = reader.scan(&cols, range)?;
     print_rows(&result, 0..result.row_count().min(limit));
     println!("({} rows at txn {})", result.row_count(), result.txn);
+    Ok(())
+}
+
+fn ingest(
+    node: &NodeArgs,
+    file: &std::path::Path,
+    precision: &str,
+    partition_by: basalt::table::PartitionBy,
+) -> Result<(), String> {
+    use std::io::Read;
+    let precision = basalt::ilp::Precision::from_param(precision)
+        .ok_or_else(|| format!("unknown precision {precision:?} (expected n, u, ms or s)"))?;
+    let mut body = Vec::new();
+    if file == std::path::Path::new("-") {
+        std::io::stdin()
+            .read_to_end(&mut body)
+            .map_err(|e| format!("reading stdin: {e}"))?;
+    } else {
+        body = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    }
+    let db = node.open().map_err(|e| e.to_string())?;
+    let opts = basalt::ingest::IngestOptions {
+        precision,
+        partition_by,
+    };
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let report = basalt::ingest::Ingestor::new(&db, opts)
+        .ingest(&body, now_us)
+        .map_err(|e| e.to_string())?;
+    for (table, rows, txn) in &report.tables {
+        println!("{table}: {rows} rows committed as txn {txn}");
+        if let Some(t) = db.table(table) {
+            t.wait_applied(*txn, Duration::from_secs(600))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    println!("{} lines ingested", report.lines);
+    db.close();
     Ok(())
 }
 

@@ -137,3 +137,52 @@ fn bad_input_gets_a_clear_error_and_a_failing_exit_code() {
         "test-only subcommand is hidden"
     );
 }
+
+#[test]
+fn ingest_ilp_from_stdin_then_scan() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--io-engine", "portable", "ingest", "-", "--precision", "u"])
+        .env("BASALT_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"weather,city=Paris temp=11.5,wet=t 1704067200000000\nweather,city=Oslo temp=-3.0 1704067200000001\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("weather: 2 rows committed as txn 1"),
+        "{}",
+        stdout(&o)
+    );
+    let o = basalt(&data, &["scan", "weather"]);
+    let out = stdout(&o);
+    assert!(out.contains("city\ttemp\twet\ttimestamp"), "{out}");
+    assert!(
+        out.contains("Oslo\t-3\tnull\t2024-01-01T00:00:00.000001Z"),
+        "{out}"
+    );
+
+    // A bad line: nothing committed, the line named, a failing exit code.
+    let bad = dir.path().join("bad.ilp");
+    std::fs::write(&bad, "weather,city=Rome temp=20.0\nweather temp=\"hot\"\n").unwrap();
+    let o = basalt(&data, &["ingest", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("line 2: column \"temp\" is DOUBLE; a string value cannot go into it"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&basalt(&data, &["scan", "weather"])).contains("(2 rows at txn 1)"));
+}

@@ -598,6 +598,18 @@ impl BatchBuilder {
         }
     }
 
+    /// Adds a column (added to the table meanwhile): null in the rows so far.
+    pub fn add_column(&mut self, name: &str, ty: ColumnType) {
+        self.columns.push(ColumnBuf::nulls(ty, self.rows));
+        self.names.push(name.to_string());
+        self.set.push(false);
+        self.symbol_keys.push(HashMap::new());
+    }
+
+    pub fn column_count(&self) -> usize {
+        self.columns.len()
+    }
+
     pub fn finish(mut self) -> Batch {
         self.cancel_row();
         Batch {

@@ -1,0 +1,351 @@
+//! From ILP text to committed txns: tables and columns are created on first
+//! use, values are checked against column types, and each table's rows of
+//! one request become one txn.
+//!
+//! A request is all or nothing: if any line is bad, nothing of the request
+//! is committed and the error names the line (tables or columns created for
+//! earlier lines of it stay, empty). QuestDB's mapping:
+//!
+//! | ILP | new column | also accepted into |
+//! |-----|------------|--------------------|
+//! | tag | SYMBOL | VARCHAR |
+//! | float | DOUBLE | FLOAT |
+//! | integer `i` | LONG | INT, SHORT, BYTE (range-checked), DOUBLE, FLOAT |
+//! | string | VARCHAR | SYMBOL |
+//! | boolean | BOOLEAN | |
+//! | timestamp `t`/`n` | TIMESTAMP | |
+//!
+//! New tables get a designated timestamp column `timestamp` (from the line's
+//! trailing timestamp, or the server's clock) and the configured partition
+//! scheme.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::batch::{BatchBuilder, Value};
+use crate::db::{CommitTicket, Database, DbError, TableHandle};
+use crate::ilp::{self, FieldValue, IlpError, Line, Precision};
+use crate::table::schema::validate_name;
+use crate::table::{ColumnType, PartitionBy, Schema, TableError};
+
+/// Name of the designated timestamp column of tables created by ingestion.
+pub const TIMESTAMP_COLUMN: &str = "timestamp";
+
+#[derive(Clone, Copy, Debug)]
+pub struct IngestOptions {
+    pub precision: Precision,
+    /// Partition scheme of tables created on first use.
+    pub partition_by: PartitionBy,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            precision: Precision::Nanos,
+            partition_by: PartitionBy::Day,
+        }
+    }
+}
+
+/// Why a request was refused. `line` is 1-based within the request.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("line {line}: {source}")]
+    Parse {
+        line: usize,
+        #[source]
+        source: IlpError,
+    },
+    #[error("line {line}: {message}")]
+    Line { line: usize, message: String },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl IngestError {
+    /// The 1-based line the error is about, if it is about one.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            IngestError::Parse { line, .. } | IngestError::Line { line, .. } => Some(*line),
+            IngestError::Db(_) => None,
+        }
+    }
+}
+
+/// What a request committed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    pub lines: usize,
+    /// (table, rows, txn) per table, in order of first appearance.
+    pub tables: Vec<(String, usize, u64)>,
+}
+
+struct Pending {
+    handle: Arc<TableHandle>,
+    schema: Arc<Schema>,
+    /// Lower-cased column name → index.
+    index: HashMap<String, usize>,
+    builder: BatchBuilder,
+}
+
+impl Pending {
+    fn new(handle: Arc<TableHandle>) -> Pending {
+        let schema = handle.schema();
+        let index = column_index(&schema);
+        Pending {
+            builder: BatchBuilder::new(&schema),
+            handle,
+            schema,
+            index,
+        }
+    }
+
+    fn refresh(&mut self, schema: Arc<Schema>) {
+        for c in &schema.columns[self.builder.column_count()..] {
+            self.builder.add_column(&c.name, c.ty);
+        }
+        self.index = column_index(&schema);
+        self.schema = schema;
+    }
+}
+
+fn column_index(schema: &Schema) -> HashMap<String, usize> {
+    schema
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.to_lowercase(), i))
+        .collect()
+}
+
+/// Parses, maps and commits ILP requests against one database.
+pub struct Ingestor<'a> {
+    db: &'a Database,
+    opts: IngestOptions,
+}
+
+impl<'a> Ingestor<'a> {
+    pub fn new(db: &'a Database, opts: IngestOptions) -> Ingestor<'a> {
+        Ingestor { db, opts }
+    }
+
+    /// Ingests one request body; returns once every txn is durable.
+    /// `now_us` stamps lines without a timestamp.
+    pub fn ingest(&self, body: &[u8], now_us: i64) -> Result<IngestReport, IngestError> {
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut rest = body;
+        let mut line_no = 0;
+        let mut lines = 0;
+        let mut parsed = Line::default();
+        loop {
+            let (text, used) = match ilp::next_line(rest) {
+                Some(x) => x,
+                // The last line may end without a newline.
+                None if !rest.is_empty() => (rest, rest.len()),
+                None => break,
+            };
+            rest = &rest[used..];
+            line_no += 1;
+            if ilp::is_blank(text) {
+                continue;
+            }
+            ilp::parse_line(text, self.opts.precision, &mut parsed).map_err(|source| {
+                IngestError::Parse {
+                    line: line_no,
+                    source,
+                }
+            })?;
+            let bad = |message: String| IngestError::Line {
+                line: line_no,
+                message,
+            };
+            let table = parsed.measurement.as_ref();
+            let slot = match by_name.get(table) {
+                Some(i) => *i,
+                None => {
+                    validate_name("table", table).map_err(|e| bad(e.to_string()))?;
+                    let handle = self.table_for(table, &parsed).map_err(|e| match e {
+                        IngestError::Db(DbError::Table(t)) => bad(t.to_string()),
+                        other => other,
+                    })?;
+                    pending.push(Pending::new(handle));
+                    by_name.insert(table.to_string(), pending.len() - 1);
+                    pending.len() - 1
+                }
+            };
+            self.add_row(&mut pending[slot], &parsed, now_us)
+                .map_err(|e| match e {
+                    IngestError::Line { message, .. } => bad(message),
+                    IngestError::Db(DbError::Table(t)) => bad(t.to_string()),
+                    IngestError::Db(DbError::Batch(b)) => bad(b.to_string()),
+                    other => other,
+                })?;
+            lines += 1;
+        }
+        // Every line is valid: commit one txn per table, then wait for all.
+        let mut tickets: Vec<(String, usize, CommitTicket)> = Vec::new();
+        for p in pending {
+            let rows = p.builder.row_count();
+            if rows == 0 {
+                continue;
+            }
+            let name = p.handle.name.clone();
+            let ticket = self.db.submit(&p.handle, p.builder.finish())?;
+            tickets.push((name, rows, ticket));
+        }
+        let mut report = IngestReport {
+            lines,
+            tables: Vec::new(),
+        };
+        for (name, rows, ticket) in tickets {
+            let txn = ticket.wait()?;
+            report.tables.push((name, rows, txn));
+        }
+        Ok(report)
+    }
+
+    /// The table named by a line, created from the line's shape if missing.
+    fn table_for(&self, name: &str, line: &Line<'_>) -> Result<Arc<TableHandle>, IngestError> {
+        if let Some(t) = self.db.table(name) {
+            return Ok(t);
+        }
+        let mut cols: Vec<(&str, ColumnType)> = Vec::new();
+        for (k, _) in &line.tags {
+            cols.push((k.as_ref(), ColumnType::Symbol));
+        }
+        for (k, v) in &line.fields {
+            cols.push((k.as_ref(), new_column_type(v)));
+        }
+        cols.push((TIMESTAMP_COLUMN, ColumnType::Timestamp));
+        // Repeated names are reported when the row is set, with the line.
+        let mut seen = std::collections::HashSet::new();
+        cols.retain(|(n, _)| seen.insert(n.to_lowercase()));
+        let schema = Schema::new(cols, Some(TIMESTAMP_COLUMN), self.opts.partition_by)
+            .map_err(DbError::from)?;
+        match self.db.create_table(name, &schema) {
+            Ok(t) => Ok(t),
+            // Another request created it meanwhile.
+            Err(DbError::Table(TableError::AlreadyExists(_))) => {
+                self.db.table(name).ok_or(IngestError::Db(DbError::Closed))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn column(&self, p: &mut Pending, name: &str, ty: ColumnType) -> Result<usize, IngestError> {
+        if let Some(i) = p.index.get(&name.to_lowercase()) {
+            return Ok(*i);
+        }
+        let schema = match self.db.add_column(&p.handle, name, ty) {
+            Ok(s) => s,
+            // Added by another request meanwhile: use it.
+            Err(DbError::Table(TableError::InvalidSchema(m))) if m.contains("already exists") => {
+                p.handle.schema()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        p.refresh(schema);
+        p.index
+            .get(&name.to_lowercase())
+            .copied()
+            .ok_or_else(|| IngestError::Line {
+                line: 0,
+                message: format!("column {name:?} could not be added"),
+            })
+    }
+
+    fn add_row(&self, p: &mut Pending, line: &Line<'_>, now_us: i64) -> Result<(), IngestError> {
+        let result = self.set_values(p, line, now_us);
+        match result {
+            Ok(()) => p.builder.finish_row().map_err(|e| IngestError::Line {
+                line: 0,
+                message: e.to_string(),
+            }),
+            Err(e) => {
+                p.builder.cancel_row();
+                Err(e)
+            }
+        }
+    }
+
+    fn set_values(&self, p: &mut Pending, line: &Line<'_>, now_us: i64) -> Result<(), IngestError> {
+        let set_err = |e: crate::batch::BatchError| IngestError::Line {
+            line: 0,
+            message: e.to_string(),
+        };
+        for (k, v) in &line.tags {
+            let i = self.column(p, k, ColumnType::Symbol)?;
+            let value = match p.schema.columns[i].ty {
+                ColumnType::Symbol => Value::Symbol(v),
+                ColumnType::Varchar => Value::Varchar(v),
+                other => return Err(conflict(k, other, "tag")),
+            };
+            p.builder.set(i, value).map_err(set_err)?;
+        }
+        for (k, v) in &line.fields {
+            let i = self.column(p, k, new_column_type(v))?;
+            let ty = p.schema.columns[i].ty;
+            let value = field_value(k, ty, v)?;
+            p.builder.set(i, value).map_err(set_err)?;
+        }
+        let ts = line.timestamp.unwrap_or(now_us);
+        let Some(ts_col) = p.schema.timestamp else {
+            return Ok(());
+        };
+        p.builder
+            .set(ts_col, Value::Timestamp(ts))
+            .map_err(set_err)?;
+        Ok(())
+    }
+}
+
+fn new_column_type(v: &FieldValue<'_>) -> ColumnType {
+    match v {
+        FieldValue::Float(_) => ColumnType::Double,
+        FieldValue::Integer(_) => ColumnType::Long,
+        FieldValue::String(_) => ColumnType::Varchar,
+        FieldValue::Boolean(_) => ColumnType::Boolean,
+        FieldValue::Timestamp(_) => ColumnType::Timestamp,
+    }
+}
+
+fn conflict(column: &str, ty: ColumnType, kind: &str) -> IngestError {
+    IngestError::Line {
+        line: 0,
+        message: format!("column {column:?} is {ty}; a {kind} value cannot go into it"),
+    }
+}
+
+/// The value of field `v` for a column of type `ty`.
+fn field_value<'v>(
+    column: &str,
+    ty: ColumnType,
+    v: &'v FieldValue<'_>,
+) -> Result<Value<'v>, IngestError> {
+    let out_of_range = |n: i64| IngestError::Line {
+        line: 0,
+        message: format!("value {n} does not fit column {column:?} of type {ty}"),
+    };
+    Ok(match (ty, v) {
+        (ColumnType::Double, FieldValue::Float(f)) => Value::Double(*f),
+        (ColumnType::Float, FieldValue::Float(f)) => Value::Float(*f as f32),
+        (ColumnType::Long, FieldValue::Integer(n)) => Value::Long(*n),
+        (ColumnType::Int, FieldValue::Integer(n)) => {
+            Value::Int(i32::try_from(*n).map_err(|_| out_of_range(*n))?)
+        }
+        (ColumnType::Short, FieldValue::Integer(n)) => {
+            Value::Short(i16::try_from(*n).map_err(|_| out_of_range(*n))?)
+        }
+        (ColumnType::Byte, FieldValue::Integer(n)) => {
+            Value::Byte(i8::try_from(*n).map_err(|_| out_of_range(*n))?)
+        }
+        (ColumnType::Double, FieldValue::Integer(n)) => Value::Double(*n as f64),
+        (ColumnType::Float, FieldValue::Integer(n)) => Value::Float(*n as f32),
+        (ColumnType::Varchar, FieldValue::String(s)) => Value::Varchar(s),
+        (ColumnType::Symbol, FieldValue::String(s)) => Value::Symbol(s),
+        (ColumnType::Boolean, FieldValue::Boolean(b)) => Value::Boolean(*b),
+        (ColumnType::Timestamp, FieldValue::Timestamp(t)) => Value::Timestamp(*t),
+        (ty, v) => return Err(conflict(column, ty, v.kind())),
+    })
+}
