@@ -187,18 +187,38 @@ impl TableWriter {
             .iter()
             .map(|p| self.partition_path_name(p))
             .collect();
+        let first = self
+            .schema
+            .columns
+            .iter()
+            .filter(|c| c.added_in == 1)
+            .count();
         for (p, dir_name) in self.state.partitions.clone().iter().zip(&live) {
+            if !(first..=self.schema.columns.len()).contains(&(p.columns as usize)) {
+                return Err(TableError::Corrupt {
+                    file: self.dir.join(files::CKPT_FILE),
+                    why: format!(
+                        "partition {dir_name} claims {} columns; the schema has {} ({first} at first)",
+                        p.columns,
+                        self.schema.columns.len()
+                    ),
+                });
+            }
             let pdir = self.dir.join(dir_name);
-            let have = (p.columns as usize).min(self.schema.columns.len());
+            let have = p.columns as usize;
             for c in &self.schema.columns[..have] {
                 recover_column(&pdir, &c.name, c.ty, p.rows)?;
             }
             // Files of later columns are leftovers of a backfill that was
             // never checkpointed.
+            let mut removed = false;
             for c in &self.schema.columns[have..] {
                 for f in column_files(&c.name) {
-                    remove_if_exists(&pdir.join(f))?;
+                    removed |= remove_if_exists(&pdir.join(f))?;
                 }
+            }
+            if removed {
+                files::fsync_dir(&pdir)?;
             }
         }
         // Partition versions not named by `_txn` are leftovers of an apply that
@@ -403,11 +423,13 @@ impl TableWriter {
             sync.add_dir(sym_dir);
             sync.sync()?;
         }
-        files::durable_replace(
-            &self.dir,
-            files::META_FILE,
-            &state::encode_meta(&next, self.table_id),
-        )?;
+        let meta = state::encode_meta(&next, self.table_id);
+        if let Err(e) = files::durable_replace(&self.dir, files::META_FILE, &meta) {
+            // `_meta` on disk may or may not name the column now: refuse
+            // work until a reopen reads back what is there.
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
         self.symbols
             .push((ty == ColumnType::Symbol).then(|| SymbolDict {
                 keys: HashMap::default(),
@@ -524,6 +546,11 @@ impl TableWriter {
                 let dir = self.dir.join(files::partition_dir(&name, p.version));
                 // Columns added since this version was written start with
                 // null files for its existing rows.
+                if (p.columns as usize) < self.schema.columns.len() {
+                    // New file names in an existing directory: the directory
+                    // is synced with the files at the next checkpoint.
+                    sync.add_dir(dir.clone());
+                }
                 for c in &self.schema.columns[p.columns as usize..] {
                     for f in column_files(&c.name) {
                         remove_if_exists(&dir.join(f))?;
@@ -757,10 +784,12 @@ fn column_files(name: &str) -> [String; 3] {
     ]
 }
 
-fn remove_if_exists(path: &Path) -> Result<(), TableError> {
+/// Removes `path`; whether it existed.
+fn remove_if_exists(path: &Path) -> Result<bool, TableError> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TableError::io(path)(e)),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(TableError::io(path)(e)),
     }
 }
 
