@@ -175,7 +175,10 @@ pub fn is_blank(line: &[u8]) -> bool {
     t.is_empty() || t[0] == b'#'
 }
 
+/// Walks one line. The line is checked for UTF-8 once; every token ends at
+/// an ASCII delimiter, so slicing `s` at token bounds never splits a char.
 struct Cursor<'a> {
+    s: &'a str,
     b: &'a [u8],
     i: usize,
 }
@@ -212,7 +215,7 @@ impl<'a> Cursor<'a> {
             }
             self.i += 1;
         }
-        unescape(&self.b[start..self.i], start, escaped, escapable)
+        Ok(unescape(&self.s[start..self.i], escaped, escapable))
     }
 
     fn string_value(&mut self) -> Result<Cow<'a, str>, IlpError> {
@@ -236,9 +239,9 @@ impl<'a> Cursor<'a> {
                 Some(_) => self.i += 1,
             }
         }
-        let raw = &self.b[start..self.i];
+        let raw = &self.s[start..self.i];
         self.i += 1;
-        unescape(raw, start, escaped, b"\"\\")
+        Ok(unescape(raw, escaped, b"\"\\"))
     }
 
     fn field_value(&mut self) -> Result<FieldValue<'a>, IlpError> {
@@ -252,12 +255,11 @@ impl<'a> Cursor<'a> {
             }
             self.i += 1;
         }
-        let raw = &self.b[start..self.i];
+        let text = &self.s[start..self.i];
         let bad = || IlpError {
-            kind: IlpErrorKind::InvalidFieldValue(String::from_utf8_lossy(raw).into_owned()),
+            kind: IlpErrorKind::InvalidFieldValue(text.to_string()),
             position: start,
         };
-        let text = std::str::from_utf8(raw).map_err(|_| bad())?;
         let value = match text {
             "" => return Err(bad()),
             "t" | "T" | "true" | "True" | "TRUE" => FieldValue::Boolean(true),
@@ -279,18 +281,9 @@ impl<'a> Cursor<'a> {
 /// `raw` as UTF-8 (`start` is its offset in the line, for errors), with
 /// `\x` turned into `x` for every `x` in `escapable` when `escaped` says
 /// the scan saw one. Borrowed when there is nothing to unescape.
-fn unescape<'a>(
-    raw: &'a [u8],
-    start: usize,
-    escaped: bool,
-    escapable: &[u8],
-) -> Result<Cow<'a, str>, IlpError> {
-    let s = std::str::from_utf8(raw).map_err(|e| IlpError {
-        kind: IlpErrorKind::NotUtf8,
-        position: start + e.valid_up_to(),
-    })?;
+fn unescape<'a>(s: &'a str, escaped: bool, escapable: &[u8]) -> Cow<'a, str> {
     if !escaped {
-        return Ok(Cow::Borrowed(s));
+        return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
@@ -306,7 +299,7 @@ fn unescape<'a>(
         }
         out.push(c);
     }
-    Ok(Cow::Owned(out))
+    Cow::Owned(out)
 }
 
 fn parse_int(s: &str) -> Option<i64> {
@@ -341,7 +334,11 @@ pub fn parse_line<'a>(
     out: &mut Line<'a>,
 ) -> Result<(), IlpError> {
     out.clear();
-    let mut c = Cursor { b: line, i: 0 };
+    let s = std::str::from_utf8(line).map_err(|e| IlpError {
+        kind: IlpErrorKind::NotUtf8,
+        position: e.valid_up_to(),
+    })?;
+    let mut c = Cursor { s, b: line, i: 0 };
     out.measurement = c.name(b", ", b", ")?;
     if out.measurement.is_empty() {
         return Err(c.err(IlpErrorKind::MissingMeasurement));
@@ -405,19 +402,18 @@ pub fn parse_line<'a>(
         Some(_) => return Err(c.err(IlpErrorKind::TrailingBytes)),
     }
     let start = c.i;
-    let rest = line[start..].trim_ascii_end();
-    if rest.is_empty() {
+    let text = s[start..].trim_ascii_end();
+    if text.is_empty() {
         return Ok(());
     }
-    let text = std::str::from_utf8(rest).unwrap_or("");
     let bad = || IlpError {
-        kind: IlpErrorKind::InvalidTimestamp(String::from_utf8_lossy(rest).into_owned()),
+        kind: IlpErrorKind::InvalidTimestamp(text.to_string()),
         position: start,
     };
-    if rest.contains(&b' ') {
+    if let Some(space) = text.find(' ') {
         return Err(IlpError {
             kind: IlpErrorKind::TrailingBytes,
-            position: start + rest.iter().position(|b| *b == b' ').unwrap_or(0),
+            position: start + space,
         });
     }
     let v = parse_int(text).ok_or_else(bad)?;

@@ -19,7 +19,7 @@
 //! trailing timestamp, or the server's clock) and the configured partition
 //! scheme.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use crate::batch::{BatchBuilder, Value};
@@ -109,13 +109,15 @@ impl Pending {
     }
 }
 
+/// Column name → index, under the name as stored and lower-cased, so the
+/// common exact-case lookup allocates nothing.
 fn column_index(schema: &Schema) -> HashMap<String, usize> {
-    schema
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.name.to_lowercase(), i))
-        .collect()
+    let mut index = HashMap::new();
+    for (i, c) in schema.columns.iter().enumerate() {
+        index.insert(c.name.to_lowercase(), i);
+        index.insert(c.name.clone(), i);
+    }
+    index
 }
 
 /// Parses, maps and commits ILP requests against one database.
@@ -234,7 +236,11 @@ impl<'a> Ingestor<'a> {
     }
 
     fn column(&self, p: &mut Pending, name: &str, ty: ColumnType) -> Result<usize, IngestError> {
-        if let Some(i) = p.index.get(&name.to_lowercase()) {
+        if let Some(i) = p
+            .index
+            .get(name)
+            .or_else(|| p.index.get(&name.to_lowercase()))
+        {
             return Ok(*i);
         }
         let schema = match self.db.add_column(&p.handle, name, ty) {
