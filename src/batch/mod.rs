@@ -151,12 +151,6 @@ impl ColumnBuf {
         self.validity.as_ref().is_none_or(|v| v[row] != 0)
     }
 
-    pub fn null_count(&self) -> usize {
-        self.validity
-            .as_ref()
-            .map_or(0, |v| v.iter().filter(|b| **b == 0).count())
-    }
-
     /// Fixed-width bytes of row `row`.
     fn fixed(&self, row: usize) -> &[u8] {
         let w = self.width();

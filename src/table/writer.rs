@@ -29,7 +29,6 @@ use super::TableError;
 struct SymbolDict {
     keys: HashMap<String, i32>,
     count: u64,
-    data_len: u64,
 }
 
 impl SymbolDict {
@@ -54,7 +53,6 @@ impl SymbolDict {
                     })?;
                     self.keys.insert(s.clone(), k);
                     self.count += 1;
-                    self.data_len += s.len() as u64;
                     added.push(s.clone());
                     Ok(k)
                 }
@@ -258,11 +256,7 @@ impl TableWriter {
             let keys = (0..count as usize)
                 .map(|k| (strings.str_at(k).to_string(), k as i32))
                 .collect();
-            self.symbols.push(Some(SymbolDict {
-                keys,
-                count,
-                data_len,
-            }));
+            self.symbols.push(Some(SymbolDict { keys, count }));
         }
         Ok(())
     }
@@ -434,7 +428,6 @@ impl TableWriter {
             .push((ty == ColumnType::Symbol).then(|| SymbolDict {
                 keys: HashMap::default(),
                 count: 0,
-                data_len: 0,
             }));
         if ty == ColumnType::Symbol {
             self.state.symbol_counts.push((index as u32, 0));
@@ -682,14 +675,6 @@ impl TableWriter {
             }
         }
         Ok(())
-    }
-
-    /// Bytes of symbol strings stored for column `column` (0 for other columns).
-    pub fn symbol_bytes(&self, column: usize) -> u64 {
-        self.symbols
-            .get(column)
-            .and_then(Option::as_ref)
-            .map_or(0, |d| d.data_len)
     }
 }
 
