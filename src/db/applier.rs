@@ -198,7 +198,7 @@ fn apply_ready(slot: &mut Slot, apply_rows_max: usize) {
         if !ready.is_empty() {
             let refs: Vec<(u64, &Batch)> = ready.iter().map(|(t, b)| (*t, b)).collect();
             slot.rows_since_checkpoint += rows;
-            if let Err(e) = slot.writer.apply(&refs) {
+            if let Err(e) = slot.writer.apply_validated(&refs) {
                 error!(table = %slot.handle.name, error = %e, "apply failed; the table stays at its last applied txn until reopened");
                 slot.handle.set_failed(e.to_string());
                 return;

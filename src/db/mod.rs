@@ -697,7 +697,8 @@ fn apply_chunk(writer: &mut TableWriter, chunk: &mut Vec<(u64, Batch)>) -> Resul
         return Ok(());
     }
     let refs: Vec<(u64, &Batch)> = chunk.iter().map(|(t, b)| (*t, b)).collect();
-    writer.apply(&refs)?;
+    // Decoding validated every batch against the schema.
+    writer.apply_validated(&refs)?;
     chunk.clear();
     Ok(())
 }

@@ -132,13 +132,7 @@ pub struct SyncSet {
 impl SyncSet {
     /// Opens `path` for writing (creating it), remembering it for [`SyncSet::sync`].
     pub fn open(&mut self, path: PathBuf) -> Result<&File, TableError> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(TableError::io(&path))?;
+        let f = open_rw(&path)?;
         self.files.push((path, f));
         Ok(&self.files.last().expect("just pushed").1)
     }
@@ -197,6 +191,17 @@ impl Dirty {
         self.dirs.clear();
         Ok(())
     }
+}
+
+/// Opens `path` for reading and writing, creating it, never truncating.
+pub fn open_rw(path: &Path) -> Result<File, TableError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(TableError::io(path))
 }
 
 pub fn write_at(f: &File, path: &Path, bytes: &[u8], pos: u64) -> Result<(), TableError> {
@@ -303,13 +308,7 @@ mod tests {
     fn append_bits_keeps_old_bits_and_clears_stale_ones() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .unwrap();
+        let f = open_rw(&path).unwrap();
         append_bits(&f, &path, 0, &[1, 0, 1]).unwrap();
         // Stale bits past row 3 (a crashed append) must not leak into the next append.
         write_at(&f, &path, &[0xFF], 0).unwrap();

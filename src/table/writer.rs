@@ -265,8 +265,20 @@ impl TableWriter {
         files::partition_dir(&self.schema.partition_by.partition_name(p.floor), p.version)
     }
 
-    /// Applies committed txns, in ascending txn order, as one durable step.
+    /// Applies committed txns, in ascending txn order, as one step: visible
+    /// to readers at once, durable in the table files at the next checkpoint.
+    /// Every batch is validated against the schema first.
     pub fn apply(&mut self, txns: &[(u64, &Batch)]) -> Result<(), TableError> {
+        for (_, batch) in txns {
+            batch.validate(&self.schema)?;
+        }
+        self.apply_validated(txns)
+    }
+
+    /// [`TableWriter::apply`] for batches already validated against this
+    /// table's schema (or an earlier version of it): by `Database::submit`
+    /// on the commit path, by the WAL decoder on recovery.
+    pub(crate) fn apply_validated(&mut self, txns: &[(u64, &Batch)]) -> Result<(), TableError> {
         if let Some(why) = &self.failed {
             return Err(TableError::Corrupt {
                 file: self.dir.clone(),
@@ -468,9 +480,6 @@ impl TableWriter {
         txns: &[(u64, &'b Batch)],
         new_symbols: &mut [Vec<String>],
     ) -> Result<Vec<Cow<'b, ColumnBuf>>, TableError> {
-        for (_, batch) in txns {
-            batch.validate(&self.schema)?;
-        }
         let mut out = Vec::with_capacity(self.schema.columns.len());
         for (i, c) in self.schema.columns.iter().enumerate() {
             if let [(_, batch)] = txns {
