@@ -10,5 +10,6 @@ pub mod gen;
 pub mod ilp;
 pub mod ingest;
 pub mod io;
+pub mod server;
 pub mod table;
 pub mod wal;

@@ -23,17 +23,26 @@ use clap::{Args, Parser, Subcommand};
         Rows are made durable in a write-ahead log on thread-per-core shards \
         (io_uring through glommio or tokio-uring, or portable pwrite/fdatasync), \
         then applied into columnar, time-partitioned table files.\n\n\
-        Without a subcommand, runs `demo` with its defaults."
+        Without a subcommand, runs `serve`: ILP over HTTP on 127.0.0.1:9000 and \
+        over TCP on 127.0.0.1:9009, data in ./basalt-data.\n\n\
+        Every option can also be set in a TOML file (--config) or as BASALT_<NAME>; \
+        flags win over the environment, the environment over the file."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
     node: NodeArgs,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Args, Clone)]
 struct NodeArgs {
+    /// TOML file of options (keys as the long options with `_`: `data_dir`,
+    /// `http`, `shards`, ...). Flags and BASALT_* variables override it.
+    #[arg(long, global = true, env = "BASALT_CONFIG")]
+    config: Option<PathBuf>,
     /// Directory holding the tables and their WALs.
     #[arg(
         long,
@@ -61,6 +70,93 @@ struct NodeArgs {
     checkpoint_interval_ms: u64,
 }
 
+/// Options of `serve`. Like every option, each can also be set in the
+/// `--config` file (key = the option's name with `_`, e.g. `http_request_bytes_max`)
+/// or as `BASALT_<NAME>`; flags win over the environment, the environment over the file.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Server options (serve)")]
+struct ServeArgs {
+    /// Address for ILP over HTTP (POST /write, /api/v2/write; GET /ping, /settings).
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_HTTP",
+        default_value = "127.0.0.1:9000"
+    )]
+    http: String,
+    /// Address for ILP over TCP.
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_ILP",
+        default_value = "127.0.0.1:9009"
+    )]
+    ilp: String,
+    /// Partition scheme of tables created by ingestion: HOUR, DAY, WEEK, MONTH or YEAR.
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_PARTITION_BY",
+        default_value = "DAY"
+    )]
+    partition_by: basalt::table::PartitionBy,
+    /// HTTP request bodies larger than this (also after gunzip) get 413.
+    #[arg(long, global = true, env = "BASALT_HTTP_REQUEST_BYTES_MAX", default_value_t = 256 * 1024 * 1024)]
+    http_request_bytes_max: usize,
+    /// ILP/TCP lines longer than this close the connection.
+    #[arg(long, global = true, env = "BASALT_ILP_LINE_BYTES_MAX", default_value_t = 1024 * 1024)]
+    ilp_line_bytes_max: usize,
+    /// ILP/TCP: a connection's rows are committed once it holds this many...
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_ILP_COMMIT_ROWS",
+        default_value_t = 100_000
+    )]
+    ilp_commit_rows: usize,
+    /// ... or once the oldest uncommitted row is this old (and when the peer closes).
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_ILP_COMMIT_INTERVAL_MS",
+        default_value_t = 100
+    )]
+    ilp_commit_interval_ms: u64,
+    /// Connections served at once (HTTP and TCP together); more are closed.
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_CONNECTIONS_MAX",
+        default_value_t = 4096
+    )]
+    connections_max: usize,
+}
+
+impl ServeArgs {
+    fn config(&self) -> Result<basalt::server::ServerConfig, String> {
+        let addr = |what: &str, s: &str| {
+            use std::net::ToSocketAddrs;
+            s.to_socket_addrs()
+                .map_err(|e| format!("--{what} {s:?} is not a usable address: {e}"))?
+                .next()
+                .ok_or_else(|| format!("--{what} {s:?} resolves to no address"))
+        };
+        if self.ilp_line_bytes_max < 1024 {
+            return Err("--ilp-line-bytes-max must be at least 1024".into());
+        }
+        Ok(basalt::server::ServerConfig {
+            http: addr("http", &self.http)?,
+            ilp: addr("ilp", &self.ilp)?,
+            partition_by: self.partition_by,
+            http_request_bytes_max: self.http_request_bytes_max,
+            ilp_line_bytes_max: self.ilp_line_bytes_max,
+            ilp_commit_rows: self.ilp_commit_rows.max(1),
+            ilp_commit_interval: Duration::from_millis(self.ilp_commit_interval_ms.max(1)),
+            connections_max: self.connections_max.max(1),
+        })
+    }
+}
+
 impl NodeArgs {
     fn open(&self) -> Result<Database, DbError> {
         Database::open(DbOptions {
@@ -75,6 +171,10 @@ impl NodeArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the node: ILP over HTTP and TCP served by the pinned shards, until
+    /// SIGTERM or SIGINT (then requests in flight finish, everything
+    /// acknowledged is durable, and applied data is checkpointed).
+    Serve,
     /// Create the reference table `cpu` (if missing), ingest generated rows
     /// through the WAL, and print a scan of what landed.
     Demo {
@@ -141,12 +241,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Demo {
-        rows: 1_000_000,
-        batch_rows: 10_000,
-        committers: 4,
-    }) {
+    let cli = match parse_cli() {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(&cli.node, &cli.serve),
         Command::Demo {
             rows,
             batch_rows,
@@ -177,6 +277,129 @@ fn main() -> ExitCode {
             eprintln!("basalt: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Option names a config file may set: every global option but `config`.
+const CONFIG_KEYS: &[&str] = &[
+    "data_dir",
+    "io_engine",
+    "shards",
+    "checkpoint_interval_ms",
+    "http",
+    "ilp",
+    "partition_by",
+    "http_request_bytes_max",
+    "ilp_line_bytes_max",
+    "ilp_commit_rows",
+    "ilp_commit_interval_ms",
+    "connections_max",
+];
+
+/// Parses the command line, then fills options given neither as flags nor
+/// in the environment from the `--config` file.
+fn parse_cli() -> Result<Cli, clap::Error> {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = Cli::command();
+    let matches = cmd.try_get_matches_from_mut(&argv)?;
+    let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+        return Cli::from_arg_matches(&matches);
+    };
+    let bad = |msg: String| cmd.clone().error(clap::error::ErrorKind::InvalidValue, msg);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| bad(format!("cannot read config file {}: {e}", path.display())))?;
+    let table: toml::Table = text.parse().map_err(|e| {
+        bad(format!(
+            "config file {} is not valid TOML: {e}",
+            path.display()
+        ))
+    })?;
+    let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    for (key, value) in &table {
+        if !CONFIG_KEYS.contains(&key.as_str()) {
+            return Err(bad(format!(
+                "unknown key {key:?} in config file {} (known keys: {})",
+                path.display(),
+                CONFIG_KEYS.join(", ")
+            )));
+        }
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            other => {
+                return Err(bad(format!(
+                    "key {key:?} in config file {} must be a string or an integer, not {}",
+                    path.display(),
+                    other.type_str()
+                )))
+            }
+        };
+        let from_file = !matches!(
+            matches.value_source(key),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if from_file {
+            extra.push(format!("--{}={text}", key.replace('_', "-")).into());
+        }
+    }
+    let all: Vec<std::ffi::OsString> = argv.into_iter().chain(extra).collect();
+    let matches = Cli::command().try_get_matches_from(&all).map_err(|e| {
+        let detail = e.to_string();
+        let detail = detail
+            .trim_start_matches("error: ")
+            .lines()
+            .next()
+            .unwrap_or("");
+        bad(format!("in config file {}: {detail}", path.display()))
+    })?;
+    Cli::from_arg_matches(&matches)
+}
+
+fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
+    let config = args.config()?;
+    // SIGTERM and SIGINT are taken by this thread only (sigwait below): block
+    // them before any other thread starts, so every thread inherits the mask.
+    let signals = block_shutdown_signals();
+    let db = node.open().map_err(|e| e.to_string())?;
+    let shards = db.shard_count();
+    let engine = db.engine().choice.clone();
+    let server = basalt::server::Server::start(db, config).map_err(|e| e.to_string())?;
+    // A machine-readable line for scripts and tests (logs go to stderr).
+    println!(
+        "basalt serving: http={} ilp={} shards={shards} engine={engine} data_dir={}",
+        server.http_addr,
+        server.ilp_addr,
+        node.data_dir.display()
+    );
+    let _ = std::io::stdout().flush();
+    let signal = wait_for_signal(&signals);
+    tracing::info!(signal, "shutting down");
+    server.shutdown(Duration::from_secs(30));
+    Ok(())
+}
+
+fn block_shutdown_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-set calls on a local, initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> &'static str {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` holds blocked signals; sigwait writes the one taken.
+    let rc = unsafe { libc::sigwait(set, &mut sig) };
+    match (rc, sig) {
+        (0, libc::SIGTERM) => "SIGTERM",
+        (0, libc::SIGINT) => "SIGINT",
+        _ => "unknown",
     }
 }
 

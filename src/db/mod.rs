@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 pub use applier::ApplyMsg;
-pub use shard::ShardStats;
 use shard::{CommitRequest, ShardContext, ShardLimits, ShardMsg};
+pub use shard::{ShardEnv, ShardStats, SpawnFn};
 
 use crate::batch::{codec, Batch, BatchError};
 use crate::io::{
@@ -362,6 +362,8 @@ impl Database {
         let thread = std::thread::Builder::new()
             .name(format!("basalt-shard-{k}"))
             .spawn(move || {
+                // Commits made on this shard (by its connections) go to its own WAL.
+                HOME_SHARD.with(|h| h.set(Some(k)));
                 let ready = ready_tx.clone();
                 let r = match choice {
                     EngineChoice::Glommio | EngineChoice::Auto => {
@@ -462,7 +464,44 @@ impl Database {
     }
 
     /// Sends a commit to this thread's shard; the ticket resolves once durable.
+    /// Blocks while that shard's queue is full: do not call it on a shard
+    /// thread (use [`Database::submit_async`] there).
     pub fn submit(&self, table: &Arc<TableHandle>, batch: Batch) -> Result<CommitTicket, DbError> {
+        let (shard, msg, ticket) = self.prepare_commit(table, batch)?;
+        let tx = self.shards.get(shard).ok_or(DbError::Closed)?;
+        tx.send(msg).map_err(|_| DbError::Closed)?;
+        Ok(ticket)
+    }
+
+    /// [`Database::submit`] for tasks on a shard: waits for queue space
+    /// without blocking the shard's executor. On a shard thread the commit
+    /// goes to that shard's own WAL.
+    pub async fn submit_async(
+        &self,
+        table: &Arc<TableHandle>,
+        batch: Batch,
+    ) -> Result<CommitTicket, DbError> {
+        let (shard, msg, ticket) = self.prepare_commit(table, batch)?;
+        let tx = self.shards.get(shard).ok_or(DbError::Closed)?;
+        tx.send_async(msg).await.map_err(|_| DbError::Closed)?;
+        Ok(ticket)
+    }
+
+    /// Runs the task made by `make` on shard `shard`'s executor (modulo the
+    /// shard count), next to its commit loop. The task ends at the latest
+    /// when the database is closed.
+    pub fn spawn_on_shard(&self, shard: usize, make: SpawnFn) -> Result<(), DbError> {
+        let tx = self.shards.get(shard % self.shards.len().max(1));
+        tx.ok_or(DbError::Closed)?
+            .send(ShardMsg::Spawn(make))
+            .map_err(|_| DbError::Closed)
+    }
+
+    fn prepare_commit(
+        &self,
+        table: &Arc<TableHandle>,
+        batch: Batch,
+    ) -> Result<(usize, ShardMsg, CommitTicket), DbError> {
         if table.failed.load(Ordering::Acquire) {
             return Err(DbError::TableFailed {
                 table: table.name.clone(),
@@ -492,17 +531,15 @@ impl Database {
                 h.set(Some(k));
                 k
             })
-        }) % self.shards.len();
-        self.shards[shard]
-            .send(ShardMsg::Commit(CommitRequest {
-                table: table.clone(),
-                schema_version,
-                payload,
-                batch,
-                ack,
-            }))
-            .map_err(|_| DbError::Closed)?;
-        Ok(CommitTicket(rx))
+        }) % self.shards.len().max(1);
+        let msg = ShardMsg::Commit(CommitRequest {
+            table: table.clone(),
+            schema_version,
+            payload,
+            batch,
+            ack,
+        });
+        Ok((shard, msg, CommitTicket(rx)))
     }
 
     /// Adds a column to `table` as its next schema version, durably. Rows

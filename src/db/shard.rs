@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::debug;
 
 use crate::batch::Batch;
-use crate::io::Engine;
+use crate::io::{Engine, LocalTask, NetStack};
 use crate::table::files::WAL_DIR;
 use crate::wal::format::{self, RecordHeader, FLAG_GROUP_END};
 use crate::wal::WalWriter;
@@ -41,8 +41,20 @@ pub struct ShardStats {
     pub bytes: AtomicU64,
 }
 
+/// Where a task given to [`crate::db::Database::spawn_on_shard`] runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardEnv {
+    pub shard: usize,
+    pub stack: NetStack,
+}
+
+/// Makes a task on the shard thread (tasks need not be `Send`).
+pub type SpawnFn = Box<dyn FnOnce(ShardEnv) -> LocalTask + Send>;
+
 pub enum ShardMsg {
     Commit(CommitRequest),
+    /// Run a task on this shard's executor, next to the commit loop.
+    Spawn(SpawnFn),
     Stop,
 }
 
@@ -75,9 +87,17 @@ pub async fn run<E: Engine>(engine: E, ctx: ShardContext) {
     let mut wals: HashMap<String, WalWriter<E::File>> = HashMap::new();
     let mut buf: Vec<u8> = Vec::new();
     let mut stop = false;
+    let env = ShardEnv {
+        shard: ctx.shard as usize,
+        stack: engine.net_stack(),
+    };
     while !stop {
         let first = match rx.recv_async().await {
             Ok(ShardMsg::Commit(c)) => c,
+            Ok(ShardMsg::Spawn(make)) => {
+                crate::io::spawn_local(env.stack, make(env));
+                continue;
+            }
             Ok(ShardMsg::Stop) | Err(_) => break,
         };
         let mut bytes = first.payload.len();
@@ -88,6 +108,7 @@ pub async fn run<E: Engine>(engine: E, ctx: ShardContext) {
                     bytes += c.payload.len();
                     group.push(c);
                 }
+                Ok(ShardMsg::Spawn(make)) => crate::io::spawn_local(env.stack, make(env)),
                 Ok(ShardMsg::Stop) => {
                     stop = true;
                     break;

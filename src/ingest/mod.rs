@@ -22,7 +22,7 @@
 use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
-use crate::batch::{BatchBuilder, Value};
+use crate::batch::{Batch, BatchBuilder, Value};
 use crate::db::{CommitTicket, Database, DbError, TableHandle};
 use crate::ilp::{self, FieldValue, IlpError, Line, Precision};
 use crate::table::schema::validate_name;
@@ -120,6 +120,35 @@ fn column_index(schema: &Schema) -> HashMap<String, usize> {
     index
 }
 
+/// Lines parsed and checked but not committed yet: one batch per table.
+/// Kept across reads by a streaming (TCP) connection, so line numbers and
+/// column lookups carry over.
+#[derive(Default)]
+pub struct IngestBuffer {
+    tables: Vec<Pending>,
+    by_name: HashMap<String, usize>,
+    /// Lines read so far, blank ones included (error messages count them).
+    line_no: usize,
+    /// Non-blank lines accepted since the last commit.
+    lines: usize,
+    /// Rows held, not yet committed.
+    rows: usize,
+}
+
+impl IngestBuffer {
+    /// Rows held, not yet committed.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// A table's rows on their way to durability.
+pub struct Committing {
+    pub table: String,
+    pub rows: usize,
+    pub ticket: CommitTicket,
+}
+
 /// Parses, maps and commits ILP requests against one database.
 pub struct Ingestor<'a> {
     db: &'a Database,
@@ -131,80 +160,166 @@ impl<'a> Ingestor<'a> {
         Ingestor { db, opts }
     }
 
-    /// Ingests one request body; returns once every txn is durable.
-    /// `now_us` stamps lines without a timestamp.
+    /// Ingests one request body as one txn per table; returns once every
+    /// txn is durable. `now_us` stamps lines without a timestamp. A bad line
+    /// commits nothing.
     pub fn ingest(&self, body: &[u8], now_us: i64) -> Result<IngestReport, IngestError> {
-        let mut pending: Vec<Pending> = Vec::new();
-        let mut by_name: HashMap<String, usize> = HashMap::new();
-        let mut rest = body;
-        let mut line_no = 0;
-        let mut lines = 0;
-        let mut parsed = Line::default();
-        loop {
-            let (text, used) = match ilp::next_line(rest) {
-                Some(x) => x,
-                // The last line may end without a newline.
-                None if !rest.is_empty() => (rest, rest.len()),
-                None => break,
-            };
-            rest = &rest[used..];
-            line_no += 1;
-            if ilp::is_blank(text) {
-                continue;
-            }
-            ilp::parse_line(text, self.opts.precision, &mut parsed).map_err(|source| {
-                IngestError::Parse {
-                    line: line_no,
-                    source,
-                }
-            })?;
-            let bad = |message: String| IngestError::Line {
-                line: line_no,
-                message,
-            };
-            let table = parsed.measurement.as_ref();
-            let slot = match by_name.get(table) {
-                Some(i) => *i,
-                None => {
-                    validate_name("table", table).map_err(|e| bad(e.to_string()))?;
-                    let handle = self.table_for(table, &parsed).map_err(|e| match e {
-                        IngestError::Db(DbError::Table(t)) => bad(t.to_string()),
-                        other => other,
-                    })?;
-                    pending.push(Pending::new(handle));
-                    by_name.insert(table.to_string(), pending.len() - 1);
-                    pending.len() - 1
-                }
-            };
-            self.add_row(&mut pending[slot], &parsed, now_us)
-                .map_err(|e| match e {
-                    IngestError::Line { message, .. } => bad(message),
-                    IngestError::Db(DbError::Table(t)) => bad(t.to_string()),
-                    IngestError::Db(DbError::Batch(b)) => bad(b.to_string()),
-                    other => other,
-                })?;
-            lines += 1;
-        }
-        // Every line is valid: commit one txn per table, then wait for all.
-        let mut tickets: Vec<(String, usize, CommitTicket)> = Vec::new();
-        for p in pending {
-            let rows = p.builder.row_count();
-            if rows == 0 {
-                continue;
-            }
-            let name = p.handle.name.clone();
-            let ticket = self.db.submit(&p.handle, p.builder.finish())?;
-            tickets.push((name, rows, ticket));
-        }
+        let mut buf = IngestBuffer::default();
+        self.add(&mut buf, body, now_us, true)?;
+        let lines = buf.lines;
+        let committing = self.submit(&mut buf)?;
         let mut report = IngestReport {
             lines,
             tables: Vec::new(),
         };
-        for (name, rows, ticket) in tickets {
-            let txn = ticket.wait()?;
-            report.tables.push((name, rows, txn));
+        for c in committing {
+            let txn = c.ticket.wait()?;
+            report.tables.push((c.table, c.rows, txn));
         }
         Ok(report)
+    }
+
+    /// [`Ingestor::ingest`] for tasks on a shard: never blocks the executor.
+    pub async fn ingest_async(
+        &self,
+        body: &[u8],
+        now_us: i64,
+    ) -> Result<IngestReport, IngestError> {
+        let mut buf = IngestBuffer::default();
+        self.add(&mut buf, body, now_us, true)?;
+        let lines = buf.lines;
+        let committing = self.submit_async(&mut buf).await?;
+        let mut report = IngestReport {
+            lines,
+            tables: Vec::new(),
+        };
+        for c in committing {
+            let txn = c.ticket.wait_async().await?;
+            report.tables.push((c.table, c.rows, txn));
+        }
+        Ok(report)
+    }
+
+    /// Parses the lines of `text` into `buf`. With `last`, the text ends the
+    /// input (its last line may lack a newline); without, only complete lines
+    /// are taken. Returns the bytes consumed. On a bad line, the rows of
+    /// earlier lines stay in `buf` and the error names the line.
+    pub fn add(
+        &self,
+        buf: &mut IngestBuffer,
+        text: &[u8],
+        now_us: i64,
+        last: bool,
+    ) -> Result<usize, IngestError> {
+        let mut rest = text;
+        let mut parsed = Line::default();
+        loop {
+            let (line, used) = match ilp::next_line(rest) {
+                Some(x) => x,
+                // The last line may end without a newline.
+                None if last && !rest.is_empty() => (rest, rest.len()),
+                None => break,
+            };
+            rest = &rest[used..];
+            buf.line_no += 1;
+            if ilp::is_blank(line) {
+                continue;
+            }
+            self.add_line(buf, line, now_us, &mut parsed)?;
+            buf.lines += 1;
+            buf.rows += 1;
+        }
+        Ok(text.len() - rest.len())
+    }
+
+    fn add_line<'l>(
+        &self,
+        buf: &mut IngestBuffer,
+        text: &'l [u8],
+        now_us: i64,
+        parsed: &mut Line<'l>,
+    ) -> Result<(), IngestError> {
+        let line_no = buf.line_no;
+        ilp::parse_line(text, self.opts.precision, parsed).map_err(|source| {
+            IngestError::Parse {
+                line: line_no,
+                source,
+            }
+        })?;
+        let bad = |message: String| IngestError::Line {
+            line: line_no,
+            message,
+        };
+        let table = parsed.measurement.as_ref();
+        let slot = match buf.by_name.get(table) {
+            Some(i) => *i,
+            None => {
+                validate_name("table", table).map_err(|e| bad(e.to_string()))?;
+                let handle = self.table_for(table, parsed).map_err(|e| match e {
+                    IngestError::Db(DbError::Table(t)) => bad(t.to_string()),
+                    other => other,
+                })?;
+                buf.tables.push(Pending::new(handle));
+                buf.by_name.insert(table.to_string(), buf.tables.len() - 1);
+                buf.tables.len() - 1
+            }
+        };
+        self.add_row(&mut buf.tables[slot], parsed, now_us)
+            .map_err(|e| match e {
+                IngestError::Line { message, .. } => bad(message),
+                IngestError::Db(DbError::Table(t)) => bad(t.to_string()),
+                IngestError::Db(DbError::Batch(b)) => bad(b.to_string()),
+                other => other,
+            })
+    }
+
+    /// Takes every table's rows out of `buf`, leaving it ready for more.
+    fn take_batches(&self, buf: &mut IngestBuffer) -> Vec<(Arc<TableHandle>, usize, Batch)> {
+        buf.rows = 0;
+        buf.lines = 0;
+        let mut out = Vec::new();
+        for p in &mut buf.tables {
+            let rows = p.builder.row_count();
+            if rows == 0 {
+                continue;
+            }
+            let fresh = BatchBuilder::new(&p.schema);
+            let batch = std::mem::replace(&mut p.builder, fresh).finish();
+            out.push((p.handle.clone(), rows, batch));
+        }
+        out
+    }
+
+    /// Commits the rows held in `buf`, one txn per table (blocking while a
+    /// shard queue is full; not for shard threads).
+    pub fn submit(&self, buf: &mut IngestBuffer) -> Result<Vec<Committing>, IngestError> {
+        let mut out = Vec::new();
+        for (handle, rows, batch) in self.take_batches(buf) {
+            let ticket = self.db.submit(&handle, batch)?;
+            out.push(Committing {
+                table: handle.name.clone(),
+                rows,
+                ticket,
+            });
+        }
+        Ok(out)
+    }
+
+    /// [`Ingestor::submit`] for tasks on a shard.
+    pub async fn submit_async(
+        &self,
+        buf: &mut IngestBuffer,
+    ) -> Result<Vec<Committing>, IngestError> {
+        let mut out = Vec::new();
+        for (handle, rows, batch) in self.take_batches(buf) {
+            let ticket = self.db.submit_async(&handle, batch).await?;
+            out.push(Committing {
+                table: handle.name.clone(),
+                rows,
+                ticket,
+            });
+        }
+        Ok(out)
     }
 
     /// The table named by a line, created from the line's shape if missing.

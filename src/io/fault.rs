@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::portable::PortableFile;
-use super::{pin_current_thread, Engine, WalFile};
+use super::{pin_current_thread, Engine, NetStack, WalFile};
 
 /// What goes wrong, and when. Shared between the test and the engine.
 #[derive(Debug)]
@@ -115,12 +115,16 @@ impl Engine for FaultEngine {
         "fault"
     }
 
+    fn net_stack(&self) -> NetStack {
+        NetStack::Tokio
+    }
+
     fn run<T, F>(&self, core: Option<usize>, make: impl FnOnce() -> F) -> io::Result<T>
     where
         F: Future<Output = T>,
     {
         pin_current_thread(core);
-        Ok(futures_lite::future::block_on(make()))
+        super::portable::run_tokio_local(make)
     }
 
     async fn create(&self, path: &Path) -> io::Result<FaultFile> {

@@ -8,7 +8,7 @@ use std::path::Path;
 use glommio::io::BufferedFile;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use super::{Engine, WalFile};
+use super::{Engine, NetStack, WalFile};
 
 /// Memory glommio locks for its io_uring buffers per executor. Small: WAL
 /// writes use buffered files, not glommio's registered DMA buffers.
@@ -63,6 +63,10 @@ impl Engine for GlommioEngine {
 
     fn name(&self) -> &'static str {
         "glommio"
+    }
+
+    fn net_stack(&self) -> NetStack {
+        NetStack::Glommio
     }
 
     fn run<T, F>(&self, core: Option<usize>, make: impl FnOnce() -> F) -> io::Result<T>

@@ -20,11 +20,13 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 
 pub use fault::{FaultEngine, FaultPlan};
 pub use glommio_engine::GlommioEngine;
+pub use portable::run_tokio_local;
 pub use portable::PortableEngine;
 pub use uring::TokioUringEngine;
 
@@ -41,11 +43,46 @@ pub trait WalFile {
     fn sync_data(&self) -> impl Future<Output = io::Result<()>>;
 }
 
+/// A task for a shard's executor: created on the shard thread, never moved.
+pub type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Which event loop (and so which network API) a shard's executor runs:
+/// glommio's own io_uring reactor, or tokio's (tokio-uring runs its ring
+/// inside a tokio current-thread runtime; the portable engine runs a plain
+/// one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetStack {
+    Glommio,
+    Tokio,
+}
+
+/// Spawns `task` on the executor running the current thread. Call only from
+/// inside [`Engine::run`] of an engine with this `stack`.
+pub fn spawn_local(stack: NetStack, task: LocalTask) {
+    match stack {
+        NetStack::Glommio => drop(glommio::spawn_local(task).detach()),
+        NetStack::Tokio => drop(tokio::task::spawn_local(task)),
+    }
+}
+
+/// Sleeps on the executor running the current thread.
+pub async fn sleep(stack: NetStack, d: std::time::Duration) {
+    match stack {
+        NetStack::Glommio => {
+            glommio::timer::sleep(d).await;
+        }
+        NetStack::Tokio => tokio::time::sleep(d).await,
+    }
+}
+
 /// An I/O engine: an executor for one shard thread plus its file operations.
 pub trait Engine: Clone + Send + Sync + 'static {
     type File: WalFile + 'static;
 
     fn name(&self) -> &'static str;
+
+    /// The event loop `run` drives, for network I/O and spawning tasks.
+    fn net_stack(&self) -> NetStack;
 
     /// Runs the future made by `make` to completion on the current thread,
     /// inside this engine's executor, pinned to `core` when given.

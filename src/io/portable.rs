@@ -1,5 +1,6 @@
-//! The portable engine: `pwrite` + `fdatasync` on a plain thread. Its futures
-//! complete immediately; the shard loop runs under a minimal `block_on`.
+//! The portable engine: `pwrite` + `fdatasync` on a plain thread. Its file
+//! futures complete immediately; the shard's tasks (commit loop, network
+//! connections) run on a tokio current-thread runtime with epoll.
 
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -7,7 +8,21 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{pin_current_thread, Engine, WalFile};
+use super::{pin_current_thread, Engine, NetStack, WalFile};
+
+/// Runs `make()` on a tokio current-thread runtime with a `LocalSet`, so
+/// `!Send` tasks can be spawned next to it.
+pub fn run_tokio_local<T, F>(make: impl FnOnce() -> F) -> io::Result<T>
+where
+    F: Future<Output = T>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    Ok(local.block_on(&rt, make()))
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PortableEngine;
@@ -31,12 +46,16 @@ impl Engine for PortableEngine {
         "portable"
     }
 
+    fn net_stack(&self) -> NetStack {
+        NetStack::Tokio
+    }
+
     fn run<T, F>(&self, core: Option<usize>, make: impl FnOnce() -> F) -> io::Result<T>
     where
         F: Future<Output = T>,
     {
         pin_current_thread(core);
-        Ok(futures_lite::future::block_on(make()))
+        run_tokio_local(make)
     }
 
     async fn create(&self, path: &Path) -> io::Result<PortableFile> {

@@ -6,7 +6,7 @@ use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use super::{pin_current_thread, Engine, WalFile};
+use super::{pin_current_thread, Engine, NetStack, WalFile};
 
 /// Submission queue entries per shard ring.
 const RING_ENTRIES: u32 = 256;
@@ -31,6 +31,10 @@ impl Engine for TokioUringEngine {
 
     fn name(&self) -> &'static str {
         "tokio-uring"
+    }
+
+    fn net_stack(&self) -> NetStack {
+        NetStack::Tokio
     }
 
     fn run<T, F>(&self, core: Option<usize>, make: impl FnOnce() -> F) -> io::Result<T>

@@ -1,0 +1,306 @@
+//! ILP over HTTP, as QuestDB serves it: `POST /write` and `/api/v2/write`
+//! (`?precision=n|u|ms|s`, gzip bodies), `GET /ping` → 204, `GET /settings`
+//! (what the official clients ask to pick a protocol version). A request is
+//! answered 204 only once its rows are durable; errors are QuestDB's JSON
+//! `{"code","message","line","errorId"}`.
+
+use std::convert::Infallible;
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::net::{FuturesIo, Stream};
+use super::{now_us, or_tick, Event, ServerState, SHUTDOWN_POLL};
+use crate::db::{DbError, ShardEnv};
+use crate::ilp::Precision;
+use crate::ingest::{IngestError, Ingestor};
+
+/// How long a request in flight may take to finish once shutdown began.
+const SHUTDOWN_REQUEST_GRACE: Duration = Duration::from_secs(10);
+
+pub(super) async fn serve(stream: Stream, state: Arc<ServerState>, env: ShardEnv) {
+    match stream {
+        Stream::Glommio(s) => serve_io(FuturesIo(s), state, env).await,
+        Stream::Tokio(s) => serve_io(hyper_util::rt::TokioIo::new(s), state, env).await,
+    }
+}
+
+async fn serve_io<I>(io: I, state: Arc<ServerState>, env: ShardEnv)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
+    let st = state.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let st = st.clone();
+        async move { Ok::<_, Infallible>(handle(req, &st).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    loop {
+        match or_tick(env.stack, SHUTDOWN_POLL, conn.as_mut()).await {
+            Event::Ready(r) => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            Event::Tick if state.shutting_down() => {
+                // Finish the request in flight (if any), then close.
+                conn.as_mut().graceful_shutdown();
+                let _ = or_tick(env.stack, SHUTDOWN_REQUEST_GRACE, conn.as_mut()).await;
+                return;
+            }
+            Event::Tick => {}
+        }
+    }
+}
+
+type Answer = Response<Full<Bytes>>;
+
+async fn handle(req: Request<Incoming>, state: &ServerState) -> Answer {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET | &Method::HEAD, "/ping") => {
+            let mut r = Response::new(Full::default());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            // InfluxDB clients read this header to recognise a server.
+            r.headers_mut()
+                .insert("X-Influxdb-Version", HeaderValue::from_static("v2.7.4"));
+            r
+        }
+        (&Method::POST, "/write" | "/api/v2/write") => write(req, state).await,
+        (&Method::GET, "/settings") => json(StatusCode::OK, settings()),
+        (_, "/write" | "/api/v2/write" | "/ping" | "/settings") => {
+            let msg = format!("method {} is not allowed on {path}", req.method());
+            error(state, StatusCode::METHOD_NOT_ALLOWED, "invalid", msg, None)
+        }
+        _ => {
+            let msg = format!(
+                "no such endpoint: {path} (ILP is accepted on POST /write and /api/v2/write)"
+            );
+            error(state, StatusCode::NOT_FOUND, "not_found", msg, None)
+        }
+    }
+}
+
+/// What the official QuestDB clients read to pick an ILP protocol version:
+/// basalt speaks version 1 (text). Both the current (`config` object) and
+/// the older (top-level) shapes are given.
+fn settings() -> serde_json::Value {
+    serde_json::json!({
+        "config": {
+            "release.type": "basalt",
+            "release.version": env!("CARGO_PKG_VERSION"),
+            "line.proto.support.versions": [1],
+            "ilp.proto.transports": ["tcp", "http"],
+            "accepting.writes": ["http", "tcp"],
+            "cairo.max.file.name.length": crate::table::schema::NAME_BYTES_MAX,
+        },
+        "line.proto.support.versions": [1],
+        "preferences.version": 0,
+        "preferences": {},
+    })
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(
+    state: &ServerState,
+    status: StatusCode,
+    code: &str,
+    message: String,
+    line: Option<usize>,
+) -> Answer {
+    let n = state.errors.fetch_add(1, Ordering::Relaxed);
+    let error_id = format!("{:016x}-{n}", state.error_prefix);
+    if status.is_server_error() {
+        tracing::error!(
+            error_id,
+            status = status.as_u16(),
+            message,
+            "ILP/HTTP request failed"
+        );
+    } else {
+        tracing::debug!(
+            error_id,
+            status = status.as_u16(),
+            message,
+            "ILP/HTTP request refused"
+        );
+    }
+    json(
+        status,
+        serde_json::json!({"code": code, "message": message, "line": line, "errorId": error_id}),
+    )
+}
+
+/// The value of `key` in the query string.
+fn query_param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+enum Gunzip {
+    TooLarge,
+    Bad(std::io::Error),
+}
+
+fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, Gunzip> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(body)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(Gunzip::Bad)?;
+    if out.len() > limit {
+        return Err(Gunzip::TooLarge);
+    }
+    Ok(out)
+}
+
+async fn write(req: Request<Incoming>, state: &ServerState) -> Answer {
+    let limit = state.config.http_request_bytes_max;
+    let too_large = |what: &str| {
+        let msg = format!(
+            "{what} is larger than the server's limit of {limit} bytes (http_request_bytes_max); send smaller requests"
+        );
+        error(
+            state,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            msg,
+            None,
+        )
+    };
+    let precision = match query_param(req.uri().query(), "precision") {
+        None | Some("") => Precision::Nanos,
+        Some(p) => match Precision::from_param(p) {
+            Some(p) => p,
+            None => {
+                let msg = format!("unsupported precision {p:?}: use n, u, ms or s");
+                return error(state, StatusCode::BAD_REQUEST, "invalid", msg, None);
+            }
+        },
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large("the request body");
+    }
+    let gzip = match req.headers().get(CONTENT_ENCODING).map(HeaderValue::to_str) {
+        None => false,
+        Some(Ok(e)) if e.eq_ignore_ascii_case("identity") => false,
+        Some(Ok(e)) if e.eq_ignore_ascii_case("gzip") => true,
+        Some(e) => {
+            let msg = format!(
+                "unsupported Content-Encoding {:?}: send plain or gzip bodies",
+                e.unwrap_or("(not text)")
+            );
+            return error(
+                state,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid",
+                msg,
+                None,
+            );
+        }
+    };
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return too_large("the request body")
+        }
+        Err(e) => {
+            let msg = format!("could not read the request body: {e}");
+            return error(state, StatusCode::BAD_REQUEST, "invalid", msg, None);
+        }
+    };
+    let plain;
+    let text: &[u8] = if gzip {
+        match gunzip(&body, limit) {
+            Ok(b) => {
+                plain = b;
+                &plain
+            }
+            Err(Gunzip::TooLarge) => return too_large("the gunzipped request body"),
+            Err(Gunzip::Bad(e)) => {
+                let msg = format!("the request body is not valid gzip: {e}");
+                return error(
+                    state,
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "invalid",
+                    msg,
+                    None,
+                );
+            }
+        }
+    } else {
+        &body
+    };
+    let Some(db) = state.db.upgrade() else {
+        let msg = "the server is shutting down".to_string();
+        return error(
+            state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            msg,
+            None,
+        );
+    };
+    let ingestor = Ingestor::new(&db, state.ingest_options(precision));
+    match ingestor.ingest_async(text, now_us()).await {
+        Ok(_) => {
+            let mut r = Response::new(Full::default());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        }
+        Err(e) => ingest_error(state, e),
+    }
+}
+
+fn ingest_error(state: &ServerState, e: IngestError) -> Answer {
+    match e {
+        IngestError::Parse { line, .. } | IngestError::Line { line, .. } => {
+            let msg = format!(
+                "failed to parse line protocol: error in {e}; nothing in this request was committed"
+            );
+            error(state, StatusCode::BAD_REQUEST, "invalid", msg, Some(line))
+        }
+        IngestError::Db(DbError::Closed) => {
+            let msg = "the server is shutting down".to_string();
+            error(
+                state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                msg,
+                None,
+            )
+        }
+        IngestError::Db(d) => {
+            let code = if d.is_disk_full() {
+                "disk_full"
+            } else {
+                "internal_error"
+            };
+            let msg = format!("commit failed: {d}");
+            error(state, StatusCode::INTERNAL_SERVER_ERROR, code, msg, None)
+        }
+    }
+}

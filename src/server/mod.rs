@@ -1,0 +1,345 @@
+//! The node's network front: ILP over HTTP (`/write`, `/api/v2/write`,
+//! `/ping`, `/settings`) and ILP over TCP, served by the database's pinned
+//! shards.
+//!
+//! ```text
+//! client ─▶ kernel (SO_REUSEPORT) ─▶ shard k: accept, read, parse ILP,
+//!                                     build batches ─▶ shard k's commit loop
+//!                                     (same executor) ─▶ WAL + fdatasync ─▶ 204
+//! ```
+//!
+//! Each shard binds its own listener on both addresses; a connection stays on
+//! the shard that accepted it, which parses it and commits to its own WAL.
+//! Connection tasks hold only a weak reference to the database, so shutdown
+//! can close it (flushing the applier and checkpointing) once they stop.
+
+mod http;
+pub mod net;
+mod tcp;
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use crate::db::{Database, DbError, ShardEnv};
+use crate::ingest::IngestOptions;
+use crate::io::NetStack;
+use net::Listener;
+
+/// Server settings. `Default` gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// ILP over HTTP (and `/ping`, `/settings`).
+    pub http: SocketAddr,
+    /// ILP over TCP.
+    pub ilp: SocketAddr,
+    /// Tables created on first use get this partition scheme.
+    pub partition_by: crate::table::PartitionBy,
+    /// An HTTP request body larger than this (after gunzip too) gets 413.
+    pub http_request_bytes_max: usize,
+    /// An ILP/TCP line longer than this closes the connection.
+    pub ilp_line_bytes_max: usize,
+    /// ILP/TCP: commit a connection's rows once it holds this many...
+    pub ilp_commit_rows: usize,
+    /// ... or once its oldest uncommitted row is this old.
+    pub ilp_commit_interval: Duration,
+    /// Connections (HTTP and TCP together) served at once; more are closed.
+    pub connections_max: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            http: "127.0.0.1:9000".parse().expect("valid address"),
+            ilp: "127.0.0.1:9009".parse().expect("valid address"),
+            partition_by: crate::table::PartitionBy::Day,
+            http_request_bytes_max: 256 * 1024 * 1024,
+            ilp_line_bytes_max: 1024 * 1024,
+            ilp_commit_rows: 100_000,
+            ilp_commit_interval: Duration::from_millis(100),
+            connections_max: 4096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// How often idle tasks look at the shutdown flag.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+
+/// What every connection task shares.
+pub(crate) struct ServerState {
+    db: Weak<Database>,
+    config: ServerConfig,
+    shutting_down: AtomicBool,
+    connections: AtomicUsize,
+    /// Numbers the `errorId` of HTTP error answers.
+    errors: AtomicU64,
+    /// Random per process, so error ids from two runs do not collide.
+    error_prefix: u64,
+}
+
+impl ServerState {
+    fn ingest_options(&self, precision: crate::ilp::Precision) -> IngestOptions {
+        IngestOptions {
+            precision,
+            partition_by: self.config.partition_by,
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Counts a connection in; `None` when at the limit.
+    fn enter(self: &Arc<Self>) -> Option<ConnectionGuard> {
+        let n = self.connections.fetch_add(1, Ordering::AcqRel);
+        if n >= self.config.connections_max {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionGuard(self.clone()))
+    }
+}
+
+struct ConnectionGuard(Arc<ServerState>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A running server. [`Server::shutdown`] stops it and closes the database.
+pub struct Server {
+    db: Arc<Database>,
+    state: Arc<ServerState>,
+    pub http_addr: SocketAddr,
+    pub ilp_addr: SocketAddr,
+}
+
+#[derive(Clone, Copy)]
+enum Protocol {
+    Http,
+    Ilp,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Http => "ILP/HTTP",
+            Protocol::Ilp => "ILP/TCP",
+        }
+    }
+}
+
+/// Resolves port 0 and checks that no one (no other basalt either) listens
+/// on `addr`: the probe socket is bound without `SO_REUSEPORT`.
+fn probe(what: &'static str, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
+    let l = StdListener::bind(addr).map_err(|source| ServerError::Listen { what, addr, source })?;
+    l.local_addr()
+        .map_err(|source| ServerError::Listen { what, addr, source })
+}
+
+impl Server {
+    /// Binds both addresses on every shard of `db` and starts serving.
+    pub fn start(db: Database, config: ServerConfig) -> Result<Server, ServerError> {
+        let db = Arc::new(db);
+        let http_addr = probe("ILP/HTTP", config.http)?;
+        let ilp_addr = probe("ILP/TCP", config.ilp)?;
+        let state = Arc::new(ServerState {
+            db: Arc::downgrade(&db),
+            config,
+            shutting_down: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            errors: AtomicU64::new(0),
+            error_prefix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id()),
+        });
+        let server = Server {
+            db,
+            state,
+            http_addr,
+            ilp_addr,
+        };
+        for shard in 0..server.db.shard_count() {
+            for (protocol, addr) in [(Protocol::Http, http_addr), (Protocol::Ilp, ilp_addr)] {
+                let (tx, rx) = flume::bounded(1);
+                let state = server.state.clone();
+                server.db.spawn_on_shard(
+                    shard,
+                    Box::new(move |env: ShardEnv| {
+                        Box::pin(async move {
+                            let listener = match Listener::bind(env.stack, addr) {
+                                Ok(l) => {
+                                    let _ = tx.send(Ok(()));
+                                    l
+                                }
+                                Err(e) => {
+                                    let _ = tx.send(Err(e));
+                                    return;
+                                }
+                            };
+                            accept_loop(listener, protocol, state, env).await;
+                        })
+                    }),
+                )?;
+                match rx.recv() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(source)) => {
+                        server.stop_tasks();
+                        return Err(ServerError::Listen {
+                            what: protocol.name(),
+                            addr,
+                            source,
+                        });
+                    }
+                    Err(_) => return Err(DbError::Closed.into()),
+                }
+            }
+        }
+        info!(
+            http = %http_addr,
+            ilp = %ilp_addr,
+            shards = server.db.shard_count(),
+            engine = %server.db.engine().choice,
+            "serving ILP over HTTP and TCP"
+        );
+        Ok(server)
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    fn stop_tasks(&self) {
+        self.state.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// Stops accepting, lets requests in flight finish (TCP connections
+    /// commit what they hold), then closes the database: everything
+    /// acknowledged is durable, and applied txns are checkpointed.
+    pub fn shutdown(self, grace: Duration) {
+        self.stop_tasks();
+        let deadline = Instant::now() + grace;
+        while self.state.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = self.state.connections.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "closing connections still open after the grace period"
+            );
+        }
+        // Tasks hold the database only while handling a request.
+        let mut db = self.db;
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(d) => {
+                    d.close();
+                    break;
+                }
+                Err(d) if Instant::now() < deadline + Duration::from_secs(5) => {
+                    db = d;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => {
+                    tracing::warn!("a request still holds the database; exiting without a final checkpoint (the WAL has every acknowledged commit)");
+                    break;
+                }
+            }
+        }
+        info!("server stopped");
+    }
+}
+
+enum Event<T> {
+    Ready(T),
+    Tick,
+}
+
+/// Waits for `f`, or `d`, whichever comes first.
+async fn or_tick<T>(
+    stack: NetStack,
+    d: Duration,
+    f: impl std::future::Future<Output = T>,
+) -> Event<T> {
+    futures_lite::future::or(async { Event::Ready(f.await) }, async {
+        crate::io::sleep(stack, d).await;
+        Event::Tick
+    })
+    .await
+}
+
+async fn accept_loop(
+    listener: Listener,
+    protocol: Protocol,
+    state: Arc<ServerState>,
+    env: ShardEnv,
+) {
+    loop {
+        let accepted = match or_tick(env.stack, SHUTDOWN_POLL, listener.accept()).await {
+            Event::Tick => {
+                if state.shutting_down() {
+                    return;
+                }
+                continue;
+            }
+            Event::Ready(r) => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
+                tracing::warn!(protocol = protocol.name(), error = %e, "accept failed");
+                crate::io::sleep(env.stack, Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(guard) = state.enter() else {
+            tracing::warn!(
+                protocol = protocol.name(),
+                peer = ?peer,
+                limit = state.config.connections_max,
+                "refusing connection: connections_max reached"
+            );
+            continue;
+        };
+        stream.set_nodelay();
+        let state = state.clone();
+        let task: crate::io::LocalTask = match protocol {
+            Protocol::Http => Box::pin(async move {
+                http::serve(stream, state, env).await;
+                drop(guard);
+            }),
+            Protocol::Ilp => Box::pin(async move {
+                tcp::serve(stream, peer, state, env).await;
+                drop(guard);
+            }),
+        };
+        crate::io::spawn_local(env.stack, task);
+    }
+}
+
+pub(crate) fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
