@@ -48,6 +48,75 @@ impl CpuGenerator {
         b.finish_row().expect("generated rows have a timestamp");
     }
 
+    /// Appends row `i` as an ILP line for `table` (designated timestamp in
+    /// nanoseconds, `BASE_TS_US + i` µs), as a QuestDB client would send it.
+    pub fn ilp_line(&self, out: &mut Vec<u8>, table: &str, i: u64) {
+        use std::io::Write;
+        let h = (i % HOSTS) as usize;
+        let f = (i % 1000) as f64;
+        let ts_ns = (BASE_TS_US + i as i64) * 1000;
+        writeln!(
+            out,
+            "{table},host={},region={} usage_user={:?},usage_system={:?},usage_idle={:?},temp={:?},requests={i}i {ts_ns}",
+            self.hosts[h],
+            REGIONS[h % REGIONS.len()],
+            f / 10.0,
+            f / 20.0,
+            100.0 - f / 10.0,
+            40.0 + f / 50.0,
+        )
+        .expect("writing to a Vec cannot fail");
+    }
+
+    /// Checks that `r` (a scan of a table filled with rows `0..n` of this
+    /// generator, through ILP or the batch API) holds exactly those rows, in
+    /// timestamp order. Names the first row that differs.
+    pub fn check_scan(&self, r: &crate::table::ScanResult, n: u64) -> Result<(), String> {
+        if r.row_count() as u64 != n {
+            return Err(format!("{} rows, expected {n}", r.row_count()));
+        }
+        let col = |name: &str| {
+            r.names
+                .iter()
+                .position(|c| c == name)
+                .ok_or_else(|| format!("no column {name}"))
+        };
+        let cols = [
+            col("host")?,
+            col("region")?,
+            col("usage_user")?,
+            col("usage_system")?,
+            col("usage_idle")?,
+            col("temp")?,
+            col("requests")?,
+            col(r.names.last().map_or("", String::as_str))?,
+        ];
+        for i in 0..n {
+            let h = (i % HOSTS) as usize;
+            let f = (i % 1000) as f64;
+            let want = [
+                Value::Symbol(&self.hosts[h]),
+                Value::Symbol(REGIONS[h % REGIONS.len()]),
+                Value::Double(f / 10.0),
+                Value::Double(f / 20.0),
+                Value::Double(100.0 - f / 10.0),
+                Value::Double(40.0 + f / 50.0),
+                Value::Long(i as i64),
+                Value::Timestamp(BASE_TS_US + i as i64),
+            ];
+            for (&c, want) in cols.iter().zip(want) {
+                let got = r.value(c, i as usize);
+                if got != want {
+                    return Err(format!(
+                        "row {i}, column {}: got {got:?}, expected {want:?}",
+                        r.names[c]
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the reference columns of row `i` without ending the row, so a
     /// caller can set columns added to the table since.
     pub fn row_partial(&self, b: &mut BatchBuilder, i: u64, ts_us: i64) {

@@ -1,0 +1,201 @@
+//! Shared by the server tests: a real `basalt serve` child process on
+//! loopback ports, and a minimal HTTP/1.1 client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `basalt serve` child. Killed with SIGKILL when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub ilp: SocketAddr,
+    pub data_dir: PathBuf,
+    pub ready_line: String,
+}
+
+impl ServerProcess {
+    /// Starts `basalt serve` on ephemeral loopback ports with `extra` flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        Self::start_with(data_dir, extra, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_basalt"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--http", "127.0.0.1:0", "--ilp", "127.0.0.1:0"])
+            .args(extra)
+            .env("BASALT_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd, data_dir)
+    }
+
+    /// Spawns a prepared command and waits for its "basalt serving" line.
+    pub fn spawn(mut cmd: Command, data_dir: &Path) -> ServerProcess {
+        let mut child = cmd.spawn().expect("start basalt serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout);
+        let mut line = String::new();
+        lines.read_line(&mut line).expect("read basalt's stdout");
+        if !line.starts_with("basalt serving:") {
+            let status = child.wait().expect("wait for basalt");
+            panic!("basalt serve did not start ({status}): first line {line:?}");
+        }
+        let field = |name: &str| -> String {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_string))
+                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        };
+        let http = field("http").parse().expect("http address");
+        let ilp = field("ilp").parse().expect("ilp address");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = lines.read_to_end(&mut sink);
+        });
+        ServerProcess {
+            child,
+            http,
+            ilp,
+            data_dir: data_dir.to_path_buf(),
+            ready_line: line,
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait for basalt") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "basalt did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, and reaps the child.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL basalt");
+        self.child.wait().expect("reap basalt");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP response: status, headers (lower-cased names), body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on a new connection (`Connection: close`).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut s = TcpStream::connect(addr).expect("connect to basalt HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    // The server may answer (413) before reading a large body.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse_response(&raw)
+}
+
+pub fn parse_response(raw: &[u8]) -> HttpResponse {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "no HTTP response head in {:?}",
+                String::from_utf8_lossy(raw)
+            )
+        });
+    let head = std::str::from_utf8(&raw[..end]).expect("UTF-8 head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: raw[end + 4..].to_vec(),
+    }
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(x) = f() {
+            return x;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Rows of `table` visible to readers (0 while it does not exist).
+pub fn row_count(data_dir: &Path, table: &str) -> u64 {
+    basalt::table::TableReader::open(data_dir, table)
+        .and_then(|r| r.state())
+        .map_or(0, |s| s.row_count())
+}

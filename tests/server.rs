@@ -1,0 +1,496 @@
+//! `basalt serve` as clients see it, over real loopback sockets against a
+//! real child process: ILP over HTTP and TCP on every I/O engine, QuestDB's
+//! error answers, limits, the config file, SIGTERM and kill -9.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use basalt::batch::Value;
+use basalt::table::TableReader;
+use common::{eventually, http, row_count, ServerProcess};
+
+fn scan(data: &std::path::Path, table: &str) -> basalt::table::ScanResult {
+    TableReader::open(data, table)
+        .unwrap()
+        .scan(&[], None)
+        .unwrap()
+}
+
+fn post(s: &ServerProcess, target: &str, body: &[u8]) -> common::HttpResponse {
+    http(s.http, "POST", target, &[], body)
+}
+
+/// HTTP and TCP ingest on one engine: rows land with their values.
+fn ingest_on(engine: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &["--io-engine", engine, "--shards", "2"]);
+    assert!(
+        s.ready_line.contains(&format!("engine={engine}")),
+        "{}",
+        s.ready_line
+    );
+    let r = post(
+        &s,
+        "/write",
+        b"m,host=a v=1.5,n=1i,ok=t,note=\"x\" 1700000000000000000\nm,host=b v=2.5,n=2i 1700000000001000000\n",
+    );
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    // Acknowledged means durable, not yet applied: wait for visibility.
+    eventually(Duration::from_secs(10), || {
+        (row_count(&s.data_dir, "m") == 2).then_some(())
+    });
+    let mut tcp = TcpStream::connect(s.ilp).unwrap();
+    tcp.write_all(
+        b"m,host=c v=3.5,n=3i 1700000000002000000\nm,host=d v=4.5,n=4i 1700000000003000000",
+    )
+    .unwrap();
+    drop(tcp); // the last line has no newline: the close ends it
+    eventually(Duration::from_secs(10), || {
+        (row_count(&s.data_dir, "m") == 4).then_some(())
+    });
+    let r = scan(&s.data_dir, "m");
+    let col = |n: &str| r.names.iter().position(|c| c == n).unwrap();
+    let hosts: Vec<_> = (0..4).map(|i| r.value(col("host"), i)).collect();
+    assert_eq!(
+        hosts,
+        [
+            Value::Symbol("a"),
+            Value::Symbol("b"),
+            Value::Symbol("c"),
+            Value::Symbol("d")
+        ]
+    );
+    assert_eq!(r.value(col("n"), 3), Value::Long(4));
+    assert_eq!(r.value(col("v"), 2), Value::Double(3.5));
+    assert_eq!(r.value(col("ok"), 0), Value::Boolean(true));
+    assert_eq!(r.value(col("ok"), 1), Value::Null);
+    assert_eq!(
+        r.value(col("timestamp"), 1),
+        Value::Timestamp(1_700_000_000_001_000)
+    );
+    assert!(s.terminate().success());
+}
+
+#[test]
+fn ingest_over_http_and_tcp_on_glommio() {
+    ingest_on("glommio");
+}
+
+#[test]
+fn ingest_over_http_and_tcp_on_tokio_uring() {
+    ingest_on("tokio-uring");
+}
+
+#[test]
+fn ingest_over_http_and_tcp_on_portable() {
+    ingest_on("portable");
+}
+
+#[test]
+fn http_answers_like_questdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(
+        dir.path(),
+        &["--http-request-bytes-max", "4096", "--shards", "1"],
+    );
+    let r = http(s.http, "GET", "/ping", &[], b"");
+    assert_eq!(r.status, 204);
+    assert!(r.header("x-influxdb-version").is_some());
+
+    // A bad line: 400 naming the line, and nothing of the request committed.
+    let r = post(
+        &s,
+        "/write",
+        b"t,k=a v=1i 1000\nt,k=b v=2i 2000\nt,k=c v=oops 3000\n",
+    );
+    assert_eq!(r.status, 400);
+    let j = r.json();
+    assert_eq!(j["code"], "invalid");
+    assert_eq!(j["line"], 3);
+    assert!(j["message"].as_str().unwrap().contains("line 3"), "{j}");
+    assert!(j["errorId"].as_str().is_some_and(|e| !e.is_empty()), "{j}");
+    assert_eq!(row_count(&s.data_dir, "t"), 0);
+
+    // A type conflict with an existing column is that line's error.
+    assert_eq!(post(&s, "/write", b"t,k=a v=1i 1000\n").status, 204);
+    let r = post(&s, "/write", b"t,k=a v=2i 2000\nt,k=a v=\"text\" 3000\n");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["line"], 2);
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("LONG"),
+        "{}",
+        r.json()
+    );
+
+    // Names that could leave the data directory are refused.
+    let r = post(&s, "/write", b"../evil v=1i 1000\n");
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(!dir.path().join("evil").exists());
+
+    // precision=ms, gzip.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(b"p v=1i 1700000000123\n").unwrap();
+    let body = gz.finish().unwrap();
+    let r = http(
+        s.http,
+        "POST",
+        "/api/v2/write?precision=ms",
+        &[("Content-Encoding", "gzip")],
+        &body,
+    );
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    eventually(Duration::from_secs(10), || {
+        (row_count(&s.data_dir, "p") == 1).then_some(())
+    });
+    assert_eq!(
+        scan(&s.data_dir, "p").column("timestamp").unwrap().value(0),
+        Value::Timestamp(1_700_000_000_123_000)
+    );
+    let r = post(&s, "/write?precision=minutes", b"p v=1i 1\n");
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"].as_str().unwrap().contains("precision"));
+
+    // Bad gzip: 415.
+    let r = http(
+        s.http,
+        "POST",
+        "/write",
+        &[("Content-Encoding", "gzip")],
+        b"not gzip at all",
+    );
+    assert_eq!(r.status, 415);
+    assert!(r.json()["message"].as_str().unwrap().contains("gzip"));
+    let r = http(
+        s.http,
+        "POST",
+        "/write",
+        &[("Content-Encoding", "br")],
+        b"p v=1i 1\n",
+    );
+    assert_eq!(r.status, 415);
+
+    // Over the limit: 413, by declared length and by gunzipped size.
+    let big = vec![b'x'; 8192];
+    let r = post(&s, "/write", &big);
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["code"], "request_too_large");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    for _ in 0..10_000 {
+        gz.write_all(b"p v=1i 1700000000000000000\n").unwrap();
+    }
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 4096);
+    let r = http(
+        s.http,
+        "POST",
+        "/write",
+        &[("Content-Encoding", "gzip")],
+        &bomb,
+    );
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+
+    // Unknown endpoint and wrong method.
+    assert_eq!(http(s.http, "GET", "/nope", &[], b"").status, 404);
+    assert_eq!(http(s.http, "GET", "/write", &[], b"").status, 405);
+
+    // What the official clients ask before choosing a protocol version.
+    let r = http(s.http, "GET", "/settings", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["config"]["line.proto.support.versions"][0], 1);
+
+    // Nothing accepted earlier was harmed.
+    eventually(Duration::from_secs(10), || {
+        (row_count(&s.data_dir, "t") == 1).then_some(())
+    });
+    assert_eq!(row_count(&s.data_dir, "p"), 1);
+    assert!(s.terminate().success());
+}
+
+#[test]
+fn tcp_bad_line_closes_the_connection_and_keeps_earlier_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &["--shards", "1"]);
+    let mut tcp = TcpStream::connect(s.ilp).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    tcp.write_all(b"q v=1i 1000\nq v=2i 2000\nq v= 3000\nq v=4i 4000\n")
+        .unwrap();
+    // The server closes its side: read sees EOF (or a reset).
+    let mut buf = [0u8; 16];
+    let n = tcp.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "server kept the connection open after a bad line");
+    eventually(Duration::from_secs(10), || {
+        (row_count(&s.data_dir, "q") == 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        row_count(&s.data_dir, "q"),
+        2,
+        "lines after the bad one must not land"
+    );
+
+    // An over-long line closes the connection too; the server stays up.
+    let mut tcp = TcpStream::connect(s.ilp).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let long = vec![b'a'; 2 * 1024 * 1024];
+    let _ = tcp.write_all(&long);
+    let n = tcp.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(http(s.http, "GET", "/ping", &[], b"").status, 204);
+    assert!(s.terminate().success());
+}
+
+#[test]
+fn tcp_rows_are_committed_on_the_time_trigger_while_the_connection_stays_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(
+        dir.path(),
+        &[
+            "--shards",
+            "1",
+            "--ilp-commit-interval-ms",
+            "50",
+            "--ilp-commit-rows",
+            "1000000",
+        ],
+    );
+    let mut tcp = TcpStream::connect(s.ilp).unwrap();
+    tcp.write_all(b"r v=1i 1000\nr v=2i 2000\n").unwrap();
+    eventually(Duration::from_secs(10), || {
+        (row_count(&s.data_dir, "r") == 2).then_some(())
+    });
+    // And on the size trigger, with a small row limit.
+    drop(tcp);
+    drop(s);
+    let s = ServerProcess::start(
+        dir.path(),
+        &[
+            "--shards",
+            "1",
+            "--ilp-commit-interval-ms",
+            "600000",
+            "--ilp-commit-rows",
+            "3",
+        ],
+    );
+    let mut tcp = TcpStream::connect(s.ilp).unwrap();
+    tcp.write_all(b"r v=3i 3000\nr v=4i 4000\nr v=5i 5000\n")
+        .unwrap();
+    eventually(Duration::from_secs(10), || {
+        (row_count(&s.data_dir, "r") == 5).then_some(())
+    });
+    drop(tcp);
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly_and_keeps_everything_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &[]);
+    let mut body = Vec::new();
+    let gen = basalt::gen::CpuGenerator::default();
+    for i in 0..5000 {
+        gen.ilp_line(&mut body, "cpu", i);
+    }
+    assert_eq!(post(&s, "/write", &body).status, 204);
+    // An open TCP connection holding uncommitted rows is flushed at shutdown.
+    let mut tcp = TcpStream::connect(s.ilp).unwrap();
+    let mut more = Vec::new();
+    for i in 5000..6000 {
+        gen.ilp_line(&mut more, "cpu", i);
+    }
+    tcp.write_all(&more).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let status = s.terminate();
+    assert!(status.success(), "{status}");
+    drop(tcp);
+    let r = scan(&dir.path().join(""), "cpu");
+    gen.check_scan(&r, 6000).unwrap();
+    // The shutdown checkpointed: nothing is left to replay.
+    let s = ServerProcess::start(dir.path(), &[]);
+    assert_eq!(row_count(&s.data_dir, "cpu"), 6000);
+}
+
+#[test]
+fn config_file_env_and_flags_in_that_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("basalt.toml");
+    let data = dir.path().join("from-file");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\nshards = 1\nio_engine = \"portable\"\nhttp = \"127.0.0.1:0\"\nilp = \"127.0.0.1:0\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"));
+        cmd.arg("serve").arg("--config").arg(&cfg).args(args);
+        cmd.env("BASALT_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        ServerProcess::spawn(cmd, &data)
+    };
+    let s = run(&[], &[]);
+    assert!(s.ready_line.contains("shards=1"), "{}", s.ready_line);
+    assert!(s.ready_line.contains("engine=portable"), "{}", s.ready_line);
+    assert!(s.ready_line.contains("from-file"), "{}", s.ready_line);
+    drop(s);
+    let s = run(&[], &[("BASALT_SHARDS", "3")]);
+    assert!(
+        s.ready_line.contains("shards=3"),
+        "env over file: {}",
+        s.ready_line
+    );
+    drop(s);
+    let s = run(&["--shards", "2"], &[("BASALT_SHARDS", "3")]);
+    assert!(
+        s.ready_line.contains("shards=2"),
+        "flag over env: {}",
+        s.ready_line
+    );
+    drop(s);
+
+    // Unknown keys and bad values are errors that name the file and the key.
+    std::fs::write(&cfg, "shards = 1\nshard_count = 2\n").unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("shard_count") && err.contains("basalt.toml"),
+        "{err}"
+    );
+    std::fs::write(&cfg, "io_engine = \"warp\"\n").unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("basalt.toml") && err.contains("warp"), "{err}");
+}
+
+#[test]
+fn a_second_server_on_the_same_port_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(&dir.path().join("a"), &["--shards", "1"]);
+    let port = s.http.to_string();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .args([
+            "serve",
+            "--shards",
+            "1",
+            "--ilp",
+            "127.0.0.1:0",
+            "--http",
+            &port,
+            "--data-dir",
+        ])
+        .arg(dir.path().join("b"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot listen for ILP/HTTP") && err.contains(&port),
+        "{err}"
+    );
+}
+
+/// kill -9 while clients post batches over HTTP: after a restart every
+/// batch that got 204 is there exactly once.
+#[test]
+fn kill9_during_http_ingestion_loses_no_acknowledged_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen = basalt::gen::CpuGenerator::default();
+    const BATCH: u64 = 200;
+    let mut acked_total = 0usize;
+    for cycle in 0..3u64 {
+        let s = ServerProcess::start(dir.path(), &["--checkpoint-interval-ms", "50"]);
+        let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..4u64)
+            .map(|c| {
+                let (acked, stop, addr) = (acked.clone(), stop.clone(), s.http);
+                let gen = basalt::gen::CpuGenerator::default();
+                std::thread::spawn(move || {
+                    let mut b = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        // Batch ids never repeat across clients and cycles.
+                        let id = (cycle * 4 + c) * 1_000_000 + b;
+                        b += 1;
+                        let mut body = Vec::new();
+                        for j in 0..BATCH {
+                            gen.ilp_line(&mut body, "cpu", id * BATCH + j);
+                        }
+                        let Ok(mut conn) = TcpStream::connect(addr) else { return };
+                        let head = format!(
+                            "POST /write HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if conn.write_all(head.as_bytes()).is_err() || conn.write_all(&body).is_err() {
+                            return;
+                        }
+                        let mut raw = Vec::new();
+                        let _ = conn.read_to_end(&mut raw);
+                        if raw.starts_with(b"HTTP/1.1 204") {
+                            acked.lock().unwrap().push(id);
+                        } else {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(700 + cycle * 300));
+        s.kill9();
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.join().unwrap();
+        }
+        let acked = acked.lock().unwrap().clone();
+        assert!(
+            !acked.is_empty(),
+            "cycle {cycle}: no batch was acknowledged"
+        );
+        acked_total += acked.len();
+        // Restart (recovery replays the WAL), then check.
+        let s = ServerProcess::start(dir.path(), &[]);
+        let r = scan(dir.path(), "cpu");
+        let requests = r.column("requests").unwrap();
+        let mut seen = std::collections::HashMap::<u64, u64>::new();
+        for row in 0..r.row_count() {
+            let Value::Long(v) = requests.value(row) else {
+                panic!("null requests")
+            };
+            *seen.entry(v as u64 / BATCH).or_default() += 1;
+        }
+        for (id, n) in &seen {
+            assert_eq!(
+                *n, BATCH,
+                "batch {id} is partly there ({n} rows): a txn was split"
+            );
+        }
+        for id in &acked {
+            assert!(
+                seen.contains_key(id),
+                "cycle {cycle}: acknowledged batch {id} is lost"
+            );
+        }
+        let _ = gen.schema();
+        drop(s);
+    }
+    assert!(acked_total > 0);
+}
