@@ -32,7 +32,17 @@ if grep -rnE 'todo!\(|unimplemented!\(|dbg!\(' --include='*.rs' src tests benche
   exit 1
 fi
 
-step "cargo test (unit, storage on every I/O engine, SIGKILL crash, fault injection)"
+step "Python QuestDB client (PyPI questdb) for tests/clients.rs"
+command -v python3 >/dev/null || { echo "error: python3 is required for the QuestDB Python client tests" >&2; exit 1; }
+venv="$PWD/target/test-venv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv" || { echo "error: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'questdb>=6,<7'
+"$venv/bin/python" -c 'import questdb; print("questdb", questdb.__version__)'
+export BASALT_TEST_PYTHON="$venv/bin/python"
+
+step "cargo test (unit, storage on every I/O engine, SIGKILL crash, fault injection, server, QuestDB clients)"
 cargo test --locked 2>&1 | tee -a "$results"
 
 step "criterion benches run once (test mode)"

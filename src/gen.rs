@@ -10,7 +10,7 @@ use crate::table::Schema;
 /// 2024-01-01T00:00:00Z in µs: where generated timestamps start.
 pub const BASE_TS_US: i64 = 1_704_067_200_000_000;
 pub const HOSTS: u64 = 100;
-const REGIONS: [&str; 4] = ["us-east-1", "us-west-2", "eu-central-1", "ap-south-1"];
+pub const REGIONS: [&str; 4] = ["us-east-1", "us-west-2", "eu-central-1", "ap-south-1"];
 
 /// Host names, built once so generating rows does not allocate per row.
 pub struct CpuGenerator {
