@@ -14,7 +14,6 @@
 //! Reference table: cpu (see src/gen.rs).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,60 +22,10 @@ use basalt::db::{Database, DbOptions, TableHandle};
 use basalt::gen::CpuGenerator;
 use hdrhistogram::Histogram;
 
+mod fio;
+use fio::{fio, Fio};
+
 const ENGINES: [&str; 3] = ["glommio", "tokio-uring", "portable"];
-
-struct Fio {
-    sync_p50_us: f64,
-    sync_p99_us: f64,
-    sync_p999_us: f64,
-    write_p99_us: f64,
-    mb_per_s: f64,
-}
-
-/// Runs fio's sequential write with one fdatasync per `bs` bytes.
-fn fio(dir: &Path, bs: usize, size_mb: usize) -> Option<Fio> {
-    let out = Command::new("fio")
-        .args([
-            "--name=basalt-yardstick",
-            &format!("--directory={}", dir.display()),
-            "--ioengine=io_uring",
-            "--rw=write",
-            &format!("--bs={bs}"),
-            "--fdatasync=1",
-            &format!("--size={size_mb}m"),
-            "--output-format=json",
-        ])
-        .output();
-    let out = match out {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            eprintln!("fio failed: {}", String::from_utf8_lossy(&o.stderr));
-            return None;
-        }
-        Err(e) => {
-            eprintln!(
-                "fio not runnable ({e}); install it with `apt-get install fio` for the yardstick"
-            );
-            return None;
-        }
-    };
-    let _ = std::fs::remove_file(dir.join("basalt-yardstick.0.0"));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let job = &v["jobs"][0];
-    let pct = |section: &str, key: &str, p: &str| {
-        job[section][key]["percentile"][p]
-            .as_f64()
-            .unwrap_or(f64::NAN)
-            / 1000.0
-    };
-    Some(Fio {
-        sync_p50_us: pct("sync", "lat_ns", "50.000000"),
-        sync_p99_us: pct("sync", "lat_ns", "99.000000"),
-        sync_p999_us: pct("sync", "lat_ns", "99.900000"),
-        write_p99_us: pct("write", "clat_ns", "99.000000"),
-        mb_per_s: job["write"]["bw_bytes"].as_f64().unwrap_or(f64::NAN) / 1e6,
-    })
-}
 
 fn open(dir: &Path, engine: &str) -> (Database, Arc<TableHandle>) {
     let _ = std::fs::remove_dir_all(dir);

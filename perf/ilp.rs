@@ -1,0 +1,410 @@
+//! Whole-system ILP ingestion against a real `basalt serve` child process
+//! (release build), client and server on this machine, with hdrhistogram
+//! percentiles and fio's 4k fdatasync measured in the same run.
+//!
+//! cargo bench --bench ilp                  # everything
+//! cargo bench --bench ilp -- tcp           # TCP replay over N connections
+//! cargo bench --bench ilp -- http          # HTTP replay, 10k- and 1M-row requests
+//! cargo bench --bench ilp -- latency       # single-row HTTP durable commit latency
+//! PERF_ROWS=2000000 ...                    # rows per replay (default 2M)
+//! PERF_CONNECTIONS=4 ...                   # TCP/HTTP connections (default 4)
+//! PERF_ENGINE=glommio ...                  # server I/O engine (default auto)
+//! PERF_DIR=/mnt/nvme/x ...                 # where the server's data goes
+//!
+//! The ILP text (rows of the reference `cpu` table, src/gen.rs) is generated
+//! before the clock starts. Connection k sends to its own table `cpu_<k>`,
+//! so connections do not interleave timestamps in one table (which would
+//! make every commit an out-of-order merge). A replay ends when every row is
+//! visible to readers (applied), not merely acknowledged. Server CPU is the
+//! child's user+sys time from /proc over the replay.
+
+mod fio;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use basalt::gen::{CpuGenerator, BASE_TS_US};
+use hdrhistogram::Histogram;
+
+struct Server {
+    child: Child,
+    http: SocketAddr,
+    ilp: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(dir: &Path) -> Server {
+    let _ = std::fs::remove_dir_all(dir);
+    let engine = std::env::var("PERF_ENGINE").unwrap_or_else(|_| "auto".into());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--ilp",
+            "127.0.0.1:0",
+            "--io-engine",
+            &engine,
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("BASALT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start basalt serve");
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read basalt's stdout");
+    assert!(
+        line.starts_with("basalt serving:"),
+        "basalt did not start: {line:?}"
+    );
+    println!("  server: {}", line.trim());
+    let field = |name: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|a| a.parse().ok())
+            .expect("address in the ready line")
+    };
+    let (http, ilp) = (field("http"), field("ilp"));
+    Server {
+        child,
+        http,
+        ilp,
+        dir: dir.to_path_buf(),
+    }
+}
+
+/// User + system CPU seconds the process has used (all threads).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+fn visible_rows(dir: &Path, tables: &[String]) -> u64 {
+    tables
+        .iter()
+        .map(|t| {
+            basalt::table::TableReader::open(dir, t)
+                .and_then(|r| r.state())
+                .map_or(0, |s| s.row_count())
+        })
+        .sum()
+}
+
+fn wait_visible(dir: &Path, tables: &[String], rows: u64) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while visible_rows(dir, tables) < rows {
+        assert!(Instant::now() < deadline, "rows did not become visible");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// ILP text of rows `first..first + n` for `table`.
+fn ilp_text(gen: &CpuGenerator, table: &str, first: u64, n: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n as usize * 140);
+    for i in first..first + n {
+        gen.ilp_line(&mut out, table, i);
+    }
+    out
+}
+
+struct Run {
+    what: String,
+    rows: u64,
+    bytes: u64,
+    sent: Duration,
+    visible: Duration,
+    cpu_s: f64,
+}
+
+impl Run {
+    fn print(&self) {
+        let s = self.visible.as_secs_f64();
+        println!(
+            "{:<34} {:>9} rows {:>7.1} MB  sent {:>7.3}s  visible {:>7.3}s  {:>10.0} rows/s {:>7.1} MB/s  server CPU {:>6.3}s = {:.3} µs/row",
+            self.what,
+            self.rows,
+            self.bytes as f64 / 1e6,
+            self.sent.as_secs_f64(),
+            s,
+            self.rows as f64 / s,
+            self.bytes as f64 / 1e6 / s,
+            self.cpu_s,
+            self.cpu_s * 1e6 / self.rows as f64,
+        );
+    }
+}
+
+fn tables(conns: usize) -> Vec<String> {
+    (0..conns).map(|k| format!("cpu_{k}")).collect()
+}
+
+fn tcp_replay(base: &Path, rows: u64, conns: usize) {
+    let gen = CpuGenerator::default();
+    let per = rows / conns as u64;
+    let names = tables(conns);
+    let texts: Vec<Vec<u8>> = (0..conns)
+        .map(|k| ilp_text(&gen, &names[k], k as u64 * per, per))
+        .collect();
+    let bytes: u64 = texts.iter().map(|t| t.len() as u64).sum();
+    let server = start_server(&base.join("tcp"));
+    let pid = server.child.id();
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for text in &texts {
+            let addr = server.ilp;
+            s.spawn(move || {
+                let mut c = TcpStream::connect(addr).expect("connect ILP/TCP");
+                for chunk in text.chunks(1 << 20) {
+                    c.write_all(chunk).expect("send ILP");
+                }
+            });
+        }
+    });
+    let sent = t0.elapsed();
+    wait_visible(&server.dir, &names, per * conns as u64);
+    let visible = t0.elapsed();
+    Run {
+        what: format!("TCP replay, {conns} connections"),
+        rows: per * conns as u64,
+        bytes,
+        sent,
+        visible,
+        cpu_s: cpu_seconds(pid) - cpu0,
+    }
+    .print();
+}
+
+/// An HTTP/1.1 keep-alive connection.
+struct KeepAlive {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    fn connect(addr: SocketAddr) -> KeepAlive {
+        let s = TcpStream::connect(addr).expect("connect ILP/HTTP");
+        s.set_nodelay(true).expect("nodelay");
+        KeepAlive { s, buf: Vec::new() }
+    }
+
+    /// POSTs `body` to /write; returns the status.
+    fn post(&mut self, body: &[u8]) -> u16 {
+        let head = format!(
+            "POST /write HTTP/1.1\r\nHost: basalt\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        if body.len() < 64 * 1024 {
+            let mut req = head.into_bytes();
+            req.extend_from_slice(body);
+            self.s.write_all(&req).expect("send request");
+        } else {
+            self.s.write_all(head.as_bytes()).expect("send head");
+            self.s.write_all(body).expect("send body");
+        }
+        let mut tmp = [0u8; 4096];
+        let end = loop {
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let n = self.s.read(&mut tmp).expect("read response");
+            assert!(n > 0, "server closed the connection");
+            self.buf.extend_from_slice(&tmp[..n]);
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status");
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while self.buf.len() < end + len {
+            let n = self.s.read(&mut tmp).expect("read body");
+            assert!(n > 0, "server closed the connection");
+            self.buf.extend_from_slice(&tmp[..n]);
+        }
+        if status != 204 {
+            eprintln!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&self.buf[end..end + len])
+            );
+        }
+        self.buf.drain(..end + len);
+        status
+    }
+}
+
+fn http_replay(base: &Path, rows: u64, conns: usize, request_rows: u64) {
+    let gen = CpuGenerator::default();
+    let per = (rows / conns as u64).max(request_rows);
+    let per = per - per % request_rows;
+    let names = tables(conns);
+    let bodies: Vec<Vec<Vec<u8>>> = (0..conns)
+        .map(|k| {
+            (0..per / request_rows)
+                .map(|r| {
+                    ilp_text(
+                        &gen,
+                        &names[k],
+                        k as u64 * per + r * request_rows,
+                        request_rows,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let bytes: u64 = bodies.iter().flatten().map(|b| b.len() as u64).sum();
+    let server = start_server(&base.join("http"));
+    let pid = server.child.id();
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    let hists: Vec<Histogram<u64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = bodies
+            .iter()
+            .map(|mine| {
+                let addr = server.http;
+                s.spawn(move || {
+                    let mut h = Histogram::<u64>::new(3).expect("histogram");
+                    let mut c = KeepAlive::connect(addr);
+                    for b in mine {
+                        let t = Instant::now();
+                        assert_eq!(c.post(b), 204);
+                        h.record(t.elapsed().as_micros() as u64).expect("record");
+                    }
+                    h
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect()
+    });
+    let sent = t0.elapsed();
+    wait_visible(&server.dir, &names, per * conns as u64);
+    let visible = t0.elapsed();
+    let mut h = Histogram::<u64>::new(3).expect("histogram");
+    for x in &hists {
+        h.add(x).expect("merge");
+    }
+    Run {
+        what: format!("HTTP {request_rows}-row requests, {conns} conns"),
+        rows: per * conns as u64,
+        bytes,
+        sent,
+        visible,
+        cpu_s: cpu_seconds(pid) - cpu0,
+    }
+    .print();
+    println!(
+        "  request latency (204 = durable): p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over {} requests",
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+        h.max() as f64 / 1e3,
+        h.len()
+    );
+}
+
+fn single_row_latency(base: &Path, requests: u64) {
+    let dir = base.join("latency");
+    let server = start_server(&dir);
+    let yard_dir = base.join("fio");
+    std::fs::create_dir_all(&yard_dir).expect("fio dir");
+    let yard = fio::fio(&yard_dir, 4096, 64);
+    let mut c = KeepAlive::connect(server.http);
+    let gen = CpuGenerator::default();
+    let mut h = Histogram::<u64>::new(3).expect("histogram");
+    let mut body = Vec::new();
+    for i in 0..requests {
+        body.clear();
+        gen.ilp_line(&mut body, "cpu", i);
+        let t = Instant::now();
+        assert_eq!(c.post(&body), 204);
+        h.record(t.elapsed().as_micros() as u64).expect("record");
+    }
+    let q = |p: f64| h.value_at_quantile(p) as f64;
+    print!(
+        "single-row HTTP commit ({requests} requests, one keep-alive connection): p50 {:.0} µs  p99 {:.0} µs  p999 {:.0} µs  max {:.0} µs",
+        q(0.5),
+        q(0.99),
+        q(0.999),
+        h.max() as f64
+    );
+    match yard {
+        Some(f) => println!(
+            "\n  fio 4k write+fdatasync, same disk, same run: fdatasync p50 {:.0} µs p99 {:.0} µs p999 {:.0} µs, write p99 {:.0} µs, {:.1} MB/s\n  -> basalt p99 / fio fdatasync p99 = {:.2} (target <= 2); / fio (write + fdatasync) p99 = {:.2}",
+            f.sync_p50_us,
+            f.sync_p99_us,
+            f.sync_p999_us,
+            f.write_p99_us,
+            f.mb_per_s,
+            q(0.99) / f.sync_p99_us,
+            q(0.99) / (f.sync_p99_us + f.write_p99_us)
+        ),
+        None => println!("\n  (fio unavailable: no yardstick)"),
+    }
+    let _ = BASE_TS_US;
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let what = args.first().map_or("all", String::as_str);
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let rows = env("PERF_ROWS", 2_000_000);
+    let conns = env("PERF_CONNECTIONS", 4).max(1) as usize;
+    let base = std::env::var_os("PERF_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/perf-data"))
+        .join("ilp");
+    std::fs::create_dir_all(&base).expect("create PERF_DIR");
+    println!(
+        "perf data dir: {} ({} cores)",
+        base.display(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    if what == "all" || what == "tcp" {
+        tcp_replay(&base, rows, conns);
+        tcp_replay(&base, rows, 1);
+    }
+    if what == "all" || what == "http" {
+        http_replay(&base, rows, conns, 10_000);
+        http_replay(&base, rows.max(2_000_000), 2, 1_000_000);
+    }
+    if what == "all" || what == "latency" {
+        single_row_latency(&base, 10_000);
+    }
+}
