@@ -149,6 +149,14 @@ impl std::error::Error for IlpError {}
 /// newlines) and escapes. Returns (line without its `\n`/`\r\n`, bytes
 /// consumed), or `None` when `buf` holds no complete line yet.
 pub fn next_line(buf: &[u8]) -> Option<(&[u8], usize)> {
+    // Common case: no quote or backslash before the first newline, which
+    // then ends the line. Found with SIMD scans instead of a byte loop.
+    let nl = memchr::memchr(b'\n', buf)?;
+    if memchr::memchr2(b'"', b'\\', &buf[..nl]).is_none() {
+        let line = &buf[..nl];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        return Some((line, nl + 1));
+    }
     let mut in_string = false;
     let mut in_fields = false;
     let mut i = 0;
@@ -175,6 +183,17 @@ pub fn is_blank(line: &[u8]) -> bool {
     t.is_empty() || t[0] == b'#'
 }
 
+/// Bytes that end or escape a name: `,` ` ` `=` `\\` and newline.
+static NAME_SPECIAL: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b',' as usize] = 1;
+    t[b' ' as usize] = 1;
+    t[b'=' as usize] = 1;
+    t[b'\\' as usize] = 1;
+    t[b'\n' as usize] = 1;
+    t
+};
+
 /// Walks one line. The line is checked for UTF-8 once; every token ends at
 /// an ASCII delimiter, so slicing `s` at token bounds never splits a char.
 struct Cursor<'a> {
@@ -195,27 +214,37 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// Reads a name up to an unescaped byte in `stops`, unescaping `escapable`.
-    fn name(&mut self, stops: &[u8], escapable: &[u8]) -> Result<Cow<'a, str>, IlpError> {
+    /// Reads a name up to an unescaped `,`, ` `, newline or (with
+    /// `STOP_AT_EQUALS`) `=`, unescaping the bytes in `escapable`.
+    fn name<const STOP_AT_EQUALS: bool>(
+        &mut self,
+        escapable: &[u8],
+    ) -> Result<Cow<'a, str>, IlpError> {
         let start = self.i;
         let mut escaped = false;
-        while let Some(c) = self.peek() {
-            if c == b'\\'
-                && self
-                    .b
-                    .get(self.i + 1)
-                    .is_some_and(|n| escapable.contains(n))
-            {
-                escaped = true;
-                self.i += 2;
+        let b = self.b;
+        let mut i = self.i;
+        while i < b.len() {
+            let c = b[i];
+            if NAME_SPECIAL[c as usize] == 0 {
+                i += 1;
                 continue;
             }
-            if stops.contains(&c) || c == b'\n' {
-                break;
+            match c {
+                b'\\' => {
+                    if b.get(i + 1).is_some_and(|n| escapable.contains(n)) {
+                        escaped = true;
+                        i += 2;
+                    } else {
+                        i += 1;
+                    }
+                }
+                b'=' if !STOP_AT_EQUALS => i += 1,
+                _ => break,
             }
-            self.i += 1;
         }
-        Ok(unescape(&self.s[start..self.i], escaped, escapable))
+        self.i = i;
+        Ok(unescape(&self.s[start..i], escaped, escapable))
     }
 
     fn string_value(&mut self) -> Result<Cow<'a, str>, IlpError> {
@@ -249,19 +278,36 @@ impl<'a> Cursor<'a> {
             return Ok(FieldValue::String(self.string_value()?));
         }
         let start = self.i;
-        while let Some(c) = self.peek() {
-            if c == b',' || c == b' ' || c == b'\n' {
-                break;
-            }
-            self.i += 1;
+        let b = self.b;
+        let mut i = self.i;
+        // `,` ` ` newline end a value (`=` and `\\` do not, but are rare).
+        while i < b.len() && (NAME_SPECIAL[b[i] as usize] == 0 || matches!(b[i], b'=' | b'\\')) {
+            i += 1;
         }
+        self.i = i;
         let text = &self.s[start..self.i];
         let bad = || IlpError {
             kind: IlpErrorKind::InvalidFieldValue(text.to_string()),
             position: start,
         };
+        let first = text.as_bytes().first().copied();
         let value = match text {
             "" => return Err(bad()),
+            _ if !matches!(first, Some(b't' | b'T' | b'f' | b'F')) => {
+                match text.as_bytes()[text.len() - 1] {
+                    b'i' => {
+                        FieldValue::Integer(parse_int(&text[..text.len() - 1]).ok_or_else(bad)?)
+                    }
+                    b't' => {
+                        FieldValue::Timestamp(parse_int(&text[..text.len() - 1]).ok_or_else(bad)?)
+                    }
+                    b'n' if text.len() > 1 && text.as_bytes()[text.len() - 2].is_ascii_digit() => {
+                        let ns = parse_int(&text[..text.len() - 1]).ok_or_else(bad)?;
+                        FieldValue::Timestamp(ns.div_euclid(1000))
+                    }
+                    _ => FieldValue::Float(parse_float(text).ok_or_else(bad)?),
+                }
+            }
             "t" | "T" | "true" | "True" | "TRUE" => FieldValue::Boolean(true),
             "f" | "F" | "false" | "False" | "FALSE" => FieldValue::Boolean(false),
             _ => match text.as_bytes()[text.len() - 1] {
@@ -281,6 +327,7 @@ impl<'a> Cursor<'a> {
 /// `raw` as UTF-8 (`start` is its offset in the line, for errors), with
 /// `\x` turned into `x` for every `x` in `escapable` when `escaped` says
 /// the scan saw one. Borrowed when there is nothing to unescape.
+#[inline]
 fn unescape<'a>(s: &'a str, escaped: bool, escapable: &[u8]) -> Cow<'a, str> {
     if !escaped {
         return Cow::Borrowed(s);
@@ -302,12 +349,30 @@ fn unescape<'a>(s: &'a str, escaped: bool, escapable: &[u8]) -> Cow<'a, str> {
     Cow::Owned(out)
 }
 
+/// A decimal integer with an optional `-`; `None` on anything else or overflow.
 fn parse_int(s: &str) -> Option<i64> {
-    let digits = s.strip_prefix('-').unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let b = s.as_bytes();
+    let (neg, digits) = match b.first() {
+        Some(b'-') => (true, &b[1..]),
+        _ => (false, b),
+    };
+    if digits.is_empty() {
         return None;
     }
-    s.parse().ok()
+    // Accumulate negatively so i64::MIN parses too.
+    let mut v: i64 = 0;
+    for &d in digits {
+        let d = d.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_sub(i64::from(d))?;
+    }
+    if neg {
+        Some(v)
+    } else {
+        v.checked_neg()
+    }
 }
 
 fn parse_float(s: &str) -> Option<f64> {
@@ -315,12 +380,10 @@ fn parse_float(s: &str) -> Option<f64> {
         "NaN" => Some(f64::NAN),
         "Infinity" | "+Infinity" => Some(f64::INFINITY),
         "-Infinity" => Some(f64::NEG_INFINITY),
-        // Rust's parser would also take "inf" or "nan" in any case: only
-        // number syntax reaches it.
-        _ if s
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E')) =>
-        {
+        // Rust's parser also takes "inf", "infinity" and "nan" in any case
+        // (signed too); none of those ends in a digit or '.', and every
+        // number ILP allows does.
+        _ if s.as_bytes().last().is_some_and(|b| b.is_ascii_digit() || *b == b'.') => {
             s.parse().ok()
         }
         _ => None,
@@ -333,20 +396,31 @@ pub fn parse_line<'a>(
     precision: Precision,
     out: &mut Line<'a>,
 ) -> Result<(), IlpError> {
-    out.clear();
     let s = std::str::from_utf8(line).map_err(|e| IlpError {
         kind: IlpErrorKind::NotUtf8,
         position: e.valid_up_to(),
     })?;
+    parse_line_str(s, precision, out)
+}
+
+/// [`parse_line`] for a line already known to be UTF-8 (a caller that
+/// checked a whole buffer at once).
+pub fn parse_line_str<'a>(
+    s: &'a str,
+    precision: Precision,
+    out: &mut Line<'a>,
+) -> Result<(), IlpError> {
+    out.clear();
+    let line = s.as_bytes();
     let mut c = Cursor { s, b: line, i: 0 };
-    out.measurement = c.name(b", ", b", ")?;
+    out.measurement = c.name::<false>(b", ")?;
     if out.measurement.is_empty() {
         return Err(c.err(IlpErrorKind::MissingMeasurement));
     }
     while c.peek() == Some(b',') {
         c.i += 1;
         let at = c.i;
-        let key = c.name(b"=, ", b",= ")?;
+        let key = c.name::<true>(b",= ")?;
         if key.is_empty() {
             return Err(IlpError {
                 kind: IlpErrorKind::EmptyName,
@@ -357,7 +431,7 @@ pub fn parse_line<'a>(
             return Err(c.err(IlpErrorKind::MissingTagValue));
         }
         c.i += 1;
-        let value = c.name(b", ", b",= ")?;
+        let value = c.name::<false>(b",= ")?;
         if value.is_empty() {
             return Err(c.err(IlpErrorKind::MissingTagValue));
         }
@@ -369,7 +443,7 @@ pub fn parse_line<'a>(
     c.i += 1;
     loop {
         let at = c.i;
-        let key = c.name(b"=, ", b",= ")?;
+        let key = c.name::<true>(b",= ")?;
         if key.is_empty() {
             return Err(
                 if out.fields.is_empty() && c.peek().is_none_or(|b| b == b' ') {

@@ -85,6 +85,9 @@ struct Pending {
     schema: Arc<Schema>,
     /// Lower-cased column name → index.
     index: HashMap<String, usize>,
+    /// The column of each tag/field position in the last lines (tags first):
+    /// clients repeat one layout, so one short compare replaces a hash lookup.
+    layout: Vec<Option<(String, usize)>>,
     builder: BatchBuilder,
 }
 
@@ -97,6 +100,7 @@ impl Pending {
             handle,
             schema,
             index,
+            layout: Vec::new(),
         }
     }
 
@@ -133,6 +137,8 @@ pub struct IngestBuffer {
     lines: usize,
     /// Rows held, not yet committed.
     rows: usize,
+    /// Slot of the table of the last line (most lines repeat it).
+    last_slot: Option<usize>,
 }
 
 impl IngestBuffer {
@@ -213,7 +219,10 @@ impl<'a> Ingestor<'a> {
     ) -> Result<usize, IngestError> {
         let mut rest = text;
         let mut parsed = Line::default();
+        // Lines split at ASCII newlines, so a valid buffer has valid lines.
+        let whole = std::str::from_utf8(text).ok();
         loop {
+            let at = text.len() - rest.len();
             let (line, used) = match ilp::next_line(rest) {
                 Some(x) => x,
                 // The last line may end without a newline.
@@ -225,7 +234,8 @@ impl<'a> Ingestor<'a> {
             if ilp::is_blank(line) {
                 continue;
             }
-            self.add_line(buf, line, now_us, &mut parsed)?;
+            let line_str = whole.and_then(|w| w.get(at..at + line.len()));
+            self.add_line(buf, line, line_str, now_us, &mut parsed)?;
             buf.lines += 1;
             buf.rows += 1;
         }
@@ -236,23 +246,29 @@ impl<'a> Ingestor<'a> {
         &self,
         buf: &mut IngestBuffer,
         text: &'l [u8],
+        text_str: Option<&'l str>,
         now_us: i64,
         parsed: &mut Line<'l>,
     ) -> Result<(), IngestError> {
         let line_no = buf.line_no;
-        ilp::parse_line(text, self.opts.precision, parsed).map_err(|source| {
-            IngestError::Parse {
-                line: line_no,
-                source,
-            }
+        match text_str {
+            Some(s) => ilp::parse_line_str(s, self.opts.precision, parsed),
+            None => ilp::parse_line(text, self.opts.precision, parsed),
+        }
+        .map_err(|source| IngestError::Parse {
+            line: line_no,
+            source,
         })?;
         let bad = |message: String| IngestError::Line {
             line: line_no,
             message,
         };
         let table = parsed.measurement.as_ref();
-        let slot = match buf.by_name.get(table) {
-            Some(i) => *i,
+        let last = buf
+            .last_slot
+            .filter(|&i| buf.tables[i].handle.name == table);
+        let slot = match last.or_else(|| buf.by_name.get(table).copied()) {
+            Some(i) => i,
             None => {
                 validate_name("table", table).map_err(|e| bad(e.to_string()))?;
                 let handle = self.table_for(table, parsed).map_err(|e| match e {
@@ -264,6 +280,7 @@ impl<'a> Ingestor<'a> {
                 buf.tables.len() - 1
             }
         };
+        buf.last_slot = Some(slot);
         self.add_row(&mut buf.tables[slot], parsed, now_us)
             .map_err(|e| match e {
                 IngestError::Line { message, .. } => bad(message),
@@ -376,6 +393,28 @@ impl<'a> Ingestor<'a> {
             })
     }
 
+    /// The column for the tag/field at `pos` named `name`: from the layout
+    /// of earlier lines when the name matches, else looked up (or added).
+    fn column_at(
+        &self,
+        p: &mut Pending,
+        pos: usize,
+        name: &str,
+        ty: ColumnType,
+    ) -> Result<usize, IngestError> {
+        if let Some(Some((n, i))) = p.layout.get(pos) {
+            if n == name {
+                return Ok(*i);
+            }
+        }
+        let i = self.column(p, name, ty)?;
+        if p.layout.len() <= pos {
+            p.layout.resize(pos + 1, None);
+        }
+        p.layout[pos] = Some((name.to_string(), i));
+        Ok(i)
+    }
+
     fn add_row(&self, p: &mut Pending, line: &Line<'_>, now_us: i64) -> Result<(), IngestError> {
         let result = self.set_values(p, line, now_us);
         match result {
@@ -395,8 +434,8 @@ impl<'a> Ingestor<'a> {
             line: 0,
             message: e.to_string(),
         };
-        for (k, v) in &line.tags {
-            let i = self.column(p, k, ColumnType::Symbol)?;
+        for (pos, (k, v)) in line.tags.iter().enumerate() {
+            let i = self.column_at(p, pos, k, ColumnType::Symbol)?;
             let value = match p.schema.columns[i].ty {
                 ColumnType::Symbol => Value::Symbol(v),
                 ColumnType::Varchar => Value::Varchar(v),
@@ -404,8 +443,9 @@ impl<'a> Ingestor<'a> {
             };
             p.builder.set(i, value).map_err(set_err)?;
         }
-        for (k, v) in &line.fields {
-            let i = self.column(p, k, new_column_type(v))?;
+        let tags = line.tags.len();
+        for (pos, (k, v)) in line.fields.iter().enumerate() {
+            let i = self.column_at(p, tags + pos, k, new_column_type(v))?;
             let ty = p.schema.columns[i].ty;
             let value = field_value(k, ty, v)?;
             p.builder.set(i, value).map_err(set_err)?;
