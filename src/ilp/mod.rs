@@ -383,7 +383,11 @@ fn parse_float(s: &str) -> Option<f64> {
         // Rust's parser also takes "inf", "infinity" and "nan" in any case
         // (signed too); none of those ends in a digit or '.', and every
         // number ILP allows does.
-        _ if s.as_bytes().last().is_some_and(|b| b.is_ascii_digit() || *b == b'.') => {
+        _ if s
+            .as_bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_digit() || *b == b'.') =>
+        {
             s.parse().ok()
         }
         _ => None,
