@@ -142,6 +142,13 @@ fn strings_may_hold_newlines_commas_spaces_and_equals() {
     assert_eq!(used + used2, buf.len());
     assert!(next_line(b"m v=1").is_none(), "no newline yet: incomplete");
     assert_eq!(next_line(b"m v=1\r\n").unwrap().0, b"m v=1");
+    // A backslash before a newline escapes it (the slow path, as before).
+    assert_eq!(next_line(b"m\\\nx v=1\ny").unwrap().0, b"m\\\nx v=1");
+    // No quote or backslash: the first newline ends the line (fast path).
+    assert_eq!(
+        next_line(b"m,t=a v=1 5\nm v=2\n").unwrap(),
+        (&b"m,t=a v=1 5"[..], 12)
+    );
     // A quote in a measurement or tag is not a string.
     assert_eq!(
         next_line(b"m\"x,t=\"y v=1\nz").unwrap().0,
