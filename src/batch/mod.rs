@@ -7,6 +7,8 @@
 //! dictionary ([`ColumnBuf::dict`]); apply maps them to table-level keys.
 
 pub mod codec;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use foldhash::HashMap;
 use foldhash::HashMapExt;

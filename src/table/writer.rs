@@ -85,6 +85,18 @@ impl TableWriter {
     /// Creates table `name` under `data_dir` atomically: it is built in a
     /// hidden directory, then renamed into place.
     pub fn create(data_dir: &Path, name: &str, schema: &Schema) -> Result<TableWriter, TableError> {
+        let table_id = RandomState::new().hash_one((name, std::process::id()));
+        Self::create_with_id(data_dir, name, schema, table_id)
+    }
+
+    /// [`TableWriter::create`] with a given table id: a replica creates its
+    /// copy of a table with the primary's id (segments name it).
+    pub fn create_with_id(
+        data_dir: &Path,
+        name: &str,
+        schema: &Schema,
+        table_id: u64,
+    ) -> Result<TableWriter, TableError> {
         validate_name("table", name)?;
         schema.validate()?;
         let target = data_dir.join(name);
@@ -110,7 +122,6 @@ impl TableWriter {
         sync.add_dir(sym_dir);
         sync.add_dir(wal_dir);
         sync.sync()?;
-        let table_id = RandomState::new().hash_one((name, std::process::id()));
         files::durable_replace(
             &tmp,
             files::META_FILE,

@@ -1,0 +1,194 @@
+use super::*;
+use crate::batch::testing::{all_types, batch_of, row_strategy};
+use crate::batch::Batch;
+use crate::gen::CpuGenerator;
+use proptest::prelude::*;
+
+fn cpu_segment(
+    txns: u64,
+    rows: usize,
+    compression: Compression,
+) -> (Vec<(u64, Batch)>, EncodedSegment) {
+    let gen = CpuGenerator::default();
+    let mut w = SegmentWriter::new(7, "cpu", gen.schema()).unwrap();
+    let mut batches = Vec::new();
+    for t in 0..txns {
+        let b = gen.batch(t * rows as u64, rows, 0);
+        batches.push((t + 1, b.clone()));
+        w.push(t + 1, 1_700_000_000_000_000 + t as i64, b).unwrap();
+    }
+    (batches, w.finish(compression).unwrap())
+}
+
+#[test]
+fn encode_then_decode_gives_the_txns_back() {
+    for compression in [Compression::None, Compression::Lz4] {
+        let (batches, enc) = cpu_segment(5, 300, compression);
+        let seg = Segment::from_slice(enc.as_slice()).unwrap();
+        let h = seg.header();
+        assert_eq!(h.table.as_str(), "cpu");
+        assert_eq!((h.first_txn.to_native(), h.last_txn.to_native()), (1, 5));
+        assert_eq!(h.row_count.to_native(), 1500);
+        assert_eq!(h.commit_times_us.len(), 5);
+        assert_eq!(h.min_ts_us.to_native(), crate::gen::BASE_TS_US);
+        assert_eq!(h.max_ts_us.to_native(), crate::gen::BASE_TS_US + 1499);
+        assert_eq!(seg.preamble.compression, compression);
+        assert_eq!(seg.batches().unwrap(), batches);
+        assert!(seg.check_blocks().iter().all(|b| b.ok));
+    }
+}
+
+#[test]
+fn the_upload_body_is_the_encode_buffer() {
+    let (_, enc) = cpu_segment(3, 1000, Compression::None);
+    let ptr = enc.as_slice().as_ptr();
+    let len = enc.len();
+    let body = enc.into_bytes();
+    assert_eq!(
+        body.as_ptr(),
+        ptr,
+        "Bytes must take the buffer over, not copy it"
+    );
+    assert_eq!(body.len(), len);
+    assert_eq!(ptr as usize % 16, 0, "aligned for rkyv access");
+}
+
+#[test]
+fn damage_anywhere_is_refused_with_what_is_wrong() {
+    let (_, enc) = cpu_segment(3, 100, Compression::None);
+    let good = enc.as_slice().to_vec();
+    let p = enc.preamble;
+    let at = |i: usize| {
+        let mut b = good.clone();
+        b[i] ^= 0x40;
+        Segment::from_slice(&b)
+            .err()
+            .expect("damage must be refused")
+    };
+    assert!(matches!(at(0), SegmentError::NotASegment { .. }));
+    assert!(
+        matches!(at(30), SegmentError::ChecksumMismatch { ref part, .. } if part == "preamble")
+    );
+    assert!(
+        matches!(at(PREAMBLE_BYTES + 3), SegmentError::ChecksumMismatch { ref part, .. } if part == "header")
+    );
+    assert!(
+        matches!(at(good.len() - 100), SegmentError::ChecksumMismatch { ref part, .. } if part == "body")
+    );
+    assert!(
+        matches!(at(p.body_offset() + 1), SegmentError::ChecksumMismatch { ref part, .. } if part == "body")
+    );
+    for cut in [0, 10, 64, p.body_offset(), good.len() - 1] {
+        let e = Segment::from_slice(&good[..cut]).err().unwrap();
+        assert!(
+            matches!(e, SegmentError::Truncated { .. }),
+            "cut at {cut}: {e}"
+        );
+    }
+    let mut longer = good.clone();
+    longer.push(0);
+    assert!(matches!(
+        Segment::from_slice(&longer),
+        Err(SegmentError::Malformed(_))
+    ));
+    // A future version, correctly checksummed, is a typed error.
+    let mut v2 = p;
+    v2.version = 2;
+    let mut b = good.clone();
+    b[..PREAMBLE_BYTES].copy_from_slice(&v2.encode());
+    let e = Segment::from_slice(&b).err().unwrap();
+    assert!(
+        matches!(e, SegmentError::UnsupportedVersion { found: 2, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("[1]"), "{e}");
+}
+
+#[test]
+fn a_lying_length_field_allocates_nothing_big() {
+    let (_, enc) = cpu_segment(1, 10, Compression::Lz4);
+    let mut p = enc.preamble;
+    p.body_raw_len = u64::MAX / 2;
+    let mut b = enc.as_slice().to_vec();
+    b[..PREAMBLE_BYTES].copy_from_slice(&p.encode());
+    assert!(matches!(
+        Segment::from_slice(&b),
+        Err(SegmentError::Malformed(_))
+    ));
+}
+
+#[test]
+fn local_only_tables_make_no_segments() {
+    let schema = crate::table::Schema::new(
+        vec![("v", crate::table::ColumnType::Long)],
+        None,
+        crate::table::PartitionBy::None,
+    )
+    .unwrap();
+    let e = SegmentWriter::new(1, "t", &schema).err().unwrap();
+    assert!(e.to_string().contains("local-only"), "{e}");
+}
+
+proptest! {
+    #[test]
+    fn encode_decode_is_identity_for_every_type(
+        txns in proptest::collection::vec(proptest::collection::vec(row_strategy(), 1..20), 1..4),
+        lz4 in any::<bool>(),
+    ) {
+        let schema = all_types();
+        let mut w = SegmentWriter::new(3, "all", &schema).unwrap();
+        let mut want = Vec::new();
+        for (i, rows) in txns.iter().enumerate() {
+            let b = batch_of(&schema, rows);
+            want.push((10 + i as u64, b.clone()));
+            w.push(10 + i as u64, i as i64, b).unwrap();
+        }
+        let c = if lz4 { Compression::Lz4 } else { Compression::None };
+        let enc = w.finish(c).unwrap();
+        let seg = Segment::from_slice(enc.as_slice()).unwrap();
+        prop_assert_eq!(seg.batches().unwrap(), want);
+    }
+
+    #[test]
+    fn hostile_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let _ = Segment::from_slice(&bytes);
+    }
+}
+
+/// Writes the committed fuzz seeds (small valid segments) when
+/// BASALT_WRITE_FUZZ_SEEDS is set; otherwise checks they still verify.
+#[test]
+fn fuzz_seeds_are_valid_segments() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let mut seeds = Vec::new();
+    for (rows, c) in [(3, Compression::None), (2, Compression::Lz4)] {
+        seeds.push(cpu_segment(2, rows, c).1.as_slice().to_vec());
+    }
+    let schema = all_types();
+    let mut w = SegmentWriter::new(1, "all", &schema).unwrap();
+    let rows = vec![vec![None; 10]
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            if i == 7 {
+                Some(crate::batch::testing::OwnedValue::Timestamp(5))
+            } else {
+                v
+            }
+        })
+        .collect::<Vec<_>>()];
+    w.push(1, 0, batch_of(&schema, &rows)).unwrap();
+    seeds.push(w.finish(Compression::None).unwrap().as_slice().to_vec());
+    for target in ["segment_decode", "segment_apply"] {
+        let dir = root.join(target);
+        for (i, s) in seeds.iter().enumerate() {
+            let path = dir.join(format!("seed-{i}.bsg"));
+            if std::env::var_os("BASALT_WRITE_FUZZ_SEEDS").is_some() {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, s).unwrap();
+            }
+            let bytes = std::fs::read(&path).expect("committed fuzz seed");
+            Segment::from_slice(&bytes).expect("seed verifies");
+        }
+    }
+}

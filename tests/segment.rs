@@ -1,0 +1,288 @@
+//! Segments end to end: a table rebuilt on a "replica" from segments is
+//! byte-identical to the primary's table built through the WAL; a committed
+//! sample of each format version stays readable; `basalt inspect` names
+//! what is wrong with a damaged file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use basalt::batch::{Batch, BatchBuilder, Value};
+use basalt::db::{Database, DbOptions};
+use basalt::gen::{CpuGenerator, BASE_TS_US};
+use basalt::io::EngineChoice;
+use basalt::segment::{apply_segment, Compression, Segment, SegmentError, SegmentWriter};
+use basalt::table::{ColumnType, TableReader, TableWriter};
+
+/// Every file of a table that holds data, by path relative to the table,
+/// with partition directories named without their version (versions count
+/// apply steps, which differ between nodes; contents must not).
+fn table_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let reader = TableReader::open(
+        dir.parent().unwrap(),
+        dir.file_name().unwrap().to_str().unwrap(),
+    )
+    .unwrap();
+    let state = reader.state().unwrap();
+    for p in &state.partitions {
+        let name = reader.schema().partition_by.partition_name(p.floor);
+        let pdir = dir.join(basalt::table::files::partition_dir(&name, p.version));
+        for e in std::fs::read_dir(&pdir).unwrap() {
+            let e = e.unwrap();
+            out.insert(
+                format!("{name}/{}", e.file_name().to_string_lossy()),
+                std::fs::read(e.path()).unwrap(),
+            );
+        }
+    }
+    for e in std::fs::read_dir(dir.join("_sym")).unwrap() {
+        let e = e.unwrap();
+        out.insert(
+            format!("_sym/{}", e.file_name().to_string_lossy()),
+            std::fs::read(e.path()).unwrap(),
+        );
+    }
+    out.insert("_meta".into(), std::fs::read(dir.join("_meta")).unwrap());
+    out
+}
+
+/// Txns of the reference table with out-of-order timestamps, new symbols,
+/// and a column added half way.
+fn workload(db: &Database) -> Vec<(u64, Batch)> {
+    let gen = CpuGenerator::default();
+    let t = db.create_table("cpu", gen.schema()).unwrap();
+    let mut txns = Vec::new();
+    for i in 0..12u64 {
+        // Every third batch lands a day earlier: an O3 merge on apply.
+        let offset = if i % 3 == 2 { -86_400_000_000 } else { 0 };
+        let b = gen.batch(i * 500, 500, offset);
+        let txn = db.commit(&t, b.clone()).unwrap();
+        txns.push((txn, b));
+        if i == 5 {
+            db.add_column(&t, "note", ColumnType::Varchar).unwrap();
+        }
+        if i >= 6 {
+            let schema = t.schema();
+            let mut bb = BatchBuilder::new(&schema);
+            for r in 0..50u64 {
+                gen.row_partial(
+                    &mut bb,
+                    100_000 + i * 50 + r,
+                    BASE_TS_US + 10_000_000 + (i * 50 + r) as i64,
+                );
+                bb.set(8, Value::Varchar(&format!("n{r}"))).unwrap();
+                bb.finish_row().unwrap();
+            }
+            let b = bb.finish();
+            let txn = db.commit(&t, b.clone()).unwrap();
+            txns.push((txn, b));
+        }
+    }
+    t.wait_applied(txns.last().unwrap().0, Duration::from_secs(30))
+        .unwrap();
+    txns
+}
+
+fn open_db(dir: &Path) -> Database {
+    Database::open(DbOptions {
+        data_dir: dir.to_path_buf(),
+        engine: EngineChoice::Portable,
+        shards: 1,
+        ..DbOptions::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_replica_built_from_segments_equals_the_primary_byte_for_byte() {
+    for compression in [Compression::None, Compression::Lz4] {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = dir.path().join("primary");
+        let db = open_db(&primary);
+        let txns = workload(&db);
+        let final_schema = db.table("cpu").unwrap().schema();
+        db.close();
+        let id = TableReader::open(&primary, "cpu").unwrap().table_id();
+
+        // Segments of 5 txns each, with the schema as of their last txn.
+        let gen = CpuGenerator::default();
+        let mut segments = Vec::new();
+        for chunk in txns.chunks(5) {
+            let mut w = SegmentWriter::new(id, "cpu", &final_schema).unwrap();
+            for (txn, b) in chunk {
+                w.push(*txn, 0, b.clone()).unwrap();
+            }
+            let enc = w.finish(compression).unwrap();
+            let path = dir.path().join(format!("{:020}.seg", chunk[0].0));
+            enc.write_file(&path).unwrap();
+            segments.push(path);
+        }
+
+        // The replica starts from the schema's first version.
+        let replica = dir.path().join("replica");
+        std::fs::create_dir_all(&replica).unwrap();
+        let mut w = TableWriter::create_with_id(&replica, "cpu", gen.schema(), id).unwrap();
+        for p in &segments {
+            let seg = Segment::open(p).unwrap();
+            apply_segment(&mut w, &seg).unwrap();
+            // Applying again changes nothing.
+            assert_eq!(apply_segment(&mut w, &seg).unwrap().applied_txns, 0);
+        }
+        w.checkpoint().unwrap();
+        drop(w);
+        let a = table_files(&primary.join("cpu"));
+        let b = table_files(&replica.join("cpu"));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (k, v) in &a {
+            assert!(
+                v == &b[k],
+                "{compression:?}: {k} differs between primary and replica"
+            );
+        }
+        let sa = TableReader::open(&primary, "cpu")
+            .unwrap()
+            .scan(&[], None)
+            .unwrap();
+        let sb = TableReader::open(&replica, "cpu")
+            .unwrap()
+            .scan(&[], None)
+            .unwrap();
+        assert_eq!(sa.txn, sb.txn);
+        assert_eq!(sa.names, sb.names);
+        assert_eq!(sa.columns, sb.columns);
+    }
+}
+
+#[test]
+fn segments_of_another_table_or_with_a_gap_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen = CpuGenerator::default();
+    let mut w = TableWriter::create_with_id(dir.path(), "cpu", gen.schema(), 42).unwrap();
+    let seg_of = |id: u64, name: &str, first: u64| {
+        let mut s = SegmentWriter::new(id, name, gen.schema()).unwrap();
+        s.push(first, 0, gen.batch(0, 10, 0)).unwrap();
+        Segment::from_slice(s.finish(Compression::None).unwrap().as_slice()).unwrap()
+    };
+    let e = apply_segment(&mut w, &seg_of(43, "cpu", 1)).unwrap_err();
+    assert!(matches!(e, SegmentError::ForeignTable { .. }), "{e}");
+    let e = apply_segment(&mut w, &seg_of(42, "mem", 1)).unwrap_err();
+    assert!(matches!(e, SegmentError::ForeignTable { .. }), "{e}");
+    let e = apply_segment(&mut w, &seg_of(42, "cpu", 3)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SegmentError::Gap {
+                missing_from: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(w.state().txn, 0, "nothing bad was applied");
+    apply_segment(&mut w, &seg_of(42, "cpu", 1)).unwrap();
+    assert_eq!(w.state().txn, 1);
+}
+
+fn sample_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+/// The sample of format version 1: 3 txns of the reference table (rows
+/// 0..300, commit times 1..=3) plus one with a varchar column added.
+fn sample_v1() -> Vec<u8> {
+    let gen = CpuGenerator::default();
+    let schema2 = gen
+        .schema()
+        .with_column("note", ColumnType::Varchar)
+        .unwrap();
+    let mut w = SegmentWriter::new(0x5eed, "cpu", &schema2).unwrap();
+    for t in 0..3u64 {
+        w.push(t + 1, t as i64 + 1, gen.batch(t * 100, 100, 0))
+            .unwrap();
+    }
+    let mut b = BatchBuilder::new(&schema2);
+    gen.row_partial(&mut b, 300, BASE_TS_US + 300);
+    b.set(8, Value::Varchar("v1 sample")).unwrap();
+    b.finish_row().unwrap();
+    w.push(4, 4, b.finish()).unwrap();
+    w.finish(Compression::None).unwrap().as_slice().to_vec()
+}
+
+#[test]
+fn committed_samples_of_every_version_stay_readable() {
+    let path = sample_dir().join("segment-v1.bsg");
+    if std::env::var_os("BASALT_WRITE_SAMPLES").is_some() {
+        std::fs::create_dir_all(sample_dir()).unwrap();
+        std::fs::write(&path, sample_v1()).unwrap();
+    }
+    let seg = Segment::open(&path).expect("tests/data/segment-v1.bsg must stay readable");
+    assert_eq!(seg.preamble.version, 1);
+    let h = seg.header();
+    assert_eq!(h.table.as_str(), "cpu");
+    assert_eq!(h.table_id.to_native(), 0x5eed);
+    assert_eq!((h.first_txn.to_native(), h.last_txn.to_native()), (1, 4));
+    assert_eq!(h.row_count.to_native(), 301);
+    assert_eq!(h.columns.len(), 9);
+    assert_eq!(h.columns[8].added_in.to_native(), 2);
+    let batches = seg.batches().unwrap();
+    assert_eq!(
+        batches[3].1.columns[8].value(0),
+        Value::Varchar("v1 sample")
+    );
+    assert_eq!(batches[1].1.columns[6].value(5), Value::Long(105));
+    // And today's writer still produces exactly these bytes.
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        sample_v1(),
+        "the v1 encoding changed"
+    );
+}
+
+fn inspect(path: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .arg("inspect")
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn inspect_prints_a_good_segment_and_names_what_is_wrong_with_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = sample_v1();
+    let path = dir.path().join("s.bsg");
+    std::fs::write(&path, &good).unwrap();
+    let o = inspect(&path);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("txns 1..=4 (4 txns), 301 rows"), "{out}");
+    assert!(out.contains("note\tVARCHAR\t2"), "{out}");
+    assert!(out.contains("all 33 column blocks verified"), "{out}");
+
+    let err_of = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).unwrap();
+        let o = inspect(&path);
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // A value byte in the last txn's `note` block.
+    let mut b = good.clone();
+    let pos = b.windows(9).position(|w| w == b"v1 sample").unwrap();
+    b[pos] ^= 1;
+    let e = err_of(&b);
+    assert!(e.contains("checksum mismatch in the body"), "{e}");
+    assert!(e.contains("damaged block: txn 4 column note"), "{e}");
+    let e = err_of(&good[..good.len() - 10]);
+    assert!(e.contains("truncated"), "{e}");
+    let e = err_of(b"PAR1 this is some other file format entirely, not ours....................");
+    assert!(e.contains("not a basalt segment"), "{e}");
+    let mut b = good.clone();
+    b[70] ^= 0xff;
+    let e = err_of(&b);
+    assert!(e.contains("checksum mismatch in the header"), "{e}");
+}
