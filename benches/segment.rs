@@ -13,7 +13,7 @@
 
 use basalt::batch::{Batch, Values};
 use basalt::gen::CpuGenerator;
-use basalt::segment::{apply_segment, Compression, Segment, SegmentWriter};
+use basalt::segment::{apply_segment, BufferPool, Compression, Segment, SegmentWriter};
 use basalt::table::TableWriter;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
@@ -89,6 +89,25 @@ fn segments(c: &mut Criterion) {
                     w
                 },
                 |w| w.finish(Compression::None).expect("finish"),
+                BatchSize::PerIteration,
+            )
+        });
+        // As an uploader runs: buffers come back from finished uploads.
+        let pool = BufferPool::new(2);
+        g.bench_function("encode_pooled", |b| {
+            b.iter_batched(
+                || {
+                    let mut w = SegmentWriter::new(1, "cpu", gen.schema()).expect("writer");
+                    for (t, batch) in &txns {
+                        w.push(*t, 0, batch.clone()).expect("push");
+                    }
+                    w
+                },
+                |w| {
+                    w.finish_with(Compression::None, Some(&pool))
+                        .expect("finish")
+                        .into_bytes()
+                },
                 BatchSize::PerIteration,
             )
         });

@@ -26,7 +26,7 @@ pub use format::{
     PREAMBLE_BYTES, SEGMENT_BYTES_MAX,
 };
 pub use reader::{apply_segment, diagnose_body, ApplyReport, BlockCheck, Segment};
-pub use writer::{EncodedSegment, SegmentWriter};
+pub use writer::{BufferPool, EncodedSegment, SegmentWriter};
 
 use rkyv::{Archive, Serialize};
 

@@ -54,6 +54,32 @@ fn the_upload_body_is_the_encode_buffer() {
 }
 
 #[test]
+fn pooled_buffers_come_back_and_are_reused() {
+    let gen = CpuGenerator::default();
+    let pool = BufferPool::new(2);
+    let make = || {
+        let mut w = SegmentWriter::new(7, "cpu", gen.schema()).unwrap();
+        w.push(1, 0, gen.batch(0, 500, 0)).unwrap();
+        w.finish_with(Compression::None, Some(&pool)).unwrap()
+    };
+    let first = make();
+    let ptr = first.as_slice().as_ptr();
+    let body = first.into_bytes();
+    let clone = body.clone();
+    drop(body);
+    assert!(pool.is_empty(), "still referenced by a clone");
+    drop(clone);
+    assert_eq!(pool.len(), 1);
+    let second = make();
+    assert_eq!(
+        second.as_slice().as_ptr(),
+        ptr,
+        "the returned buffer is reused"
+    );
+    Segment::from_slice(second.as_slice()).unwrap();
+}
+
+#[test]
 fn damage_anywhere_is_refused_with_what_is_wrong() {
     let (_, enc) = cpu_segment(3, 100, Compression::None);
     let good = enc.as_slice().to_vec();

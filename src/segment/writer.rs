@@ -1,6 +1,8 @@
 //! Building a segment from committed txns, serialized with rkyv straight
 //! into the buffer that is uploaded.
 
+use std::sync::{Arc, Mutex};
+
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
@@ -181,6 +183,18 @@ impl SegmentWriter {
     /// buffer. Without compression the body is serialized in place, so the
     /// column data is copied exactly once (into this buffer).
     pub fn finish(self, compression: Compression) -> Result<EncodedSegment, SegmentError> {
+        self.finish_with(compression, None)
+    }
+
+    /// [`SegmentWriter::finish`] into a buffer from `pool` (returned to it
+    /// when the encoded segment, or the upload body made from it, is
+    /// dropped): a steady stream of segments reuses warm memory instead of
+    /// faulting in fresh pages for every one.
+    pub fn finish_with(
+        self,
+        compression: Compression,
+        pool: Option<&Arc<BufferPool>>,
+    ) -> Result<EncodedSegment, SegmentError> {
         if self.body.txns.is_empty() {
             return Err(SegmentError::Schema(
                 "a segment needs at least one txn".into(),
@@ -190,7 +204,10 @@ impl SegmentWriter {
             |e: rancor::Error| SegmentError::Malformed(format!("rkyv serialization failed: {e}"));
         // Header and body archives plus rkyv's small per-vector overhead.
         let estimate = PREAMBLE_BYTES + 4096 + self.data_bytes + self.body.txns.len() * 256;
-        let mut buf = AlignedVec::<16>::with_capacity(estimate);
+        let mut buf = match pool {
+            Some(p) => p.take(estimate),
+            None => AlignedVec::<16>::with_capacity(estimate),
+        };
         buf.extend_from_slice(&[0u8; PREAMBLE_BYTES]);
         let mut buf =
             rkyv::api::high::to_bytes_in::<_, rancor::Error>(&self.header, buf).map_err(ser)?;
@@ -218,7 +235,8 @@ impl SegmentWriter {
         buf[..PREAMBLE_BYTES].copy_from_slice(&preamble.encode());
         debug_assert_eq!(preamble.total_len(), buf.len() as u64);
         Ok(EncodedSegment {
-            bytes: buf,
+            bytes: Some(buf),
+            pool: pool.cloned(),
             preamble,
             first_txn: self.header.first_txn,
             last_txn: self.header.last_txn,
@@ -246,9 +264,73 @@ fn column_block(c: ColumnBuf) -> ColumnBlock {
     }
 }
 
+/// Reusable encode buffers, at most `buffers_max` kept.
+pub struct BufferPool {
+    free: Mutex<Vec<AlignedVec<16>>>,
+    buffers_max: usize,
+}
+
+impl BufferPool {
+    pub fn new(buffers_max: usize) -> Arc<BufferPool> {
+        Arc::new(BufferPool {
+            free: Mutex::new(Vec::new()),
+            buffers_max,
+        })
+    }
+
+    fn take(&self, capacity: usize) -> AlignedVec<16> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        match free.iter().position(|b| b.capacity() >= capacity) {
+            Some(i) => free.swap_remove(i),
+            None => {
+                drop(free);
+                AlignedVec::with_capacity(capacity)
+            }
+        }
+    }
+
+    fn give(&self, mut buf: AlignedVec<16>) {
+        buf.clear();
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < self.buffers_max {
+            free.push(buf);
+        }
+    }
+
+    /// Buffers waiting for reuse.
+    pub fn len(&self) -> usize {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A pooled buffer as the owner behind an upload body.
+struct Pooled {
+    buf: Option<AlignedVec<16>>,
+    pool: Option<Arc<BufferPool>>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.as_deref().unwrap_or(&[])
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let (Some(buf), Some(pool)) = (self.buf.take(), &self.pool) {
+            pool.give(buf);
+        }
+    }
+}
+
 /// A serialized segment: the buffer to upload or write as a file.
 pub struct EncodedSegment {
-    bytes: AlignedVec<16>,
+    bytes: Option<AlignedVec<16>>,
+    pool: Option<Arc<BufferPool>>,
     pub preamble: Preamble,
     pub first_txn: u64,
     pub last_txn: u64,
@@ -256,21 +338,25 @@ pub struct EncodedSegment {
 
 impl EncodedSegment {
     pub fn as_slice(&self) -> &[u8] {
-        &self.bytes
+        self.bytes.as_deref().unwrap_or(&[])
     }
 
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.as_slice().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.as_slice().is_empty()
     }
 
     /// The buffer as an upload body (`object_store::PutPayload::from(Bytes)`),
-    /// without copying: `Bytes` takes ownership of the aligned buffer.
-    pub fn into_bytes(self) -> bytes::Bytes {
-        bytes::Bytes::from_owner(self.bytes)
+    /// without copying: `Bytes` takes ownership of the aligned buffer (and
+    /// gives it back to its pool when the last clone is dropped).
+    pub fn into_bytes(mut self) -> bytes::Bytes {
+        bytes::Bytes::from_owner(Pooled {
+            buf: self.bytes.take(),
+            pool: self.pool.take(),
+        })
     }
 
     /// Writes the segment to `path` durably (temp file, fsync, rename,
@@ -287,6 +373,15 @@ impl EncodedSegment {
         } else {
             dir
         };
-        crate::table::files::durable_replace(dir, name, &self.bytes).map_err(SegmentError::Table)
+        crate::table::files::durable_replace(dir, name, self.as_slice())
+            .map_err(SegmentError::Table)
+    }
+}
+
+impl Drop for EncodedSegment {
+    fn drop(&mut self) {
+        if let (Some(buf), Some(pool)) = (self.bytes.take(), &self.pool) {
+            pool.give(buf);
+        }
     }
 }
