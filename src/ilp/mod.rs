@@ -375,7 +375,49 @@ fn parse_int(s: &str) -> Option<i64> {
     }
 }
 
+/// Powers of ten exactly representable as f64.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// `[-]digits[.digits]` with at most 15 significant digits: the mantissa
+/// and the power of ten are exact f64s, so one IEEE division gives the
+/// correctly rounded value (Clinger's fast path). `None` sends the text to
+/// the general parser.
+#[inline]
+fn parse_simple_decimal(s: &[u8]) -> Option<f64> {
+    let (neg, b) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        _ => (false, s),
+    };
+    if b.is_empty() || b.len() > 17 {
+        return None;
+    }
+    let mut mantissa: u64 = 0;
+    let mut digits = 0;
+    let mut frac: Option<usize> = None;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+                digits += 1;
+            }
+            b'.' if frac.is_none() && i > 0 && i + 1 < b.len() => frac = Some(b.len() - i - 1),
+            _ => return None,
+        }
+    }
+    if digits > 15 {
+        return None;
+    }
+    let v = mantissa as f64 / POW10[frac.unwrap_or(0)];
+    Some(if neg { -v } else { v })
+}
+
 fn parse_float(s: &str) -> Option<f64> {
+    if let Some(v) = parse_simple_decimal(s.as_bytes()) {
+        return Some(v);
+    }
     match s {
         "NaN" => Some(f64::NAN),
         "Infinity" | "+Infinity" => Some(f64::INFINITY),
@@ -501,3 +543,50 @@ pub fn parse_line_str<'a>(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod float_tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The fast path agrees with Rust's correctly rounded parser.
+        #[test]
+        fn simple_decimals_parse_exactly(int in 0u64..10_000_000, frac in 0u64..100_000_000, neg in any::<bool>(), w in 0usize..9) {
+            let text = format!("{}{int}.{frac:0w$}", if neg { "-" } else { "" });
+            let want: f64 = text.parse().unwrap();
+            prop_assert_eq!(super::parse_float(&text).map(f64::to_bits), Some(want.to_bits()), "{}", text);
+        }
+
+        #[test]
+        fn any_float_text_round_trips(v in any::<f64>().prop_filter("finite", |v| v.is_finite())) {
+            let text = format!("{v:?}");
+            prop_assert_eq!(super::parse_float(&text).map(f64::to_bits), Some(v.to_bits()), "{}", text);
+        }
+    }
+
+    #[test]
+    fn edge_cases() {
+        for t in [
+            "0.1",
+            "-0.0",
+            "0",
+            "1.",
+            "5",
+            "123456789012345",
+            "1234567890123456",
+            "0.30000000000000004",
+            "9007199254740993",
+        ] {
+            let want: f64 = t.parse().unwrap();
+            assert_eq!(
+                super::parse_float(t).map(f64::to_bits),
+                Some(want.to_bits()),
+                "{t}"
+            );
+        }
+        for t in [".", "-", "1..2", ".5e", "1-2", "--1"] {
+            assert_eq!(super::parse_float(t), None, "{t}");
+        }
+        assert_eq!(super::parse_float(".5"), Some(0.5));
+    }
+}
