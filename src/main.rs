@@ -554,7 +554,7 @@ fn inspect(file: &std::path::Path) -> Result<(), String> {
             return Err(format!("{}: {e}", file.display()));
         }
     };
-    let p = seg.preamble;
+    let p = *seg.preamble();
     let h = seg.header();
     println!(
         "segment {}: {} bytes, format version {}, compression {:?}",

@@ -217,7 +217,7 @@ fn committed_samples_of_every_version_stay_readable() {
         std::fs::write(&path, sample_v1()).unwrap();
     }
     let seg = Segment::open(&path).expect("tests/data/segment-v1.bsg must stay readable");
-    assert_eq!(seg.preamble.version, 1);
+    assert_eq!(seg.preamble().version, 1);
     let h = seg.header();
     assert_eq!(h.table.as_str(), "cpu");
     assert_eq!(h.table_id.to_native(), 0x5eed);

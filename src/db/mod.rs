@@ -233,6 +233,13 @@ impl TableHandle {
     }
 }
 
+/// A validated, encoded commit not yet sent to its shard.
+pub struct PreparedCommit {
+    shard: usize,
+    msg: ShardMsg,
+    ticket: CommitTicket,
+}
+
 /// A commit in flight; `wait` for its txn once it is durable.
 pub struct CommitTicket(flume::Receiver<Result<u64, DbError>>);
 
@@ -497,6 +504,32 @@ impl Database {
             .map_err(|_| DbError::Closed)
     }
 
+    /// Validates and encodes a commit without sending it: a request that
+    /// commits to several tables prepares all of them first, so a bad batch
+    /// refuses the whole request before anything is committed.
+    pub fn prepare(
+        &self,
+        table: &Arc<TableHandle>,
+        batch: Batch,
+    ) -> Result<PreparedCommit, DbError> {
+        self.prepare_commit(table, batch)
+            .map(|(shard, msg, ticket)| PreparedCommit { shard, msg, ticket })
+    }
+
+    /// Sends a prepared commit (see [`Database::submit_async`]).
+    pub async fn submit_prepared_async(&self, p: PreparedCommit) -> Result<CommitTicket, DbError> {
+        let tx = self.shards.get(p.shard).ok_or(DbError::Closed)?;
+        tx.send_async(p.msg).await.map_err(|_| DbError::Closed)?;
+        Ok(p.ticket)
+    }
+
+    /// Sends a prepared commit (see [`Database::submit`]).
+    pub fn submit_prepared(&self, p: PreparedCommit) -> Result<CommitTicket, DbError> {
+        let tx = self.shards.get(p.shard).ok_or(DbError::Closed)?;
+        tx.send(p.msg).map_err(|_| DbError::Closed)?;
+        Ok(p.ticket)
+    }
+
     fn prepare_commit(
         &self,
         table: &Arc<TableHandle>,
@@ -596,8 +629,14 @@ impl Database {
             let _ = s.send(ShardMsg::Stop);
         }
         self.shards.clear();
+        let me = std::thread::current().id();
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            // The last reference may be dropped by a task on a shard thread
+            // (a request in flight at shutdown): that thread ends by itself
+            // once its loop sees Stop; joining it from itself would deadlock.
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
         }
         self.applier_tx = None;
         if let Some(a) = self.applier.take() {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use crate::batch::{Batch, BatchBuilder, Value};
 use crate::db::{CommitTicket, Database, DbError, TableHandle};
 use crate::ilp::{self, FieldValue, IlpError, Line, Precision};
-use crate::table::schema::validate_name;
+use crate::table::schema::{validate_name, TIMESTAMP_MAX_US, TIMESTAMP_MIN_US};
 use crate::table::{ColumnType, PartitionBy, Schema, TableError};
 
 /// Name of the designated timestamp column of tables created by ingestion.
@@ -307,14 +307,29 @@ impl<'a> Ingestor<'a> {
         out
     }
 
+    /// Validates and encodes every table's rows before any is sent, so a
+    /// request is refused whole or committed whole (per table a txn).
+    fn prepare_all(
+        &self,
+        buf: &mut IngestBuffer,
+    ) -> Result<Vec<(String, usize, crate::db::PreparedCommit)>, IngestError> {
+        self.take_batches(buf)
+            .into_iter()
+            .map(|(handle, rows, batch)| {
+                let p = self.db.prepare(&handle, batch)?;
+                Ok((handle.name.clone(), rows, p))
+            })
+            .collect()
+    }
+
     /// Commits the rows held in `buf`, one txn per table (blocking while a
     /// shard queue is full; not for shard threads).
     pub fn submit(&self, buf: &mut IngestBuffer) -> Result<Vec<Committing>, IngestError> {
         let mut out = Vec::new();
-        for (handle, rows, batch) in self.take_batches(buf) {
-            let ticket = self.db.submit(&handle, batch)?;
+        for (table, rows, p) in self.prepare_all(buf)? {
+            let ticket = self.db.submit_prepared(p)?;
             out.push(Committing {
-                table: handle.name.clone(),
+                table,
                 rows,
                 ticket,
             });
@@ -328,10 +343,10 @@ impl<'a> Ingestor<'a> {
         buf: &mut IngestBuffer,
     ) -> Result<Vec<Committing>, IngestError> {
         let mut out = Vec::new();
-        for (handle, rows, batch) in self.take_batches(buf) {
-            let ticket = self.db.submit_async(&handle, batch).await?;
+        for (table, rows, p) in self.prepare_all(buf)? {
+            let ticket = self.db.submit_prepared_async(p).await?;
             out.push(Committing {
-                table: handle.name.clone(),
+                table,
                 rows,
                 ticket,
             });
@@ -454,6 +469,14 @@ impl<'a> Ingestor<'a> {
         let Some(ts_col) = p.schema.timestamp else {
             return Ok(());
         };
+        if !(TIMESTAMP_MIN_US..=TIMESTAMP_MAX_US).contains(&ts) {
+            return Err(IngestError::Line {
+                line: 0,
+                message: format!(
+                    "designated timestamp {ts} µs is outside years 1 to 9999 (check the precision)"
+                ),
+            });
+        }
         p.builder
             .set(ts_col, Value::Timestamp(ts))
             .map_err(set_err)?;

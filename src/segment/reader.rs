@@ -33,7 +33,8 @@ pub struct Segment {
     data: Data,
     /// The decompressed body of a compressed segment.
     body: Option<AlignedVec<16>>,
-    pub preamble: Preamble,
+    /// Private: the accessors trust its lengths, which `verify` checked.
+    preamble: Preamble,
 }
 
 fn malformed(what: &str, e: rancor::Error) -> SegmentError {
@@ -116,6 +117,11 @@ impl Segment {
         })
     }
 
+    /// The verified preamble.
+    pub fn preamble(&self) -> &Preamble {
+        &self.preamble
+    }
+
     fn raw_body(&self) -> &[u8] {
         match &self.body {
             Some(b) => b,
@@ -162,9 +168,13 @@ impl Segment {
                     },
                     _ => Values::Fixed(block.values.as_slice().to_vec()),
                 };
+                let rows = t.row_count.to_native() as usize;
                 columns.push(ColumnBuf {
                     ty,
-                    validity: block.validity.as_ref().map(|v| v.as_slice().to_vec()),
+                    validity: block
+                        .validity
+                        .as_ref()
+                        .map(|v| crate::batch::unpack_bits(v.as_slice(), 0, rows)),
                     values,
                     dict: block.dict.iter().map(|s| s.as_str().to_string()).collect(),
                 });
@@ -232,7 +242,8 @@ fn column_types(h: &ArchivedSegmentHeader) -> Result<Vec<ColumnType>, SegmentErr
         .collect()
 }
 
-/// What the header says must agree with the body, before anything uses it.
+/// What the header says must agree with the body, and every block must
+/// have the shape its type and row count give, before anything uses it.
 fn check_consistency(
     h: &ArchivedSegmentHeader,
     b: &ArchivedSegmentBody,
@@ -240,7 +251,7 @@ fn check_consistency(
     let bad = |m: String| Err(SegmentError::Malformed(m));
     let (first, last) = (h.first_txn.to_native(), h.last_txn.to_native());
     let n = b.txns.len() as u64;
-    if n == 0 || last < first || last - first + 1 != n {
+    if n == 0 || last < first || (last - first).checked_add(1) != Some(n) {
         return bad(format!(
             "header says txns {first}..={last}, the body holds {n}"
         ));
@@ -257,24 +268,58 @@ fn check_consistency(
     {
         return bad("designated timestamp column is not a TIMESTAMP column".into());
     }
+    let mut added = 0;
+    for c in h.columns.iter() {
+        let a = c.added_in.to_native();
+        if a < added || a == 0 {
+            return bad(format!(
+                "column {:?} has added_in {a} after {added}",
+                c.name.as_str()
+            ));
+        }
+        added = a;
+    }
     let mut rows = 0u64;
     for (i, t) in b.txns.iter().enumerate() {
-        if t.txn.to_native() != first + i as u64 {
+        let txn = t.txn.to_native();
+        if txn != first + i as u64 {
             return bad(format!(
-                "body txn {} out of order (expected {})",
-                t.txn,
+                "body txn {txn} out of order (expected {})",
                 first + i as u64
             ));
         }
-        if t.columns.is_empty() || t.columns.len() > types.len() {
+        let ncols = t.columns.len();
+        if ncols == 0 || ncols > types.len() {
             return bad(format!(
-                "txn {} has {} columns, the header {}",
-                t.txn,
-                t.columns.len(),
+                "txn {txn} has {ncols} columns, the header {}",
                 types.len()
             ));
         }
-        rows += u64::from(t.row_count.to_native());
+        if t.schema_version.to_native() != h.columns[ncols - 1].added_in.to_native() {
+            return bad(format!(
+                "txn {txn} says schema version {} but has the columns of version {}",
+                t.schema_version,
+                h.columns[ncols - 1].added_in
+            ));
+        }
+        let r = t.row_count.to_native() as usize;
+        for (c, block) in t.columns.iter().enumerate() {
+            let name = h.columns[c].name.as_str();
+            let shape_ok = match types[c].width() {
+                Some(w) => block.values.len() == r * w && block.offsets.is_empty(),
+                None => block.offsets.len() == r + 1,
+            };
+            let validity_ok = block
+                .validity
+                .as_ref()
+                .is_none_or(|v| v.len() == r.div_ceil(8));
+            if !shape_ok || !validity_ok {
+                return bad(format!(
+                    "txn {txn} column {name}: block does not hold {r} rows"
+                ));
+            }
+        }
+        rows += r as u64;
     }
     if rows != h.row_count.to_native() {
         return bad(format!(
@@ -349,17 +394,19 @@ pub fn apply_segment(writer: &mut TableWriter, seg: &Segment) -> Result<ApplyRep
             )));
         }
     }
+    // The schema after the segment's changes, built and checked first:
+    // nothing changes in the table unless every txn fits it.
+    let mut target = writer.schema().clone();
     for (i, d) in h.columns.iter().enumerate().skip(have) {
-        let schema = writer.add_column(d.name.as_str(), types[i])?;
-        let added_in = schema.columns[i].added_in;
+        target = target.with_column(d.name.as_str(), types[i])?;
+        let added_in = target.columns[i].added_in;
         if added_in != d.added_in.to_native() {
             return Err(SegmentError::Schema(format!(
-                "column {} was added in schema version {} on the primary, {added_in} here",
+                "column {} was added in schema version {} on the primary, would be {added_in} here",
                 d.name.as_str(),
                 d.added_in
             )));
         }
-        report.columns_added.push(d.name.as_str().to_string());
     }
     let batches = seg.batches()?;
     let todo: Vec<(u64, &Batch)> = batches
@@ -367,9 +414,18 @@ pub fn apply_segment(writer: &mut TableWriter, seg: &Segment) -> Result<ApplyRep
         .filter(|(t, _)| *t > table_txn)
         .map(|(t, b)| (*t, b))
         .collect();
+    for (txn, b) in &todo {
+        b.validate(&target)
+            .map_err(|e| SegmentError::Schema(format!("txn {txn}: {e}")))?;
+    }
+    for (i, d) in h.columns.iter().enumerate().skip(have) {
+        writer.add_column(d.name.as_str(), types[i])?;
+        report.columns_added.push(d.name.as_str().to_string());
+    }
     report.applied_txns = todo.len() as u64;
     report.rows = todo.iter().map(|(_, b)| b.row_count() as u64).sum();
-    writer.apply(&todo)?;
+    // Validated above against the schema the table now has.
+    writer.apply_validated(&todo)?;
     Ok(report)
 }
 

@@ -32,7 +32,7 @@ fn encode_then_decode_gives_the_txns_back() {
         assert_eq!(h.commit_times_us.len(), 5);
         assert_eq!(h.min_ts_us.to_native(), crate::gen::BASE_TS_US);
         assert_eq!(h.max_ts_us.to_native(), crate::gen::BASE_TS_US + 1499);
-        assert_eq!(seg.preamble.compression, compression);
+        assert_eq!(seg.preamble().compression, compression);
         assert_eq!(seg.batches().unwrap(), batches);
         assert!(seg.check_blocks().iter().all(|b| b.ok));
     }

@@ -249,14 +249,16 @@ fn column_block(c: ColumnBuf) -> ColumnBlock {
         Values::Fixed(v) => (v, Vec::new()),
         Values::Var { offsets, bytes } => (bytes, offsets),
     };
+    // In memory one byte per row; in the segment a bitmap, as in the WAL.
+    let validity = c.validity.as_deref().map(crate::batch::pack_bits);
     let xxh3 = block_hash(
-        c.validity.as_deref(),
+        validity.as_deref(),
         &values,
         &offsets,
         &mut c.dict.iter().map(String::as_str),
     );
     ColumnBlock {
-        validity: c.validity,
+        validity,
         values,
         offsets,
         dict: c.dict,

@@ -283,6 +283,12 @@ fn ingest_error(state: &ServerState, e: IngestError) -> Answer {
             );
             error(state, StatusCode::BAD_REQUEST, "invalid", msg, Some(line))
         }
+        IngestError::Db(DbError::Batch(b)) => {
+            let msg = format!(
+                "the request's rows were refused: {b}; nothing in this request was committed"
+            );
+            error(state, StatusCode::BAD_REQUEST, "invalid", msg, None)
+        }
         IngestError::Db(DbError::Closed) => {
             let msg = "the server is shutting down".to_string();
             error(

@@ -294,8 +294,11 @@ async fn accept_loop(
     state: Arc<ServerState>,
     env: ShardEnv,
 ) {
+    // One accept in flight across shutdown ticks: dropping an io_uring
+    // accept that already completed would leak the accepted socket.
+    let mut accept = Box::pin(listener.accept());
     loop {
-        let accepted = match or_tick(env.stack, SHUTDOWN_POLL, listener.accept()).await {
+        let accepted = match or_tick(env.stack, SHUTDOWN_POLL, accept.as_mut()).await {
             Event::Tick => {
                 if state.shutting_down() {
                     return;
@@ -304,6 +307,10 @@ async fn accept_loop(
             }
             Event::Ready(r) => r,
         };
+        accept = Box::pin(listener.accept());
+        if state.shutting_down() {
+            return;
+        }
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {

@@ -4,6 +4,9 @@
 //! closes the connection with a log line naming the problem; the lines
 //! before it are committed.
 //!
+//! A connection also commits after 64 MiB of ILP text (`COMMIT_BYTES`),
+//! and stops reading at shutdown (committing what it holds).
+//!
 //! One commit per connection is in flight while the next rows are parsed:
 //! its ticket is awaited before the next commit is sent.
 
@@ -21,6 +24,9 @@ use crate::ingest::{Committing, IngestBuffer, Ingestor};
 
 /// First size of a connection's read buffer; it doubles up to the line limit.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
+/// A connection's rows are also committed after this much ILP text, which
+/// bounds what one connection holds in memory whatever its row count.
+const COMMIT_BYTES: usize = 64 * 1024 * 1024;
 
 pub(super) async fn serve(
     mut stream: Stream,
@@ -36,6 +42,7 @@ pub(super) async fn serve(
         buf: IngestBuffer::default(),
         in_flight: Vec::new(),
         oldest: None,
+        bytes: 0,
     };
     let line_max = state.config.ilp_line_bytes_max;
     let mut data = vec![0u8; READ_BUFFER_BYTES.min(line_max.max(1024))];
@@ -79,24 +86,20 @@ pub(super) async fn serve(
         };
         let eof = n == 0;
         filled += n;
-        // Whole lines only, unless the peer is done: then the rest is the last line.
-        let end = if eof {
-            filled
-        } else {
-            match data[..filled].iter().rposition(|&b| b == b'\n') {
-                Some(i) => i + 1,
-                None => continue,
-            }
+        // Whole lines only, unless the peer is done: then the rest is the
+        // last line. `add` says how far it got (a newline inside a quoted
+        // string does not end a line), and the rest waits for more bytes.
+        let Some(used) = conn.add(&data[..filled], eof) else {
+            break;
         };
-        if !conn.add(&data[..end], eof) {
+        data.copy_within(used..filled, 0);
+        filled -= used;
+        conn.bytes += used;
+        if eof || state.shutting_down() {
             break;
         }
-        data.copy_within(end..filled, 0);
-        filled -= end;
-        if eof {
-            break;
-        }
-        if (conn.buf.rows() >= state.config.ilp_commit_rows || conn.due()) && !conn.commit().await {
+        let full = conn.buf.rows() >= state.config.ilp_commit_rows || conn.bytes >= COMMIT_BYTES;
+        if (full || conn.due()) && !conn.commit().await {
             return;
         }
     }
@@ -112,6 +115,8 @@ struct Connection<'a> {
     in_flight: Vec<Committing>,
     /// When the oldest uncommitted row arrived.
     oldest: Option<Instant>,
+    /// ILP bytes parsed since the last commit.
+    bytes: usize,
 }
 
 impl Connection<'_> {
@@ -120,21 +125,21 @@ impl Connection<'_> {
             .is_some_and(|t| t.elapsed() >= self.state.config.ilp_commit_interval)
     }
 
-    /// Parses `text` into the buffer; false (after logging why) on a bad line.
-    fn add(&mut self, text: &[u8], last: bool) -> bool {
-        let Some(db) = self.state.db.upgrade() else {
-            return false;
-        };
+    /// Parses the complete lines of `text` (all of it when `last`) into the
+    /// buffer and returns the bytes used; `None` (after logging why) on a
+    /// bad line.
+    fn add(&mut self, text: &[u8], last: bool) -> Option<usize> {
+        let db = self.state.db.upgrade()?;
         let ingestor = Ingestor::new(&db, self.state.ingest_options(Precision::Nanos));
         let result = ingestor.add(&mut self.buf, text, now_us(), last);
         if self.buf.rows() > 0 && self.oldest.is_none() {
             self.oldest = Some(Instant::now());
         }
         match result {
-            Ok(_) => true,
+            Ok(used) => Some(used),
             Err(e) => {
                 warn!(peer = self.peer, error = %e, "ILP/TCP: closing connection on a bad line; lines before it are committed");
-                false
+                None
             }
         }
     }
@@ -146,6 +151,7 @@ impl Connection<'_> {
             return false;
         }
         self.oldest = None;
+        self.bytes = 0;
         if self.buf.rows() == 0 {
             return true;
         }
