@@ -255,7 +255,9 @@ fn tcp_strings_with_newlines_split_across_reads_are_kept_whole() {
     std::thread::sleep(Duration::from_millis(200));
     tcp.write_all(b"line two\" 2000\nw v=3i 3000\n").unwrap();
     drop(tcp);
-    eventually(Duration::from_secs(10), || (row_count(&s.data_dir, "w") == 3).then_some(()));
+    eventually(Duration::from_secs(10), || {
+        (row_count(&s.data_dir, "w") == 3).then_some(())
+    });
     let r = scan(&s.data_dir, "w");
     assert_eq!(
         r.column("s").unwrap().value(1),
@@ -268,12 +270,24 @@ fn a_request_spanning_tables_commits_nothing_when_one_line_is_bad() {
     let dir = tempfile::tempdir().unwrap();
     let s = ServerProcess::start(dir.path(), &["--shards", "1"]);
     // Table a is fine; table b's timestamp (in seconds) is past year 9999.
-    let r = post(&s, "/write?precision=s", b"a v=1i 1700000000\nb v=2i 300000000000\n");
+    let r = post(
+        &s,
+        "/write?precision=s",
+        b"a v=1i 1700000000\nb v=2i 300000000000\n",
+    );
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["line"], 2);
-    assert!(r.json()["message"].as_str().unwrap().contains("9999"), "{}", r.json());
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("9999"),
+        "{}",
+        r.json()
+    );
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(row_count(&s.data_dir, "a"), 0, "table a must not be committed");
+    assert_eq!(
+        row_count(&s.data_dir, "a"),
+        0,
+        "table a must not be committed"
+    );
     assert_eq!(row_count(&s.data_dir, "b"), 0);
 }
 
