@@ -10,6 +10,7 @@
 //! PERF_CONNECTIONS=4 ...                   # TCP/HTTP connections (default 4)
 //! PERF_ENGINE=glommio ...                  # server I/O engine (default auto)
 //! PERF_DIR=/mnt/nvme/x ...                 # where the server's data goes
+//! PERF_APPLY_MS=5 ...                      # server --apply-interval-ms (default 5)
 //!
 //! The ILP text (rows of the reference `cpu` table, src/gen.rs) is generated
 //! before the clock starts. Connection k sends to its own table `cpu_<k>`,
@@ -47,6 +48,7 @@ impl Drop for Server {
 fn start_server(dir: &Path) -> Server {
     let _ = std::fs::remove_dir_all(dir);
     let engine = std::env::var("PERF_ENGINE").unwrap_or_else(|_| "auto".into());
+    let apply_ms = std::env::var("PERF_APPLY_MS").unwrap_or_else(|_| "5".into());
     let mut child = Command::new(env!("CARGO_BIN_EXE_basalt"))
         .args([
             "serve",
@@ -56,6 +58,8 @@ fn start_server(dir: &Path) -> Server {
             "127.0.0.1:0",
             "--io-engine",
             &engine,
+            "--apply-interval-ms",
+            &apply_ms,
         ])
         .arg("--data-dir")
         .arg(dir)

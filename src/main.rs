@@ -68,6 +68,16 @@ struct NodeArgs {
         default_value_t = 10_000
     )]
     checkpoint_interval_ms: u64,
+    /// Least time between two apply steps: committed rows become visible to
+    /// readers within about this long. Longer: fewer, larger writes into the
+    /// table files next to the WAL's fdatasyncs.
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_APPLY_INTERVAL_MS",
+        default_value_t = 5
+    )]
+    apply_interval_ms: u64,
 }
 
 /// Options of `serve`. Like every option, each can also be set in the
@@ -164,6 +174,7 @@ impl NodeArgs {
             engine: self.io_engine.clone(),
             shards: self.shards,
             checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms.max(1)),
+            apply_interval: Duration::from_millis(self.apply_interval_ms),
             ..DbOptions::default()
         })
     }
@@ -294,6 +305,7 @@ const CONFIG_KEYS: &[&str] = &[
     "io_engine",
     "shards",
     "checkpoint_interval_ms",
+    "apply_interval_ms",
     "http",
     "ilp",
     "partition_by",
