@@ -46,12 +46,21 @@ fn batch_bytes(b: &Batch) -> usize {
         .sum()
 }
 
-fn encode(txns: &[(u64, Batch)], gen: &CpuGenerator, compression: Compression) -> Vec<u8> {
+/// A writer holding copies of `txns` (built outside the timed part).
+fn filled_writer(gen: &CpuGenerator, txns: &[(u64, Batch)]) -> SegmentWriter {
     let mut w = SegmentWriter::new(1, "cpu", gen.schema()).expect("writer");
     for (t, b) in txns {
         w.push(*t, 0, b.clone()).expect("push");
     }
-    w.finish(compression).expect("finish").as_slice().to_vec()
+    w
+}
+
+fn encode(txns: &[(u64, Batch)], gen: &CpuGenerator, compression: Compression) -> Vec<u8> {
+    filled_writer(gen, txns)
+        .finish(compression)
+        .expect("finish")
+        .as_slice()
+        .to_vec()
 }
 
 fn segments(c: &mut Criterion) {
@@ -81,13 +90,7 @@ fn segments(c: &mut Criterion) {
         });
         g.bench_function("encode", |b| {
             b.iter_batched(
-                || {
-                    let mut w = SegmentWriter::new(1, "cpu", gen.schema()).expect("writer");
-                    for (t, batch) in &txns {
-                        w.push(*t, 0, batch.clone()).expect("push");
-                    }
-                    w
-                },
+                || filled_writer(&gen, &txns),
                 |w| w.finish(Compression::None).expect("finish"),
                 BatchSize::PerIteration,
             )
@@ -96,13 +99,7 @@ fn segments(c: &mut Criterion) {
         let pool = BufferPool::new(2);
         g.bench_function("encode_pooled", |b| {
             b.iter_batched(
-                || {
-                    let mut w = SegmentWriter::new(1, "cpu", gen.schema()).expect("writer");
-                    for (t, batch) in &txns {
-                        w.push(*t, 0, batch.clone()).expect("push");
-                    }
-                    w
-                },
+                || filled_writer(&gen, &txns),
                 |w| {
                     w.finish_with(Compression::None, Some(&pool))
                         .expect("finish")
@@ -113,13 +110,7 @@ fn segments(c: &mut Criterion) {
         });
         g.bench_function("encode_lz4", |b| {
             b.iter_batched(
-                || {
-                    let mut w = SegmentWriter::new(1, "cpu", gen.schema()).expect("writer");
-                    for (t, batch) in &txns {
-                        w.push(*t, 0, batch.clone()).expect("push");
-                    }
-                    w
-                },
+                || filled_writer(&gen, &txns),
                 |w| w.finish(Compression::Lz4).expect("finish"),
                 BatchSize::PerIteration,
             )
