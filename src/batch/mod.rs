@@ -205,13 +205,14 @@ impl ColumnBuf {
         }
     }
 
+    #[inline]
     fn set_valid(&mut self, valid: bool) {
-        let rows = self.len();
         match (&mut self.validity, valid) {
             (Some(v), _) => v.push(valid as u8),
             (None, true) => {}
             (None, false) => {
-                let mut v = vec![1u8; rows];
+                // The first null: every earlier row was valid.
+                let mut v = vec![1u8; self.len()];
                 v.push(0);
                 self.validity = Some(v);
             }

@@ -1,6 +1,9 @@
-//! Encoding a segment copies the column data once, into the buffer that
-//! becomes the upload body, and handing it over copies nothing. Counted with
-//! an allocator that tallies bytes (its own test binary, so it sees only this).
+//! Allocation counts users rely on, tallied by a counting global allocator
+//! (its own test binary, so it sees only these tests; they run one at a
+//! time through a lock):
+//! - ILP ingestion allocates nothing per row once its buffers have grown;
+//! - encoding a segment copies the column data once, into the buffer that
+//!   becomes the upload body, and handing it over copies nothing.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +35,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
+/// Serializes the tests: the counters are process-wide.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn counted<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
     let (b0, c0) = (BYTES.load(Ordering::SeqCst), CALLS.load(Ordering::SeqCst));
     let out = f();
@@ -43,7 +49,40 @@ fn counted<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
 }
 
 #[test]
+fn ilp_ingestion_allocates_nothing_per_row() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let db = basalt::db::Database::open(basalt::db::DbOptions {
+        data_dir: dir.path().to_path_buf(),
+        engine: basalt::io::EngineChoice::Portable,
+        shards: 1,
+        ..basalt::db::DbOptions::default()
+    })
+    .unwrap();
+    let gen = CpuGenerator::default();
+    let mut text = Vec::new();
+    for i in 0..100_000 {
+        gen.ilp_line(&mut text, "cpu", i);
+    }
+    let ing = basalt::ingest::Ingestor::new(&db, basalt::ingest::IngestOptions::default());
+    // The first lines create the table and its columns.
+    let mut buf = basalt::ingest::IngestBuffer::default();
+    let first = text.iter().position(|&b| b == b'\n').unwrap() + 1;
+    ing.add(&mut buf, &text[..first], 0, false).unwrap();
+    let (used, bytes, calls) = counted(|| ing.add(&mut buf, &text[first..], 0, false).unwrap());
+    assert_eq!(used, text.len() - first);
+    assert_eq!(buf.rows(), 100_000);
+    println!("100,000 ILP rows: {calls} allocations, {bytes} bytes");
+    // Column buffers double as they grow: a few dozen reallocations per
+    // column, never one per row.
+    assert!(calls < 1_000, "{calls} allocations for 100,000 rows");
+    drop(buf);
+    db.close();
+}
+
+#[test]
 fn encode_allocates_the_upload_buffer_once_and_hands_it_over_without_copying() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let gen = CpuGenerator::default();
     let mut w = SegmentWriter::new(1, "cpu", gen.schema()).unwrap();
     for t in 0..40u64 {
