@@ -12,5 +12,6 @@ pub mod ingest;
 pub mod io;
 pub mod segment;
 pub mod server;
+pub mod store;
 pub mod table;
 pub mod wal;
