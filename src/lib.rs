@@ -10,6 +10,7 @@ pub mod gen;
 pub mod ilp;
 pub mod ingest;
 pub mod io;
+pub mod replication;
 pub mod segment;
 pub mod server;
 pub mod store;

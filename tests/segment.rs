@@ -3,96 +3,15 @@
 //! sample of each format version stays readable; `basalt inspect` names
 //! what is wrong with a damaged file.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+mod common;
 
-use basalt::batch::{Batch, BatchBuilder, Value};
-use basalt::db::{Database, DbOptions};
+use std::path::{Path, PathBuf};
+
+use basalt::batch::{BatchBuilder, Value};
 use basalt::gen::{CpuGenerator, BASE_TS_US};
-use basalt::io::EngineChoice;
 use basalt::segment::{apply_segment, Compression, Segment, SegmentError, SegmentWriter};
 use basalt::table::{ColumnType, TableReader, TableWriter};
-
-/// Every file of a table that holds data, by path relative to the table,
-/// with partition directories named without their version (versions count
-/// apply steps, which differ between nodes; contents must not).
-fn table_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let reader = TableReader::open(
-        dir.parent().unwrap(),
-        dir.file_name().unwrap().to_str().unwrap(),
-    )
-    .unwrap();
-    let state = reader.state().unwrap();
-    for p in &state.partitions {
-        let name = reader.schema().partition_by.partition_name(p.floor);
-        let pdir = dir.join(basalt::table::files::partition_dir(&name, p.version));
-        for e in std::fs::read_dir(&pdir).unwrap() {
-            let e = e.unwrap();
-            out.insert(
-                format!("{name}/{}", e.file_name().to_string_lossy()),
-                std::fs::read(e.path()).unwrap(),
-            );
-        }
-    }
-    for e in std::fs::read_dir(dir.join("_sym")).unwrap() {
-        let e = e.unwrap();
-        out.insert(
-            format!("_sym/{}", e.file_name().to_string_lossy()),
-            std::fs::read(e.path()).unwrap(),
-        );
-    }
-    out.insert("_meta".into(), std::fs::read(dir.join("_meta")).unwrap());
-    out
-}
-
-/// Txns of the reference table with out-of-order timestamps, new symbols,
-/// and a column added half way.
-fn workload(db: &Database) -> Vec<(u64, Batch)> {
-    let gen = CpuGenerator::default();
-    let t = db.create_table("cpu", gen.schema()).unwrap();
-    let mut txns = Vec::new();
-    for i in 0..12u64 {
-        // Every third batch lands a day earlier: an O3 merge on apply.
-        let offset = if i % 3 == 2 { -86_400_000_000 } else { 0 };
-        let b = gen.batch(i * 500, 500, offset);
-        let txn = db.commit(&t, b.clone()).unwrap();
-        txns.push((txn, b));
-        if i == 5 {
-            db.add_column(&t, "note", ColumnType::Varchar).unwrap();
-        }
-        if i >= 6 {
-            let schema = t.schema();
-            let mut bb = BatchBuilder::new(&schema);
-            for r in 0..50u64 {
-                gen.row_partial(
-                    &mut bb,
-                    100_000 + i * 50 + r,
-                    BASE_TS_US + 10_000_000 + (i * 50 + r) as i64,
-                );
-                bb.set(8, Value::Varchar(&format!("n{r}"))).unwrap();
-                bb.finish_row().unwrap();
-            }
-            let b = bb.finish();
-            let txn = db.commit(&t, b.clone()).unwrap();
-            txns.push((txn, b));
-        }
-    }
-    t.wait_applied(txns.last().unwrap().0, Duration::from_secs(30))
-        .unwrap();
-    txns
-}
-
-fn open_db(dir: &Path) -> Database {
-    Database::open(DbOptions {
-        data_dir: dir.to_path_buf(),
-        engine: EngineChoice::Portable,
-        shards: 1,
-        ..DbOptions::default()
-    })
-    .unwrap()
-}
+use common::{open_db, table_files, workload};
 
 #[test]
 fn a_replica_built_from_segments_equals_the_primary_byte_for_byte() {

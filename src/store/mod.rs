@@ -317,6 +317,11 @@ impl StoreConfig {
 }
 
 /// An opened object store and the prefix basalt writes under.
+///
+/// The cloud stores' pooled HTTP connections belong to the tokio runtime
+/// that opened them; a connection reused from another runtime waits on a
+/// runtime that is not running it (until its request times out). Build one
+/// `Store` per runtime (cloning shares the pool).
 #[derive(Clone, Debug)]
 pub struct Store {
     pub inner: Arc<dyn ObjectStore>,

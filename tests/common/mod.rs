@@ -2,11 +2,18 @@
 //! loopback ports, and a minimal HTTP/1.1 client.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use basalt::batch::{Batch, BatchBuilder, Value};
+use basalt::db::{Database, DbOptions};
+use basalt::gen::{CpuGenerator, BASE_TS_US};
+use basalt::io::EngineChoice;
+use basalt::table::{ColumnType, TableReader};
 
 /// A `basalt serve` child. Killed with SIGKILL when dropped.
 pub struct ServerProcess {
@@ -198,4 +205,84 @@ pub fn row_count(data_dir: &Path, table: &str) -> u64 {
     basalt::table::TableReader::open(data_dir, table)
         .and_then(|r| r.state())
         .map_or(0, |s| s.row_count())
+}
+
+/// Every file of a table that holds data, by path relative to the table,
+/// with partition directories named without their version (versions count
+/// apply steps, which differ between nodes; contents must not).
+pub fn table_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let reader = TableReader::open(
+        dir.parent().unwrap(),
+        dir.file_name().unwrap().to_str().unwrap(),
+    )
+    .unwrap();
+    let state = reader.state().unwrap();
+    for p in &state.partitions {
+        let name = reader.schema().partition_by.partition_name(p.floor);
+        let pdir = dir.join(basalt::table::files::partition_dir(&name, p.version));
+        for e in std::fs::read_dir(&pdir).unwrap() {
+            let e = e.unwrap();
+            out.insert(
+                format!("{name}/{}", e.file_name().to_string_lossy()),
+                std::fs::read(e.path()).unwrap(),
+            );
+        }
+    }
+    for e in std::fs::read_dir(dir.join("_sym")).unwrap() {
+        let e = e.unwrap();
+        out.insert(
+            format!("_sym/{}", e.file_name().to_string_lossy()),
+            std::fs::read(e.path()).unwrap(),
+        );
+    }
+    out.insert("_meta".into(), std::fs::read(dir.join("_meta")).unwrap());
+    out
+}
+
+/// Txns of the reference table with out-of-order timestamps, new symbols,
+/// and a column added half way.
+pub fn workload(db: &Database) -> Vec<(u64, Batch)> {
+    let gen = CpuGenerator::default();
+    let t = db.create_table("cpu", gen.schema()).unwrap();
+    let mut txns = Vec::new();
+    for i in 0..12u64 {
+        // Every third batch lands a day earlier: an O3 merge on apply.
+        let offset = if i % 3 == 2 { -86_400_000_000 } else { 0 };
+        let b = gen.batch(i * 500, 500, offset);
+        let txn = db.commit(&t, b.clone()).unwrap();
+        txns.push((txn, b));
+        if i == 5 {
+            db.add_column(&t, "note", ColumnType::Varchar).unwrap();
+        }
+        if i >= 6 {
+            let schema = t.schema();
+            let mut bb = BatchBuilder::new(&schema);
+            for r in 0..50u64 {
+                gen.row_partial(
+                    &mut bb,
+                    100_000 + i * 50 + r,
+                    BASE_TS_US + 10_000_000 + (i * 50 + r) as i64,
+                );
+                bb.set(8, Value::Varchar(&format!("n{r}"))).unwrap();
+                bb.finish_row().unwrap();
+            }
+            let b = bb.finish();
+            let txn = db.commit(&t, b.clone()).unwrap();
+            txns.push((txn, b));
+        }
+    }
+    t.wait_applied(txns.last().unwrap().0, Duration::from_secs(30))
+        .unwrap();
+    txns
+}
+
+pub fn open_db(dir: &Path) -> Database {
+    Database::open(DbOptions {
+        data_dir: dir.to_path_buf(),
+        engine: EngineChoice::Portable,
+        shards: 1,
+        ..DbOptions::default()
+    })
+    .unwrap()
 }

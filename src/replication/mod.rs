@@ -1,0 +1,44 @@
+//! Replication through an object store. So far: the key layout and the
+//! replica's side (find new segments, download, verify, apply, make it
+//! durable). The primary's uploader is not built yet.
+//!
+//! Object keys (under the store's root):
+//!
+//! ```text
+//! tables/<table>/<first_txn, 20 digits>.seg
+//! ```
+//!
+//! A segment holds txns `first..=last` of one table; the next one starts at
+//! `last + 1`. Keys sort in txn order, so a replica finds what is new with
+//! one listing after the key of its last applied segment. Each key is
+//! written once (conditional create), so two writers can never both extend
+//! the chain at the same txn.
+
+pub mod replica;
+
+pub use replica::{Replica, ReplicationError, SyncReport};
+
+use crate::store::Store;
+use object_store::path::Path as ObjectPath;
+
+/// Directory of all tables' segments under the store root.
+pub const TABLES_PREFIX: &str = "tables";
+
+/// `tables/<table>/` under the store's root.
+pub fn table_prefix(store: &Store, table: &str) -> ObjectPath {
+    store.path(&[TABLES_PREFIX, table])
+}
+
+/// The key of the segment of `table` whose first txn is `first_txn`.
+pub fn segment_key(store: &Store, table: &str, first_txn: u64) -> ObjectPath {
+    store.path(&[TABLES_PREFIX, table, &format!("{first_txn:020}.seg")])
+}
+
+/// The first txn a segment key names, if it is one.
+pub fn first_txn_of(key: &ObjectPath) -> Option<u64> {
+    let name = key.filename()?;
+    let digits = name.strip_suffix(".seg")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
