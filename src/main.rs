@@ -151,6 +151,13 @@ impl ServeArgs {
                 .next()
                 .ok_or_else(|| format!("--{what} {s:?} resolves to no address"))
         };
+        if self.partition_by == basalt::table::PartitionBy::None {
+            return Err(
+                "--partition-by NONE is only for tables without a designated timestamp; \
+                 tables created by ILP have one (use HOUR, DAY, WEEK, MONTH or YEAR)"
+                    .into(),
+            );
+        }
         if self.ilp_line_bytes_max < 1024 {
             return Err("--ilp-line-bytes-max must be at least 1024".into());
         }

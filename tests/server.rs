@@ -541,3 +541,25 @@ fn kill9_during_http_ingestion_loses_no_acknowledged_row() {
     }
     assert!(acked_total > 0);
 }
+
+#[test]
+fn bad_server_options_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, expect) in [
+        (&["--partition-by", "NONE"][..], "designated timestamp"),
+        (&["--http", "not-an-address"][..], "--http"),
+        (&["--io-engine", "warp"][..], "unknown I/O engine"),
+        (&["--ilp-line-bytes-max", "10"][..], "at least 1024"),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+}
