@@ -169,33 +169,52 @@ fn tcp_replay(base: &Path, rows: u64, conns: usize) {
         .map(|k| ilp_text(&gen, &names[k], k as u64 * per, per))
         .collect();
     let bytes: u64 = texts.iter().map(|t| t.len() as u64).sum();
-    let server = start_server(&base.join("tcp"));
+    let what = format!("TCP replay, {conns} connections");
+    let rows = per * conns as u64;
+    measure(&base.join("tcp"), what, &names, rows, bytes, |server| {
+        std::thread::scope(|s| {
+            for text in &texts {
+                let addr = server.ilp;
+                s.spawn(move || {
+                    let mut c = TcpStream::connect(addr).expect("connect ILP/TCP");
+                    for chunk in text.chunks(1 << 20) {
+                        c.write_all(chunk).expect("send ILP");
+                    }
+                });
+            }
+        })
+    });
+}
+
+/// Starts a server in `dir`, runs `clients` against it, waits until `rows`
+/// are visible in `names`, and prints the run; returns what the clients
+/// returned.
+fn measure<T>(
+    dir: &Path,
+    what: String,
+    names: &[String],
+    rows: u64,
+    bytes: u64,
+    clients: impl FnOnce(&Server) -> T,
+) -> T {
+    let server = start_server(dir);
     let pid = server.child.id();
     let cpu0 = cpu_seconds(pid);
     let t0 = Instant::now();
-    std::thread::scope(|s| {
-        for text in &texts {
-            let addr = server.ilp;
-            s.spawn(move || {
-                let mut c = TcpStream::connect(addr).expect("connect ILP/TCP");
-                for chunk in text.chunks(1 << 20) {
-                    c.write_all(chunk).expect("send ILP");
-                }
-            });
-        }
-    });
+    let out = clients(&server);
     let sent = t0.elapsed();
-    wait_visible(&server.dir, &names, per * conns as u64);
+    wait_visible(&server.dir, names, rows);
     let visible = t0.elapsed();
     Run {
-        what: format!("TCP replay, {conns} connections"),
-        rows: per * conns as u64,
+        what,
+        rows,
         bytes,
         sent,
         visible,
         cpu_s: cpu_seconds(pid) - cpu0,
     }
     .print();
+    out
 }
 
 /// An HTTP/1.1 keep-alive connection.
@@ -284,48 +303,37 @@ fn http_replay(base: &Path, rows: u64, conns: usize, request_rows: u64) {
         })
         .collect();
     let bytes: u64 = bodies.iter().flatten().map(|b| b.len() as u64).sum();
-    let server = start_server(&base.join("http"));
-    let pid = server.child.id();
-    let cpu0 = cpu_seconds(pid);
-    let t0 = Instant::now();
-    let hists: Vec<Histogram<u64>> = std::thread::scope(|s| {
-        let handles: Vec<_> = bodies
-            .iter()
-            .map(|mine| {
-                let addr = server.http;
-                s.spawn(move || {
-                    let mut h = Histogram::<u64>::new(3).expect("histogram");
-                    let mut c = KeepAlive::connect(addr);
-                    for b in mine {
-                        let t = Instant::now();
-                        assert_eq!(c.post(b), 204);
-                        h.record(t.elapsed().as_micros() as u64).expect("record");
-                    }
-                    h
-                })
+    let what = format!("HTTP {request_rows}-row requests, {conns} conns");
+    let rows = per * conns as u64;
+    let hists: Vec<Histogram<u64>> =
+        measure(&base.join("http"), what, &names, rows, bytes, |server| {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = bodies
+                    .iter()
+                    .map(|mine| {
+                        let addr = server.http;
+                        s.spawn(move || {
+                            let mut h = Histogram::<u64>::new(3).expect("histogram");
+                            let mut c = KeepAlive::connect(addr);
+                            for b in mine {
+                                let t = Instant::now();
+                                assert_eq!(c.post(b), 204);
+                                h.record(t.elapsed().as_micros() as u64).expect("record");
+                            }
+                            h
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("client"))
+                    .collect()
             })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("client"))
-            .collect()
-    });
-    let sent = t0.elapsed();
-    wait_visible(&server.dir, &names, per * conns as u64);
-    let visible = t0.elapsed();
+        });
     let mut h = Histogram::<u64>::new(3).expect("histogram");
     for x in &hists {
         h.add(x).expect("merge");
     }
-    Run {
-        what: format!("HTTP {request_rows}-row requests, {conns} conns"),
-        rows: per * conns as u64,
-        bytes,
-        sent,
-        visible,
-        cpu_s: cpu_seconds(pid) - cpu0,
-    }
-    .print();
     println!(
         "  request latency (204 = durable): p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over {} requests",
         h.value_at_quantile(0.5) as f64 / 1e3,

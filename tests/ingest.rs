@@ -2,25 +2,18 @@
 //! type conflicts refused with the line number, and a bad line commits
 //! nothing of its request.
 
+mod common;
+
 use basalt::batch::Value;
-use basalt::db::{Database, DbOptions};
+use basalt::db::Database;
 use basalt::ilp::Precision;
 use basalt::ingest::{IngestOptions, Ingestor};
-use basalt::io::EngineChoice;
 use basalt::table::{ColumnType, PartitionBy};
 use std::time::Duration;
 
 const NOW_US: i64 = 1_704_067_200_000_000;
 
-fn open(dir: &std::path::Path) -> Database {
-    Database::open(DbOptions {
-        data_dir: dir.to_path_buf(),
-        engine: EngineChoice::Portable,
-        shards: 1,
-        ..DbOptions::default()
-    })
-    .unwrap()
-}
+use common::open_db as open;
 
 fn wait(db: &Database, table: &str, txn: u64) {
     db.table(table)

@@ -21,6 +21,12 @@ fn scan(data: &std::path::Path, table: &str) -> basalt::table::ScanResult {
         .unwrap()
 }
 
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
 fn post(s: &ServerProcess, target: &str, body: &[u8]) -> common::HttpResponse {
     http(s.http, "POST", target, &[], body)
 }
@@ -133,9 +139,7 @@ fn http_answers_like_questdb() {
     assert!(!dir.path().join("evil").exists());
 
     // precision=ms, gzip.
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(b"p v=1i 1700000000123\n").unwrap();
-    let body = gz.finish().unwrap();
+    let body = gzip(b"p v=1i 1700000000123\n");
     let r = http(
         s.http,
         "POST",
@@ -179,11 +183,7 @@ fn http_answers_like_questdb() {
     let r = post(&s, "/write", &big);
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["code"], "request_too_large");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    for _ in 0..10_000 {
-        gz.write_all(b"p v=1i 1700000000000000000\n").unwrap();
-    }
-    let bomb = gz.finish().unwrap();
+    let bomb = gzip(&b"p v=1i 1700000000000000000\n".repeat(10_000));
     assert!(bomb.len() < 4096);
     let r = http(
         s.http,

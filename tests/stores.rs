@@ -1,12 +1,11 @@
-//! Object stores opened from connection strings against real protocol
-//! servers on loopback (moto for S3, Azurite for Azure Blob): what
-//! replication relies on, create-once puts and listing after a key, works
-//! through `basalt::store` on each.
+//! Object stores opened from connection strings: what replication relies
+//! on, create-once puts and listing after a key, works through
+//! `basalt::store` on memory, fs, and real protocol servers on loopback
+//! (moto for S3, Azurite for Azure Blob).
 
 mod servers;
 
 use basalt::store::{Store, StoreConfig};
-use futures_lite::StreamExt;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 fn run<F: std::future::Future>(f: F) -> F::Output {
@@ -53,17 +52,27 @@ fn create_once_and_list_after(store: &Store) {
             .await
             .unwrap();
         assert_eq!(&got[..], &[2u8; 1000][..], "the first write stays");
-        let prefix = store.path(&["cpu"]);
         let keys: Vec<String> = store
-            .inner
-            .list_with_offset(Some(&prefix), &key(1))
-            .map(|m| m.unwrap().location.to_string())
-            .collect()
-            .await;
-        let mut keys = keys;
-        keys.sort();
+            .list_after(&store.path(&["cpu"]), &key(1))
+            .await
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(keys, vec![key(2).to_string(), key(3).to_string()]);
     });
+}
+
+#[test]
+fn memory() {
+    create_once_and_list_after(&StoreConfig::parse("memory::").unwrap().build().unwrap());
+}
+
+#[test]
+fn fs() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = format!("fs::root={};", dir.path().join("store").display());
+    create_once_and_list_after(&StoreConfig::parse(&conn).unwrap().build().unwrap());
 }
 
 #[test]

@@ -637,14 +637,8 @@ pub fn unpack_bits(bits: &[u8], first: usize, rows: usize) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::all_types;
     use super::*;
-    use crate::table::schema::PartitionBy;
-
-    fn all_types() -> Schema {
-        let cols: Vec<(&str, ColumnType)> =
-            ColumnType::ALL.iter().map(|t| (t.name(), *t)).collect();
-        Schema::new(cols, Some("TIMESTAMP"), PartitionBy::Day).unwrap()
-    }
 
     #[test]
     fn builder_round_trips_values_and_nulls() {

@@ -474,10 +474,7 @@ impl Database {
     /// Blocks while that shard's queue is full: do not call it on a shard
     /// thread (use [`Database::submit_async`] there).
     pub fn submit(&self, table: &Arc<TableHandle>, batch: Batch) -> Result<CommitTicket, DbError> {
-        let (shard, msg, ticket) = self.prepare_commit(table, batch)?;
-        let tx = self.shards.get(shard).ok_or(DbError::Closed)?;
-        tx.send(msg).map_err(|_| DbError::Closed)?;
-        Ok(ticket)
+        self.submit_prepared(self.prepare(table, batch)?)
     }
 
     /// [`Database::submit`] for tasks on a shard: waits for queue space
@@ -488,10 +485,8 @@ impl Database {
         table: &Arc<TableHandle>,
         batch: Batch,
     ) -> Result<CommitTicket, DbError> {
-        let (shard, msg, ticket) = self.prepare_commit(table, batch)?;
-        let tx = self.shards.get(shard).ok_or(DbError::Closed)?;
-        tx.send_async(msg).await.map_err(|_| DbError::Closed)?;
-        Ok(ticket)
+        self.submit_prepared_async(self.prepare(table, batch)?)
+            .await
     }
 
     /// Runs the task made by `make` on shard `shard`'s executor (modulo the
@@ -502,18 +497,6 @@ impl Database {
         tx.ok_or(DbError::Closed)?
             .send(ShardMsg::Spawn(make))
             .map_err(|_| DbError::Closed)
-    }
-
-    /// Validates and encodes a commit without sending it: a request that
-    /// commits to several tables prepares all of them first, so a bad batch
-    /// refuses the whole request before anything is committed.
-    pub fn prepare(
-        &self,
-        table: &Arc<TableHandle>,
-        batch: Batch,
-    ) -> Result<PreparedCommit, DbError> {
-        self.prepare_commit(table, batch)
-            .map(|(shard, msg, ticket)| PreparedCommit { shard, msg, ticket })
     }
 
     /// Sends a prepared commit (see [`Database::submit_async`]).
@@ -530,11 +513,14 @@ impl Database {
         Ok(p.ticket)
     }
 
-    fn prepare_commit(
+    /// Validates and encodes a commit without sending it: a request that
+    /// commits to several tables prepares all of them first, so a bad batch
+    /// refuses the whole request before anything is committed.
+    pub fn prepare(
         &self,
         table: &Arc<TableHandle>,
         batch: Batch,
-    ) -> Result<(usize, ShardMsg, CommitTicket), DbError> {
+    ) -> Result<PreparedCommit, DbError> {
         if table.failed.load(Ordering::Acquire) {
             return Err(DbError::TableFailed {
                 table: table.name.clone(),
@@ -572,7 +558,11 @@ impl Database {
             batch,
             ack,
         });
-        Ok((shard, msg, CommitTicket(rx)))
+        Ok(PreparedCommit {
+            shard,
+            msg,
+            ticket: CommitTicket(rx),
+        })
     }
 
     /// Adds a column to `table` as its next schema version, durably. Rows

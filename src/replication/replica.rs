@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use futures_lite::StreamExt;
 use object_store::ObjectStoreExt;
 use rkyv::util::AlignedVec;
 use tracing::info;
@@ -111,18 +110,7 @@ impl Replica {
         let applied = self.applied_txn(table)?;
         let prefix = table_prefix(&self.store, table);
         let after = segment_key(&self.store, table, applied);
-        let mut keys: Vec<object_store::path::Path> = self.rt.block_on(async {
-            self.store
-                .inner
-                .list_with_offset(Some(&prefix), &after)
-                .map(|m| m.map(|m| m.location))
-                .try_collect()
-                .await
-        })?;
-        // Not every server honours the listing offset (Azurite returns
-        // everything): filter here too.
-        keys.retain(|k| *k > after);
-        keys.sort();
+        let keys = self.rt.block_on(self.store.list_after(&prefix, &after))?;
         let mut report = SyncReport {
             txn: applied,
             ..SyncReport::default()

@@ -79,7 +79,7 @@ async fn handle(req: Request<Incoming>, state: &ServerState) -> Answer {
         (&Method::GET, "/settings") => json(StatusCode::OK, settings()),
         (_, "/write" | "/api/v2/write" | "/ping" | "/settings") => {
             let msg = format!("method {} is not allowed on {path}", req.method());
-            error(state, StatusCode::METHOD_NOT_ALLOWED, "invalid", msg, None)
+            invalid(state, StatusCode::METHOD_NOT_ALLOWED, msg)
         }
         _ => {
             let msg = format!(
@@ -147,6 +147,11 @@ fn error(
     )
 }
 
+/// A refusal of the client's request that is not about one line.
+fn invalid(state: &ServerState, status: StatusCode, message: String) -> Answer {
+    error(state, status, "invalid", message, None)
+}
+
 /// The value of `key` in the query string.
 fn query_param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
     query?
@@ -193,7 +198,7 @@ async fn write(req: Request<Incoming>, state: &ServerState) -> Answer {
             Some(p) => p,
             None => {
                 let msg = format!("unsupported precision {p:?}: use n, u, ms or s");
-                return error(state, StatusCode::BAD_REQUEST, "invalid", msg, None);
+                return invalid(state, StatusCode::BAD_REQUEST, msg);
             }
         },
     };
@@ -213,13 +218,7 @@ async fn write(req: Request<Incoming>, state: &ServerState) -> Answer {
                 "unsupported Content-Encoding {:?}: send plain or gzip bodies",
                 e.unwrap_or("(not text)")
             );
-            return error(
-                state,
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "invalid",
-                msg,
-                None,
-            );
+            return invalid(state, StatusCode::UNSUPPORTED_MEDIA_TYPE, msg);
         }
     };
     let body = match Limited::new(req.into_body(), limit).collect().await {
@@ -229,7 +228,7 @@ async fn write(req: Request<Incoming>, state: &ServerState) -> Answer {
         }
         Err(e) => {
             let msg = format!("could not read the request body: {e}");
-            return error(state, StatusCode::BAD_REQUEST, "invalid", msg, None);
+            return invalid(state, StatusCode::BAD_REQUEST, msg);
         }
     };
     let plain;
@@ -242,13 +241,7 @@ async fn write(req: Request<Incoming>, state: &ServerState) -> Answer {
             Err(Gunzip::TooLarge) => return too_large("the gunzipped request body"),
             Err(Gunzip::Bad(e)) => {
                 let msg = format!("the request body is not valid gzip: {e}");
-                return error(
-                    state,
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "invalid",
-                    msg,
-                    None,
-                );
+                return invalid(state, StatusCode::UNSUPPORTED_MEDIA_TYPE, msg);
             }
         }
     } else {
@@ -287,7 +280,7 @@ fn ingest_error(state: &ServerState, e: IngestError) -> Answer {
             let msg = format!(
                 "the request's rows were refused: {b}; nothing in this request was committed"
             );
-            error(state, StatusCode::BAD_REQUEST, "invalid", msg, None)
+            invalid(state, StatusCode::BAD_REQUEST, msg)
         }
         IngestError::Db(DbError::Closed) => {
             let msg = "the server is shutting down".to_string();

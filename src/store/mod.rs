@@ -331,6 +331,26 @@ pub struct Store {
 }
 
 impl Store {
+    /// Keys under `prefix` that sort after `offset`, sorted. The listing
+    /// is filtered here too: not every server honours the offset (Azurite
+    /// returns everything).
+    pub async fn list_after(
+        &self,
+        prefix: &ObjectPath,
+        offset: &ObjectPath,
+    ) -> Result<Vec<ObjectPath>, object_store::Error> {
+        use futures_lite::StreamExt;
+        let mut keys: Vec<ObjectPath> = self
+            .inner
+            .list_with_offset(Some(prefix), offset)
+            .map(|m| m.map(|m| m.location))
+            .try_collect()
+            .await?;
+        keys.retain(|k| k > offset);
+        keys.sort();
+        Ok(keys)
+    }
+
     /// `root/<parts...>`.
     pub fn path(&self, parts: &[&str]) -> ObjectPath {
         let mut p = self.root.clone();

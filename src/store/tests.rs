@@ -1,8 +1,5 @@
 use super::*;
 
-use futures_lite::StreamExt;
-use object_store::{PutMode, PutOptions, PutPayload};
-
 fn err(conn: &str) -> String {
     StoreConfig::parse(conn)
         .expect_err("must be refused")
@@ -78,69 +75,4 @@ fn cloud_stores_build_without_a_request() {
     ] {
         StoreConfig::parse(conn).unwrap().build().unwrap();
     }
-}
-
-fn run<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
-/// What replication relies on: create-once puts and listing after a key.
-fn create_once_and_list_after(store: Store) {
-    run(async {
-        let create = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        for k in [
-            "00000000000000000001.seg",
-            "00000000000000000002.seg",
-            "00000000000000000003.seg",
-        ] {
-            let p = store.path(&["cpu", k]);
-            store
-                .inner
-                .put_opts(&p, PutPayload::from_static(b"x"), create.clone())
-                .await
-                .unwrap();
-        }
-        let again = store
-            .inner
-            .put_opts(
-                &store.path(&["cpu", "00000000000000000002.seg"]),
-                PutPayload::from_static(b"y"),
-                create,
-            )
-            .await;
-        assert!(
-            matches!(again, Err(object_store::Error::AlreadyExists { .. })),
-            "{again:?}"
-        );
-        let after = store.path(&["cpu", "00000000000000000001.seg"]);
-        let prefix = store.path(&["cpu"]);
-        let mut keys: Vec<String> = store
-            .inner
-            .list_with_offset(Some(&prefix), &after)
-            .map(|m| m.unwrap().location.to_string())
-            .collect()
-            .await;
-        keys.sort();
-        assert_eq!(keys.len(), 2, "{keys:?}");
-        assert!(keys[0].ends_with("00000000000000000002.seg"));
-    });
-}
-
-#[test]
-fn memory_store_creates_once_and_lists_after_a_key() {
-    create_once_and_list_after(StoreConfig::parse("memory::").unwrap().build().unwrap());
-}
-
-#[test]
-fn fs_store_creates_once_and_lists_after_a_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let conn = format!("fs::root={};", dir.path().join("store").display());
-    create_once_and_list_after(StoreConfig::parse(&conn).unwrap().build().unwrap());
 }
