@@ -78,6 +78,21 @@ struct NodeArgs {
         default_value_t = 5
     )]
     apply_interval_ms: u64,
+    /// The object store replication goes through (the only link between
+    /// nodes): `s3::bucket=B;root=R;region=..;endpoint=..;access_key_id=..;
+    /// secret_access_key=..;allow_http=..;`, `azblob::container=C;root=R;
+    /// account_name=..;account_key=..;endpoint=..;use_emulator=..;`,
+    /// `gcs::bucket=B;root=R;credential_path=..;`, `fs::root=DIR;` (shared
+    /// filesystem, fsynced), `memory::` (tests), or `off`. Default:
+    /// `fs::root=<data-dir>/_replication;`. Credentials missing here come
+    /// from the environment (AWS_*, AZURE_*, GOOGLE_*) and are never printed.
+    /// While it is not `off`, WAL is kept until it is uploaded.
+    #[arg(long, global = true, env = "BASALT_OBJECT_STORE")]
+    object_store: Option<String>,
+    /// primary: takes writes and uploads segments. replica: read-only,
+    /// applies what a primary uploaded to --object-store.
+    #[arg(long, global = true, env = "BASALT_ROLE", default_value = "primary", value_parser = ["primary", "replica"])]
+    role: String,
 }
 
 /// Options of `serve`. Like every option, each can also be set in the
@@ -140,6 +155,37 @@ struct ServeArgs {
         default_value_t = 4096
     )]
     connections_max: usize,
+    /// Primary: a segment is sealed and uploaded once its column data
+    /// reaches this size... (low-lag setting: 262144)
+    #[arg(long, global = true, env = "BASALT_SEGMENT_BYTES_MAX", default_value_t = 2 * 1024 * 1024)]
+    segment_bytes_max: usize,
+    /// ... or once its first txn is this old, whichever comes first. At a
+    /// steady load this is about one PUT per table per interval. (low-lag
+    /// setting: 10)
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_SEGMENT_AGE_MS",
+        default_value_t = 100
+    )]
+    segment_age_ms: u64,
+    /// Primary: tables uploading at once (one segment in flight per table).
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_UPLOADS_IN_FLIGHT_MAX",
+        default_value_t = 4
+    )]
+    uploads_in_flight_max: usize,
+    /// Replica: how often each table's new segments are looked for (one
+    /// LIST request per table each time).
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_REPLICA_POLL_MS",
+        default_value_t = 50
+    )]
+    replica_poll_ms: u64,
 }
 
 impl ServeArgs {
@@ -170,20 +216,41 @@ impl ServeArgs {
             ilp_commit_rows: self.ilp_commit_rows.max(1),
             ilp_commit_interval: Duration::from_millis(self.ilp_commit_interval_ms.max(1)),
             connections_max: self.connections_max.max(1),
+            node: None,
         })
     }
 }
 
 impl NodeArgs {
     fn open(&self) -> Result<Database, DbError> {
+        let replica = self.role == "replica";
         Database::open(DbOptions {
             data_dir: self.data_dir.clone(),
             engine: self.io_engine.clone(),
             shards: self.shards,
             checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms.max(1)),
             apply_interval: Duration::from_millis(self.apply_interval_ms),
+            retain_wal_for_upload: !replica && self.object_store.as_deref() != Some("off"),
+            read_only: replica,
             ..DbOptions::default()
         })
+    }
+
+    /// The object store to replicate through; `None` when `off`.
+    fn store(&self) -> Result<Option<basalt::store::StoreConfig>, String> {
+        let conn = match self.object_store.as_deref() {
+            Some("off") => return Ok(None),
+            Some(c) => c.to_string(),
+            None if self.role == "replica" => {
+                return Err(
+                    "a replica needs --object-store: the store its primary uploads to".into(),
+                )
+            }
+            None => format!("fs::root={};", self.data_dir.join("_replication").display()),
+        };
+        basalt::store::StoreConfig::parse(&conn)
+            .map(Some)
+            .map_err(|e| format!("--object-store: {e}"))
     }
 }
 
@@ -321,6 +388,12 @@ const CONFIG_KEYS: &[&str] = &[
     "ilp_commit_rows",
     "ilp_commit_interval_ms",
     "connections_max",
+    "object_store",
+    "role",
+    "segment_bytes_max",
+    "segment_age_ms",
+    "uploads_in_flight_max",
+    "replica_poll_ms",
 ];
 
 /// Parses the command line, then fills options given neither as flags nor
@@ -385,25 +458,86 @@ fn parse_cli() -> Result<Cli, clap::Error> {
 }
 
 fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
-    let config = args.config()?;
+    use basalt::replication::{
+        NodeStatus, ReplicaOptions, ReplicaRunner, Role, UploadOptions, Uploader,
+    };
+    let mut config = args.config()?;
+    let store_config = node.store()?;
+    let role = if node.role == "replica" {
+        Role::Replica
+    } else {
+        Role::Primary
+    };
+    if args.segment_bytes_max < 1024 {
+        return Err("--segment-bytes-max must be at least 1024".into());
+    }
     // SIGTERM and SIGINT are taken by this thread only (sigwait below): block
     // them before any other thread starts, so every thread inherits the mask.
     let signals = block_shutdown_signals();
     let db = node.open().map_err(|e| e.to_string())?;
     let shards = db.shard_count();
     let engine = db.engine().choice.clone();
+    let mut uploader = None;
+    let mut follower = None;
+    if let Some(sc) = &store_config {
+        let store = sc.build().map_err(|e| format!("--object-store: {e}"))?;
+        let mut status = NodeStatus {
+            role,
+            store: sc.to_string(),
+            store_stats: store.stats.clone(),
+            catalog: None,
+            upload: None,
+            replica: None,
+        };
+        match role {
+            Role::Primary => {
+                let opts = UploadOptions {
+                    segment_bytes_max: args.segment_bytes_max,
+                    segment_age_max: Duration::from_millis(args.segment_age_ms),
+                    uploads_in_flight_max: args.uploads_in_flight_max.max(1),
+                    ..UploadOptions::default()
+                };
+                let u = Uploader::start(db.catalog(), store, opts)
+                    .map_err(|e| format!("cannot start the uploader: {e}"))?;
+                status.catalog = Some(db.catalog());
+                status.upload = Some(u.status.clone());
+                uploader = Some(u);
+            }
+            Role::Replica => {
+                let opts = ReplicaOptions {
+                    poll_interval: Duration::from_millis(args.replica_poll_ms.max(1)),
+                    ..ReplicaOptions::default()
+                };
+                let r = ReplicaRunner::start(store, &node.data_dir, opts)
+                    .map_err(|e| format!("cannot start the replica: {e}"))?;
+                status.replica = Some(r.status.clone());
+                follower = Some(r);
+            }
+        }
+        config.node = Some(Arc::new(status));
+    }
     let server = basalt::server::Server::start(db, config).map_err(|e| e.to_string())?;
     // A machine-readable line for scripts and tests (logs go to stderr).
     println!(
-        "basalt serving: http={} ilp={} shards={shards} engine={engine} data_dir={}",
+        "basalt serving: http={} ilp={} shards={shards} engine={engine} data_dir={} role={} store={}",
         server.http_addr,
         server.ilp_addr,
-        node.data_dir.display()
+        node.data_dir.display(),
+        role.name(),
+        store_config.map_or_else(|| "off".to_string(), |s| s.to_string()),
     );
     let _ = std::io::stdout().flush();
     let signal = wait_for_signal(&signals);
     tracing::info!(signal, "shutting down");
+    // The database closes first, so the uploader's last round ships every
+    // committed txn (within its flush limit; the rest stays in the WAL).
     server.shutdown(Duration::from_secs(30));
+    if let Some(u) = uploader {
+        u.shutdown();
+    }
+    if let Some(r) = follower {
+        r.shutdown();
+    }
     Ok(())
 }
 

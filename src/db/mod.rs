@@ -61,6 +61,13 @@ pub struct DbOptions {
     pub checkpoint_interval: Duration,
     /// ... or after this many rows, whichever comes first.
     pub checkpoint_rows_max: usize,
+    /// Replication is on: the WAL of tables with a designated timestamp is
+    /// kept until it is uploaded too (see [`TableHandle::set_uploaded`]),
+    /// across restarts.
+    pub retain_wal_for_upload: bool,
+    /// A replica's node: tables are written by the replica, not by commits;
+    /// open recovers nothing and creating tables is refused.
+    pub read_only: bool,
 }
 
 impl Default for DbOptions {
@@ -78,6 +85,8 @@ impl Default for DbOptions {
             apply_interval: Duration::from_millis(5),
             checkpoint_interval: Duration::from_secs(10),
             checkpoint_rows_max: 16 * 1024 * 1024,
+            retain_wal_for_upload: false,
+            read_only: false,
         }
     }
 }
@@ -104,6 +113,8 @@ pub enum DbError {
     TableFailed { table: String, reason: String },
     #[error("timed out after {0:?} waiting for the applier")]
     Timeout(Duration),
+    #[error("this node is a read-only replica: tables are written only by replication")]
+    ReadOnly,
 }
 
 impl From<WalError> for DbError {
@@ -136,6 +147,14 @@ pub struct TableHandle {
     /// Current schema; replaced (never mutated) when a column is added.
     schema: arc_swap::ArcSwap<Schema>,
     dir: PathBuf,
+    table_id: u64,
+    /// Its WAL is kept until uploaded (replication on, designated timestamp).
+    replicated: bool,
+    /// Last txn uploaded to the object store (replicated tables).
+    uploaded_txn: AtomicU64,
+    /// Txns whose WAL write failed (the applier skips them); replication
+    /// ships them as empty txns so replicas stay at the primary's numbers.
+    aborted: Mutex<std::collections::BTreeSet<u64>>,
     /// The table's sequencer: next txn to hand out.
     next_txn: AtomicU64,
     /// Last checkpointed txn: WAL records up to it are no longer needed.
@@ -147,11 +166,28 @@ pub struct TableHandle {
 }
 
 impl TableHandle {
-    fn new(name: &str, schema: Schema, dir: PathBuf, resolved: u64) -> TableHandle {
+    fn new(
+        name: &str,
+        schema: Schema,
+        writer: &TableWriter,
+        resolved: u64,
+        opts: &DbOptions,
+    ) -> TableHandle {
+        let replicated = opts.retain_wal_for_upload && schema.timestamp.is_some();
+        let dir = writer.dir().to_path_buf();
+        let uploaded = if replicated {
+            wal::retention::read_upload_mark(&dir.join(WAL_DIR))
+        } else {
+            0
+        };
         TableHandle {
             name: name.to_string(),
             schema: arc_swap::ArcSwap::from_pointee(schema),
             dir,
+            table_id: writer.table_id(),
+            replicated,
+            uploaded_txn: AtomicU64::new(uploaded),
+            aborted: Mutex::new(Default::default()),
             next_txn: AtomicU64::new(resolved + 1),
             durable_txn: AtomicU64::new(resolved),
             status: Mutex::new(ApplyStatus {
@@ -184,6 +220,64 @@ impl TableHandle {
     fn set_resolved(&self, txn: u64) {
         self.lock().resolved = txn;
         self.changed.notify_all();
+    }
+
+    /// The table's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The table's id (segments carry it; replicas keep it).
+    pub fn table_id(&self) -> u64 {
+        self.table_id
+    }
+
+    /// Whether its WAL is kept for upload (replication on and the table has
+    /// a designated timestamp; local-only tables never replicate).
+    pub fn is_replicated(&self) -> bool {
+        self.replicated
+    }
+
+    /// Txns handed out so far (some may still be in flight).
+    pub fn committed_txn(&self) -> u64 {
+        self.next_txn.load(Ordering::Acquire).saturating_sub(1)
+    }
+
+    /// Last txn known to be in the object store.
+    pub fn uploaded_txn(&self) -> u64 {
+        self.uploaded_txn.load(Ordering::Acquire)
+    }
+
+    /// Every txn up to `txn` is in the object store: with the checkpoint,
+    /// this bounds the WAL the shards keep.
+    pub fn set_uploaded(&self, txn: u64) {
+        self.uploaded_txn.fetch_max(txn, Ordering::AcqRel);
+        self.lock_aborted().retain(|t| *t > txn);
+    }
+
+    /// The WAL may be dropped up to this txn.
+    pub fn wal_release_txn(&self) -> u64 {
+        let durable = self.durable_txn.load(Ordering::Acquire);
+        if self.replicated {
+            durable.min(self.uploaded_txn())
+        } else {
+            durable
+        }
+    }
+
+    fn lock_aborted(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<u64>> {
+        self.aborted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `txn` was aborted (its WAL write failed; it holds no rows).
+    pub fn is_aborted(&self, txn: u64) -> bool {
+        self.lock_aborted().contains(&txn)
+    }
+
+    fn note_aborted(&self, txn: u64) {
+        if self.replicated {
+            self.lock_aborted().insert(txn);
+        }
     }
 
     /// Txns up to `txn` are durable in the table files: their WAL may go.
@@ -233,6 +327,23 @@ impl TableHandle {
     }
 }
 
+/// The database's tables by name, shared.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog(Arc<Mutex<HashMap<String, Arc<TableHandle>>>>);
+
+impl Catalog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TableHandle>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every table, sorted by name.
+    pub fn handles(&self) -> Vec<Arc<TableHandle>> {
+        let mut v: Vec<Arc<TableHandle>> = self.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
+
 /// A validated, encoded commit not yet sent to its shard.
 pub struct PreparedCommit {
     shard: usize,
@@ -270,7 +381,7 @@ pub struct Database {
     _lock: fs::File,
     recovery: Vec<RecoveryReport>,
     engine: Resolved,
-    tables: Mutex<HashMap<String, Arc<TableHandle>>>,
+    tables: Catalog,
     shards: Vec<flume::Sender<ShardMsg>>,
     shard_stats: Vec<Arc<ShardStats>>,
     threads: Vec<JoinHandle<()>>,
@@ -306,14 +417,20 @@ impl Database {
             .map_err(|e| TableError::io(&opts.data_dir)(e))?;
         let mut tables = HashMap::new();
         let mut recovery = Vec::new();
-        for (writer, report) in recover_all(&opts)? {
+        let recovered = if opts.read_only {
+            Vec::new()
+        } else {
+            recover_all(&opts)?
+        };
+        for (writer, report) in recovered {
             let name = report.table.clone();
             recovery.push(report);
             let handle = Arc::new(TableHandle::new(
                 &name,
                 writer.schema().clone(),
-                writer.dir().to_path_buf(),
+                &writer,
                 writer.state().txn,
+                &opts,
             ));
             applier_tx
                 .send(ApplyMsg::AddTable {
@@ -333,7 +450,7 @@ impl Database {
             _lock: lock,
             recovery,
             engine,
-            tables: Mutex::new(tables),
+            tables: Catalog(Arc::new(Mutex::new(tables))),
             shards: Vec::new(),
             shard_stats: Vec::new(),
             threads: Vec::new(),
@@ -432,11 +549,25 @@ impl Database {
     }
 
     fn tables(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TableHandle>>> {
-        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+        self.tables.lock()
+    }
+
+    /// The tables, shareable with threads that outlive a borrow of the
+    /// database (the uploader).
+    pub fn catalog(&self) -> Catalog {
+        self.tables.clone()
+    }
+
+    /// Whether the node is a read-only replica.
+    pub fn is_read_only(&self) -> bool {
+        self.opts.read_only
     }
 
     /// Creates a table. Tables without a designated timestamp are local-only.
     pub fn create_table(&self, name: &str, schema: &Schema) -> Result<Arc<TableHandle>, DbError> {
+        if self.opts.read_only {
+            return Err(DbError::ReadOnly);
+        }
         let mut tables = self.tables();
         if tables.contains_key(name) {
             return Err(TableError::AlreadyExists(name.to_string()).into());
@@ -445,8 +576,9 @@ impl Database {
         let handle = Arc::new(TableHandle::new(
             name,
             schema.clone(),
-            writer.dir().to_path_buf(),
+            &writer,
             0,
+            &self.opts,
         ));
         self.applier_tx
             .as_ref()
@@ -726,19 +858,31 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
     // checkpoint: the WAL files are no longer needed.
     let max_txn = recovered.max_txn;
     let torn_bytes_cut = recovered.torn_bytes_cut;
-    let paths: Vec<PathBuf> = recovered.file_paths().map(Path::to_path_buf).collect();
+    // With replication on, WAL not yet uploaded stays for the uploader
+    // (which removes these files once it has shipped them).
+    let keep_above = if opts.retain_wal_for_upload && schema.timestamp.is_some() {
+        wal::retention::read_upload_mark(&wal_dir)
+    } else {
+        u64::MAX
+    };
+    let wal_files = recovered.files_with_max_txn().count() as u64;
+    let paths: Vec<PathBuf> = recovered
+        .files_with_max_txn()
+        .filter(|(_, max)| *max <= keep_above)
+        .map(|(p, _)| p.to_path_buf())
+        .collect();
     drop(recovered);
     for p in &paths {
         if let Err(e) = fs::remove_file(p) {
             warn!(path = %p.display(), error = %e, "could not remove recovered WAL file");
         }
     }
-    if applied > 0 || !paths.is_empty() {
+    if applied > 0 || wal_files > 0 {
         info!(
             table = name,
             replayed_txns = applied,
             torn_bytes_cut,
-            wal_files = paths.len(),
+            wal_files,
             txn = writer.state().txn,
             "recovered table from WAL"
         );
@@ -753,7 +897,7 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
         table: name.to_string(),
         replayed_txns: applied,
         torn_bytes_cut,
-        wal_files: paths.len() as u64,
+        wal_files,
     };
     Ok((writer, report))
 }

@@ -213,6 +213,7 @@ async fn commit_table<E: Engine>(
         Err(e) => {
             let e = Arc::new(e);
             for (i, r) in reqs.into_iter().enumerate() {
+                table.note_aborted(first_txn + i as u64);
                 let _ = applier
                     .send_async(ApplyMsg::Aborted {
                         table: table.clone(),
@@ -224,6 +225,6 @@ async fn commit_table<E: Engine>(
             Vec::new()
         }
     };
-    wal.remove_applied(table.durable_txn.load(Ordering::Acquire));
+    wal.remove_applied(table.wal_release_txn());
     buf
 }

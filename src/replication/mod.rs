@@ -1,6 +1,6 @@
-//! Replication through an object store. So far: the key layout and the
-//! replica's side (find new segments, download, verify, apply, make it
-//! durable). The primary's uploader is not built yet.
+//! Replication through an object store: the primary's uploader ships
+//! sealed segments (`uploader`), replicas download, verify and apply them
+//! (`replica`).
 //!
 //! Object keys (under the store's root):
 //!
@@ -15,8 +15,14 @@
 //! the chain at the same txn.
 
 pub mod replica;
+pub mod status;
+pub mod uploader;
 
-pub use replica::{Replica, ReplicationError, SyncReport};
+pub use replica::{
+    Replica, ReplicaOptions, ReplicaRunner, ReplicaStatus, ReplicationError, SyncReport,
+};
+pub use status::{NodeStatus, Role};
+pub use uploader::{UploadOptions, UploadStatus, Uploader};
 
 use crate::store::Store;
 use object_store::path::Path as ObjectPath;

@@ -7,10 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use object_store::ObjectStoreExt;
 use rkyv::util::AlignedVec;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use super::{first_txn_of, segment_key, table_prefix};
 use crate::segment::{apply_segment, Segment, SegmentError};
@@ -49,6 +52,9 @@ pub struct SyncReport {
     pub rows: u64,
     /// The table's txn after the sync.
     pub txn: u64,
+    /// Commit time on the primary (µs since the epoch) of the last txn
+    /// applied by this sync; 0 when none was.
+    pub last_commit_time_us: i64,
 }
 
 /// A read-only copy of the tables a primary uploads.
@@ -104,17 +110,27 @@ impl Replica {
     }
 
     /// Applies every segment of `table` after the replica's position, in
-    /// order, each made durable before the next. Stops at the first bad
-    /// object with an error naming it; what was applied before stays.
+    /// order; readers see each txn once it is whole. What was applied is
+    /// made durable (checkpointed) at the end of the sync, also when it
+    /// stops at a bad object (with an error naming it).
     pub fn sync_table(&mut self, table: &str) -> Result<SyncReport, ReplicationError> {
+        let mut report = SyncReport::default();
+        let r = self.sync_into(table, &mut report);
+        if report.txns > 0 {
+            if let Some(w) = self.tables.get_mut(table) {
+                // The replica's position is durable before the next sync.
+                w.checkpoint()?;
+            }
+        }
+        r.map(|()| report)
+    }
+
+    fn sync_into(&mut self, table: &str, report: &mut SyncReport) -> Result<(), ReplicationError> {
         let applied = self.applied_txn(table)?;
         let prefix = table_prefix(&self.store, table);
         let after = segment_key(&self.store, table, applied);
         let keys = self.rt.block_on(self.store.list_after(&prefix, &after))?;
-        let mut report = SyncReport {
-            txn: applied,
-            ..SyncReport::default()
-        };
+        report.txn = applied;
         for key in keys {
             let first = first_txn_of(&key).ok_or_else(|| ReplicationError::Misplaced {
                 key: key.to_string(),
@@ -157,14 +173,15 @@ impl Replica {
             }
             let w = self.tables.get_mut(table).expect("opened or created above");
             let r = apply_segment(w, &seg).map_err(bad)?;
-            // The replica's position is durable before the next segment.
-            w.checkpoint()?;
             report.segments += 1;
             report.txns += r.applied_txns;
             report.rows += r.rows;
             report.txn = w.state().txn;
+            if let Some(t) = h.commit_times_us.last() {
+                report.last_commit_time_us = t.to_native();
+            }
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Syncs every table the store has.
@@ -201,4 +218,199 @@ fn create_from_header(data_dir: &Path, seg: &Segment) -> Result<TableWriter, Seg
         &schema,
         h.table_id.to_native(),
     )?)
+}
+
+/// How a replica node follows the store.
+#[derive(Clone, Debug)]
+pub struct ReplicaOptions {
+    /// How often each table's new segments are looked for (one LIST per
+    /// table each time).
+    pub poll_interval: Duration,
+    /// How often new tables are looked for (one LIST).
+    pub discover_interval: Duration,
+}
+
+impl Default for ReplicaOptions {
+    fn default() -> Self {
+        ReplicaOptions {
+            poll_interval: Duration::from_millis(50),
+            discover_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One table's position on a replica, for `/status` and `/metrics`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct TableReplicaStatus {
+    pub applied_txn: u64,
+    /// Commit time on the primary (µs since the epoch) of the last applied txn.
+    pub applied_commit_time_us: i64,
+    /// Seconds from the primary's commit of the newest applied txn to the
+    /// moment it was applied here (the last measured replication lag).
+    pub lag_seconds: f64,
+    pub segments_applied: u64,
+    pub rows_applied: u64,
+    /// The last error, until a sync of the table succeeds.
+    pub last_error: Option<String>,
+}
+
+/// Positions of a replica's tables, shared with the HTTP server.
+#[derive(Debug, Default)]
+pub struct ReplicaStatus {
+    tables: Mutex<BTreeMap<String, TableReplicaStatus>>,
+    /// When the last round of syncs succeeded (µs since the epoch).
+    pub last_sync_us: AtomicI64,
+    /// An error finding tables, until it succeeds again.
+    discover_error: Mutex<Option<String>>,
+}
+
+impl ReplicaStatus {
+    pub fn tables(&self) -> BTreeMap<String, TableReplicaStatus> {
+        self.tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn discover_error(&self) -> Option<String> {
+        self.discover_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn update(&self, table: &str, f: impl FnOnce(&mut TableReplicaStatus)) {
+        let mut t = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        f(t.entry(table.to_string()).or_default());
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// A replica following the store on its own thread.
+pub struct ReplicaRunner {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub status: Arc<ReplicaStatus>,
+}
+
+impl ReplicaRunner {
+    /// Follows `store` into the tables under `data_dir` until shut down.
+    /// Errors are logged (once per distinct message) and retried every poll.
+    pub fn start(
+        store: Store,
+        data_dir: &Path,
+        opts: ReplicaOptions,
+    ) -> Result<ReplicaRunner, ReplicationError> {
+        let mut replica = Replica::new(store, data_dir)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(ReplicaStatus::default());
+        let (s, st) = (stop.clone(), status.clone());
+        let thread = std::thread::Builder::new()
+            .name("basalt-replica".into())
+            .spawn(move || follow(&mut replica, &opts, &s, &st))
+            .map_err(|e| ReplicationError::Io(format!("replica thread: {e}")))?;
+        Ok(ReplicaRunner {
+            stop,
+            thread: Some(thread),
+            status,
+        })
+    }
+
+    /// Stops after the sync in progress (what it applied is checkpointed).
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ReplicaRunner {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, status: &ReplicaStatus) {
+    let mut tables: Vec<String> = Vec::new();
+    let mut last_discover: Option<Instant> = None;
+    let mut logged: BTreeMap<String, String> = BTreeMap::new();
+    info!(store = %replica.store.config, "replica following the object store");
+    while !stop.load(Ordering::Acquire) {
+        let round = Instant::now();
+        let mut ok = true;
+        if last_discover.is_none_or(|t| t.elapsed() >= opts.discover_interval) {
+            match replica.remote_tables() {
+                Ok(t) => {
+                    tables = t;
+                    last_discover = Some(Instant::now());
+                    *status
+                        .discover_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = None;
+                }
+                Err(e) => {
+                    ok = false;
+                    let msg = e.to_string();
+                    if logged.get("") != Some(&msg) {
+                        warn!(error = %msg, "cannot list the store's tables; retrying");
+                        logged.insert(String::new(), msg.clone());
+                    }
+                    *status
+                        .discover_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(msg);
+                }
+            }
+        }
+        for t in &tables {
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            match replica.sync_table(t) {
+                Ok(r) => {
+                    logged.remove(t);
+                    let now = now_us();
+                    status.update(t, |s| {
+                        s.applied_txn = r.txn;
+                        s.last_error = None;
+                        if r.txns > 0 {
+                            s.applied_commit_time_us = r.last_commit_time_us;
+                            s.lag_seconds = (now - r.last_commit_time_us) as f64 / 1e6;
+                            s.segments_applied += r.segments;
+                            s.rows_applied += r.rows;
+                        }
+                    });
+                }
+                Err(e) => {
+                    ok = false;
+                    let msg = e.to_string();
+                    if logged.get(t) != Some(&msg) {
+                        error!(table = %t, error = %msg, "replica sync failed; the table stays at its last good txn and retries");
+                        logged.insert(t.clone(), msg.clone());
+                    }
+                    let applied = replica.applied_txn(t).unwrap_or(0);
+                    status.update(t, |s| {
+                        s.applied_txn = applied;
+                        s.last_error = Some(msg);
+                    });
+                }
+            }
+        }
+        if ok {
+            status.last_sync_us.store(now_us(), Ordering::Release);
+        }
+        let wait = opts.poll_interval.saturating_sub(round.elapsed());
+        std::thread::sleep(wait);
+    }
+    info!("replica stopped");
 }

@@ -108,6 +108,11 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// The schema version the segment's columns are at.
+    pub fn schema_version(&self) -> u32 {
+        self.schema.version
+    }
+
     pub fn txn_count(&self) -> usize {
         self.body.txns.len()
     }

@@ -75,9 +75,36 @@ async fn handle(req: Request<Incoming>, state: &ServerState) -> Answer {
                 .insert("X-Influxdb-Version", HeaderValue::from_static("v2.7.4"));
             r
         }
+        (&Method::POST, "/write" | "/api/v2/write") if state.read_only => error(
+            state,
+            StatusCode::MISDIRECTED_REQUEST,
+            "read_only",
+            "this node is a read-only replica: send writes to the primary".into(),
+            None,
+        ),
         (&Method::POST, "/write" | "/api/v2/write") => write(req, state).await,
-        (&Method::GET, "/settings") => json(StatusCode::OK, settings()),
-        (_, "/write" | "/api/v2/write" | "/ping" | "/settings") => {
+        (&Method::GET, "/settings") => json(StatusCode::OK, settings(state)),
+        (&Method::GET, "/status") => match &state.config.node {
+            Some(n) => json(StatusCode::OK, n.status_json()),
+            None => json(
+                StatusCode::OK,
+                serde_json::json!({"role": "primary", "store": null}),
+            ),
+        },
+        (&Method::GET, "/metrics") => {
+            let text = state
+                .config
+                .node
+                .as_ref()
+                .map_or_else(String::new, |n| n.metrics_text());
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (_, "/write" | "/api/v2/write" | "/ping" | "/settings" | "/status" | "/metrics") => {
             let msg = format!("method {} is not allowed on {path}", req.method());
             invalid(state, StatusCode::METHOD_NOT_ALLOWED, msg)
         }
@@ -93,14 +120,19 @@ async fn handle(req: Request<Incoming>, state: &ServerState) -> Answer {
 /// What the official QuestDB clients read to pick an ILP protocol version:
 /// basalt speaks version 1 (text). Both the current (`config` object) and
 /// the older (top-level) shapes are given.
-fn settings() -> serde_json::Value {
+fn settings(state: &ServerState) -> serde_json::Value {
+    let writes: &[&str] = if state.read_only {
+        &[]
+    } else {
+        &["http", "tcp"]
+    };
     serde_json::json!({
         "config": {
             "release.type": "basalt",
             "release.version": env!("CARGO_PKG_VERSION"),
             "line.proto.support.versions": [1],
             "ilp.proto.transports": ["tcp", "http"],
-            "accepting.writes": ["http", "tcp"],
+            "accepting.writes": writes,
             "cairo.max.file.name.length": crate::table::schema::NAME_BYTES_MAX,
         },
         "line.proto.support.versions": [1],

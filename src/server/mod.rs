@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub ilp_commit_interval: Duration,
     /// Connections (HTTP and TCP together) served at once; more are closed.
     pub connections_max: usize,
+    /// Replication status for `GET /status` and `GET /metrics`.
+    pub node: Option<Arc<crate::replication::NodeStatus>>,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +63,7 @@ impl Default for ServerConfig {
             ilp_commit_rows: 100_000,
             ilp_commit_interval: Duration::from_millis(100),
             connections_max: 4096,
+            node: None,
         }
     }
 }
@@ -85,6 +88,8 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 pub(crate) struct ServerState {
     db: Weak<Database>,
     config: ServerConfig,
+    /// A replica's server: ILP writes are refused (HTTP 421, TCP closed).
+    read_only: bool,
     shutting_down: AtomicBool,
     connections: AtomicUsize,
     /// Numbers the `errorId` of HTTP error answers.
@@ -164,6 +169,7 @@ impl Server {
         let state = Arc::new(ServerState {
             db: Arc::downgrade(&db),
             config,
+            read_only: db.is_read_only(),
             shutting_down: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             errors: AtomicU64::new(0),

@@ -36,6 +36,13 @@ pub(super) async fn serve(
 ) {
     let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
     debug!(peer, shard = env.shard, "ILP/TCP connection");
+    if state.read_only {
+        warn!(
+            peer,
+            "ILP/TCP: closing connection: this node is a read-only replica; send writes to the primary"
+        );
+        return;
+    }
     let mut conn = Connection {
         state: &state,
         peer: &peer,

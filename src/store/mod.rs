@@ -25,6 +25,12 @@ use std::sync::Arc;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 
+pub mod fault;
+pub mod metered;
+
+pub use fault::{FaultControl, FaultyStore};
+pub use metered::{OpCounts, StoreStats};
+
 /// Which backend a connection string names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreKind {
@@ -252,9 +258,11 @@ impl StoreConfig {
                         source: Box::new(e),
                     },
                 })?;
+                // Durable writes: the staged file and its directory are
+                // fsynced before the object is published by rename/link.
                 built(
                     object_store::local::LocalFileSystem::new_with_prefix(root)
-                        .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+                        .map(|s| Arc::new(s.with_fsync(true)) as Arc<dyn ObjectStore>),
                 )?
             }
             StoreKind::S3 => {
@@ -308,10 +316,12 @@ impl StoreConfig {
                 built(b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>))?
             }
         };
+        let stats = Arc::new(StoreStats::default());
         Ok(Store {
-            inner,
+            inner: Arc::new(metered::Metered::new(inner, stats.clone())),
             root: self.root(),
             config: self.clone(),
+            stats,
         })
     }
 }
@@ -328,9 +338,19 @@ pub struct Store {
     pub root: ObjectPath,
     /// What it was built from (prints with secrets masked).
     pub config: StoreConfig,
+    /// Requests and bytes so far (clones share them).
+    pub stats: Arc<StoreStats>,
 }
 
 impl Store {
+    /// The same store with faults injected as `control` says (tests).
+    pub fn with_faults(&self, control: Arc<FaultControl>) -> Store {
+        Store {
+            inner: Arc::new(FaultyStore::new(self.inner.clone(), control)),
+            ..self.clone()
+        }
+    }
+
     /// Keys under `prefix` that sort after `offset`, sorted. The listing
     /// is filtered here too: not every server honours the offset (Azurite
     /// returns everything).

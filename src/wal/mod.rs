@@ -9,12 +9,15 @@
 
 pub mod format;
 pub mod recovery;
+pub mod retention;
+pub mod tail;
 pub mod writer;
 
 use std::io;
 use std::path::PathBuf;
 
 pub use recovery::{recover_table_wal, RecoveredWal};
+pub use tail::WalTail;
 pub use writer::WalWriter;
 
 use crate::batch::codec::DecodeError;

@@ -21,6 +21,8 @@ pub struct RecoveredRecord {
 /// The WAL files of one table, mapped, with the records still to apply.
 pub struct RecoveredWal {
     files: Vec<(PathBuf, Option<Mmap>)>,
+    /// Highest txn in each file of `files` (0 for none).
+    file_max_txn: Vec<u64>,
     /// Records with txn above the committed txn, ascending.
     pub records: Vec<RecoveredRecord>,
     /// Highest txn found in any file (0 if none).
@@ -40,9 +42,12 @@ impl RecoveredWal {
         &self.files[r.file].0
     }
 
-    /// Every WAL file found; all of them may go once their records are applied.
-    pub fn file_paths(&self) -> impl Iterator<Item = &Path> {
-        self.files.iter().map(|(p, _)| p.as_path())
+    /// Every WAL file found with the highest txn it holds.
+    pub fn files_with_max_txn(&self) -> impl Iterator<Item = (&Path, u64)> {
+        self.files
+            .iter()
+            .zip(&self.file_max_txn)
+            .map(|((p, _), m)| (p.as_path(), *m))
     }
 }
 
@@ -73,6 +78,7 @@ fn wal_files(wal_dir: &Path) -> Result<Vec<PathBuf>, WalError> {
 /// records with txn above `committed_txn` in txn order.
 pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<RecoveredWal, WalError> {
     let mut files = Vec::new();
+    let mut file_max_txn = Vec::new();
     let mut records = Vec::new();
     let mut max_txn = 0;
     let mut torn_bytes_cut = 0;
@@ -102,6 +108,7 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
             Err(_) if bytes.len() <= FILE_HEADER_BYTES || bytes.iter().all(|b| *b == 0) => {
                 info!(path = %path.display(), "WAL file with no synced header: nothing to recover");
                 files.push((path, None));
+                file_max_txn.push(0);
                 continue;
             }
             Err(FileHeaderError::Version(version)) => {
@@ -121,8 +128,10 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
             Tail::Torn { bytes: cut } => Some(len - cut),
             Tail::Damaged { offset } => return Err(WalError::Damaged { path, offset }),
         };
+        let mut file_max = 0;
         for (offset, header) in found {
             max_txn = max_txn.max(header.txn);
+            file_max = file_max.max(header.txn);
             if header.txn > committed_txn {
                 records.push(RecoveredRecord {
                     header,
@@ -149,6 +158,7 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
             }
         };
         files.push((path, map));
+        file_max_txn.push(file_max);
     }
     records.sort_by_key(|r| r.header.txn);
     if let Some(w) = records
@@ -163,6 +173,7 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
     }
     Ok(RecoveredWal {
         files,
+        file_max_txn,
         records,
         max_txn,
         torn_bytes_cut,

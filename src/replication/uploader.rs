@@ -1,0 +1,676 @@
+//! The primary's uploader: reads committed txns of every replicated table
+//! from its WAL, seals them into segments by size or age, and uploads each
+//! segment once, in txn order, with conditional create.
+//!
+//! ```text
+//! shards ─ WAL files ─▶ WalTail (txn order) ─▶ SegmentWriter ── seal ──▶ PUT (If-None-Match)
+//!                        up to the applied txn     bytes ≥ segment_bytes_max
+//!                                                  or first commit older than segment_age_max
+//! ```
+//!
+//! It runs on its own thread with its own tokio runtime, entirely off the
+//! ingest path: it only reads WAL files and table handles' counters, so a
+//! slow, failing or unreachable store never blocks a commit. The WAL is
+//! the backlog: shards keep WAL files until their txns are uploaded (and
+//! checkpointed), across restarts too (see `wal::retention`).
+//!
+//! Per table one segment is in flight at a time, so segments land in txn
+//! order; at most `uploads_in_flight_max` tables upload at once. Failures
+//! are retried with exponential backoff. At start-up (and after a restart)
+//! the uploader asks the store where the table's chain ends, so it resumes
+//! exactly there: no gap, no duplicate. A PUT that finds its key taken
+//! (the previous run's upload landed but was not recorded, or a retry of a
+//! PUT whose answer was lost) reads the object back: if its commit times
+//! are this node's own, the chain is adopted; otherwise another primary
+//! wrote this history and the table's upload stops with an error.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use rkyv::util::AlignedVec;
+use tracing::{error, info, warn};
+
+use super::{first_txn_of, segment_key, table_prefix};
+use crate::batch::{codec, BatchBuilder};
+use crate::db::{Catalog, TableHandle};
+use crate::segment::{BufferPool, Compression, Segment, SegmentWriter};
+use crate::store::Store;
+use crate::wal::{self, WalTail};
+
+/// When segments are sealed and how uploads are paced.
+#[derive(Clone, Debug)]
+pub struct UploadOptions {
+    /// A segment is sealed once its column data reaches this size...
+    pub segment_bytes_max: usize,
+    /// ... or once its first txn was committed this long ago (and the
+    /// uploader has caught up with the table), whichever comes first.
+    pub segment_age_max: Duration,
+    /// Tables uploading at once (one segment in flight per table).
+    pub uploads_in_flight_max: usize,
+    /// Longest wait between two tries of a failing upload (the wait starts
+    /// at 50 ms and doubles).
+    pub retry_backoff_max: Duration,
+    /// Body compression of the segments.
+    pub compression: Compression,
+    /// How often the uploader looks for new txns.
+    pub poll_interval: Duration,
+    /// At shutdown, how long to keep uploading what is committed (what is
+    /// left stays in the WAL for the next start).
+    pub shutdown_flush_max: Duration,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            segment_bytes_max: 2 * 1024 * 1024,
+            segment_age_max: Duration::from_millis(100),
+            uploads_in_flight_max: 4,
+            retry_backoff_max: Duration::from_secs(5),
+            compression: Compression::None,
+            poll_interval: Duration::from_millis(5),
+            shutdown_flush_max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl UploadOptions {
+    /// The low-lag profile: small segments sealed after 10 ms (about 100
+    /// PUTs per second per busy table).
+    pub fn low_lag() -> UploadOptions {
+        UploadOptions {
+            segment_bytes_max: 256 * 1024,
+            segment_age_max: Duration::from_millis(10),
+            poll_interval: Duration::from_millis(1),
+            ..UploadOptions::default()
+        }
+    }
+}
+
+/// One table's upload position, for `/status` and `/metrics`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct TableUploadStatus {
+    /// Last txn in the store.
+    pub uploaded_txn: u64,
+    pub segments_uploaded: u64,
+    pub bytes_uploaded: u64,
+    /// Bytes of WAL files this table keeps on local disk.
+    pub wal_bytes: u64,
+    /// Commit time (µs since the epoch) of the last uploaded txn.
+    pub uploaded_commit_time_us: i64,
+    /// Failed tries of the segment in flight (0 when uploads succeed).
+    pub retries: u64,
+    /// The last upload error, until an upload succeeds.
+    pub last_error: Option<String>,
+    /// Set when upload of this table stopped for good (needs an operator).
+    pub stopped: Option<String>,
+}
+
+/// Upload positions of all tables, shared with the HTTP server.
+#[derive(Debug, Default)]
+pub struct UploadStatus {
+    tables: Mutex<BTreeMap<String, TableUploadStatus>>,
+}
+
+impl UploadStatus {
+    pub fn tables(&self) -> BTreeMap<String, TableUploadStatus> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, TableUploadStatus>> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, table: &str, f: impl FnOnce(&mut TableUploadStatus)) {
+        f(self.lock().entry(table.to_string()).or_default());
+    }
+}
+
+/// The running uploader; [`Uploader::shutdown`] after the database closed
+/// uploads what is committed (within `shutdown_flush_max`) and stops.
+pub struct Uploader {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub status: Arc<UploadStatus>,
+}
+
+impl Uploader {
+    /// Starts uploading every replicated table of `catalog` (tables created
+    /// later are picked up) to `store`, which only this uploader uses.
+    pub fn start(catalog: Catalog, store: Store, opts: UploadOptions) -> std::io::Result<Uploader> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(UploadStatus::default());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (s, st) = (stop.clone(), status.clone());
+        let thread = std::thread::Builder::new()
+            .name("basalt-uploader".into())
+            .spawn(move || {
+                rt.block_on(run(catalog, store, opts, s, st));
+            })?;
+        Ok(Uploader {
+            stop,
+            thread: Some(thread),
+            status,
+        })
+    }
+
+    /// Uploads what is committed, then stops. Call after the database is
+    /// closed, so that "committed" no longer moves.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Uploader {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// How one upload ended.
+enum Outcome {
+    Uploaded {
+        last: u64,
+        bytes: u64,
+    },
+    /// The key was taken by this node's own earlier upload, ending at `last`.
+    Adopted {
+        last: u64,
+    },
+    /// Shutdown came first.
+    Abandoned,
+    /// Never retry: the store's history is not this node's.
+    Fatal(String),
+}
+
+/// A sealed segment on its way.
+struct InFlight {
+    first: u64,
+    last: u64,
+    last_commit_us: i64,
+    task: tokio::task::JoinHandle<Outcome>,
+}
+
+enum Phase {
+    /// Asking the store where the chain ends.
+    Locating(tokio::task::JoinHandle<Result<u64, String>>),
+    /// Waiting to ask again (after a failure).
+    LocateAfter(Instant),
+    Ready,
+    Stopped,
+}
+
+struct TableUpload {
+    handle: Arc<TableHandle>,
+    tail: WalTail,
+    phase: Phase,
+    /// Next txn to put into `open`.
+    next_txn: u64,
+    open: Option<SegmentWriter>,
+    /// Commit time of the open segment's first txn.
+    open_first_commit_us: i64,
+    open_last_commit_us: i64,
+    in_flight: Option<InFlight>,
+}
+
+async fn run(
+    catalog: Catalog,
+    store: Store,
+    opts: UploadOptions,
+    stop: Arc<AtomicBool>,
+    status: Arc<UploadStatus>,
+) {
+    let pool = BufferPool::new(opts.uploads_in_flight_max.max(1) * 2);
+    let mut tables: BTreeMap<String, TableUpload> = BTreeMap::new();
+    let mut stop_deadline: Option<Instant> = None;
+    info!(store = %store.config, "uploader started");
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        if stopping && stop_deadline.is_none() {
+            stop_deadline = Some(Instant::now() + opts.shutdown_flush_max);
+        }
+        for h in catalog.handles() {
+            if h.is_replicated() && !tables.contains_key(&h.name) {
+                let t = TableUpload {
+                    tail: WalTail::new(&h.dir().join(crate::table::files::WAL_DIR)),
+                    phase: Phase::LocateAfter(Instant::now()),
+                    next_txn: 0,
+                    open: None,
+                    open_first_commit_us: 0,
+                    open_last_commit_us: 0,
+                    in_flight: None,
+                    handle: h.clone(),
+                };
+                tables.insert(h.name.clone(), t);
+            }
+        }
+        let mut in_flight = tables.values().filter(|t| t.in_flight.is_some()).count();
+        let mut busy = false;
+        for t in tables.values_mut() {
+            busy |= step(
+                t,
+                &store,
+                &opts,
+                &pool,
+                &status,
+                &stop,
+                stopping,
+                &mut in_flight,
+            )
+            .await;
+        }
+        if let Some(deadline) = stop_deadline {
+            if !busy {
+                break;
+            }
+            if Instant::now() >= deadline {
+                warn!("uploader stopping with txns not yet uploaded; they stay in the WAL for the next start");
+                break;
+            }
+        }
+        tokio::time::sleep(opts.poll_interval).await;
+    }
+    for t in tables.values_mut() {
+        if let Some(f) = t.in_flight.take() {
+            // Stop flag is set: the task gives up at its next retry.
+            let _ = f.task.await;
+        }
+    }
+    info!("uploader stopped");
+}
+
+/// One round of work on a table. Returns whether it still has txns to upload.
+#[allow(clippy::too_many_arguments)]
+async fn step(
+    t: &mut TableUpload,
+    store: &Store,
+    opts: &UploadOptions,
+    pool: &Arc<BufferPool>,
+    status: &Arc<UploadStatus>,
+    stop: &Arc<AtomicBool>,
+    stopping: bool,
+    in_flight: &mut usize,
+) -> bool {
+    let name = t.handle.name.clone();
+    match &mut t.phase {
+        Phase::Stopped => return false,
+        Phase::LocateAfter(at) => {
+            if stopping {
+                return false;
+            }
+            if Instant::now() < *at {
+                return true;
+            }
+            let (s, n, hint) = (store.clone(), name.clone(), t.handle.uploaded_txn());
+            let task = tokio::spawn(async move { locate(&s, &n, hint).await });
+            t.phase = Phase::Locating(task);
+            return true;
+        }
+        Phase::Locating(task) => {
+            if !task.is_finished() {
+                return true;
+            }
+            let r = task.await.unwrap_or_else(|e| Err(e.to_string()));
+            match r {
+                Ok(last) => {
+                    let resolved = t.handle.resolved_txn();
+                    if last > resolved {
+                        let why = format!(
+                            "the object store holds txns up to {last} of table {name}, this node \
+                             only up to {resolved}: another primary wrote this table's history, or \
+                             this node lost data. Upload of the table is stopped; nothing was written"
+                        );
+                        error!(table = %name, "{why}");
+                        status.update(&name, |s| s.stopped = Some(why));
+                        t.phase = Phase::Stopped;
+                        return false;
+                    }
+                    info!(table = %name, uploaded_txn = last, "upload resumes after the store's last segment");
+                    t.handle.set_uploaded(last);
+                    t.next_txn = last + 1;
+                    t.tail.rewind();
+                    status.update(&name, |s| {
+                        s.uploaded_txn = last;
+                        s.last_error = None;
+                    });
+                    t.phase = Phase::Ready;
+                }
+                Err(e) => {
+                    warn!(table = %name, error = %e, "cannot read the table's position in the object store; retrying");
+                    status.update(&name, |s| s.last_error = Some(e));
+                    let retry = opts.retry_backoff_max.min(Duration::from_secs(1));
+                    t.phase = Phase::LocateAfter(Instant::now() + retry);
+                    return !stopping;
+                }
+            }
+        }
+        Phase::Ready => {}
+    }
+
+    // 1. A finished upload.
+    if t.in_flight.as_ref().is_some_and(|f| f.task.is_finished()) {
+        let f = t.in_flight.take().expect("checked");
+        *in_flight -= 1;
+        let outcome = f
+            .task
+            .await
+            .unwrap_or_else(|e| Outcome::Fatal(e.to_string()));
+        match outcome {
+            Outcome::Uploaded { last, bytes } => {
+                t.handle.set_uploaded(last);
+                if let Err(e) = wal::retention::write_upload_mark(&t.tail_dir(), last) {
+                    warn!(table = %name, error = %e, "could not write the upload mark");
+                }
+                t.tail.remove_released(t.handle.wal_release_txn());
+                let wal_bytes = t.tail.bytes();
+                status.update(&name, |s| {
+                    s.uploaded_txn = last;
+                    s.segments_uploaded += 1;
+                    s.bytes_uploaded += bytes;
+                    s.uploaded_commit_time_us = f.last_commit_us;
+                    s.wal_bytes = wal_bytes;
+                    s.retries = 0;
+                    s.last_error = None;
+                });
+            }
+            Outcome::Adopted { last } => {
+                info!(table = %name, first = f.first, last, "segment was already in the store (an earlier upload of this node); continuing after it");
+                t.handle.set_uploaded(last);
+                if last != f.last {
+                    // The stored segment ends elsewhere than ours: rebuild
+                    // from the txn after it.
+                    t.open = None;
+                    t.next_txn = last + 1;
+                    t.tail.rewind();
+                }
+                status.update(&name, |s| s.uploaded_txn = last);
+            }
+            Outcome::Abandoned => {}
+            Outcome::Fatal(why) => {
+                error!(table = %name, "{why}");
+                status.update(&name, |s| s.stopped = Some(why));
+                t.phase = Phase::Stopped;
+                return false;
+            }
+        }
+    }
+
+    // 2. Fill the open segment from the WAL, up to the applied txn.
+    let resolved = t.handle.resolved_txn();
+    let mut caught_up = true;
+    while t.next_txn <= resolved {
+        if t.open
+            .as_ref()
+            .is_some_and(|o| o.data_bytes() >= opts.segment_bytes_max)
+        {
+            caught_up = false;
+            break;
+        }
+        let txn = t.next_txn;
+        let schema = t.handle.schema();
+        if t.open.is_none() {
+            match SegmentWriter::new(t.handle.table_id(), &name, &schema) {
+                Ok(w) => t.open = Some(w),
+                Err(e) => {
+                    return t.stop(status, format!("cannot make segments of table {name}: {e}"))
+                }
+            }
+        }
+        let open = t.open.as_mut().expect("made above");
+        if open.schema_version() != schema.version {
+            if let Err(e) = open.set_schema(&schema) {
+                return t.stop(status, format!("table {name}: {e}"));
+            }
+        }
+        let (commit_us, batch) = if t.handle.is_aborted(txn) {
+            // A txn whose WAL write failed: no rows, but its number exists.
+            (now_us(), BatchBuilder::new(&schema).finish())
+        } else {
+            match t.tail.next(txn) {
+                Ok(Some((h, payload))) => match codec::decode(payload, &schema) {
+                    Ok(b) => (h.commit_time_us, b),
+                    Err(e) => {
+                        return t.stop(
+                            status,
+                            format!("table {name}: WAL record of txn {txn} does not decode: {e}"),
+                        )
+                    }
+                },
+                Ok(None) => return t.stop(
+                    status,
+                    format!(
+                        "table {name}: committed txn {txn} is not in the local WAL; upload stopped"
+                    ),
+                ),
+                Err(e) => {
+                    warn!(table = %name, error = %e, "reading the WAL failed; retrying");
+                    caught_up = false;
+                    break;
+                }
+            }
+        };
+        if open.txn_count() == 0 {
+            t.open_first_commit_us = commit_us;
+        }
+        t.open_last_commit_us = commit_us;
+        if let Err(e) = open.push(txn, commit_us, batch) {
+            return t.stop(status, format!("table {name}: txn {txn}: {e}"));
+        }
+        t.next_txn += 1;
+    }
+
+    // 3. Seal and upload when due and nothing is in flight for the table.
+    let Some(open) = t.open.as_ref().filter(|o| o.txn_count() > 0) else {
+        return t.in_flight.is_some();
+    };
+    let age_us = now_us() - t.open_first_commit_us;
+    let due = open.data_bytes() >= opts.segment_bytes_max
+        || stopping
+        || (caught_up && age_us >= opts.segment_age_max.as_micros() as i64);
+    if t.in_flight.is_some() || !due || *in_flight >= opts.uploads_in_flight_max.max(1) {
+        return true;
+    }
+    let open = t.open.take().expect("checked");
+    let (first, last) = (t.next_txn - open.txn_count() as u64, t.next_txn - 1);
+    let encoded = match open.finish_with(opts.compression, Some(pool)) {
+        Ok(e) => e,
+        Err(e) => {
+            return t.stop(
+                status,
+                format!("table {name}: sealing txns {first}..={last}: {e}"),
+            )
+        }
+    };
+    let commit_times = {
+        // Our commit times, to recognise our own segment if the key is taken.
+        match Segment::from_slice(encoded.as_slice()) {
+            Ok(s) => s
+                .header()
+                .commit_times_us
+                .iter()
+                .map(|t| t.to_native())
+                .collect::<Vec<i64>>(),
+            Err(e) => {
+                return t.stop(
+                    status,
+                    format!("table {name}: sealed segment does not verify: {e}"),
+                )
+            }
+        }
+    };
+    let bytes = encoded.into_bytes();
+    let key = segment_key(store, &name, first);
+    let ctx = UploadCtx {
+        store: store.clone(),
+        table: name.clone(),
+        table_id: t.handle.table_id(),
+        stop: stop.clone(),
+        backoff_max: opts.retry_backoff_max,
+        status: status.clone(),
+    };
+    let task =
+        tokio::spawn(async move { upload(ctx, key, bytes, first, last, commit_times).await });
+    *in_flight += 1;
+    t.in_flight = Some(InFlight {
+        first,
+        last,
+        last_commit_us: t.open_last_commit_us,
+        task,
+    });
+    true
+}
+
+impl TableUpload {
+    fn tail_dir(&self) -> std::path::PathBuf {
+        self.handle.dir().join(crate::table::files::WAL_DIR)
+    }
+
+    fn stop(&mut self, status: &UploadStatus, why: String) -> bool {
+        error!(table = %self.handle.name, "{why}");
+        status.update(&self.handle.name, |s| s.stopped = Some(why));
+        self.phase = Phase::Stopped;
+        false
+    }
+}
+
+/// Where `table`'s chain of segments in the store ends: the last txn of
+/// its last segment (`hint`, a txn known uploaded, when nothing follows it).
+async fn locate(store: &Store, table: &str, hint: u64) -> Result<u64, String> {
+    let prefix = table_prefix(store, table);
+    let after = segment_key(store, table, hint);
+    let keys = store
+        .list_after(&prefix, &after)
+        .await
+        .map_err(|e| format!("listing {prefix}: {e}"))?;
+    let Some(last_key) = keys.iter().rev().find(|k| first_txn_of(k).is_some()) else {
+        return Ok(hint);
+    };
+    let (seg, _) = fetch(store, last_key).await?;
+    let h = seg.header();
+    if h.table.as_str() != table {
+        return Err(format!(
+            "object {last_key} holds table {}",
+            h.table.as_str()
+        ));
+    }
+    Ok(h.last_txn.to_native())
+}
+
+/// Downloads and verifies one segment.
+async fn fetch(store: &Store, key: &object_store::path::Path) -> Result<(Segment, usize), String> {
+    let bytes = async { store.inner.get(key).await?.bytes().await }
+        .await
+        .map_err(|e| format!("reading {key}: {e}"))?;
+    let len = bytes.len();
+    let mut aligned = AlignedVec::<16>::with_capacity(len);
+    aligned.extend_from_slice(&bytes);
+    let seg = Segment::from_aligned(aligned).map_err(|e| format!("object {key}: {e}"))?;
+    Ok((seg, len))
+}
+
+struct UploadCtx {
+    store: Store,
+    table: String,
+    table_id: u64,
+    stop: Arc<AtomicBool>,
+    backoff_max: Duration,
+    status: Arc<UploadStatus>,
+}
+
+/// PUTs one segment with conditional create, retrying with backoff until
+/// it lands, is found already there, or shutdown gives up on it.
+async fn upload(
+    ctx: UploadCtx,
+    key: object_store::path::Path,
+    bytes: bytes::Bytes,
+    first: u64,
+    last: u64,
+    commit_times: Vec<i64>,
+) -> Outcome {
+    let mut delay = Duration::from_millis(50);
+    let mut tries = 0u64;
+    loop {
+        let payload = PutPayload::from(bytes.clone());
+        let err = match ctx
+            .store
+            .inner
+            .put_opts(&key, payload, PutMode::Create.into())
+            .await
+        {
+            Ok(_) => {
+                return Outcome::Uploaded {
+                    last,
+                    bytes: bytes.len() as u64,
+                }
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => match fetch(&ctx.store, &key).await {
+                Ok((seg, _)) => return adopt(&ctx, &key, &seg, first, &commit_times),
+                Err(e) => e,
+            },
+            Err(e) => e.to_string(),
+        };
+        tries += 1;
+        if tries == 1 || tries.is_power_of_two() {
+            warn!(table = %ctx.table, key = %key, tries, error = %err, "upload failed; retrying");
+        }
+        ctx.status.update(&ctx.table, |s| {
+            s.retries = tries;
+            s.last_error = Some(err);
+        });
+        if ctx.stop.load(Ordering::Acquire) && tries >= 3 {
+            return Outcome::Abandoned;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(ctx.backoff_max);
+    }
+}
+
+/// The key of our segment is taken: it is ours if it is this table's,
+/// starts where ours does and its commit times are ours.
+fn adopt(
+    ctx: &UploadCtx,
+    key: &object_store::path::Path,
+    seg: &Segment,
+    first: u64,
+    ours: &[i64],
+) -> Outcome {
+    let h = seg.header();
+    let theirs: Vec<i64> = h.commit_times_us.iter().map(|t| t.to_native()).collect();
+    let n = theirs.len().min(ours.len());
+    if h.table.as_str() == ctx.table
+        && h.table_id.to_native() == ctx.table_id
+        && h.first_txn.to_native() == first
+        && theirs[..n] == ours[..n]
+    {
+        return Outcome::Adopted {
+            last: h.last_txn.to_native(),
+        };
+    }
+    Outcome::Fatal(format!(
+        "object {key} already exists with different contents (table {} id {}, txns {}..={}): \
+         another primary is writing table {}'s history. Upload of the table is stopped",
+        h.table.as_str(),
+        h.table_id,
+        h.first_txn,
+        h.last_txn,
+        ctx.table
+    ))
+}

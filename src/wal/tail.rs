@@ -1,0 +1,188 @@
+//! Reading a live table's WAL in txn order, for the uploader: every shard's
+//! files, merged by txn, read incrementally as the shards append.
+//!
+//! Each shard's records are in ascending txn order (a shard takes its txns
+//! from the table's sequencer in the order it writes them), so the next txn
+//! is at the head of one of the files. Only txns the caller knows are
+//! committed are asked for; their records are whole and synced. A file's
+//! unwritten or torn tail just reads as "nothing yet".
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use super::format::{self, RecordHeader, FILE_HEADER_BYTES, RECORD_HEADER_BYTES};
+use super::WalError;
+
+struct TailFile {
+    file: fs::File,
+    map: Option<Mmap>,
+    /// Offset of the next record to read.
+    pos: usize,
+    /// Highest txn read from this file so far.
+    max_txn: u64,
+}
+
+impl TailFile {
+    /// The header of the record at `pos`, mapping the file again if it grew.
+    fn peek(&mut self) -> Option<RecordHeader> {
+        if let Some(m) = &self.map {
+            if let Some((h, _)) = format::read_record(m, self.pos) {
+                return Some(h);
+            }
+        }
+        let len = self.file.metadata().ok()?.len() as usize;
+        if len <= self.map.as_ref().map_or(0, |m| m.len()) || len <= FILE_HEADER_BYTES {
+            return None;
+        }
+        // SAFETY: WAL files are only appended to while the database runs
+        // (recovery, the only thing that truncates one, runs before the
+        // uploader starts); a file removed while mapped stays readable.
+        self.map = unsafe { Mmap::map(&self.file) }.ok();
+        format::read_record(self.map.as_deref()?, self.pos).map(|(h, _)| h)
+    }
+
+    fn advance(&mut self, h: &RecordHeader) {
+        self.pos += format::record_bytes(h.payload_len) as usize;
+        self.max_txn = self.max_txn.max(h.txn);
+    }
+}
+
+/// An incremental, txn-ordered reader of one table's WAL directory.
+pub struct WalTail {
+    wal_dir: PathBuf,
+    /// By path: `s<shard>/<seq>.wal`, so a shard's files sort in write order.
+    files: BTreeMap<PathBuf, TailFile>,
+}
+
+impl WalTail {
+    pub fn new(wal_dir: &Path) -> WalTail {
+        WalTail {
+            wal_dir: wal_dir.to_path_buf(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Starts over from the first record of every file (after the caller's
+    /// position moved backwards).
+    pub fn rewind(&mut self) {
+        self.files.clear();
+    }
+
+    /// The record of `txn` and its payload, if the WAL has it. Records of
+    /// earlier txns met on the way are skipped: ask in ascending order.
+    pub fn next(&mut self, txn: u64) -> Result<Option<(RecordHeader, &[u8])>, WalError> {
+        for attempt in 0..2 {
+            let mut found = None;
+            for (path, f) in self.files.iter_mut() {
+                while let Some(h) = f.peek() {
+                    if h.txn < txn {
+                        f.advance(&h);
+                        continue;
+                    }
+                    if h.txn == txn {
+                        found = Some((path.clone(), h));
+                    }
+                    break;
+                }
+                if found.is_some() {
+                    break;
+                }
+            }
+            if let Some((path, h)) = found {
+                let f = self.files.get_mut(&path).expect("found above");
+                // Advance first, then hand out the payload at the old position.
+                let pos = f.pos;
+                f.advance(&h);
+                let start = pos + RECORD_HEADER_BYTES;
+                let map = f.map.as_deref().expect("peeked");
+                return Ok(Some((h, &map[start..start + h.payload_len as usize])));
+            }
+            if attempt == 0 {
+                self.rescan()?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Picks up files the shards started, forgets files that were removed.
+    fn rescan(&mut self) -> Result<(), WalError> {
+        let mut seen = Vec::new();
+        let dir = &self.wal_dir;
+        let shards = match fs::read_dir(dir) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(WalError::from_io(dir, "list", e)),
+        };
+        for s in shards {
+            let s = s.map_err(|e| WalError::from_io(dir, "list", e))?;
+            if !s.path().is_dir() {
+                continue;
+            }
+            let files = match fs::read_dir(s.path()) {
+                Ok(f) => f,
+                Err(_) => continue,
+            };
+            for f in files.flatten() {
+                if f.file_name().to_string_lossy().ends_with(".wal") {
+                    seen.push(f.path());
+                }
+            }
+        }
+        self.files.retain(|p, _| seen.contains(p));
+        for path in seen {
+            if self.files.contains_key(&path) {
+                continue;
+            }
+            // A file removed between the listing and here had nothing we need.
+            if let Ok(file) = fs::File::open(&path) {
+                self.files.insert(
+                    path,
+                    TailFile {
+                        file,
+                        map: None,
+                        pos: FILE_HEADER_BYTES,
+                        max_txn: 0,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes files no longer needed: read to a clean end, holding no txn
+    /// above `release_txn`, and followed by a newer file of the same shard
+    /// (so no shard appends to them any more). These are files a previous
+    /// run kept for the uploader; the shards remove their own.
+    pub fn remove_released(&mut self, release_txn: u64) -> u64 {
+        let paths: Vec<PathBuf> = self.files.keys().cloned().collect();
+        let mut removed = 0;
+        for (i, path) in paths.iter().enumerate() {
+            let newer_in_shard = paths
+                .get(i + 1)
+                .is_some_and(|next| next.parent() == path.parent());
+            let f = self.files.get_mut(path).expect("listed");
+            let len = f.file.metadata().map_or(u64::MAX, |m| m.len()) as usize;
+            let consumed = f.peek().is_none() && f.pos >= len;
+            if newer_in_shard
+                && consumed
+                && f.max_txn <= release_txn
+                && fs::remove_file(path).is_ok()
+            {
+                self.files.remove(path);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Bytes of WAL files currently known (a measure of the local backlog).
+    pub fn bytes(&self) -> u64 {
+        self.files
+            .values()
+            .map(|f| f.file.metadata().map_or(0, |m| m.len()))
+            .sum()
+    }
+}
