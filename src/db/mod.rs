@@ -176,7 +176,7 @@ impl TableHandle {
         let replicated = opts.retain_wal_for_upload && schema.timestamp.is_some();
         let dir = writer.dir().to_path_buf();
         let uploaded = if replicated {
-            wal::retention::read_upload_mark(&dir.join(WAL_DIR))
+            wal::retention::read_upload_mark(&dir.join(WAL_DIR)).txn
         } else {
             0
         };
@@ -861,7 +861,7 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
     // With replication on, WAL not yet uploaded stays for the uploader
     // (which removes these files once it has shipped them).
     let keep_above = if opts.retain_wal_for_upload && schema.timestamp.is_some() {
-        wal::retention::read_upload_mark(&wal_dir)
+        wal::retention::read_upload_mark(&wal_dir).txn
     } else {
         u64::MAX
     };

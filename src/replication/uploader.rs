@@ -210,8 +210,8 @@ struct InFlight {
 }
 
 enum Phase {
-    /// Asking the store where the chain ends.
-    Locating(tokio::task::JoinHandle<Result<u64, String>>),
+    /// Asking the store what it holds after the upload mark.
+    Locating(tokio::task::JoinHandle<Result<(u64, Vec<StoredSegment>), String>>),
     /// Waiting to ask again (after a failure).
     LocateAfter(Instant),
     Ready,
@@ -220,6 +220,8 @@ enum Phase {
 
 struct TableUpload {
     handle: Arc<TableHandle>,
+    /// Names the store in upload marks.
+    store_id: u64,
     tail: WalTail,
     phase: Phase,
     /// Next txn to put into `open`.
@@ -250,6 +252,7 @@ async fn run(
         for h in catalog.handles() {
             if h.is_replicated() && !tables.contains_key(&h.name) {
                 let t = TableUpload {
+                    store_id: xxhash_rust::xxh3::xxh3_64(store.config.to_string().as_bytes()),
                     tail: WalTail::new(&h.dir().join(crate::table::files::WAL_DIR)),
                     phase: Phase::LocateAfter(Instant::now()),
                     next_txn: 0,
@@ -319,8 +322,15 @@ async fn step(
             if Instant::now() < *at {
                 return true;
             }
-            let (s, n, hint) = (store.clone(), name.clone(), t.handle.uploaded_txn());
-            let task = tokio::spawn(async move { locate(&s, &n, hint).await });
+            // The mark is a hint only for the store it was written for.
+            let mark = wal::retention::read_upload_mark(&t.tail_dir());
+            let hint = if mark.store_id == t.store_id {
+                mark.txn
+            } else {
+                0
+            };
+            let (s, n) = (store.clone(), name.clone());
+            let task = tokio::spawn(async move { locate(&s, &n, hint).await.map(|v| (hint, v)) });
             t.phase = Phase::Locating(task);
             return true;
         }
@@ -330,20 +340,19 @@ async fn step(
             }
             let r = task.await.unwrap_or_else(|e| Err(e.to_string()));
             match r {
-                Ok(last) => {
-                    let resolved = t.handle.resolved_txn();
-                    if last > resolved {
-                        let why = format!(
-                            "the object store holds txns up to {last} of table {name}, this node \
-                             only up to {resolved}: another primary wrote this table's history, or \
-                             this node lost data. Upload of the table is stopped; nothing was written"
-                        );
-                        error!(table = %name, "{why}");
-                        status.update(&name, |s| s.stopped = Some(why));
-                        t.phase = Phase::Stopped;
-                        return false;
-                    }
+                Ok((hint, stored)) => {
+                    let last = match t.verify_stored(hint, &stored) {
+                        Ok(last) => last,
+                        Err(why) => return t.stop(status, why),
+                    };
                     info!(table = %name, uploaded_txn = last, "upload resumes after the store's last segment");
+                    let mark = wal::retention::UploadMark {
+                        txn: last,
+                        store_id: t.store_id,
+                    };
+                    if let Err(e) = wal::retention::write_upload_mark(&t.tail_dir(), mark) {
+                        warn!(table = %name, error = %e, "could not write the upload mark");
+                    }
                     t.handle.set_uploaded(last);
                     t.next_txn = last + 1;
                     t.tail.rewind();
@@ -375,10 +384,16 @@ async fn step(
             .unwrap_or_else(|e| Outcome::Fatal(e.to_string()));
         match outcome {
             Outcome::Uploaded { last, bytes } => {
-                t.handle.set_uploaded(last);
-                if let Err(e) = wal::retention::write_upload_mark(&t.tail_dir(), last) {
+                // Mark first: the shards drop WAL up to the uploaded txn, so
+                // the WAL after the mark is always there after a crash.
+                let mark = wal::retention::UploadMark {
+                    txn: last,
+                    store_id: t.store_id,
+                };
+                if let Err(e) = wal::retention::write_upload_mark(&t.tail_dir(), mark) {
                     warn!(table = %name, error = %e, "could not write the upload mark");
                 }
+                t.handle.set_uploaded(last);
                 t.tail.remove_released(t.handle.wal_release_txn());
                 let wal_bytes = t.tail.bytes();
                 status.update(&name, |s| {
@@ -454,12 +469,14 @@ async fn step(
                         )
                     }
                 },
-                Ok(None) => return t.stop(
-                    status,
-                    format!(
+                Ok(None) => {
+                    return t.stop(
+                        status,
+                        format!(
                         "table {name}: committed txn {txn} is not in the local WAL; upload stopped"
                     ),
-                ),
+                    )
+                }
                 Err(e) => {
                     warn!(table = %name, error = %e, "reading the WAL failed; retrying");
                     caught_up = false;
@@ -543,6 +560,61 @@ impl TableUpload {
         self.handle.dir().join(crate::table::files::WAL_DIR)
     }
 
+    /// Checks that the segments the store holds after the upload mark
+    /// (`hint`) are this node's own, continuing the chain: each txn's
+    /// commit time equals the one in this node's WAL (kept for every txn
+    /// after the mark). Returns where the chain ends.
+    fn verify_stored(&mut self, hint: u64, stored: &[StoredSegment]) -> Result<u64, String> {
+        let name = self.handle.name.clone();
+        let resolved = self.handle.resolved_txn();
+        let mut last = hint;
+        self.tail.rewind();
+        for s in stored {
+            if s.first != last + 1 {
+                return Err(format!(
+                    "object {} starts at txn {} but the chain of table {name} ends at txn {last}: \
+                     the store holds a history this node did not write. Upload of the table is stopped",
+                    s.key, s.first
+                ));
+            }
+            if s.last > resolved {
+                return Err(format!(
+                    "object {} holds txns up to {} of table {name}, this node only up to {resolved}: \
+                     another primary wrote this table's history, or this node lost data. \
+                     Upload of the table is stopped; nothing was written",
+                    s.key, s.last
+                ));
+            }
+            for (i, txn) in (s.first..=s.last).enumerate() {
+                let theirs = s.commit_times.get(i).copied();
+                let ours = match self.tail.next(txn) {
+                    Ok(Some((h, _))) => h.commit_time_us,
+                    Ok(None) => {
+                        return Err(format!(
+                            "object {} holds txn {txn} of table {name}, which this node's WAL no \
+                             longer has, so it cannot tell whether the store's history is its own \
+                             (was the store or the data directory switched?). Upload of the table \
+                             is stopped",
+                            s.key
+                        ))
+                    }
+                    Err(e) => return Err(format!("table {name}: reading the WAL: {e}")),
+                };
+                if theirs != Some(ours) {
+                    return Err(format!(
+                        "object {} holds a txn {txn} of table {name} that this node did not \
+                         commit: another primary is writing this table's history. Upload of \
+                         the table is stopped; nothing was written",
+                        s.key
+                    ));
+                }
+            }
+            last = s.last;
+        }
+        self.tail.rewind();
+        Ok(last)
+    }
+
     fn stop(&mut self, status: &UploadStatus, why: String) -> bool {
         error!(table = %self.handle.name, "{why}");
         status.update(&self.handle.name, |s| s.stopped = Some(why));
@@ -551,27 +623,57 @@ impl TableUpload {
     }
 }
 
-/// Where `table`'s chain of segments in the store ends: the last txn of
-/// its last segment (`hint`, a txn known uploaded, when nothing follows it).
-async fn locate(store: &Store, table: &str, hint: u64) -> Result<u64, String> {
+/// Segments after its upload mark a node accepts as possibly its own.
+const STORED_AFTER_MARK_MAX: usize = 8;
+
+/// A segment found in the store at start-up.
+struct StoredSegment {
+    key: String,
+    first: u64,
+    last: u64,
+    commit_times: Vec<i64>,
+}
+
+/// The segments of `table` in the store that start after txn `hint` (the
+/// upload mark): normally none, or the one whose upload landed just
+/// before a crash.
+async fn locate(store: &Store, table: &str, hint: u64) -> Result<Vec<StoredSegment>, String> {
     let prefix = table_prefix(store, table);
     let after = segment_key(store, table, hint);
     let keys = store
         .list_after(&prefix, &after)
         .await
         .map_err(|e| format!("listing {prefix}: {e}"))?;
-    let Some(last_key) = keys.iter().rev().find(|k| first_txn_of(k).is_some()) else {
-        return Ok(hint);
-    };
-    let (seg, _) = fetch(store, last_key).await?;
-    let h = seg.header();
-    if h.table.as_str() != table {
+    let keys: Vec<_> = keys.iter().filter(|k| first_txn_of(k).is_some()).collect();
+    // This node uploads one segment at a time and marks each: more than a
+    // few after its mark are not its own.
+    if keys.len() > STORED_AFTER_MARK_MAX {
         return Err(format!(
-            "object {last_key} holds table {}",
-            h.table.as_str()
+            "the store holds {} segments of table {table} after txn {hint}, the last this node \
+             marked uploaded: not this node's history",
+            keys.len()
         ));
     }
-    Ok(h.last_txn.to_native())
+    let mut out = Vec::new();
+    for key in keys {
+        let (seg, _) = fetch(store, key).await?;
+        let h = seg.header();
+        if h.table.as_str() != table || first_txn_of(key) != Some(h.first_txn.to_native()) {
+            return Err(format!(
+                "object {key} holds txns {}..={} of table {}: not where it belongs",
+                h.first_txn,
+                h.last_txn,
+                h.table.as_str()
+            ));
+        }
+        out.push(StoredSegment {
+            key: key.to_string(),
+            first: h.first_txn.to_native(),
+            last: h.last_txn.to_native(),
+            commit_times: h.commit_times_us.iter().map(|t| t.to_native()).collect(),
+        });
+    }
+    Ok(out)
 }
 
 /// Downloads and verifies one segment.

@@ -19,46 +19,59 @@ use xxhash_rust::xxh3::xxh3_64;
 pub const UPLOAD_MARK_FILE: &str = "_uploaded";
 const MAGIC: &[u8; 8] = b"BSLTUPLD";
 const VERSION: u32 = 1;
-const MARK_BYTES: usize = 32;
+const MARK_BYTES: usize = 40;
 
-fn encode(txn: u64) -> [u8; MARK_BYTES] {
+/// What the mark says: txns up to `txn` are in the store named by `store_id`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UploadMark {
+    pub txn: u64,
+    /// xxh3-64 of the store's connection string with secrets masked: a
+    /// mark of another store says nothing about this one.
+    pub store_id: u64,
+}
+
+fn encode(m: UploadMark) -> [u8; MARK_BYTES] {
     let mut b = [0u8; MARK_BYTES];
     b[..8].copy_from_slice(MAGIC);
     b[8..12].copy_from_slice(&VERSION.to_le_bytes());
     // 12..16 reserved, zero.
-    b[16..24].copy_from_slice(&txn.to_le_bytes());
-    let h = xxh3_64(&b[..24]);
-    b[24..32].copy_from_slice(&h.to_le_bytes());
+    b[16..24].copy_from_slice(&m.txn.to_le_bytes());
+    b[24..32].copy_from_slice(&m.store_id.to_le_bytes());
+    let h = xxh3_64(&b[..32]);
+    b[32..40].copy_from_slice(&h.to_le_bytes());
     b
 }
 
-fn decode(b: &[u8]) -> Option<u64> {
+fn decode(b: &[u8]) -> Option<UploadMark> {
     if b.len() != MARK_BYTES || &b[..8] != MAGIC || b[8..12] != VERSION.to_le_bytes() {
         return None;
     }
-    let h = u64::from_le_bytes(b[24..32].try_into().ok()?);
-    (h == xxh3_64(&b[..24])).then(|| u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")))
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    (u64_at(32) == xxh3_64(&b[..32])).then(|| UploadMark {
+        txn: u64_at(16),
+        store_id: u64_at(24),
+    })
 }
 
-/// The last txn known uploaded for the table whose WAL is in `wal_dir`;
-/// 0 when there is no readable mark (a damaged one is reported and ignored).
-pub fn read_upload_mark(wal_dir: &Path) -> u64 {
+/// The upload mark of the table whose WAL is in `wal_dir`; txn 0 when there
+/// is no readable mark (a damaged one is reported and ignored).
+pub fn read_upload_mark(wal_dir: &Path) -> UploadMark {
     let path = wal_dir.join(UPLOAD_MARK_FILE);
     match fs::read(&path) {
         Ok(b) => decode(&b).unwrap_or_else(|| {
             warn!(path = %path.display(), "upload mark unreadable; keeping all WAL for the uploader");
-            0
+            UploadMark::default()
         }),
-        Err(_) => 0,
+        Err(_) => UploadMark::default(),
     }
 }
 
-/// Records that every txn up to `txn` is in the object store: write a temp
-/// file, rename it over the mark (atomic, not fsynced: see the module doc).
-pub fn write_upload_mark(wal_dir: &Path, txn: u64) -> std::io::Result<()> {
+/// Records that every txn up to `mark.txn` is in the object store: write a
+/// temp file, rename it over the mark (atomic, not fsynced: see the module doc).
+pub fn write_upload_mark(wal_dir: &Path, mark: UploadMark) -> std::io::Result<()> {
     fs::create_dir_all(wal_dir)?;
     let tmp = wal_dir.join(format!("{UPLOAD_MARK_FILE}.tmp"));
-    fs::write(&tmp, encode(txn))?;
+    fs::write(&tmp, encode(mark))?;
     fs::rename(&tmp, wal_dir.join(UPLOAD_MARK_FILE))
 }
 
@@ -69,13 +82,17 @@ mod tests {
     #[test]
     fn mark_round_trips_and_damage_reads_as_zero() {
         let dir = tempfile::tempdir().expect("temp dir");
-        assert_eq!(read_upload_mark(dir.path()), 0);
-        write_upload_mark(dir.path(), 12_345).expect("write mark");
-        assert_eq!(read_upload_mark(dir.path()), 12_345);
+        assert_eq!(read_upload_mark(dir.path()), UploadMark::default());
+        let m = UploadMark {
+            txn: 12_345,
+            store_id: 77,
+        };
+        write_upload_mark(dir.path(), m).expect("write mark");
+        assert_eq!(read_upload_mark(dir.path()), m);
         let path = dir.path().join(UPLOAD_MARK_FILE);
         let mut b = fs::read(&path).expect("read");
         b[17] ^= 1;
         fs::write(&path, &b).expect("write");
-        assert_eq!(read_upload_mark(dir.path()), 0);
+        assert_eq!(read_upload_mark(dir.path()), UploadMark::default());
     }
 }
