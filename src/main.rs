@@ -479,16 +479,18 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
     let engine = db.engine().choice.clone();
     let mut uploader = None;
     let mut follower = None;
+    let mut status = NodeStatus {
+        role,
+        store: "off".into(),
+        store_stats: Default::default(),
+        catalog: (role == Role::Primary).then(|| db.catalog()),
+        upload: None,
+        replica: None,
+    };
     if let Some(sc) = &store_config {
         let store = sc.build().map_err(|e| format!("--object-store: {e}"))?;
-        let mut status = NodeStatus {
-            role,
-            store: sc.to_string(),
-            store_stats: store.stats.clone(),
-            catalog: None,
-            upload: None,
-            replica: None,
-        };
+        status.store = sc.to_string();
+        status.store_stats = store.stats.clone();
         match role {
             Role::Primary => {
                 let opts = UploadOptions {
@@ -499,7 +501,6 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
                 };
                 let u = Uploader::start(db.catalog(), store, opts)
                     .map_err(|e| format!("cannot start the uploader: {e}"))?;
-                status.catalog = Some(db.catalog());
                 status.upload = Some(u.status.clone());
                 uploader = Some(u);
             }
@@ -514,8 +515,8 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
                 follower = Some(r);
             }
         }
-        config.node = Some(Arc::new(status));
     }
+    config.node = Some(Arc::new(status));
     let server = basalt::server::Server::start(db, config).map_err(|e| e.to_string())?;
     // A machine-readable line for scripts and tests (logs go to stderr).
     println!(

@@ -82,13 +82,21 @@ fn txn_of(v: &serde_json::Value, key: &str) -> u64 {
 
 /// Waits until the replica applied everything the primary committed.
 fn wait_replicated(p: &ServerProcess, r: &ServerProcess) -> u64 {
-    eventually(Duration::from_secs(60), || {
-        let ps = status(p);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (ps, rs) = (status(p), status(r));
         let committed = txn_of(&ps, "committed_txn");
         let uploaded = txn_of(&ps, "uploaded_txn");
-        let applied = txn_of(&status(r), "applied_txn");
-        (committed > 0 && uploaded == committed && applied == committed).then_some(committed)
-    })
+        let applied = txn_of(&rs, "applied_txn");
+        if committed > 0 && uploaded == committed && applied == committed {
+            return committed;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not replicated within 120 s:\nprimary {ps}\nreplica {rs}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn assert_same_tables(primary: &Path, replica: &Path) {

@@ -16,6 +16,7 @@ use basalt::io::EngineChoice;
 use basalt::replication::{first_txn_of, table_prefix, Replica, UploadOptions, Uploader};
 use basalt::segment::Segment;
 use basalt::store::{FaultControl, Store, StoreConfig};
+use basalt::table::TableReader;
 use common::{eventually, table_files};
 use object_store::ObjectStoreExt;
 
@@ -198,11 +199,15 @@ fn faults_in_the_store_lose_nothing_duplicate_nothing_and_never_stall_commits() 
     // Uploaded and checkpointed WAL is dropped again.
     let db = open(&pdir);
     db.close();
-    assert_eq!(
-        walkdir(&pdir.join("cpu").join("_wal")),
-        0,
-        "uploaded WAL is removed"
-    );
+    let left = walkdir(&pdir.join("cpu").join("_wal"));
+    if left != 0 {
+        let mark = basalt::wal::retention::read_upload_mark(&pdir.join("cpu").join("_wal"));
+        let _ = std::process::Command::new("find")
+            .arg(pdir.join("cpu").join("_wal"))
+            .arg("-ls")
+            .status();
+        panic!("{left} WAL files left; mark {mark:?}, last {last}");
+    }
 
     let mut r = Replica::new(store.clone(), &rdir).unwrap();
     assert_eq!(r.sync_table("cpu").unwrap().txn, last);
@@ -229,4 +234,125 @@ fn walkdir(dir: &std::path::Path) -> usize {
                 .count()
         })
         .unwrap_or(0)
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else if e.file_name() != ".lock" {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A commit whose fdatasync fails (its record may be whole on disk) is
+/// aborted: it is uploaded as an empty txn, recorded in `_wal/_aborted`,
+/// and recovery from a crash image taken before any checkpoint does not
+/// replay it, so primary and replica hold the same rows.
+#[test]
+fn an_aborted_commit_travels_as_an_empty_txn_and_is_never_replayed() {
+    use basalt::io::FaultPlan;
+    let dir = tempfile::tempdir().unwrap();
+    let (pdir, rdir, image) = (
+        dir.path().join("primary"),
+        dir.path().join("replica"),
+        dir.path().join("crash-image"),
+    );
+    let plan = FaultPlan::new();
+    let db = Arc::new(
+        Database::open(DbOptions {
+            data_dir: pdir.clone(),
+            engine: EngineChoice::Fault(plan.clone()),
+            shards: 2,
+            checkpoint_interval: Duration::from_secs(3600),
+            retain_wal_for_upload: true,
+            ..DbOptions::default()
+        })
+        .unwrap(),
+    );
+    let store = StoreConfig::parse("memory::").unwrap().build().unwrap();
+    let up = Uploader::start(db.catalog(), store.clone(), upload_opts()).unwrap();
+    let gen = CpuGenerator::default();
+    let t = db.create_table("cpu", gen.schema()).unwrap();
+    // One thread per shard: commits go to the thread's home shard.
+    let commit_on = |first: u64, n: u64, fail_first: bool| {
+        let (db, t, plan) = (db.clone(), t.clone(), plan.clone());
+        std::thread::spawn(move || {
+            let gen = CpuGenerator::default();
+            let mut out = Vec::new();
+            for i in 0..n {
+                if fail_first && i == n - 1 {
+                    plan.fail_syncs_after(0);
+                }
+                out.push(db.commit(&t, gen.batch((first + i) * 100, 100, 0)));
+                plan.heal();
+            }
+            out
+        })
+        .join()
+        .unwrap()
+    };
+    let a = commit_on(0, 4, true);
+    assert!(a[..3].iter().all(Result::is_ok) && a[3].is_err(), "{a:?}");
+    let aborted = 4;
+    // The next commits from a thread whose home is the healthy shard (the
+    // failed one refuses work until reopened).
+    let b = (0..16)
+        .map(|_| commit_on(10, 3, false))
+        .find(|r| r[0].is_ok())
+        .expect("a thread on the healthy shard");
+    let last = *b.last().unwrap().as_ref().unwrap();
+    assert!(b.iter().all(Result::is_ok) && last > aborted);
+    t.wait_applied(last, Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        basalt::wal::retention::read_aborted(&pdir.join("cpu").join("_wal")),
+        vec![aborted]
+    );
+    eventually(Duration::from_secs(30), || {
+        (t.uploaded_txn() == last).then_some(())
+    });
+    // A crash image: the files as they are, no checkpoint since creation.
+    copy_dir(&pdir, &image);
+    up.shutdown();
+    drop(t);
+    Arc::try_unwrap(db).ok().expect("only here").close();
+
+    let mut r = Replica::new(store.clone(), &rdir).unwrap();
+    assert_eq!(r.sync_table("cpu").unwrap().txn, last);
+    drop(r);
+    let recovered = Database::open(DbOptions {
+        data_dir: image.clone(),
+        engine: EngineChoice::Portable,
+        shards: 1,
+        retain_wal_for_upload: true,
+        ..DbOptions::default()
+    })
+    .unwrap();
+    let report = recovered.recovery()[0].clone();
+    assert_eq!(
+        report.replayed_txns, 6,
+        "txn {aborted} is not replayed: {report:?}"
+    );
+    assert_eq!(report.resolved_txn, last);
+    recovered.close();
+    for primary in [&pdir, &image] {
+        let (p, rr) = (
+            table_files(&primary.join("cpu")),
+            table_files(&rdir.join("cpu")),
+        );
+        assert_eq!(p.keys().collect::<Vec<_>>(), rr.keys().collect::<Vec<_>>());
+        for (name, bytes) in &p {
+            assert!(bytes == &rr[name], "{name} differs ({})", primary.display());
+        }
+    }
+    let rows = TableReader::open(&image, "cpu")
+        .unwrap()
+        .state()
+        .unwrap()
+        .row_count();
+    assert_eq!(rows, 600, "the aborted commit's rows are not replayed");
 }

@@ -116,6 +116,10 @@ fn checkpoint(slot: &mut Slot) {
         Ok(txn) => {
             slot.rows_since_checkpoint = 0;
             slot.handle.set_durable(txn);
+            if slot.handle.is_replicated() {
+                let wal_dir = slot.handle.dir().join(crate::table::files::WAL_DIR);
+                crate::wal::retention::clear_aborted_upto(&wal_dir, slot.handle.wal_release_txn());
+            }
         }
         Err(e) => {
             error!(table = %slot.handle.name, error = %e, "checkpoint failed; the table stays at its last checkpoint until reopened");
@@ -147,6 +151,15 @@ fn handle(slots: &mut HashMap<String, Slot>, msg: ApplyMsg) {
         }
         ApplyMsg::Aborted { table, txn } => {
             if let Some(s) = slots.get_mut(&table.name) {
+                if s.handle.is_replicated() {
+                    // Before the txn resolves: recovery must never replay it.
+                    let wal_dir = s.handle.dir().join(crate::table::files::WAL_DIR);
+                    if let Err(e) = crate::wal::retention::record_aborted(&wal_dir, txn) {
+                        error!(table = %s.handle.name, txn, error = %e, "cannot record an aborted txn; the table refuses commits until reopened");
+                        s.handle
+                            .set_failed(format!("recording aborted txn {txn}: {e}"));
+                    }
+                }
                 s.pending.insert(txn, None);
             }
         }

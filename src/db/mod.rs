@@ -373,6 +373,14 @@ pub struct RecoveryReport {
     pub torn_bytes_cut: u64,
     /// WAL files read (and removed once applied).
     pub wal_files: u64,
+    /// Every txn up to this one is applied or was aborted: the sequencer
+    /// continues after it.
+    pub resolved_txn: u64,
+    /// Txn numbers above the upload mark that no WAL file holds: handed out
+    /// to a group that was in flight at a crash (never written, never
+    /// acknowledged) while later txns of another shard were. Replication
+    /// ships them as empty txns. Only computed with replication on.
+    pub never_written: Vec<u64>,
 }
 
 pub struct Database {
@@ -424,12 +432,14 @@ impl Database {
         };
         for (writer, report) in recovered {
             let name = report.table.clone();
+            let report_holes = report.never_written.clone();
+            let resolved = report.resolved_txn;
             recovery.push(report);
             let handle = Arc::new(TableHandle::new(
                 &name,
                 writer.schema().clone(),
                 &writer,
-                writer.state().txn,
+                resolved,
                 &opts,
             ));
             applier_tx
@@ -438,6 +448,9 @@ impl Database {
                     writer: Box::new(writer),
                 })
                 .map_err(|_| DbError::Closed)?;
+            for txn in &report_holes {
+                handle.note_aborted(*txn);
+            }
             tables.insert(name, handle);
         }
         let shard_count = if opts.shards == 0 {
@@ -833,11 +846,17 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
     let wal_dir = writer.dir().join(WAL_DIR);
     let committed = writer.state().txn;
     let recovered = wal::recover_table_wal(&wal_dir, committed)?;
+    // Txns whose commit failed on a replicated table are never replayed
+    // (replicas got them empty).
+    let aborted = wal::retention::read_aborted(&wal_dir);
     let schema = writer.schema().clone();
     let mut chunk: Vec<(u64, Batch)> = Vec::new();
     let mut rows = 0;
     let mut applied = 0u64;
     for r in &recovered.records {
+        if aborted.contains(&r.header.txn) {
+            continue;
+        }
         let batch =
             codec::decode(recovered.payload(r), &schema).map_err(|source| WalError::Payload {
                 path: recovered.path(r).to_path_buf(),
@@ -866,6 +885,23 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
         u64::MAX
     };
     let wal_files = recovered.files_with_max_txn().count() as u64;
+    // The WAL above the mark is all there (the mark is written before the
+    // shards may drop anything it covers), so a txn number missing from it
+    // was never written.
+    let never_written: Vec<u64> = if keep_above == u64::MAX {
+        Vec::new()
+    } else {
+        (keep_above + 1..=max_txn.max(aborted.iter().copied().max().unwrap_or(0)))
+            .filter(|t| recovered.all_txns.binary_search(t).is_err() || aborted.contains(t))
+            .collect()
+    };
+    if !never_written.is_empty() {
+        info!(
+            table = name,
+            txns = ?never_written,
+            "txn numbers handed out but never written before the crash; replication ships them empty"
+        );
+    }
     let paths: Vec<PathBuf> = recovered
         .files_with_max_txn()
         .filter(|(_, max)| *max <= keep_above)
@@ -887,17 +923,23 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
             "recovered table from WAL"
         );
     }
-    // Every record above the committed txn was just applied, so the WAL holds
-    // nothing above the table's txn: the sequencer continues from it.
-    assert!(
-        max_txn <= writer.state().txn,
-        "WAL txn {max_txn} above applied txn after recovery"
-    );
+    // Every record above the committed txn was just applied (or is an
+    // aborted txn, skipped), so the WAL holds nothing above the resolved
+    // txn: the sequencer continues from it.
+    // An aborted txn's number is never handed out again (it may have no
+    // record at all), or a later commit under it would be skipped here.
+    let resolved_txn = writer
+        .state()
+        .txn
+        .max(max_txn)
+        .max(aborted.iter().copied().max().unwrap_or(0));
     let report = RecoveryReport {
         table: name.to_string(),
+        resolved_txn,
         replayed_txns: applied,
         torn_bytes_cut,
         wal_files,
+        never_written,
     };
     Ok((writer, report))
 }

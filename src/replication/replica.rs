@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use object_store::ObjectStoreExt;
+use object_store::{GetResultPayload, ObjectStoreExt};
 use rkyv::util::AlignedVec;
 use tracing::{error, info, warn};
 
@@ -143,17 +143,23 @@ impl Replica {
                     next_key: key.to_string(),
                 });
             }
-            let bytes = self
-                .rt
-                .block_on(async { self.store.inner.get(&key).await?.bytes().await })?;
-            let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
-            aligned.extend_from_slice(&bytes);
-            drop(bytes);
             let bad = |source| ReplicationError::BadObject {
                 key: key.to_string(),
                 source,
             };
-            let seg = Segment::from_aligned(aligned).map_err(bad)?;
+            let got = self.rt.block_on(self.store.inner.get(&key))?;
+            let seg = match got.payload {
+                // A shared filesystem: the object's own file, memory-mapped
+                // (objects are immutable once published).
+                GetResultPayload::File(f, path) => Segment::map_file(&f, &path).map_err(bad)?,
+                GetResultPayload::Stream(_) => {
+                    let bytes = self.rt.block_on(got.bytes())?;
+                    let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+                    aligned.extend_from_slice(&bytes);
+                    drop(bytes);
+                    Segment::from_aligned(aligned).map_err(bad)?
+                }
+            };
             let h = seg.header();
             if h.first_txn.to_native() != first || h.table.as_str() != table {
                 return Err(ReplicationError::Misplaced {

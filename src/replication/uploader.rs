@@ -408,6 +408,13 @@ async fn step(
             }
             Outcome::Adopted { last } => {
                 info!(table = %name, first = f.first, last, "segment was already in the store (an earlier upload of this node); continuing after it");
+                let mark = wal::retention::UploadMark {
+                    txn: last,
+                    store_id: t.store_id,
+                };
+                if let Err(e) = wal::retention::write_upload_mark(&t.tail_dir(), mark) {
+                    warn!(table = %name, error = %e, "could not write the upload mark");
+                }
                 t.handle.set_uploaded(last);
                 if last != f.last {
                     // The stored segment ends elsewhere than ours: rebuild

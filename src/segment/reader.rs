@@ -56,6 +56,17 @@ impl Segment {
         Segment::verify(Data::Mapped(map))
     }
 
+    /// Memory-maps and verifies an open segment file (`path` names it in
+    /// errors); the same immutability holds as for [`Segment::open`].
+    pub fn map_file(f: &std::fs::File, path: &Path) -> Result<Segment, SegmentError> {
+        // SAFETY: read-only private mapping of an immutable file (see `open`).
+        let map = unsafe { memmap2::Mmap::map(f) }.map_err(|source| SegmentError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Segment::verify(Data::Mapped(map))
+    }
+
     /// Verifies a segment held in memory (copied once into an aligned buffer
     /// unless it already is one).
     pub fn from_slice(bytes: &[u8]) -> Result<Segment, SegmentError> {

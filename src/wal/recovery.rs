@@ -27,6 +27,8 @@ pub struct RecoveredWal {
     pub records: Vec<RecoveredRecord>,
     /// Highest txn found in any file (0 if none).
     pub max_txn: u64,
+    /// Every txn found in any file, ascending.
+    pub all_txns: Vec<u64>,
     /// Bytes of torn tails cut from the files.
     pub torn_bytes_cut: u64,
 }
@@ -81,6 +83,7 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
     let mut file_max_txn = Vec::new();
     let mut records = Vec::new();
     let mut max_txn = 0;
+    let mut all_txns = Vec::new();
     let mut torn_bytes_cut = 0;
     for path in wal_files(wal_dir)? {
         let file = fs::OpenOptions::new()
@@ -132,6 +135,7 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
         for (offset, header) in found {
             max_txn = max_txn.max(header.txn);
             file_max = file_max.max(header.txn);
+            all_txns.push(header.txn);
             if header.txn > committed_txn {
                 records.push(RecoveredRecord {
                     header,
@@ -161,6 +165,7 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
         file_max_txn.push(file_max);
     }
     records.sort_by_key(|r| r.header.txn);
+    all_txns.sort_unstable();
     if let Some(w) = records
         .windows(2)
         .find(|w| w[0].header.txn == w[1].header.txn)
@@ -176,6 +181,7 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
         file_max_txn,
         records,
         max_txn,
+        all_txns,
         torn_bytes_cut,
     })
 }

@@ -96,3 +96,99 @@ mod tests {
         assert_eq!(read_upload_mark(dir.path()), UploadMark::default());
     }
 }
+
+/// File name of the aborted-txn list inside a table's `_wal` directory.
+pub const ABORTED_FILE: &str = "_aborted";
+const ABORTED_MAGIC: &[u8; 8] = b"BSLTABRT";
+const ABORTED_HEADER_BYTES: usize = 16;
+const ABORTED_ENTRY_BYTES: usize = 16;
+
+fn aborted_entry(txn: u64) -> [u8; ABORTED_ENTRY_BYTES] {
+    let mut e = [0u8; ABORTED_ENTRY_BYTES];
+    e[..8].copy_from_slice(&txn.to_le_bytes());
+    let h = xxh3_64(&e[..8]);
+    e[8..].copy_from_slice(&h.to_le_bytes());
+    e
+}
+
+/// Records durably that `txn` was aborted (its WAL write or fdatasync
+/// failed, so the client got an error). Its record may still be whole in
+/// the WAL; recovery must not replay it on a replicated table, or the
+/// primary would hold rows its replicas (which got an empty txn) do not.
+pub fn record_aborted(wal_dir: &Path, txn: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    fs::create_dir_all(wal_dir)?;
+    let path = wal_dir.join(ABORTED_FILE);
+    let new = !path.exists();
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    if new || f.metadata()?.len() < ABORTED_HEADER_BYTES as u64 {
+        f.set_len(0)?;
+        let mut h = [0u8; ABORTED_HEADER_BYTES];
+        h[..8].copy_from_slice(ABORTED_MAGIC);
+        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        f.write_all(&h)?;
+    }
+    f.write_all(&aborted_entry(txn))?;
+    f.sync_data()?;
+    if new {
+        fs::File::open(wal_dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The txns recorded as aborted (entries that do not verify, such as a torn
+/// last one, are skipped: their abort was never relied on).
+pub fn read_aborted(wal_dir: &Path) -> Vec<u64> {
+    let Ok(b) = fs::read(wal_dir.join(ABORTED_FILE)) else {
+        return Vec::new();
+    };
+    if b.len() < ABORTED_HEADER_BYTES || &b[..8] != ABORTED_MAGIC {
+        return Vec::new();
+    }
+    b[ABORTED_HEADER_BYTES..]
+        .chunks_exact(ABORTED_ENTRY_BYTES)
+        .filter(|e| {
+            aborted_entry(u64::from_le_bytes(e[..8].try_into().expect("8 bytes")))[..] == e[..]
+        })
+        .map(|e| u64::from_le_bytes(e[..8].try_into().expect("8 bytes")))
+        .collect()
+}
+
+/// Drops the list once every txn in it is at or below `txn` (uploaded and
+/// checkpointed: neither recovery nor the uploader needs it any more).
+pub fn clear_aborted_upto(wal_dir: &Path, txn: u64) {
+    let path = wal_dir.join(ABORTED_FILE);
+    if !path.exists() {
+        return;
+    }
+    if read_aborted(wal_dir).iter().all(|t| *t <= txn) {
+        let _ = fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod aborted_tests {
+    use super::*;
+
+    #[test]
+    fn aborted_txns_are_recorded_read_back_and_cleared() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert!(read_aborted(dir.path()).is_empty());
+        record_aborted(dir.path(), 7).expect("record");
+        record_aborted(dir.path(), 9).expect("record");
+        assert_eq!(read_aborted(dir.path()), vec![7, 9]);
+        // A torn last entry is ignored.
+        let path = dir.path().join(ABORTED_FILE);
+        let mut b = fs::read(&path).expect("read");
+        b.truncate(b.len() - 3);
+        fs::write(&path, &b).expect("write");
+        assert_eq!(read_aborted(dir.path()), vec![7]);
+        clear_aborted_upto(dir.path(), 6);
+        assert!(path.exists());
+        clear_aborted_upto(dir.path(), 7);
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,507 @@
+//! Whole-system replication runs: a release `basalt serve` primary and a
+//! `basalt serve --role replica` child on this machine, through a store on
+//! the same disk (`fs`) or moto's S3 server on loopback, with hdrhistogram
+//! percentiles and a yardstick measured in the same run.
+//!
+//! cargo bench --bench replication              # everything
+//! cargo bench --bench replication -- lag       # replication lag at a steady rate
+//! cargo bench --bench replication -- ingest    # ingest with replication on vs off
+//! cargo bench --bench replication -- catchup   # replica catch-up from a backlog
+//! PERF_LAG_SECS=20       seconds of steady load per lag run (default 20)
+//! PERF_LAG_RATE=100000   rows per second (default 100k, 1000-row requests)
+//! PERF_ROWS=2000000      rows per ingest replay (default 2M)
+//! PERF_CATCHUP_ROWS=10000000  backlog rows (default 10M)
+//! PERF_DIR=...           where the data goes (default target/perf-data)
+//! BASALT_TEST_MOTO=...   moto_server (default target/test-venv/bin/moto_server,
+//!                        installed by ./scripts/test.sh); S3 runs are skipped
+//!                        with a message when it is missing
+//!
+//! Lag = from the 204 of an HTTP request on the primary (its rows durable)
+//! to the moment the replica's readers see them (its `_txn` counts them).
+//! The yardstick of a lag run is the store itself: a PUT of a 256 KiB object
+//! followed by a GET of it, timed in the same run.
+
+mod node;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use basalt::gen::CpuGenerator;
+use basalt::store::StoreConfig;
+use hdrhistogram::Histogram;
+use node::{cpu_seconds, get_json, ilp_text, visible_rows, wait_visible, KeepAlive, Server};
+use object_store::{ObjectStoreExt, PutPayload};
+
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// moto's S3 server on a free port with bucket `basalt`, if installed.
+fn moto() -> Option<Moto> {
+    let bin = std::env::var_os("BASALT_TEST_MOTO").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/moto_server"),
+        PathBuf::from,
+    );
+    if !bin.exists() {
+        println!(
+            "  (moto_server not found at {}: S3 runs skipped; ./scripts/test.sh installs it)",
+            bin.display()
+        );
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto_server");
+    let m = Moto { child, port };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto_server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect moto");
+    write!(s, "PUT /basalt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").expect("create bucket");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "bucket: {resp}");
+    Some(m)
+}
+
+fn s3_conn(port: u16, root: &str) -> String {
+    format!("s3::bucket=basalt;root={root};region=us-east-1;endpoint=http://127.0.0.1:{port};access_key_id=t;secret_access_key=t;allow_http=true;")
+}
+
+/// PUT 256 KiB then GET it back, `n` times: the store's own round trip.
+fn store_yardstick(conn: &str, n: usize) -> Histogram<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = StoreConfig::parse(conn)
+        .expect("conn")
+        .build()
+        .expect("store");
+    let body = bytes::Bytes::from(vec![7u8; 256 * 1024]);
+    let mut h = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..n {
+        let key = store.path(&["yardstick", &format!("{i:06}")]);
+        let t = Instant::now();
+        rt.block_on(async {
+            store
+                .inner
+                .put(&key, PutPayload::from(body.clone()))
+                .await?;
+            store.inner.get(&key).await?.bytes().await
+        })
+        .expect("put+get");
+        h.record(t.elapsed().as_micros() as u64).expect("record");
+    }
+    h
+}
+
+fn pct(h: &Histogram<u64>) -> String {
+    format!(
+        "p50 {:.1} ms  p99 {:.1} ms  p999 {:.1} ms  max {:.1} ms",
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+        h.value_at_quantile(0.999) as f64 / 1e3,
+        h.max() as f64 / 1e3
+    )
+}
+
+fn store_counts(s: &Server) -> (u64, u64) {
+    let j = get_json(s.http, "/status");
+    let r = &j["store_requests"];
+    (
+        r["puts"].as_u64().unwrap_or(0),
+        r["put_bytes"].as_u64().unwrap_or(0),
+    )
+}
+
+fn table_txn(s: &Server, key: &str) -> u64 {
+    get_json(s.http, "/status")["tables"]["cpu"][key]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Steady load of `rate` rows/s in 1000-row HTTP requests for `secs`;
+/// lag of every request to visibility on the replica.
+#[allow(clippy::too_many_arguments)]
+fn lag_run(
+    base: &Path,
+    name: &str,
+    conn: &str,
+    primary: &[&str],
+    replica: &[&str],
+    secs: u64,
+    rate: u64,
+) {
+    println!("\n{name}");
+    let dir = base.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut pargs = vec!["--object-store", conn];
+    pargs.extend(primary);
+    let p = node::start(&dir.join("primary"), &pargs);
+    let mut rargs = vec!["--role", "replica", "--object-store", conn];
+    rargs.extend(replica);
+    let r = node::start(&dir.join("replica"), &rargs);
+    let yard = store_yardstick(conn, 100);
+    let gen = CpuGenerator::default();
+    const REQ_ROWS: u64 = 1000;
+    let requests = secs * rate / REQ_ROWS;
+    let interval = Duration::from_micros(1_000_000 * REQ_ROWS / rate);
+    let bodies: Vec<Vec<u8>> = (0..requests)
+        .map(|k| ilp_text(&gen, "cpu", k * REQ_ROWS, REQ_ROWS))
+        .collect();
+    let ilp_bytes: u64 = bodies.iter().map(|b| b.len() as u64).sum();
+    let (puts0, put_bytes0) = store_counts(&p);
+    let acks: Arc<Mutex<Vec<Option<Instant>>>> =
+        Arc::new(Mutex::new(vec![None; requests as usize]));
+    let done = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicU64::new(0));
+    let rdir = r.dir.clone();
+    // The watcher: when the replica's readers see n rows, requests below
+    // n / REQ_ROWS became visible now.
+    let watcher = {
+        let (acks, done, seen) = (acks.clone(), done.clone(), seen.clone());
+        std::thread::spawn(move || {
+            let mut h = Histogram::<u64>::new(3).expect("histogram");
+            let mut next = 0u64;
+            let tables = ["cpu".to_string()];
+            let deadline_after_done = Duration::from_secs(60);
+            let mut done_at: Option<Instant> = None;
+            while next < requests {
+                let rows = visible_rows(&rdir, &tables);
+                let now = Instant::now();
+                let upto = (rows / REQ_ROWS).min(requests);
+                while next < upto {
+                    let ack = acks.lock().expect("acks")[next as usize];
+                    match ack {
+                        Some(a) => {
+                            h.record(now.saturating_duration_since(a).as_micros() as u64)
+                                .expect("record");
+                            next += 1;
+                        }
+                        // Visible before we noted the ack: lag ~0.
+                        None => std::thread::yield_now(),
+                    }
+                }
+                seen.store(next, Ordering::Relaxed);
+                if done.load(Ordering::Relaxed) {
+                    let t = *done_at.get_or_insert(now);
+                    if t.elapsed() > deadline_after_done {
+                        println!("  replica stopped at {next} of {requests} requests");
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            h
+        })
+    };
+    let cpu0 = (cpu_seconds(p.child.id()), cpu_seconds(r.child.id()));
+    let mut c = KeepAlive::connect(p.http);
+    let t0 = Instant::now();
+    let mut behind = 0u32;
+    for (k, b) in bodies.iter().enumerate() {
+        let due = t0 + interval * k as u32;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        } else if now - due > interval * 10 {
+            behind += 1;
+        }
+        assert_eq!(c.post(b), 204);
+        acks.lock().expect("acks")[k] = Some(Instant::now());
+    }
+    let elapsed = t0.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let h = watcher.join().expect("watcher");
+    let (puts1, put_bytes1) = store_counts(&p);
+    let cpu1 = (cpu_seconds(p.child.id()), cpu_seconds(r.child.id()));
+    let (puts, put_bytes) = (puts1 - puts0, put_bytes1 - put_bytes0);
+    println!(
+        "  load: {} rows in {:.1} s = {:.0} rows/s ({} requests fell >10 intervals behind schedule)",
+        requests * REQ_ROWS,
+        elapsed.as_secs_f64(),
+        (requests * REQ_ROWS) as f64 / elapsed.as_secs_f64(),
+        behind
+    );
+    println!(
+        "  lag (204 on primary -> visible on replica), {} requests: {}",
+        h.len(),
+        pct(&h)
+    );
+    println!(
+        "  yardstick, this store: PUT 256 KiB + GET it back, 100 times: {}",
+        pct(&yard)
+    );
+    println!(
+        "  PUTs: {puts} = {:.1}/s for one table; uploaded {:.1} MB = {:.3} bytes per ILP byte ({:.1} MB ILP)",
+        puts as f64 / elapsed.as_secs_f64(),
+        put_bytes as f64 / 1e6,
+        put_bytes as f64 / ilp_bytes as f64,
+        ilp_bytes as f64 / 1e6
+    );
+    println!(
+        "  CPU over the run: primary {:.2} s, replica {:.2} s",
+        cpu1.0 - cpu0.0,
+        cpu1.1 - cpu0.1
+    );
+    let _ = seen;
+}
+
+/// TCP replay of `rows` over 4 connections into 4 tables, replication off
+/// and on (fs) alternately, twice each.
+fn ingest_on_off(base: &Path, rows: u64) {
+    println!("\ningest with replication off vs on (fs store on the same disk), TCP replay, 4 connections");
+    let gen = CpuGenerator::default();
+    let conns = 4u64;
+    let per = rows / conns;
+    let names: Vec<String> = (0..conns).map(|k| format!("cpu_{k}")).collect();
+    let texts: Vec<Vec<u8>> = (0..conns)
+        .map(|k| ilp_text(&gen, &names[k as usize], k * per, per))
+        .collect();
+    let bytes: u64 = texts.iter().map(|t| t.len() as u64).sum();
+    let mut results: Vec<(bool, f64)> = Vec::new();
+    for round in 0..2 {
+        for on in [false, true] {
+            let dir = base.join(if on { "ingest-on" } else { "ingest-off" });
+            let _ = std::fs::remove_dir_all(&dir);
+            let store = if on {
+                "fs::root=".to_string() + &dir.join("store").display().to_string() + ";"
+            } else {
+                "off".into()
+            };
+            let s = node::start(&dir.join("data"), &["--object-store", &store]);
+            let cpu0 = cpu_seconds(s.child.id());
+            let t0 = Instant::now();
+            std::thread::scope(|sc| {
+                for text in &texts {
+                    let addr = s.ilp;
+                    sc.spawn(move || {
+                        use std::io::Write;
+                        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+                        for chunk in text.chunks(1 << 20) {
+                            c.write_all(chunk).expect("send");
+                        }
+                    });
+                }
+            });
+            wait_visible(&s.dir, &names, per * conns);
+            let visible = t0.elapsed().as_secs_f64();
+            let rate = (per * conns) as f64 / visible;
+            let mut line = format!(
+                "  round {round} replication {:<3}: {:>10.0} rows/s  server CPU {:.3} µs/row",
+                if on { "on" } else { "off" },
+                rate,
+                (cpu_seconds(s.child.id()) - cpu0) * 1e6 / (per * conns) as f64
+            );
+            if on {
+                // Until the store has everything.
+                let all = |s: &Server| -> bool {
+                    let j = get_json(s.http, "/status");
+                    names.iter().all(|n| {
+                        let t = &j["tables"][n];
+                        t["uploaded_txn"].as_u64().unwrap_or(0)
+                            == t["committed_txn"].as_u64().unwrap_or(1)
+                    })
+                };
+                while !all(&s) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let (puts, put_bytes) = store_counts(&s);
+                line += &format!(
+                    "  all uploaded after {:.3} s; {puts} PUTs, {:.3} uploaded bytes per ILP byte",
+                    t0.elapsed().as_secs_f64(),
+                    put_bytes as f64 / bytes as f64
+                );
+            }
+            println!("{line}");
+            results.push((on, rate));
+        }
+    }
+    let avg = |on: bool| {
+        let v: Vec<f64> = results.iter().filter(|r| r.0 == on).map(|r| r.1).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    println!(
+        "  -> on / off = {:.3} (target >= 0.95)",
+        avg(true) / avg(false)
+    );
+}
+
+/// A 10M-row backlog in the store, then a replica started from nothing.
+fn catchup(base: &Path, rows: u64, conn: &str, what: &str) {
+    println!("\nreplica catch-up from a {rows}-row backlog ({what})");
+    let dir = base.join(format!("catchup-{what}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let gen = CpuGenerator::default();
+    let conns = 4u64;
+    let per = rows / conns;
+    let names: Vec<String> = (0..conns).map(|k| format!("cpu_{k}")).collect();
+    let p = node::start(&dir.join("primary"), &["--object-store", conn]);
+    let t0 = Instant::now();
+    // Generated per connection while sending, in 100k-row pieces.
+    std::thread::scope(|sc| {
+        for (k, name) in names.iter().enumerate() {
+            let (addr, gen) = (p.ilp, &gen);
+            sc.spawn(move || {
+                use std::io::Write;
+                let mut c = std::net::TcpStream::connect(addr).expect("connect");
+                let mut first = k as u64 * per;
+                let end = first + per;
+                while first < end {
+                    let n = (end - first).min(100_000);
+                    c.write_all(&ilp_text(gen, name, first, n)).expect("send");
+                    first += n;
+                }
+            });
+        }
+    });
+    wait_visible(&p.dir, &names, per * conns);
+    let ingest = t0.elapsed().as_secs_f64();
+    let up = |s: &Server| -> bool {
+        let j = get_json(s.http, "/status");
+        names.iter().all(|n| {
+            let t = &j["tables"][n];
+            t["uploaded_txn"].as_u64().unwrap_or(0) == t["committed_txn"].as_u64().unwrap_or(1)
+        })
+    };
+    while !up(&p) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uploaded = t0.elapsed().as_secs_f64();
+    let (puts, put_bytes) = store_counts(&p);
+    println!(
+        "  primary: ingest (generated while sent, 4 TCP connections) {:.0} rows/s; all uploaded after {:.1} s: {puts} PUTs, {:.1} MB",
+        (per * conns) as f64 / ingest,
+        uploaded,
+        put_bytes as f64 / 1e6
+    );
+    let rdir = dir.join("replica");
+    let t1 = Instant::now();
+    let r = node::start(&rdir, &["--role", "replica", "--object-store", conn]);
+    let cpu0 = cpu_seconds(r.child.id());
+    wait_visible(&rdir, &names, per * conns);
+    let took = t1.elapsed().as_secs_f64();
+    println!(
+        "  replica: {} rows applied in {:.2} s = {:.0} rows/s ({:.1} MB/s of segments), replica CPU {:.2} s",
+        per * conns,
+        took,
+        (per * conns) as f64 / took,
+        put_bytes as f64 / 1e6 / took,
+        cpu_seconds(r.child.id()) - cpu0
+    );
+    println!(
+        "  -> catch-up / primary ingest = {:.2} (target >= 3)",
+        ((per * conns) as f64 / took) / ((per * conns) as f64 / ingest)
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let what = args.first().map_or("all", String::as_str);
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let secs = env("PERF_LAG_SECS", 20);
+    let rate = env("PERF_LAG_RATE", 100_000);
+    let rows = env("PERF_ROWS", 2_000_000);
+    let backlog = env("PERF_CATCHUP_ROWS", 10_000_000);
+    let base = std::env::var_os("PERF_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/perf-data"))
+        .join("replication");
+    std::fs::create_dir_all(&base).expect("create PERF_DIR");
+    println!(
+        "perf data dir: {} ({} cores)",
+        base.display(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let moto = if matches!(what, "all" | "lag" | "catchup") {
+        moto()
+    } else {
+        None
+    };
+    let low_lag_primary = ["--segment-age-ms", "10", "--segment-bytes-max", "262144"];
+    let low_lag_replica = ["--replica-poll-ms", "10"];
+    if what == "all" || what == "lag" {
+        let fs = |n: &str| format!("fs::root={};", base.join(n).join("store").display());
+        lag_run(
+            &base,
+            "lag-fs-default",
+            &fs("lag-fs-default"),
+            &[],
+            &[],
+            secs,
+            rate,
+        );
+        lag_run(
+            &base,
+            "lag-fs-low-lag",
+            &fs("lag-fs-low-lag"),
+            &low_lag_primary,
+            &low_lag_replica,
+            secs,
+            rate,
+        );
+        if let Some(m) = &moto {
+            lag_run(
+                &base,
+                "lag-s3-default",
+                &s3_conn(m.port, "lag-default"),
+                &[],
+                &[],
+                secs,
+                rate,
+            );
+            lag_run(
+                &base,
+                "lag-s3-low-lag",
+                &s3_conn(m.port, "lag-low"),
+                &low_lag_primary,
+                &low_lag_replica,
+                secs,
+                rate,
+            );
+        }
+    }
+    if what == "all" || what == "ingest" {
+        ingest_on_off(&base, rows);
+    }
+    if what == "all" || what == "catchup" {
+        let fs = format!("fs::root={};", base.join("catchup-store").display());
+        let _ = std::fs::remove_dir_all(base.join("catchup-store"));
+        catchup(&base, backlog, &fs, "fs");
+        if let Some(m) = &moto {
+            catchup(&base, backlog, &s3_conn(m.port, "catchup"), "s3");
+        }
+    }
+    let _: Option<SocketAddr> = None;
+}
