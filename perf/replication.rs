@@ -23,7 +23,6 @@
 
 mod node;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -135,12 +134,6 @@ fn store_counts(s: &Server) -> (u64, u64) {
         r["puts"].as_u64().unwrap_or(0),
         r["put_bytes"].as_u64().unwrap_or(0),
     )
-}
-
-fn table_txn(s: &Server, key: &str) -> u64 {
-    get_json(s.http, "/status")["tables"]["cpu"][key]
-        .as_u64()
-        .unwrap_or(0)
 }
 
 /// Steady load of `rate` rows/s in 1000-row HTTP requests for `secs`;
@@ -503,5 +496,4 @@ fn main() {
             catchup(&base, backlog, &s3_conn(m.port, "catchup"), "s3");
         }
     }
-    let _: Option<SocketAddr> = None;
 }

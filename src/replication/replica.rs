@@ -183,8 +183,9 @@ impl Replica {
             report.txns += r.applied_txns;
             report.rows += r.rows;
             report.txn = w.state().txn;
-            if let Some(t) = h.commit_times_us.last() {
-                report.last_commit_time_us = t.to_native();
+            // Empty (aborted) txns carry commit time 0.
+            if let Some(t) = h.commit_times_us.iter().map(|t| t.to_native()).max() {
+                report.last_commit_time_us = report.last_commit_time_us.max(t);
             }
         }
         Ok(())

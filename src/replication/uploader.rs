@@ -464,7 +464,8 @@ async fn step(
         }
         let (commit_us, batch) = if t.handle.is_aborted(txn) {
             // A txn whose WAL write failed: no rows, but its number exists.
-            (now_us(), BatchBuilder::new(&schema).finish())
+            // Commit time 0: the same whenever the segment is rebuilt.
+            (0, BatchBuilder::new(&schema).finish())
         } else {
             match t.tail.next(txn) {
                 Ok(Some((h, payload))) => match codec::decode(payload, &schema) {
@@ -492,9 +493,10 @@ async fn step(
             }
         };
         if open.txn_count() == 0 {
-            t.open_first_commit_us = commit_us;
+            t.open_first_commit_us = if commit_us == 0 { now_us() } else { commit_us };
+            t.open_last_commit_us = 0;
         }
-        t.open_last_commit_us = commit_us;
+        t.open_last_commit_us = t.open_last_commit_us.max(commit_us);
         if let Err(e) = open.push(txn, commit_us, batch) {
             return t.stop(status, format!("table {name}: txn {txn}: {e}"));
         }
@@ -594,6 +596,10 @@ impl TableUpload {
             }
             for (i, txn) in (s.first..=s.last).enumerate() {
                 let theirs = s.commit_times.get(i).copied();
+                if self.handle.is_aborted(txn) {
+                    // Shipped empty; its record, if any, proves nothing.
+                    continue;
+                }
                 let ours = match self.tail.next(txn) {
                     Ok(Some((h, _))) => h.commit_time_us,
                     Ok(None) => {
