@@ -177,8 +177,9 @@ struct ServeArgs {
         default_value_t = 4
     )]
     uploads_in_flight_max: usize,
-    /// Replica: how often each table's new segments are looked for (one
-    /// LIST request per table each time).
+    /// Replica: how often each table's next segment is looked for (one GET
+    /// of the key it must have per table; each table's keys are also listed
+    /// once a second).
     #[arg(
         long,
         global = true,
