@@ -476,3 +476,57 @@ fn two_primaries_at_once_never_fork_the_history() {
     assert!(r.terminate().success());
     assert_same_tables(wdir, &rdir);
 }
+
+/// A corrupt object where the next segment belongs: the replica refuses it
+/// naming the object in /status and /metrics, stays at its last good txn,
+/// and goes on once the object is good.
+#[test]
+fn a_replica_refuses_a_corrupt_object_and_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let conn = format!("fs::root={};", store_dir.display());
+    let p = primary(&dir.path().join("p"), Some(&conn), &[]);
+    for b in 0..4 {
+        assert_eq!(
+            http(p.http, "POST", "/write", &[], &batch_body(b)).status,
+            204
+        );
+        // One segment per txn: wait for each upload.
+        eventually(Duration::from_secs(30), || {
+            (txn_of(&status(&p), "uploaded_txn") == b + 1).then_some(())
+        });
+    }
+    assert!(p.terminate().success());
+    let seg_dir = store_dir.join("tables").join("cpu");
+    let last = seg_dir.join(format!("{:020}.seg", 4));
+    let good = std::fs::read(&last).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 100] ^= 0x40;
+    std::fs::write(&last, &bad).unwrap();
+
+    let r = replica(&dir.path().join("r"), &conn);
+    let err = eventually(Duration::from_secs(30), || {
+        let s = status(&r);
+        s["tables"]["cpu"]["last_error"]
+            .as_str()
+            .map(str::to_string)
+            .filter(|_| txn_of(&s, "applied_txn") == 3)
+    });
+    assert!(
+        err.contains("00000000000000000004.seg") && err.contains("checksum"),
+        "{err}"
+    );
+    let m = String::from_utf8(http(r.http, "GET", "/metrics", &[], b"").body).unwrap();
+    assert!(
+        m.contains("basalt_replica_sync_failing{table=\"cpu\"} 1"),
+        "{m}"
+    );
+    // Repaired (by an operator restoring the object): the replica goes on.
+    std::fs::write(&last, &good).unwrap();
+    eventually(Duration::from_secs(30), || {
+        (txn_of(&status(&r), "applied_txn") == 4).then_some(())
+    });
+    assert!(status(&r)["tables"]["cpu"]["last_error"].is_null());
+    assert!(r.terminate().success());
+}

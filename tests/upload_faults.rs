@@ -278,6 +278,23 @@ fn an_aborted_commit_travels_as_an_empty_txn_and_is_never_replayed() {
     let up = Uploader::start(db.catalog(), store.clone(), upload_opts()).unwrap();
     let gen = CpuGenerator::default();
     let t = db.create_table("cpu", gen.schema()).unwrap();
+    // A local-only table (no designated timestamp) is never uploaded.
+    let local = db
+        .create_table(
+            "scratch",
+            &basalt::table::Schema::new(
+                vec![("v", basalt::table::ColumnType::Long)],
+                None,
+                basalt::table::PartitionBy::None,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    assert!(!local.is_replicated());
+    let mut bb = basalt::batch::BatchBuilder::new(&local.schema());
+    bb.set(0, basalt::batch::Value::Long(1)).unwrap();
+    bb.finish_row().unwrap();
+    db.commit(&local, bb.finish()).unwrap();
     // One thread per shard: commits go to the thread's home shard.
     let commit_on = |first: u64, n: u64, fail_first: bool| {
         let (db, t, plan) = (db.clone(), t.clone(), plan.clone());
@@ -315,6 +332,20 @@ fn an_aborted_commit_travels_as_an_empty_txn_and_is_never_replayed() {
     eventually(Duration::from_secs(30), || {
         (t.uploaded_txn() == last).then_some(())
     });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let scratch_keys = rt
+        .block_on(store.list_after(
+            &table_prefix(&store, "scratch"),
+            &store.path(&["tables", "scratch", "0"]),
+        ))
+        .unwrap();
+    assert!(
+        scratch_keys.is_empty(),
+        "a local-only table was uploaded: {scratch_keys:?}"
+    );
     // A crash image: the files as they are, no checkpoint since creation.
     copy_dir(&pdir, &image);
     up.shutdown();
