@@ -102,6 +102,13 @@ impl NodeStatus {
         match self.role {
             Role::Primary => {
                 for t in self.primary_tables() {
+                    if !t.replicated {
+                        tables.insert(
+                            t.name.clone(),
+                            json!({"replicated": false, "committed_txn": t.applied_txn}),
+                        );
+                        continue;
+                    }
                     tables.insert(
                         t.name.clone(),
                         json!({

@@ -143,13 +143,16 @@ impl Uploader {
     pub fn start(catalog: Catalog, store: Store, opts: UploadOptions) -> std::io::Result<Uploader> {
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(UploadStatus::default());
+        // Its blocking pool writes `fs::` objects: background work too.
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_start(lower_priority)
             .build()?;
         let (s, st) = (stop.clone(), status.clone());
         let thread = std::thread::Builder::new()
             .name("basalt-uploader".into())
             .spawn(move || {
+                lower_priority();
                 rt.block_on(run(catalog, store, opts, s, st));
             })?;
         Ok(Uploader {
@@ -176,6 +179,18 @@ impl Uploader {
 impl Drop for Uploader {
     fn drop(&mut self) {
         self.stop_and_join();
+    }
+}
+
+/// Upload is background work: when the cores are saturated, the shards
+/// (ingest) go first and the upload backlog, kept in the WAL, grows; it
+/// drains as soon as they leave room. Nice 10 on this thread (Linux
+/// schedules threads individually); failing to lower it is harmless.
+fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }
 
