@@ -64,6 +64,12 @@ pub struct Replica {
     data_dir: PathBuf,
     rt: tokio::runtime::Runtime,
     tables: BTreeMap<String, TableWriter>,
+    /// `None`: every sync that applied something ends with a checkpoint.
+    /// `Some(d)`: a table is checkpointed at most every `d` (a crash then
+    /// downloads again what came after the last one), and by
+    /// [`Replica::checkpoint_all`].
+    pub checkpoint_interval: Option<Duration>,
+    last_checkpoint: BTreeMap<String, Instant>,
 }
 
 impl Replica {
@@ -79,6 +85,8 @@ impl Replica {
             data_dir: data_dir.to_path_buf(),
             rt,
             tables: BTreeMap::new(),
+            checkpoint_interval: None,
+            last_checkpoint: BTreeMap::new(),
         })
     }
 
@@ -117,12 +125,7 @@ impl Replica {
     pub fn sync_table(&mut self, table: &str) -> Result<SyncReport, ReplicationError> {
         let mut report = SyncReport::default();
         let r = self.sync_into(table, &mut report);
-        if report.txns > 0 {
-            if let Some(w) = self.tables.get_mut(table) {
-                // The replica's position is durable before the next sync.
-                w.checkpoint()?;
-            }
-        }
+        self.maybe_checkpoint(table, report.txns > 0)?;
         r.map(|()| report)
     }
 
@@ -134,12 +137,41 @@ impl Replica {
     pub fn sync_table_next(&mut self, table: &str) -> Result<SyncReport, ReplicationError> {
         let mut report = SyncReport::default();
         let r = self.sync_next_into(table, &mut report);
-        if report.txns > 0 {
-            if let Some(w) = self.tables.get_mut(table) {
+        self.maybe_checkpoint(table, report.txns > 0)?;
+        r.map(|()| report)
+    }
+
+    /// Makes the table's applied txns durable (its position survives a
+    /// crash), now or when `checkpoint_interval` says so.
+    fn maybe_checkpoint(&mut self, table: &str, applied: bool) -> Result<(), ReplicationError> {
+        let due = match self.checkpoint_interval {
+            None => applied,
+            Some(d) => self
+                .last_checkpoint
+                .get(table)
+                .is_none_or(|t| t.elapsed() >= d),
+        };
+        if !due {
+            return Ok(());
+        }
+        if let Some(w) = self.tables.get_mut(table) {
+            if w.state().txn != w.checkpoint_txn() {
+                w.checkpoint()?;
+            }
+            self.last_checkpoint
+                .insert(table.to_string(), Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Checkpoints every table with applied txns (at shutdown).
+    pub fn checkpoint_all(&mut self) -> Result<(), ReplicationError> {
+        for w in self.tables.values_mut() {
+            if w.state().txn != w.checkpoint_txn() {
                 w.checkpoint()?;
             }
         }
-        r.map(|()| report)
+        Ok(())
     }
 
     fn sync_next_into(
@@ -301,6 +333,10 @@ pub struct ReplicaOptions {
     /// How often new tables and each table's keys are listed (a LIST for
     /// the tables and one per table; a listing shows gaps a GET cannot).
     pub discover_interval: Duration,
+    /// A table's applied txns are made durable at most this often (a
+    /// checkpoint fsyncs its files); after a crash the replica downloads
+    /// again what came after its last checkpoint.
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for ReplicaOptions {
@@ -308,6 +344,7 @@ impl Default for ReplicaOptions {
         ReplicaOptions {
             poll_interval: Duration::from_millis(50),
             discover_interval: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(1),
         }
     }
 }
@@ -380,6 +417,7 @@ impl ReplicaRunner {
         opts: ReplicaOptions,
     ) -> Result<ReplicaRunner, ReplicationError> {
         let mut replica = Replica::new(store, data_dir)?;
+        replica.checkpoint_interval = Some(opts.checkpoint_interval);
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(ReplicaStatus::default());
         let (s, st) = (stop.clone(), status.clone());
@@ -492,6 +530,9 @@ fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, statu
         }
         let wait = opts.poll_interval.saturating_sub(round.elapsed());
         std::thread::sleep(wait);
+    }
+    if let Err(e) = replica.checkpoint_all() {
+        error!(error = %e, "checkpoint at shutdown failed; the next start downloads again what came after the last one");
     }
     info!("replica stopped");
 }
