@@ -12,6 +12,7 @@
 //! PERF_ROWS=2000000      rows per ingest replay (default 2M)
 //! PERF_CATCHUP_ROWS=10000000  backlog rows (default 10M)
 //! PERF_DIR=...           where the data goes (default target/perf-data)
+//! PERF_PRIMARY_ARGS="--checkpoint-interval-ms 60000"  more flags for the primary
 //! BASALT_TEST_MOTO=...   moto_server (default target/test-venv/bin/moto_server,
 //!                        installed by ./scripts/test.sh); S3 runs are skipped
 //!                        with a message when it is missing
@@ -153,6 +154,8 @@ fn lag_run(
     let _ = std::fs::remove_dir_all(&dir);
     let mut pargs = vec!["--object-store", conn];
     pargs.extend(primary);
+    let extra = std::env::var("PERF_PRIMARY_ARGS").unwrap_or_default();
+    pargs.extend(extra.split_whitespace());
     let p = node::start(&dir.join("primary"), &pargs);
     let mut rargs = vec!["--role", "replica", "--object-store", conn];
     rargs.extend(replica);

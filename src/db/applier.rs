@@ -151,15 +151,6 @@ fn handle(slots: &mut HashMap<String, Slot>, msg: ApplyMsg) {
         }
         ApplyMsg::Aborted { table, txn } => {
             if let Some(s) = slots.get_mut(&table.name) {
-                if s.handle.is_replicated() {
-                    // Before the txn resolves: recovery must never replay it.
-                    let wal_dir = s.handle.dir().join(crate::table::files::WAL_DIR);
-                    if let Err(e) = crate::wal::retention::record_aborted(&wal_dir, txn) {
-                        error!(table = %s.handle.name, txn, error = %e, "cannot record an aborted txn; the table refuses commits until reopened");
-                        s.handle
-                            .set_failed(format!("recording aborted txn {txn}: {e}"));
-                    }
-                }
                 s.pending.insert(txn, None);
             }
         }

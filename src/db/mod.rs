@@ -155,6 +155,9 @@ pub struct TableHandle {
     /// Txns whose WAL write failed (the applier skips them); replication
     /// ships them as empty txns so replicas stay at the primary's numbers.
     aborted: Mutex<std::collections::BTreeSet<u64>>,
+    /// Every txn up to `.0` is durable in the WAL or aborted; `.1` holds the
+    /// ranges resolved ahead of it (shards finish groups out of order).
+    written: Mutex<(u64, std::collections::BTreeMap<u64, u64>)>,
     /// The table's sequencer: next txn to hand out.
     next_txn: AtomicU64,
     /// Last checkpointed txn: WAL records up to it are no longer needed.
@@ -188,6 +191,7 @@ impl TableHandle {
             replicated,
             uploaded_txn: AtomicU64::new(uploaded),
             aborted: Mutex::new(Default::default()),
+            written: Mutex::new((resolved, Default::default())),
             next_txn: AtomicU64::new(resolved + 1),
             durable_txn: AtomicU64::new(resolved),
             status: Mutex::new(ApplyStatus {
@@ -274,10 +278,38 @@ impl TableHandle {
         self.lock_aborted().contains(&txn)
     }
 
+    /// Records that `txn` was aborted; for a replicated table durably too
+    /// (`_wal/_aborted`), so recovery never replays it: replicas get it
+    /// empty. If that record cannot be written the table refuses commits.
     fn note_aborted(&self, txn: u64) {
-        if self.replicated {
-            self.lock_aborted().insert(txn);
+        if !self.replicated {
+            return;
         }
+        if let Err(e) = wal::retention::record_aborted(&self.dir.join(WAL_DIR), txn) {
+            warn!(table = %self.name, txn, error = %e, "cannot record an aborted txn; the table refuses commits until reopened");
+            self.set_failed(format!("recording aborted txn {txn}: {e}"));
+        }
+        self.lock_aborted().insert(txn);
+    }
+
+    /// Txns `first..=last` are durable in the WAL (or aborted).
+    fn mark_written(&self, first: u64, last: u64) {
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        w.1.insert(first, last);
+        while let Some((&f, &l)) = w.1.first_key_value() {
+            if f > w.0 + 1 {
+                break;
+            }
+            w.0 = w.0.max(l);
+            w.1.remove(&f);
+        }
+    }
+
+    /// Every txn up to this one is durable in the WAL or aborted (ahead of
+    /// [`TableHandle::resolved_txn`], which waits for apply): what the
+    /// uploader may ship.
+    pub fn written_txn(&self) -> u64 {
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 
     /// Txns up to `txn` are durable in the table files: their WAL may go.

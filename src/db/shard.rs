@@ -192,6 +192,7 @@ async fn commit_table<E: Engine>(
     let result = wal.write_group(buf, last_txn).await;
     let buf = match result {
         Ok(b) => {
+            table.mark_written(first_txn, last_txn);
             stats.groups.fetch_add(1, Ordering::Relaxed);
             stats.commits.fetch_add(n, Ordering::Relaxed);
             stats.bytes.fetch_add(group_bytes, Ordering::Relaxed);
@@ -212,8 +213,12 @@ async fn commit_table<E: Engine>(
         }
         Err(e) => {
             let e = Arc::new(e);
+            // Recorded durably before anyone may ship the txns (as empty).
+            for txn in first_txn..=last_txn {
+                table.note_aborted(txn);
+            }
+            table.mark_written(first_txn, last_txn);
             for (i, r) in reqs.into_iter().enumerate() {
-                table.note_aborted(first_txn + i as u64);
                 let _ = applier
                     .send_async(ApplyMsg::Aborted {
                         table: table.clone(),

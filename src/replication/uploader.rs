@@ -450,8 +450,9 @@ async fn step(
         }
     }
 
-    // 2. Fill the open segment from the WAL, up to the applied txn.
-    let resolved = t.handle.resolved_txn();
+    // 2. Fill the open segment from the WAL, up to the last durable txn
+    // (not waiting for the primary's own apply or checkpoint).
+    let resolved = t.handle.written_txn();
     let mut caught_up = true;
     while t.next_txn <= resolved {
         if t.open
@@ -590,7 +591,7 @@ impl TableUpload {
     /// after the mark). Returns where the chain ends.
     fn verify_stored(&mut self, hint: u64, stored: &[StoredSegment]) -> Result<u64, String> {
         let name = self.handle.name.clone();
-        let resolved = self.handle.resolved_txn();
+        let resolved = self.handle.written_txn();
         let mut last = hint;
         self.tail.rewind();
         for s in stored {
