@@ -359,6 +359,13 @@ impl TableHandle {
     }
 }
 
+/// Wall-clock time in µs since the Unix epoch (commit times, lag).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
 /// The database's tables by name, shared.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog(Arc<Mutex<HashMap<String, Arc<TableHandle>>>>);

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::debug;
 
@@ -17,7 +16,7 @@ use crate::table::files::WAL_DIR;
 use crate::wal::format::{self, RecordHeader, FLAG_GROUP_END};
 use crate::wal::WalWriter;
 
-use super::{ApplyMsg, DbError, TableHandle};
+use super::{now_us, ApplyMsg, DbError, TableHandle};
 
 /// A commit on its way to a shard.
 pub struct CommitRequest {
@@ -65,12 +64,6 @@ pub struct ShardLimits {
     pub group_bytes_max: usize,
     /// WAL file size at which the next file is started.
     pub wal_file_bytes_max: u64,
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// What a shard thread is given.

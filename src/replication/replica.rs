@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use object_store::path::Path as ObjectPath;
 use object_store::{GetResultPayload, ObjectStoreExt};
@@ -17,6 +17,7 @@ use rkyv::util::AlignedVec;
 use tracing::{error, info, warn};
 
 use super::{first_txn_of, segment_key, table_prefix};
+use crate::db::now_us;
 use crate::segment::{apply_segment, Segment, SegmentError};
 use crate::store::Store;
 use crate::table::{ColumnType, PartitionBy, Schema, TableError, TableWriter};
@@ -393,12 +394,6 @@ impl ReplicaStatus {
         let mut t = self.tables.lock().unwrap_or_else(|p| p.into_inner());
         f(t.entry(table.to_string()).or_default());
     }
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// A replica following the store on its own thread.

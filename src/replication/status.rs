@@ -5,13 +5,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
 use super::replica::ReplicaStatus;
 use super::uploader::UploadStatus;
-use crate::db::Catalog;
+use crate::db::{now_us, Catalog};
 use crate::store::StoreStats;
 
 /// What the node does in replication.
@@ -43,12 +42,6 @@ pub struct NodeStatus {
     pub catalog: Option<Catalog>,
     pub upload: Option<Arc<UploadStatus>>,
     pub replica: Option<Arc<ReplicaStatus>>,
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// Bytes of WAL files under a table directory's `_wal/`.

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use rkyv::util::AlignedVec;
@@ -36,7 +36,7 @@ use tracing::{error, info, warn};
 
 use super::{first_txn_of, segment_key, table_prefix};
 use crate::batch::{codec, BatchBuilder};
-use crate::db::{Catalog, TableHandle};
+use crate::db::{now_us, Catalog, TableHandle};
 use crate::segment::{BufferPool, Compression, Segment, SegmentWriter};
 use crate::store::Store;
 use crate::wal::{self, WalTail};
@@ -192,12 +192,6 @@ fn lower_priority() {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// How one upload ended.

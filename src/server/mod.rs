@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
+pub(crate) use crate::db::now_us;
 use crate::db::{Database, DbError, ShardEnv};
 use crate::ingest::IngestOptions;
 use crate::io::NetStack;
@@ -349,10 +350,4 @@ async fn accept_loop(
         };
         crate::io::spawn_local(env.stack, task);
     }
-}
-
-pub(crate) fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
