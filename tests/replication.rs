@@ -172,12 +172,12 @@ fn assert_chain(conn: &str, last: u64) -> usize {
     keys.len()
 }
 
-fn end_to_end(store: Option<&str>) {
+fn end_to_end(store: Option<&str>, primary_args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let (pdir, rdir) = (dir.path().join("primary"), dir.path().join("replica"));
     let default_store = format!("fs::root={};", pdir.join("_replication").display());
     let conn = store.map_or(default_store.clone(), str::to_string);
-    let p = primary(&pdir, store, &[]);
+    let p = primary(&pdir, store, primary_args);
     assert!(p.ready_line.contains("role=primary"), "{}", p.ready_line);
     let r = replica(&rdir, &conn);
     for b in 0..10 {
@@ -242,11 +242,28 @@ fn end_to_end(store: Option<&str>) {
     assert!(r.terminate().success());
     assert_same_tables(&pdir, &rdir);
     assert_chain(&conn, 10);
+    let lz4 = primary_args.contains(&"lz4");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = StoreConfig::parse(&conn).unwrap().build().unwrap();
+    let key = basalt::replication::segment_key(&store, "cpu", 1);
+    let bytes = rt
+        .block_on(async { store.inner.get(&key).await?.bytes().await })
+        .unwrap();
+    let seg = Segment::from_slice(&bytes).unwrap();
+    let want = if lz4 {
+        basalt::segment::Compression::Lz4
+    } else {
+        basalt::segment::Compression::None
+    };
+    assert_eq!(seg.preamble().compression, want);
 }
 
 #[test]
 fn primary_to_replica_through_the_default_fs_store() {
-    end_to_end(None);
+    end_to_end(None, &[]);
 }
 
 #[test]
@@ -257,9 +274,10 @@ fn primary_to_replica_through_s3_moto() {
          access_key_id=test;secret_access_key=test;allow_http=true;",
         moto.port
     );
-    end_to_end(Some(&conn));
+    end_to_end(Some(&conn), &[]);
 }
 
+/// Through Azurite with lz4-compressed segments.
 #[test]
 fn primary_to_replica_through_azurite() {
     let az = servers::azurite("basalt");
@@ -269,7 +287,7 @@ fn primary_to_replica_through_azurite() {
          endpoint=http://127.0.0.1:{}/devstoreaccount1;",
         az.port
     );
-    end_to_end(Some(&conn));
+    end_to_end(Some(&conn), &["--segment-compression", "lz4"]);
 }
 
 /// Four clients post batches while the primary is SIGKILLed three times
