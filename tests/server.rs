@@ -550,6 +550,12 @@ fn bad_server_options_are_clear_errors() {
         (&["--http", "not-an-address"][..], "--http"),
         (&["--io-engine", "warp"][..], "unknown I/O engine"),
         (&["--ilp-line-bytes-max", "10"][..], "at least 1024"),
+        (
+            &["--object-store", "s3::bucket=x;nope=1;"][..],
+            "has no key \"nope\"",
+        ),
+        (&["--role", "replica"][..], "a replica needs --object-store"),
+        (&["--segment-bytes-max", "10"][..], "at least 1024"),
     ] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
             .arg("serve")
