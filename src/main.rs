@@ -183,8 +183,8 @@ struct ServeArgs {
     )]
     uploads_in_flight_max: usize,
     /// Replica: how often each table's next segment is looked for (one GET
-    /// of the key it must have per table; each table's keys are also listed
-    /// once a second).
+    /// of the key it must have per table; new tables are listed once a
+    /// second, each table's keys every 10 s to find gaps).
     #[arg(
         long,
         global = true,

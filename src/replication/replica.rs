@@ -331,9 +331,12 @@ pub struct ReplicaOptions {
     /// How often each table's next segment is looked for (one GET of the
     /// key it must have, per table).
     pub poll_interval: Duration,
-    /// How often new tables and each table's keys are listed (a LIST for
-    /// the tables and one per table; a listing shows gaps a GET cannot).
+    /// How often new tables are looked for (one LIST of the tables).
     pub discover_interval: Duration,
+    /// How often each table's keys after its position are listed instead
+    /// of fetching the next key: one LIST per table, which shows a gap (a
+    /// later key without the next one) that a GET of the next key cannot.
+    pub list_interval: Duration,
     /// A table's applied txns are made durable at most this often (a
     /// checkpoint fsyncs its files); after a crash the replica downloads
     /// again what came after its last checkpoint.
@@ -345,6 +348,7 @@ impl Default for ReplicaOptions {
         ReplicaOptions {
             poll_interval: Duration::from_millis(50),
             discover_interval: Duration::from_secs(1),
+            list_interval: Duration::from_secs(10),
             checkpoint_interval: Duration::from_secs(1),
         }
     }
@@ -449,15 +453,21 @@ impl Drop for ReplicaRunner {
 fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, status: &ReplicaStatus) {
     let mut tables: Vec<String> = Vec::new();
     let mut last_discover: Option<Instant> = None;
+    let mut last_list: Option<Instant> = None;
     let mut logged: BTreeMap<String, String> = BTreeMap::new();
     info!(store = %replica.store.config, "replica following the object store");
     while !stop.load(Ordering::Acquire) {
         let round = Instant::now();
         let mut ok = true;
-        // Once per discover interval: list the tables, and each table's keys
-        // (which also shows a gap); between, one GET of each next key.
-        let listed = last_discover.is_none_or(|t| t.elapsed() >= opts.discover_interval);
+        // New tables once per discover interval; each table's keys once
+        // per list interval (which also shows a gap); otherwise one GET of
+        // each table's next key.
+        let discover = last_discover.is_none_or(|t| t.elapsed() >= opts.discover_interval);
+        let listed = last_list.is_none_or(|t| t.elapsed() >= opts.list_interval);
         if listed {
+            last_list = Some(Instant::now());
+        }
+        if discover {
             match replica.remote_tables() {
                 Ok(t) => {
                     tables = t;
