@@ -237,6 +237,7 @@ impl NodeArgs {
             checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms.max(1)),
             apply_interval: Duration::from_millis(self.apply_interval_ms),
             retain_wal_for_upload: !replica && self.object_store.as_deref() != Some("off"),
+            upload_store_id: self.store().ok().flatten().map_or(0, |s| s.id()),
             read_only: replica,
             ..DbOptions::default()
         })

@@ -548,3 +548,36 @@ fn a_replica_refuses_a_corrupt_object_and_says_which() {
     assert!(status(&r)["tables"]["cpu"]["last_error"].is_null());
     assert!(r.terminate().success());
 }
+
+/// Turning replication on for a table whose older WAL is gone (it ran with
+/// `--object-store off`): the primary cannot ship that history, so the
+/// table's upload stops with an error saying so, and nothing (no empty
+/// stand-in txns either) reaches the store, across restarts too.
+#[test]
+fn replication_turned_on_late_refuses_to_ship_a_partial_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdir = dir.path().join("p");
+    let conn = format!("fs::root={};", dir.path().join("store").display());
+    for round in 0..2 {
+        let p = primary(&pdir, Some("off"), &[]);
+        for b in 0..3 {
+            let body = batch_body(round * 10 + b);
+            assert_eq!(http(p.http, "POST", "/write", &[], &body).status, 204);
+        }
+        assert!(p.terminate().success());
+    }
+    for _ in 0..2 {
+        let p = primary(&pdir, Some(&conn), &[]);
+        let stopped = eventually(Duration::from_secs(30), || {
+            status(&p)["tables"]["cpu"]["stopped"]
+                .as_str()
+                .map(str::to_string)
+        });
+        assert!(stopped.contains("not in the local WAL"), "{stopped}");
+        assert!(p.terminate().success());
+        let segments = std::fs::read_dir(dir.path().join("store").join("tables").join("cpu"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(segments, 0, "nothing was uploaded");
+    }
+}

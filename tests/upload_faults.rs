@@ -20,6 +20,11 @@ use basalt::table::TableReader;
 use common::{eventually, table_files};
 use object_store::ObjectStoreExt;
 
+/// The id of the `memory::` store the uploads go to in these tests.
+fn memory_id() -> u64 {
+    StoreConfig::parse("memory::").unwrap().id()
+}
+
 fn open(dir: &std::path::Path) -> Database {
     Database::open(DbOptions {
         data_dir: dir.to_path_buf(),
@@ -27,6 +32,7 @@ fn open(dir: &std::path::Path) -> Database {
         shards: 2,
         checkpoint_interval: Duration::from_millis(50),
         retain_wal_for_upload: true,
+        upload_store_id: memory_id(),
         ..DbOptions::default()
     })
     .unwrap()
@@ -270,6 +276,7 @@ fn an_aborted_commit_travels_as_an_empty_txn_and_is_never_replayed() {
             shards: 2,
             checkpoint_interval: Duration::from_secs(3600),
             retain_wal_for_upload: true,
+            upload_store_id: memory_id(),
             ..DbOptions::default()
         })
         .unwrap(),
@@ -360,6 +367,7 @@ fn an_aborted_commit_travels_as_an_empty_txn_and_is_never_replayed() {
         engine: EngineChoice::Portable,
         shards: 1,
         retain_wal_for_upload: true,
+        upload_store_id: memory_id(),
         ..DbOptions::default()
     })
     .unwrap();

@@ -117,8 +117,8 @@ fn checkpoint(slot: &mut Slot) {
             slot.rows_since_checkpoint = 0;
             slot.handle.set_durable(txn);
             if slot.handle.is_replicated() {
-                let wal_dir = slot.handle.dir().join(crate::table::files::WAL_DIR);
-                crate::wal::retention::clear_aborted_upto(&wal_dir, slot.handle.wal_release_txn());
+                slot.handle
+                    .clear_aborted_upto(slot.handle.wal_release_txn());
             }
         }
         Err(e) => {

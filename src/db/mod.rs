@@ -65,6 +65,9 @@ pub struct DbOptions {
     /// kept until it is uploaded too (see [`TableHandle::set_uploaded`]),
     /// across restarts.
     pub retain_wal_for_upload: bool,
+    /// The store uploads go to (`Store::id`): an upload mark written for
+    /// another store says nothing about this one (its WAL is all kept).
+    pub upload_store_id: u64,
     /// A replica's node: tables are written by the replica, not by commits;
     /// open recovers nothing and creating tables is refused.
     pub read_only: bool,
@@ -86,6 +89,7 @@ impl Default for DbOptions {
             checkpoint_interval: Duration::from_secs(10),
             checkpoint_rows_max: 16 * 1024 * 1024,
             retain_wal_for_upload: false,
+            upload_store_id: 0,
             read_only: false,
         }
     }
@@ -179,7 +183,7 @@ impl TableHandle {
         let replicated = opts.retain_wal_for_upload && schema.timestamp.is_some();
         let dir = writer.dir().to_path_buf();
         let uploaded = if replicated {
-            wal::retention::read_upload_mark(&dir.join(WAL_DIR)).txn
+            valid_mark(&dir.join(WAL_DIR), opts).unwrap_or(0)
         } else {
             0
         };
@@ -281,15 +285,29 @@ impl TableHandle {
     /// Records that `txn` was aborted; for a replicated table durably too
     /// (`_wal/_aborted`), so recovery never replays it: replicas get it
     /// empty. If that record cannot be written the table refuses commits.
-    fn note_aborted(&self, txn: u64) {
+    /// Returns false when the durable record failed: the txn must then
+    /// not count as resolved (nothing may ship it).
+    fn note_aborted(&self, txn: u64) -> bool {
         if !self.replicated {
-            return;
+            return true;
         }
+        // Under the set's lock: one writer of `_aborted` at a time.
+        let mut set = self.lock_aborted();
         if let Err(e) = wal::retention::record_aborted(&self.dir.join(WAL_DIR), txn) {
             warn!(table = %self.name, txn, error = %e, "cannot record an aborted txn; the table refuses commits until reopened");
+            drop(set);
             self.set_failed(format!("recording aborted txn {txn}: {e}"));
+            return false;
         }
-        self.lock_aborted().insert(txn);
+        set.insert(txn);
+        true
+    }
+
+    /// Drops `_wal/_aborted` once nothing in it is above `txn` (under the
+    /// same lock as its writers).
+    pub(crate) fn clear_aborted_upto(&self, txn: u64) {
+        let _set = self.lock_aborted();
+        wal::retention::clear_aborted_upto(&self.dir.join(WAL_DIR), txn);
     }
 
     /// Txns `first..=last` are durable in the WAL (or aborted).
@@ -488,7 +506,9 @@ impl Database {
                 })
                 .map_err(|_| DbError::Closed)?;
             for txn in &report_holes {
-                handle.note_aborted(*txn);
+                if !handle.note_aborted(*txn) {
+                    break;
+                }
             }
             tables.insert(name, handle);
         }
@@ -887,7 +907,8 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
     let recovered = wal::recover_table_wal(&wal_dir, committed)?;
     // Txns whose commit failed on a replicated table are never replayed
     // (replicas got them empty).
-    let aborted = wal::retention::read_aborted(&wal_dir);
+    let aborted: std::collections::BTreeSet<u64> =
+        wal::retention::read_aborted(&wal_dir).into_iter().collect();
     let schema = writer.schema().clone();
     let mut chunk: Vec<(u64, Batch)> = Vec::new();
     let mut rows = 0;
@@ -917,22 +938,30 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
     let max_txn = recovered.max_txn;
     let torn_bytes_cut = recovered.torn_bytes_cut;
     // With replication on, WAL not yet uploaded stays for the uploader
-    // (which removes these files once it has shipped them).
-    let keep_above = if opts.retain_wal_for_upload && schema.timestamp.is_some() {
-        wal::retention::read_upload_mark(&wal_dir).txn
+    // (which removes these files once it has shipped them); all of it when
+    // there is no mark for this store.
+    let replicated = opts.retain_wal_for_upload && schema.timestamp.is_some();
+    let mark = if replicated {
+        valid_mark(&wal_dir, opts)
     } else {
-        u64::MAX
+        None
+    };
+    let keep_above = match (replicated, mark) {
+        (false, _) => u64::MAX,
+        (true, Some(m)) => m,
+        (true, None) => 0,
     };
     let wal_files = recovered.files_with_max_txn().count() as u64;
     // The WAL above the mark is all there (the mark is written before the
     // shards may drop anything it covers), so a txn number missing from it
     // was never written.
-    let never_written: Vec<u64> = if keep_above == u64::MAX {
-        Vec::new()
-    } else {
-        (keep_above + 1..=max_txn.max(aborted.iter().copied().max().unwrap_or(0)))
+    // Only with a mark of this store: without one the WAL may have been
+    // dropped before replication began, and a missing txn proves nothing.
+    let never_written: Vec<u64> = match mark {
+        None => Vec::new(),
+        Some(m) => (m + 1..=max_txn.max(aborted.iter().copied().max().unwrap_or(0)))
             .filter(|t| recovered.all_txns.binary_search(t).is_err() || aborted.contains(t))
-            .collect()
+            .collect(),
     };
     if !never_written.is_empty() {
         info!(
@@ -981,6 +1010,13 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
         never_written,
     };
     Ok((writer, report))
+}
+
+/// The upload mark's txn, if the mark was written for this node's store.
+fn valid_mark(wal_dir: &Path, opts: &DbOptions) -> Option<u64> {
+    let m = wal::retention::read_upload_mark(wal_dir);
+    (m.store_id == opts.upload_store_id && wal_dir.join(wal::retention::UPLOAD_MARK_FILE).exists())
+        .then_some(m.txn)
 }
 
 fn apply_chunk(writer: &mut TableWriter, chunk: &mut Vec<(u64, Batch)>) -> Result<(), DbError> {

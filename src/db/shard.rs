@@ -206,11 +206,13 @@ async fn commit_table<E: Engine>(
         }
         Err(e) => {
             let e = Arc::new(e);
-            // Recorded durably before anyone may ship the txns (as empty).
-            for txn in first_txn..=last_txn {
-                table.note_aborted(txn);
+            // Recorded durably before anyone may ship the txns (as empty);
+            // if that fails the txns stay unresolved for the uploader (the
+            // table refuses commits until reopened).
+            let recorded = (first_txn..=last_txn).all(|txn| table.note_aborted(txn));
+            if recorded {
+                table.mark_written(first_txn, last_txn);
             }
-            table.mark_written(first_txn, last_txn);
             for (i, r) in reqs.into_iter().enumerate() {
                 let _ = applier
                     .send_async(ApplyMsg::Aborted {

@@ -220,7 +220,7 @@ struct InFlight {
 
 enum Phase {
     /// Asking the store what it holds after the upload mark.
-    Locating(tokio::task::JoinHandle<Result<(u64, Vec<StoredSegment>), String>>),
+    Locating(tokio::task::JoinHandle<Result<(u64, Vec<StoredSegment>), LocateError>>),
     /// Waiting to ask again (after a failure).
     LocateAfter(Instant),
     Ready,
@@ -261,7 +261,7 @@ async fn run(
         for h in catalog.handles() {
             if h.is_replicated() && !tables.contains_key(&h.name) {
                 let t = TableUpload {
-                    store_id: xxhash_rust::xxh3::xxh3_64(store.config.to_string().as_bytes()),
+                    store_id: store.config.id(),
                     tail: WalTail::new(&h.dir().join(crate::table::files::WAL_DIR)),
                     phase: Phase::LocateAfter(Instant::now()),
                     next_txn: 0,
@@ -347,7 +347,9 @@ async fn step(
             if !task.is_finished() {
                 return true;
             }
-            let r = task.await.unwrap_or_else(|e| Err(e.to_string()));
+            let r = task
+                .await
+                .unwrap_or_else(|e| Err(LocateError::Transient(e.to_string())));
             match r {
                 Ok((hint, stored)) => {
                     let last = match t.verify_stored(hint, &stored) {
@@ -355,14 +357,24 @@ async fn step(
                         Err(why) => return t.stop(status, why),
                     };
                     info!(table = %name, uploaded_txn = last, "upload resumes after the store's last segment");
-                    let mark = wal::retention::UploadMark {
-                        txn: last,
-                        store_id: t.store_id,
-                    };
-                    if let Err(e) = wal::retention::write_upload_mark(&t.tail_dir(), mark) {
-                        warn!(table = %name, error = %e, "could not write the upload mark");
+                    // A mark promises that the WAL after it is all here
+                    // (recovery relies on it): write one only if it is.
+                    let complete = last >= t.handle.written_txn()
+                        || t.handle.is_aborted(last + 1)
+                        || matches!(t.tail.next(last + 1), Ok(Some(_)));
+                    t.tail.rewind();
+                    if complete {
+                        let mark = wal::retention::UploadMark {
+                            txn: last,
+                            store_id: t.store_id,
+                        };
+                        match wal::retention::write_upload_mark(&t.tail_dir(), mark) {
+                            Ok(()) => t.handle.set_uploaded(last),
+                            Err(e) => {
+                                warn!(table = %name, error = %e, "could not write the upload mark; keeping the WAL it would release")
+                            }
+                        }
                     }
-                    t.handle.set_uploaded(last);
                     t.next_txn = last + 1;
                     t.tail.rewind();
                     status.update(&name, |s| {
@@ -371,7 +383,8 @@ async fn step(
                     });
                     t.phase = Phase::Ready;
                 }
-                Err(e) => {
+                Err(LocateError::Fatal(why)) => return t.stop(status, why),
+                Err(LocateError::Transient(e)) => {
                     warn!(table = %name, error = %e, "cannot read the table's position in the object store; retrying");
                     status.update(&name, |s| s.last_error = Some(e));
                     let retry = opts.retry_backoff_max.min(Duration::from_secs(1));
@@ -399,11 +412,16 @@ async fn step(
                     txn: last,
                     store_id: t.store_id,
                 };
-                if let Err(e) = wal::retention::write_upload_mark(&t.tail_dir(), mark) {
-                    warn!(table = %name, error = %e, "could not write the upload mark");
+                // Without the mark on disk the WAL it covers must stay.
+                match wal::retention::write_upload_mark(&t.tail_dir(), mark) {
+                    Ok(()) => {
+                        t.handle.set_uploaded(last);
+                        t.tail.remove_released(t.handle.wal_release_txn());
+                    }
+                    Err(e) => {
+                        warn!(table = %name, error = %e, "could not write the upload mark; keeping the WAL it would release")
+                    }
                 }
-                t.handle.set_uploaded(last);
-                t.tail.remove_released(t.handle.wal_release_txn());
                 let wal_bytes = t.tail.bytes();
                 status.update(&name, |s| {
                     s.uploaded_txn = last;
@@ -421,10 +439,12 @@ async fn step(
                     txn: last,
                     store_id: t.store_id,
                 };
-                if let Err(e) = wal::retention::write_upload_mark(&t.tail_dir(), mark) {
-                    warn!(table = %name, error = %e, "could not write the upload mark");
+                match wal::retention::write_upload_mark(&t.tail_dir(), mark) {
+                    Ok(()) => t.handle.set_uploaded(last),
+                    Err(e) => {
+                        warn!(table = %name, error = %e, "could not write the upload mark; keeping the WAL it would release")
+                    }
                 }
-                t.handle.set_uploaded(last);
                 if last != f.last {
                     // The stored segment ends elsewhere than ours: rebuild
                     // from the txn after it.
@@ -434,7 +454,13 @@ async fn step(
                 }
                 status.update(&name, |s| s.uploaded_txn = last);
             }
-            Outcome::Abandoned => {}
+            Outcome::Abandoned => {
+                // Shutdown gave up on this segment: seal nothing after it
+                // (that would leave a gap); it ships at the next start.
+                t.open = None;
+                t.phase = Phase::Stopped;
+                return false;
+            }
             Outcome::Fatal(why) => {
                 error!(table = %name, "{why}");
                 status.update(&name, |s| s.stopped = Some(why));
@@ -649,6 +675,14 @@ impl TableUpload {
 /// Segments after its upload mark a node accepts as possibly its own.
 const STORED_AFTER_MARK_MAX: usize = 8;
 
+/// Why the store's position of a table is not known yet.
+enum LocateError {
+    /// Retried after a while (the store is unreachable, a request failed).
+    Transient(String),
+    /// Never retried: the store holds what this node cannot have written.
+    Fatal(String),
+}
+
 /// A segment found in the store at start-up.
 struct StoredSegment {
     key: String,
@@ -660,34 +694,35 @@ struct StoredSegment {
 /// The segments of `table` in the store that start after txn `hint` (the
 /// upload mark): normally none, or the one whose upload landed just
 /// before a crash.
-async fn locate(store: &Store, table: &str, hint: u64) -> Result<Vec<StoredSegment>, String> {
+async fn locate(store: &Store, table: &str, hint: u64) -> Result<Vec<StoredSegment>, LocateError> {
     let prefix = table_prefix(store, table);
     let after = segment_key(store, table, hint);
     let keys = store
         .list_after(&prefix, &after)
         .await
-        .map_err(|e| format!("listing {prefix}: {e}"))?;
+        .map_err(|e| LocateError::Transient(format!("listing {prefix}: {e}")))?;
     let keys: Vec<_> = keys.iter().filter(|k| first_txn_of(k).is_some()).collect();
     // This node uploads one segment at a time and marks each: more than a
     // few after its mark are not its own.
     if keys.len() > STORED_AFTER_MARK_MAX {
-        return Err(format!(
+        return Err(LocateError::Fatal(format!(
             "the store holds {} segments of table {table} after txn {hint}, the last this node \
-             marked uploaded: not this node's history",
+             marked uploaded: not this node's history. Upload of the table is stopped",
             keys.len()
-        ));
+        )));
     }
     let mut out = Vec::new();
     for key in keys {
-        let (seg, _) = fetch(store, key).await?;
+        let (seg, _) = fetch(store, key).await.map_err(LocateError::Transient)?;
         let h = seg.header();
         if h.table.as_str() != table || first_txn_of(key) != Some(h.first_txn.to_native()) {
-            return Err(format!(
-                "object {key} holds txns {}..={} of table {}: not where it belongs",
+            return Err(LocateError::Fatal(format!(
+                "object {key} holds txns {}..={} of table {}: not where it belongs. \
+                 Upload of the table is stopped",
                 h.first_txn,
                 h.last_txn,
                 h.table.as_str()
-            ));
+            )));
         }
         out.push(StoredSegment {
             key: key.to_string(),

@@ -237,6 +237,12 @@ impl StoreConfig {
         }
     }
 
+    /// Names this store in local state (upload marks): xxh3-64 of the
+    /// connection string with secrets masked.
+    pub fn id(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(self.to_string().as_bytes())
+    }
+
     /// Builds the store. No request is made: a wrong endpoint or bad
     /// credentials show at the first use.
     pub fn build(&self) -> Result<Store, StoreError> {

@@ -190,6 +190,8 @@ impl<F: WalFile> WalWriter<F> {
             }
             match fs::remove_file(path) {
                 Ok(()) => false,
+                // The uploader removed it (replication keeps files longer).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
                 Err(e) => {
                     warn!(path = %path.display(), error = %e, "could not remove applied WAL file");
                     true
