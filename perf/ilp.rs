@@ -22,8 +22,6 @@
 mod fio;
 mod node;
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -85,17 +83,7 @@ fn tcp_replay(base: &Path, rows: u64, conns: usize) {
     let what = format!("TCP replay, {conns} connections");
     let rows = per * conns as u64;
     measure(&base.join("tcp"), what, &names, rows, bytes, |server| {
-        std::thread::scope(|s| {
-            for text in &texts {
-                let addr = server.ilp;
-                s.spawn(move || {
-                    let mut c = TcpStream::connect(addr).expect("connect ILP/TCP");
-                    for chunk in text.chunks(1 << 20) {
-                        c.write_all(chunk).expect("send ILP");
-                    }
-                });
-            }
-        })
+        node::tcp_send_all(server.ilp, &texts)
     });
 }
 

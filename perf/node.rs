@@ -65,6 +65,35 @@ pub fn start(dir: &Path, extra: &[&str]) -> Server {
     }
 }
 
+/// Sends each text over its own ILP/TCP connection, all at once.
+pub fn tcp_send_all(addr: SocketAddr, texts: &[Vec<u8>]) {
+    std::thread::scope(|s| {
+        for text in texts {
+            s.spawn(move || {
+                let mut c = TcpStream::connect(addr).expect("connect ILP/TCP");
+                for chunk in text.chunks(1 << 20) {
+                    c.write_all(chunk).expect("send ILP");
+                }
+            });
+        }
+    })
+}
+
+/// Waits until the store has every committed txn of `tables` (per /status).
+pub fn wait_uploaded(s: &Server, tables: &[String]) {
+    loop {
+        let j = get_json(s.http, "/status");
+        let done = tables.iter().all(|n| {
+            let t = &j["tables"][n];
+            t["uploaded_txn"].as_u64().unwrap_or(0) == t["committed_txn"].as_u64().unwrap_or(1)
+        });
+        if done {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// `GET path` on a new connection, parsed as JSON.
 pub fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
     let mut s = TcpStream::connect(addr).expect("connect HTTP");

@@ -23,9 +23,10 @@
 //! followed by a GET of it, timed in the same run.
 
 mod node;
+#[path = "../tests/servers/mod.rs"]
+mod servers;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,20 +37,9 @@ use hdrhistogram::Histogram;
 use node::{cpu_seconds, get_json, ilp_text, visible_rows, wait_visible, KeepAlive, Server};
 use object_store::{ObjectStoreExt, PutPayload};
 
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// moto's S3 server on a free port with bucket `basalt`, if installed.
-fn moto() -> Option<Moto> {
+/// moto's S3 server on a free port with bucket `basalt` (the tests'
+/// starter), if installed.
+fn moto() -> Option<servers::ServerGuard> {
     let bin = std::env::var_os("BASALT_TEST_MOTO").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/moto_server"),
         PathBuf::from,
@@ -61,29 +51,7 @@ fn moto() -> Option<Moto> {
         );
         return None;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let child = Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto_server");
-    let m = Moto { child, port };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect moto");
-    write!(s, "PUT /basalt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").expect("create bucket");
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    assert!(resp.starts_with("HTTP/1.1 200"), "bucket: {resp}");
-    Some(m)
+    Some(servers::moto("basalt"))
 }
 
 fn s3_conn(port: u16, root: &str) -> String {
@@ -297,18 +265,7 @@ fn ingest_on_off(base: &Path, rows: u64) {
             let s = node::start(&dir.join("data"), &["--object-store", &store]);
             let cpu0 = cpu_seconds(s.child.id());
             let t0 = Instant::now();
-            std::thread::scope(|sc| {
-                for text in &texts {
-                    let addr = s.ilp;
-                    sc.spawn(move || {
-                        use std::io::Write;
-                        let mut c = std::net::TcpStream::connect(addr).expect("connect");
-                        for chunk in text.chunks(1 << 20) {
-                            c.write_all(chunk).expect("send");
-                        }
-                    });
-                }
-            });
+            node::tcp_send_all(s.ilp, &texts);
             wait_visible(&s.dir, &names, per * conns);
             let visible = t0.elapsed().as_secs_f64();
             let rate = (per * conns) as f64 / visible;
@@ -320,17 +277,7 @@ fn ingest_on_off(base: &Path, rows: u64) {
             );
             if on {
                 // Until the store has everything.
-                let all = |s: &Server| -> bool {
-                    let j = get_json(s.http, "/status");
-                    names.iter().all(|n| {
-                        let t = &j["tables"][n];
-                        t["uploaded_txn"].as_u64().unwrap_or(0)
-                            == t["committed_txn"].as_u64().unwrap_or(1)
-                    })
-                };
-                while !all(&s) {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                node::wait_uploaded(&s, &names);
                 let (puts, put_bytes) = store_counts(&s);
                 line += &format!(
                     "  all uploaded after {:.3} s; {puts} PUTs, {:.3} uploaded bytes per ILP byte",
@@ -382,16 +329,7 @@ fn catchup(base: &Path, rows: u64, conn: &str, what: &str) {
     });
     wait_visible(&p.dir, &names, per * conns);
     let ingest = t0.elapsed().as_secs_f64();
-    let up = |s: &Server| -> bool {
-        let j = get_json(s.http, "/status");
-        names.iter().all(|n| {
-            let t = &j["tables"][n];
-            t["uploaded_txn"].as_u64().unwrap_or(0) == t["committed_txn"].as_u64().unwrap_or(1)
-        })
-    };
-    while !up(&p) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    node::wait_uploaded(&p, &names);
     let uploaded = t0.elapsed().as_secs_f64();
     let (puts, put_bytes) = store_counts(&p);
     println!(

@@ -319,17 +319,7 @@ fn kill9_of_primary_and_replica_during_replication_loses_and_duplicates_nothing(
                         for j in 0..200 {
                             gen.ilp_line(&mut body, "cpu", id * 200 + j);
                         }
-                        let Ok(mut conn) = TcpStream::connect(addr) else { return };
-                        let head = format!(
-                            "POST /write HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-                            body.len()
-                        );
-                        if conn.write_all(head.as_bytes()).is_err() || conn.write_all(&body).is_err() {
-                            return;
-                        }
-                        let mut raw = Vec::new();
-                        let _ = conn.read_to_end(&mut raw);
-                        if !raw.starts_with(b"HTTP/1.1 204") {
+                        if !common::post_acked(addr, &body) {
                             return;
                         }
                         acked.lock().unwrap().push(id);

@@ -482,21 +482,10 @@ fn kill9_during_http_ingestion_loses_no_acknowledged_row() {
                         for j in 0..BATCH {
                             gen.ilp_line(&mut body, "cpu", id * BATCH + j);
                         }
-                        let Ok(mut conn) = TcpStream::connect(addr) else { return };
-                        let head = format!(
-                            "POST /write HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-                            body.len()
-                        );
-                        if conn.write_all(head.as_bytes()).is_err() || conn.write_all(&body).is_err() {
+                        if !common::post_acked(addr, &body) {
                             return;
                         }
-                        let mut raw = Vec::new();
-                        let _ = conn.read_to_end(&mut raw);
-                        if raw.starts_with(b"HTTP/1.1 204") {
-                            acked.lock().unwrap().push(id);
-                        } else {
-                            return;
-                        }
+                        acked.lock().unwrap().push(id);
                     }
                 })
             })

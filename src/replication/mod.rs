@@ -24,8 +24,45 @@ pub use replica::{
 pub use status::{NodeStatus, Role};
 pub use uploader::{UploadOptions, UploadStatus, Uploader};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use crate::store::Store;
 use object_store::path::Path as ObjectPath;
+
+/// A replication thread (uploader or replica) and the flag that stops it;
+/// stopped and joined when dropped.
+struct Background {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Runs `body` on a thread named `name`, handing it the stop flag.
+    fn spawn(
+        name: &str,
+        body: impl FnOnce(Arc<AtomicBool>) + Send + 'static,
+    ) -> std::io::Result<Background> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || body(s))?;
+        Ok(Background {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 /// Directory of all tables' segments under the store root.
 pub const TABLES_PREFIX: &str = "tables";

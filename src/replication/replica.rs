@@ -402,8 +402,7 @@ impl ReplicaStatus {
 
 /// A replica following the store on its own thread.
 pub struct ReplicaRunner {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: super::Background,
     pub status: Arc<ReplicaStatus>,
 }
 
@@ -417,37 +416,20 @@ impl ReplicaRunner {
     ) -> Result<ReplicaRunner, ReplicationError> {
         let mut replica = Replica::new(store, data_dir)?;
         replica.checkpoint_interval = Some(opts.checkpoint_interval);
-        let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(ReplicaStatus::default());
-        let (s, st) = (stop.clone(), status.clone());
-        let thread = std::thread::Builder::new()
-            .name("basalt-replica".into())
-            .spawn(move || follow(&mut replica, &opts, &s, &st))
-            .map_err(|e| ReplicationError::Io(format!("replica thread: {e}")))?;
+        let st = status.clone();
+        let thread = super::Background::spawn("basalt-replica", move |stop| {
+            follow(&mut replica, &opts, &stop, &st)
+        })
+        .map_err(|e| ReplicationError::Io(format!("replica thread: {e}")))?;
         Ok(ReplicaRunner {
-            stop,
-            thread: Some(thread),
+            _thread: thread,
             status,
         })
     }
 
     /// Stops after the sync in progress (what it applied is checkpointed).
-    pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for ReplicaRunner {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
+    pub fn shutdown(self) {}
 }
 
 fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, status: &ReplicaStatus) {

@@ -27,7 +27,6 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
@@ -97,8 +96,6 @@ pub struct TableUploadStatus {
     pub uploaded_txn: u64,
     pub segments_uploaded: u64,
     pub bytes_uploaded: u64,
-    /// Bytes of WAL files this table keeps on local disk.
-    pub wal_bytes: u64,
     /// Commit time (µs since the epoch) of the last uploaded txn.
     pub uploaded_commit_time_us: i64,
     /// Failed tries of the segment in flight (0 when uploads succeed).
@@ -132,8 +129,7 @@ impl UploadStatus {
 /// The running uploader; [`Uploader::shutdown`] after the database closed
 /// uploads what is committed (within `shutdown_flush_max`) and stops.
 pub struct Uploader {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: super::Background,
     pub status: Arc<UploadStatus>,
 }
 
@@ -141,45 +137,26 @@ impl Uploader {
     /// Starts uploading every replicated table of `catalog` (tables created
     /// later are picked up) to `store`, which only this uploader uses.
     pub fn start(catalog: Catalog, store: Store, opts: UploadOptions) -> std::io::Result<Uploader> {
-        let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(UploadStatus::default());
         // Its blocking pool writes `fs::` objects: background work too.
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .on_thread_start(lower_priority)
             .build()?;
-        let (s, st) = (stop.clone(), status.clone());
-        let thread = std::thread::Builder::new()
-            .name("basalt-uploader".into())
-            .spawn(move || {
-                lower_priority();
-                rt.block_on(run(catalog, store, opts, s, st));
-            })?;
+        let st = status.clone();
+        let thread = super::Background::spawn("basalt-uploader", move |stop| {
+            lower_priority();
+            rt.block_on(run(catalog, store, opts, stop, st));
+        })?;
         Ok(Uploader {
-            stop,
-            thread: Some(thread),
+            _thread: thread,
             status,
         })
     }
 
     /// Uploads what is committed, then stops. Call after the database is
     /// closed, so that "committed" no longer moves.
-    pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Uploader {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
+    pub fn shutdown(self) {}
 }
 
 /// Upload is background work: when the cores are saturated, the shards
@@ -364,19 +341,9 @@ async fn step(
                         || matches!(t.tail.next(last + 1), Ok(Some(_)));
                     t.tail.rewind();
                     if complete {
-                        let mark = wal::retention::UploadMark {
-                            txn: last,
-                            store_id: t.store_id,
-                        };
-                        match wal::retention::write_upload_mark(&t.tail_dir(), mark) {
-                            Ok(()) => t.handle.set_uploaded(last),
-                            Err(e) => {
-                                warn!(table = %name, error = %e, "could not write the upload mark; keeping the WAL it would release")
-                            }
-                        }
+                        t.mark_uploaded(last);
                     }
                     t.next_txn = last + 1;
-                    t.tail.rewind();
                     status.update(&name, |s| {
                         s.uploaded_txn = last;
                         s.last_error = None;
@@ -406,45 +373,21 @@ async fn step(
             .unwrap_or_else(|e| Outcome::Fatal(e.to_string()));
         match outcome {
             Outcome::Uploaded { last, bytes } => {
-                // Mark first: the shards drop WAL up to the uploaded txn, so
-                // the WAL after the mark is always there after a crash.
-                let mark = wal::retention::UploadMark {
-                    txn: last,
-                    store_id: t.store_id,
-                };
-                // Without the mark on disk the WAL it covers must stay.
-                match wal::retention::write_upload_mark(&t.tail_dir(), mark) {
-                    Ok(()) => {
-                        t.handle.set_uploaded(last);
-                        t.tail.remove_released(t.handle.wal_release_txn());
-                    }
-                    Err(e) => {
-                        warn!(table = %name, error = %e, "could not write the upload mark; keeping the WAL it would release")
-                    }
+                if t.mark_uploaded(last) {
+                    t.tail.remove_released(t.handle.wal_release_txn());
                 }
-                let wal_bytes = t.tail.bytes();
                 status.update(&name, |s| {
                     s.uploaded_txn = last;
                     s.segments_uploaded += 1;
                     s.bytes_uploaded += bytes;
                     s.uploaded_commit_time_us = f.last_commit_us;
-                    s.wal_bytes = wal_bytes;
                     s.retries = 0;
                     s.last_error = None;
                 });
             }
             Outcome::Adopted { last } => {
                 info!(table = %name, first = f.first, last, "segment was already in the store (an earlier upload of this node); continuing after it");
-                let mark = wal::retention::UploadMark {
-                    txn: last,
-                    store_id: t.store_id,
-                };
-                match wal::retention::write_upload_mark(&t.tail_dir(), mark) {
-                    Ok(()) => t.handle.set_uploaded(last),
-                    Err(e) => {
-                        warn!(table = %name, error = %e, "could not write the upload mark; keeping the WAL it would release")
-                    }
-                }
+                t.mark_uploaded(last);
                 if last != f.last {
                     // The stored segment ends elsewhere than ours: rebuild
                     // from the txn after it.
@@ -603,6 +546,27 @@ async fn step(
 impl TableUpload {
     fn tail_dir(&self) -> std::path::PathBuf {
         self.handle.dir().join(crate::table::files::WAL_DIR)
+    }
+
+    /// Records that txns up to `last` are in the store: the mark first (the
+    /// shards drop WAL up to the uploaded txn, so the WAL after the mark is
+    /// always there after a crash), then the table handle. Without the mark
+    /// on disk the WAL it covers stays. Returns whether it was recorded.
+    fn mark_uploaded(&mut self, last: u64) -> bool {
+        let mark = wal::retention::UploadMark {
+            txn: last,
+            store_id: self.store_id,
+        };
+        match wal::retention::write_upload_mark(&self.tail_dir(), mark) {
+            Ok(()) => {
+                self.handle.set_uploaded(last);
+                true
+            }
+            Err(e) => {
+                warn!(table = %self.handle.name, error = %e, "could not write the upload mark; keeping the WAL it would release");
+                false
+            }
+        }
     }
 
     /// Checks that the segments the store holds after the upload mark

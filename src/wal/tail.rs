@@ -177,12 +177,4 @@ impl WalTail {
         }
         removed
     }
-
-    /// Bytes of WAL files currently known (a measure of the local backlog).
-    pub fn bytes(&self) -> u64 {
-        self.files
-            .values()
-            .map(|f| f.file.metadata().map_or(0, |m| m.len()))
-            .sum()
-    }
 }

@@ -185,6 +185,25 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
     }
 }
 
+/// POSTs an ILP body to /write on a new connection; true only for a 204
+/// (false when the server is gone or refused it), for clients racing a
+/// SIGKILL.
+pub fn post_acked(addr: SocketAddr, body: &[u8]) -> bool {
+    let Ok(mut conn) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let head = format!(
+        "POST /write HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    if conn.write_all(head.as_bytes()).is_err() || conn.write_all(body).is_err() {
+        return false;
+    }
+    let mut raw = Vec::new();
+    let _ = conn.read_to_end(&mut raw);
+    raw.starts_with(b"HTTP/1.1 204")
+}
+
 /// Polls `f` until it returns `Some`, for at most `timeout`.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
