@@ -30,6 +30,7 @@ impl Drop for Server {
 pub fn start(dir: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_basalt"))
         .args(["serve", "--http", "127.0.0.1:0", "--ilp", "127.0.0.1:0"])
+        .args(["--pg", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir)
         .args(extra)

@@ -13,6 +13,8 @@ pub mod io;
 pub mod replication;
 pub mod segment;
 pub mod server;
+#[cfg(feature = "sql")]
+pub mod sql;
 pub mod store;
 pub mod table;
 pub mod wal;

@@ -117,6 +117,16 @@ struct ServeArgs {
         default_value = "127.0.0.1:9009"
     )]
     ilp: String,
+    /// Address for the PostgreSQL wire protocol (psql, psycopg, Grafana),
+    /// or `off`. SQL over HTTP is GET /exec (JSON) and /exp (CSV) on --http.
+    /// No authentication: keep it on loopback or a trusted network.
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_PG",
+        default_value = "127.0.0.1:8812"
+    )]
+    pg: String,
     /// Partition scheme of tables created by ingestion: HOUR, DAY, WEEK, MONTH or YEAR.
     #[arg(
         long,
@@ -223,6 +233,11 @@ impl ServeArgs {
             ilp_commit_interval: Duration::from_millis(self.ilp_commit_interval_ms.max(1)),
             connections_max: self.connections_max.max(1),
             node: None,
+            sql: true,
+            pg: match self.pg.as_str() {
+                "off" => None,
+                pg => Some(addr("pg", pg)?),
+            },
         })
     }
 }
@@ -389,6 +404,7 @@ const CONFIG_KEYS: &[&str] = &[
     "apply_interval_ms",
     "http",
     "ilp",
+    "pg",
     "partition_by",
     "http_request_bytes_max",
     "ilp_line_bytes_max",
@@ -533,12 +549,13 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
     let server = basalt::server::Server::start(db, config).map_err(|e| e.to_string())?;
     // A machine-readable line for scripts and tests (logs go to stderr).
     println!(
-        "basalt serving: http={} ilp={} shards={shards} engine={engine} data_dir={} role={} store={}",
+        "basalt serving: http={} ilp={} shards={shards} engine={engine} data_dir={} role={} store={} pg={}",
         server.http_addr,
         server.ilp_addr,
         node.data_dir.display(),
         role.name(),
         store_config.map_or_else(|| "off".to_string(), |s| s.to_string()),
+        server.pg_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
     );
     let _ = std::io::stdout().flush();
     let signal = wait_for_signal(&signals);

@@ -369,7 +369,7 @@ fn config_file_env_and_flags_in_that_order() {
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = {:?}\nshards = 1\nio_engine = \"portable\"\nhttp = \"127.0.0.1:0\"\nilp = \"127.0.0.1:0\"\n",
+            "data_dir = {:?}\nshards = 1\nio_engine = \"portable\"\nhttp = \"127.0.0.1:0\"\nilp = \"127.0.0.1:0\"\npg = \"127.0.0.1:0\"\n",
             data.display().to_string()
         ),
     )
@@ -545,6 +545,10 @@ fn bad_server_options_are_clear_errors() {
         ),
         (&["--role", "replica"][..], "a replica needs --object-store"),
         (&["--segment-bytes-max", "10"][..], "at least 1024"),
+        (
+            &["--pg", "nowhere"][..],
+            "--pg \"nowhere\" is not a usable address",
+        ),
     ] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
             .arg("serve")

@@ -27,6 +27,11 @@ pub enum ApplyMsg {
         table: Arc<TableHandle>,
         txn: u64,
     },
+    /// Forget a dropped table (its writer closes); answered once done.
+    DropTable {
+        table: Arc<TableHandle>,
+        done: flume::Sender<()>,
+    },
     /// Add a column; answered once `_meta` is durable.
     AddColumn {
         table: Arc<TableHandle>,
@@ -128,8 +133,24 @@ fn checkpoint(slot: &mut Slot) {
     }
 }
 
+/// The slot of `table` itself: not of a dropped table of the same name.
+fn slot_of<'a>(
+    slots: &'a mut HashMap<String, Slot>,
+    table: &Arc<TableHandle>,
+) -> Option<&'a mut Slot> {
+    slots
+        .get_mut(&table.name)
+        .filter(|s| Arc::ptr_eq(&s.handle, table))
+}
+
 fn handle(slots: &mut HashMap<String, Slot>, msg: ApplyMsg) {
     match msg {
+        ApplyMsg::DropTable { table, done } => {
+            if slot_of(slots, &table).is_some() {
+                slots.remove(&table.name);
+            }
+            let _ = done.send(());
+        }
         ApplyMsg::AddTable { handle, writer } => {
             let next = handle.resolved_txn() + 1;
             slots.insert(
@@ -145,12 +166,12 @@ fn handle(slots: &mut HashMap<String, Slot>, msg: ApplyMsg) {
             );
         }
         ApplyMsg::Committed { table, txn, batch } => {
-            if let Some(s) = slots.get_mut(&table.name) {
+            if let Some(s) = slot_of(slots, &table) {
                 s.pending.insert(txn, Some(batch));
             }
         }
         ApplyMsg::Aborted { table, txn } => {
-            if let Some(s) = slots.get_mut(&table.name) {
+            if let Some(s) = slot_of(slots, &table) {
                 s.pending.insert(txn, None);
             }
         }
@@ -160,7 +181,7 @@ fn handle(slots: &mut HashMap<String, Slot>, msg: ApplyMsg) {
             ty,
             ack,
         } => {
-            let result = match slots.get_mut(&table.name) {
+            let result = match slot_of(slots, &table) {
                 None => Err(DbError::Table(TableError::NotFound(table.name.clone()))),
                 Some(s) => s
                     .writer

@@ -119,6 +119,8 @@ pub enum DbError {
     Timeout(Duration),
     #[error("this node is a read-only replica: tables are written only by replication")]
     ReadOnly,
+    #[error("table {table} was dropped")]
+    Dropped { table: String },
 }
 
 impl From<WalError> for DbError {
@@ -170,6 +172,8 @@ pub struct TableHandle {
     changed: Condvar,
     /// Set when apply or checkpoint failed: commits are refused (read without a lock).
     failed: std::sync::atomic::AtomicBool,
+    /// Set (with `failed`) by DROP TABLE.
+    dropped: std::sync::atomic::AtomicBool,
 }
 
 impl TableHandle {
@@ -204,6 +208,7 @@ impl TableHandle {
             }),
             changed: Condvar::new(),
             failed: std::sync::atomic::AtomicBool::new(false),
+            dropped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -342,6 +347,28 @@ impl TableHandle {
 
     fn set_schema(&self, schema: Schema) {
         self.schema.store(Arc::new(schema));
+    }
+
+    /// Why commits to the table are refused, if they are.
+    pub(crate) fn refusal(&self) -> Option<DbError> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(if self.dropped.load(Ordering::Acquire) {
+            DbError::Dropped {
+                table: self.name.clone(),
+            }
+        } else {
+            DbError::TableFailed {
+                table: self.name.clone(),
+                reason: self.failure().unwrap_or_default(),
+            }
+        })
+    }
+
+    /// Whether DROP TABLE removed it.
+    pub fn is_dropped(&self) -> bool {
+        self.dropped.load(Ordering::Acquire)
     }
 
     fn set_failed(&self, why: String) {
@@ -664,6 +691,60 @@ impl Database {
         Ok(handle)
     }
 
+    /// Drops a table: commits to it are refused from now on, commits
+    /// already queued finish, and then its directory is removed (renamed to
+    /// `.dropped-<name>-<id>` first, so a crash midway leaves no half
+    /// table; open removes leftovers). Its history in an object store stays.
+    pub fn drop_table(&self, name: &str) -> Result<(), DbError> {
+        if self.opts.read_only {
+            return Err(DbError::ReadOnly);
+        }
+        let handle = {
+            let mut tables = self.tables();
+            let h = tables
+                .remove(name)
+                .ok_or_else(|| TableError::NotFound(name.to_string()))?;
+            h.dropped.store(true, Ordering::Release);
+            h.set_failed("the table was dropped".into());
+            h
+        };
+        // Every shard writes what it holds for the table, then closes its WAL.
+        for shard in &self.shards {
+            let (done, wait) = flume::bounded(1);
+            if shard
+                .send(ShardMsg::Forget {
+                    table: handle.clone(),
+                    done,
+                })
+                .is_ok()
+            {
+                let _ = wait.recv();
+            }
+        }
+        if let Some(applier) = &self.applier_tx {
+            let (done, wait) = flume::bounded(1);
+            if applier
+                .send(ApplyMsg::DropTable {
+                    table: handle.clone(),
+                    done,
+                })
+                .is_ok()
+            {
+                let _ = wait.recv();
+            }
+        }
+        let dir = handle.dir().to_path_buf();
+        let grave =
+            self.opts
+                .data_dir
+                .join(format!(".dropped-{}-{:016x}", name, handle.table_id()));
+        fs::rename(&dir, &grave).map_err(TableError::io(&dir))?;
+        crate::table::files::fsync_dir(&self.opts.data_dir)?;
+        fs::remove_dir_all(&grave).map_err(TableError::io(&grave))?;
+        info!(table = name, "table dropped");
+        Ok(())
+    }
+
     pub fn table(&self, name: &str) -> Option<Arc<TableHandle>> {
         self.tables().get(name).cloned()
     }
@@ -725,11 +806,8 @@ impl Database {
         table: &Arc<TableHandle>,
         batch: Batch,
     ) -> Result<PreparedCommit, DbError> {
-        if table.failed.load(Ordering::Acquire) {
-            return Err(DbError::TableFailed {
-                table: table.name.clone(),
-                reason: table.failure().unwrap_or_default(),
-            });
+        if let Some(e) = table.refusal() {
+            return Err(e);
         }
         let schema = table.schema.load();
         batch.validate(&schema)?;
@@ -884,8 +962,9 @@ fn recover_all(opts: &DbOptions) -> Result<Vec<(TableWriter, RecoveryReport)>, D
     for e in entries {
         let e = e.map_err(TableError::io(dir))?;
         let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with(".create-") {
-            // A table creation that did not finish: nothing was committed to it.
+        if name.starts_with(".create-") || name.starts_with(".dropped-") {
+            // A table creation that did not finish (nothing was committed to
+            // it), or a dropped table not yet removed.
             fs::remove_dir_all(e.path()).map_err(TableError::io(e.path()))?;
             continue;
         }

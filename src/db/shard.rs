@@ -54,6 +54,12 @@ pub enum ShardMsg {
     Commit(CommitRequest),
     /// Run a task on this shard's executor, next to the commit loop.
     Spawn(SpawnFn),
+    /// A table was dropped: close its WAL files, then answer. Commits queued
+    /// before this message are written first.
+    Forget {
+        table: Arc<TableHandle>,
+        done: flume::Sender<()>,
+    },
     Stop,
 }
 
@@ -77,7 +83,9 @@ pub struct ShardContext {
 
 pub async fn run<E: Engine>(engine: E, ctx: ShardContext) {
     let rx = &ctx.rx;
-    let mut wals: HashMap<String, WalWriter<E::File>> = HashMap::new();
+    // Keyed by table name; the table id tells a re-created table's WAL from
+    // a dropped one's.
+    let mut wals: HashMap<String, (u64, WalWriter<E::File>)> = HashMap::new();
     let mut buf: Vec<u8> = Vec::new();
     let mut stop = false;
     let env = ShardEnv {
@@ -91,10 +99,16 @@ pub async fn run<E: Engine>(engine: E, ctx: ShardContext) {
                 crate::io::spawn_local(env.stack, make(env));
                 continue;
             }
+            Ok(ShardMsg::Forget { table, done }) => {
+                forget(&mut wals, &table);
+                let _ = done.send(());
+                continue;
+            }
             Ok(ShardMsg::Stop) | Err(_) => break,
         };
         let mut bytes = first.payload.len();
         let mut group = vec![first];
+        let mut forgotten = Vec::new();
         while bytes < ctx.limits.group_bytes_max {
             match rx.try_recv() {
                 Ok(ShardMsg::Commit(c)) => {
@@ -102,6 +116,11 @@ pub async fn run<E: Engine>(engine: E, ctx: ShardContext) {
                     group.push(c);
                 }
                 Ok(ShardMsg::Spawn(make)) => crate::io::spawn_local(env.stack, make(env)),
+                Ok(ShardMsg::Forget { table, done }) => {
+                    // After the group: it may hold the table's last commits.
+                    forgotten.push((table, done));
+                    break;
+                }
                 Ok(ShardMsg::Stop) => {
                     stop = true;
                     break;
@@ -117,19 +136,48 @@ pub async fn run<E: Engine>(engine: E, ctx: ShardContext) {
             group = rest;
             buf = commit_table(&engine, &ctx, &mut wals, mine, buf).await;
         }
+        for (table, done) in forgotten {
+            forget(&mut wals, &table);
+            let _ = done.send(());
+        }
     }
     debug!(shard = ctx.shard, "shard stopped");
+}
+
+fn forget<F>(wals: &mut HashMap<String, (u64, WalWriter<F>)>, table: &TableHandle) {
+    if wals
+        .get(&table.name)
+        .is_some_and(|(id, _)| *id == table.table_id)
+    {
+        wals.remove(&table.name);
+    }
 }
 
 async fn commit_table<E: Engine>(
     engine: &E,
     ctx: &ShardContext,
-    wals: &mut HashMap<String, WalWriter<E::File>>,
+    wals: &mut HashMap<String, (u64, WalWriter<E::File>)>,
     reqs: Vec<CommitRequest>,
     mut buf: Vec<u8>,
 ) -> Vec<u8> {
     let (shard, applier, limits, stats) = (ctx.shard, &ctx.applier, ctx.limits, &ctx.stats);
     let table = reqs[0].table.clone();
+    if table.refusal().is_some() {
+        // Dropped (or failed) since the commit was prepared: its directory
+        // may be gone, so nothing may be written for it.
+        for r in reqs {
+            let e = table.refusal().unwrap_or(DbError::Closed);
+            let _ = r.ack.send(Err(e));
+        }
+        return buf;
+    }
+    if wals
+        .get(&table.name)
+        .is_some_and(|(id, _)| *id != table.table_id)
+    {
+        // A dropped table's WAL; this is a new table of the same name.
+        wals.remove(&table.name);
+    }
     if !wals.contains_key(&table.name) {
         let wal_dir = table.dir.join(WAL_DIR);
         match WalWriter::create(
@@ -141,7 +189,7 @@ async fn commit_table<E: Engine>(
         .await
         {
             Ok(w) => {
-                wals.insert(table.name.clone(), w);
+                wals.insert(table.name.clone(), (table.table_id, w));
             }
             Err(e) => {
                 let e = Arc::new(e);
@@ -152,7 +200,7 @@ async fn commit_table<E: Engine>(
             }
         }
     }
-    let wal = wals.get_mut(&table.name).expect("inserted above");
+    let wal = &mut wals.get_mut(&table.name).expect("inserted above").1;
     let group_start = match wal.begin_group(engine).await {
         Ok(pos) => pos,
         Err(e) => {

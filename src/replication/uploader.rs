@@ -235,7 +235,16 @@ async fn run(
         if stopping && stop_deadline.is_none() {
             stop_deadline = Some(Instant::now() + opts.shutdown_flush_max);
         }
-        for h in catalog.handles() {
+        let handles = catalog.handles();
+        // A dropped table (gone from the catalog, or replaced by a new one
+        // of the same name) is forgotten once nothing is in flight for it.
+        tables.retain(|name, t| {
+            t.in_flight.is_some()
+                || handles
+                    .iter()
+                    .any(|h| &h.name == name && Arc::ptr_eq(h, &t.handle))
+        });
+        for h in handles {
             if h.is_replicated() && !tables.contains_key(&h.name) {
                 let t = TableUpload {
                     store_id: store.config.id(),

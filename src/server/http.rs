@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -62,13 +63,24 @@ where
     }
 }
 
-type Answer = Response<Full<Bytes>>;
+/// A response body: whole, or streamed (`/exec`, `/exp`). A streamed body
+/// that fails midway ends the connection, so a client never takes a cut
+/// result for a whole one.
+pub(super) type Body = UnsyncBoxBody<Bytes, BodyError>;
+pub(super) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type Answer = Response<Body>;
+
+pub(super) fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
 
 async fn handle(req: Request<Incoming>, state: &ServerState) -> Answer {
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/ping") => {
-            let mut r = Response::new(Full::default());
+            let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
             // InfluxDB clients read this header to recognise a server.
             r.headers_mut()
@@ -84,6 +96,10 @@ async fn handle(req: Request<Incoming>, state: &ServerState) -> Answer {
         ),
         (&Method::POST, "/write" | "/api/v2/write") => write(req, state).await,
         (&Method::GET, "/settings") => json(StatusCode::OK, settings(state)),
+        #[cfg(feature = "sql")]
+        (&Method::GET, "/exec") => super::sql::answer(req, state, super::sql::Kind::Exec).await,
+        #[cfg(feature = "sql")]
+        (&Method::GET, "/exp") => super::sql::answer(req, state, super::sql::Kind::Exp).await,
         (&Method::GET, "/status") => match &state.config.node {
             Some(n) => json(StatusCode::OK, n.status_json()),
             None => json(
@@ -97,20 +113,24 @@ async fn handle(req: Request<Incoming>, state: &ServerState) -> Answer {
                 .node
                 .as_ref()
                 .map_or_else(String::new, |n| n.metrics_text());
-            let mut r = Response::new(Full::new(Bytes::from(text)));
+            let mut r = Response::new(full(text));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             r
         }
-        (_, "/write" | "/api/v2/write" | "/ping" | "/settings" | "/status" | "/metrics") => {
+        (
+            _,
+            "/write" | "/api/v2/write" | "/ping" | "/settings" | "/status" | "/metrics" | "/exec"
+            | "/exp",
+        ) => {
             let msg = format!("method {} is not allowed on {path}", req.method());
             invalid(state, StatusCode::METHOD_NOT_ALLOWED, msg)
         }
         _ => {
             let msg = format!(
-                "no such endpoint: {path} (ILP is accepted on POST /write and /api/v2/write)"
+                "no such endpoint: {path} (ILP is accepted on POST /write and /api/v2/write; SQL on GET /exec and /exp)"
             );
             error(state, StatusCode::NOT_FOUND, "not_found", msg, None)
         }
@@ -141,8 +161,8 @@ fn settings(state: &ServerState) -> serde_json::Value {
     })
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+pub(super) fn json(status: StatusCode, body: serde_json::Value) -> Answer {
+    let mut r = Response::new(full(body.to_string()));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -185,12 +205,11 @@ fn invalid(state: &ServerState, status: StatusCode, message: String) -> Answer {
 }
 
 /// The value of `key` in the query string.
-fn query_param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
-    query?
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v)
+/// The value of `key` in the query string, percent-decoded (`+` is a space).
+pub(super) fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 enum Gunzip {
@@ -224,7 +243,7 @@ async fn write(req: Request<Incoming>, state: &ServerState) -> Answer {
             None,
         )
     };
-    let precision = match query_param(req.uri().query(), "precision") {
+    let precision = match query_param(req.uri().query(), "precision").as_deref() {
         None | Some("") => Precision::Nanos,
         Some(p) => match Precision::from_param(p) {
             Some(p) => p,
@@ -292,7 +311,7 @@ async fn write(req: Request<Incoming>, state: &ServerState) -> Answer {
     let ingestor = Ingestor::new(&db, state.ingest_options(precision));
     match ingestor.ingest_async(text, now_us()).await {
         Ok(_) => {
-            let mut r = Response::new(Full::default());
+            let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
             r
         }

@@ -15,6 +15,8 @@
 
 mod http;
 pub mod net;
+#[cfg(feature = "sql")]
+mod sql;
 mod tcp;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -51,6 +53,10 @@ pub struct ServerConfig {
     pub connections_max: usize,
     /// Replication status for `GET /status` and `GET /metrics`.
     pub node: Option<Arc<crate::replication::NodeStatus>>,
+    /// SQL (`/exec`, `/exp`, PostgreSQL wire) is served.
+    pub sql: bool,
+    /// PostgreSQL wire protocol; `None` turns it off.
+    pub pg: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +71,8 @@ impl Default for ServerConfig {
             ilp_commit_interval: Duration::from_millis(100),
             connections_max: 4096,
             node: None,
+            sql: true,
+            pg: Some("127.0.0.1:8812".parse().expect("valid address")),
         }
     }
 }
@@ -80,6 +88,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error("cannot start the SQL engine: {0}")]
+    Sql(std::io::Error),
 }
 
 /// How often idle tasks look at the shutdown flag.
@@ -97,6 +107,8 @@ pub(crate) struct ServerState {
     errors: AtomicU64,
     /// Random per process, so error ids from two runs do not collide.
     error_prefix: u64,
+    #[cfg(feature = "sql")]
+    sql: Option<Arc<crate::sql::SqlEngine>>,
 }
 
 impl ServerState {
@@ -136,6 +148,10 @@ pub struct Server {
     state: Arc<ServerState>,
     pub http_addr: SocketAddr,
     pub ilp_addr: SocketAddr,
+    /// Where PostgreSQL clients connect, when served.
+    pub pg_addr: Option<SocketAddr>,
+    #[cfg(feature = "sql")]
+    pg_stop: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 #[derive(Clone, Copy)]
@@ -167,6 +183,38 @@ impl Server {
         let db = Arc::new(db);
         let http_addr = probe("ILP/HTTP", config.http)?;
         let ilp_addr = probe("ILP/TCP", config.ilp)?;
+        #[cfg(feature = "sql")]
+        let sql = if config.sql {
+            Some(
+                crate::sql::SqlEngine::start(
+                    db.data_dir(),
+                    Arc::downgrade(&db),
+                    db.is_read_only(),
+                    &crate::sql::SqlOptions::default(),
+                )
+                .map_err(ServerError::Sql)?,
+            )
+        } else {
+            None
+        };
+        #[cfg(feature = "sql")]
+        let (pg_addr, pg_stop) = match (&sql, config.pg) {
+            (Some(engine), Some(addr)) => {
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                let bound =
+                    crate::sql::pg::listen(engine.clone(), addr, stop_rx).map_err(|source| {
+                        ServerError::Listen {
+                            what: "PostgreSQL",
+                            addr,
+                            source,
+                        }
+                    })?;
+                (Some(bound), Some(stop_tx))
+            }
+            _ => (None, None),
+        };
+        #[cfg(not(feature = "sql"))]
+        let pg_addr = None;
         let state = Arc::new(ServerState {
             db: Arc::downgrade(&db),
             config,
@@ -178,12 +226,17 @@ impl Server {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
                 ^ u64::from(std::process::id()),
+            #[cfg(feature = "sql")]
+            sql,
         });
         let server = Server {
             db,
             state,
             http_addr,
             ilp_addr,
+            pg_addr,
+            #[cfg(feature = "sql")]
+            pg_stop,
         };
         for shard in 0..server.db.shard_count() {
             for (protocol, addr) in [(Protocol::Http, http_addr), (Protocol::Ilp, ilp_addr)] {
@@ -237,6 +290,10 @@ impl Server {
 
     fn stop_tasks(&self) {
         self.state.shutting_down.store(true, Ordering::Release);
+        #[cfg(feature = "sql")]
+        if let Some(stop) = &self.pg_stop {
+            let _ = stop.send(true);
+        }
     }
 
     /// Stops accepting, lets requests in flight finish (TCP connections

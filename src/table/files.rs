@@ -102,9 +102,28 @@ pub struct MappedFile {
     map: Option<Mmap>,
 }
 
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 impl MappedFile {
     pub fn bytes(&self) -> &[u8] {
         self.map.as_deref().unwrap_or(&[])
+    }
+
+    pub fn len(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+
+    /// A corruption error unless the file holds at least `len` bytes.
+    pub fn require(&self, path: &Path, len: u64) -> Result<(), TableError> {
+        self.slice(path, 0, len).map(|_| ())
     }
 
     /// `len` bytes at `offset`, or a corruption error naming `path`.

@@ -8,12 +8,13 @@
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::batch::{unpack_bits, ColumnBuf, Value, Values};
 
-use super::files;
+use super::files::{self, MappedFile};
 use super::schema::{validate_name, ColumnType, Schema};
-use super::state::{self, TableState};
+use super::state::{self, PartitionState, TableState};
 use super::TableError;
 
 /// How often a scan restarts when a partition version vanishes under it.
@@ -221,21 +222,7 @@ impl TableReader {
                 &self.schema.partition_by.partition_name(p.floor),
                 p.version,
             ));
-            let rows = match (&ts_range, self.schema.timestamp) {
-                (Some(r), Some(ts)) => {
-                    let name = &self.schema.columns[ts].name;
-                    let path = dir.join(files::data_file(name));
-                    let map = files::map(&path)?;
-                    let bytes = map.slice(&path, 0, p.rows * 8)?;
-                    let at = |i: usize| {
-                        i64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
-                    };
-                    let lower = partition_point(p.rows as usize, |i| at(i) < r.start);
-                    let upper = partition_point(p.rows as usize, |i| at(i) < r.end);
-                    lower as u64..upper as u64
-                }
-                _ => 0..p.rows,
-            };
+            let rows = self.rows_in_range(&dir, p, ts_range.as_ref())?;
             if rows.is_empty() {
                 continue;
             }
@@ -258,6 +245,183 @@ impl TableReader {
                 .collect(),
             columns: out,
         })
+    }
+}
+
+/// The files of one column in one partition version, mapped: a zero-copy
+/// view of committed rows (see docs/format.md, "Column files").
+pub struct MappedColumn {
+    /// `<column>.d`.
+    pub data: Arc<MappedFile>,
+    /// `<column>.o` (varchar only).
+    pub offsets: Option<Arc<MappedFile>>,
+    /// `<column>.v`.
+    pub validity: Arc<MappedFile>,
+}
+
+/// Rows `rows` of one partition version, with its files mapped.
+pub struct PartitionSlice {
+    /// The partition's directory name (e.g. `2024-01-15.0`).
+    pub dir_name: String,
+    pub rows: Range<u64>,
+    /// One entry per requested column; `None` for a column added after this
+    /// partition version was written (null in all of its rows).
+    pub columns: Vec<Option<MappedColumn>>,
+}
+
+/// A symbol column's table-wide dictionary at the snapshot's txn.
+pub struct MappedDictionary {
+    /// `count + 1` u64 offsets.
+    pub offsets: Arc<MappedFile>,
+    pub data: Arc<MappedFile>,
+    pub count: u64,
+}
+
+/// Committed rows of one txn, mapped: what a query reads. The mappings keep
+/// the files readable even if a merge and checkpoint remove them meanwhile.
+pub struct Snapshot {
+    pub txn: u64,
+    /// Requested columns (indexes into the schema).
+    pub columns: Vec<usize>,
+    /// In partition (and so designated timestamp) order.
+    pub partitions: Vec<PartitionSlice>,
+    /// Partitions of the table at this txn, before pruning.
+    pub partitions_total: usize,
+    /// Per requested column: its dictionary when it is a symbol column.
+    pub dictionaries: Vec<Option<MappedDictionary>>,
+}
+
+impl TableReader {
+    /// Maps `columns` of the rows of `state` whose designated timestamp is in
+    /// `ts_range` (all rows when `None`). Partitions outside the range are
+    /// not touched. Lengths are checked against `state`, so a short file is a
+    /// corruption error, never a read past its end.
+    ///
+    /// A partition version that vanished since `state` was read (merged and
+    /// checkpointed away) gives an `Io` error of kind `NotFound`: read a
+    /// fresh state and try again.
+    pub fn snapshot(
+        &self,
+        state: &TableState,
+        columns: &[usize],
+        ts_range: Option<Range<i64>>,
+    ) -> Result<Snapshot, TableError> {
+        let mut dictionaries = Vec::with_capacity(columns.len());
+        for &i in columns {
+            let c = self
+                .schema
+                .columns
+                .get(i)
+                .ok_or_else(|| TableError::NoSuchColumn(format!("#{i}")))?;
+            dictionaries.push(if c.ty == ColumnType::Symbol {
+                let dir = self.dir.join(files::SYMBOL_DIR);
+                let count = state.symbol_count(i);
+                let opath = dir.join(files::offsets_file(&c.name));
+                let dpath = dir.join(files::data_file(&c.name));
+                let offsets = files::map(&opath)?;
+                offsets.require(&opath, (count + 1) * 8)?;
+                let data = files::map(&dpath)?;
+                Some(MappedDictionary {
+                    offsets: Arc::new(offsets),
+                    data: Arc::new(data),
+                    count,
+                })
+            } else {
+                None
+            });
+        }
+        let mut partitions = Vec::new();
+        for p in &state.partitions {
+            if let (Some(r), Some(_)) = (&ts_range, self.schema.timestamp) {
+                if p.max_ts < r.start || p.min_ts >= r.end {
+                    continue;
+                }
+            }
+            let dir_name =
+                files::partition_dir(&self.schema.partition_by.partition_name(p.floor), p.version);
+            let dir = self.dir.join(&dir_name);
+            let rows = self.rows_in_range(&dir, p, ts_range.as_ref())?;
+            if rows.is_empty() {
+                continue;
+            }
+            let mut mapped = Vec::with_capacity(columns.len());
+            for &i in columns {
+                if i >= p.columns as usize {
+                    mapped.push(None);
+                    continue;
+                }
+                let c = &self.schema.columns[i];
+                let dpath = dir.join(files::data_file(&c.name));
+                let vpath = dir.join(files::validity_file(&c.name));
+                let data = files::map(&dpath)?;
+                let validity = files::map(&vpath)?;
+                validity.require(&vpath, rows.end.div_ceil(8))?;
+                let offsets = match c.ty {
+                    ColumnType::Varchar => {
+                        let opath = dir.join(files::offsets_file(&c.name));
+                        let o = files::map(&opath)?;
+                        o.require(&opath, (rows.end + 1) * 8)?;
+                        Some(Arc::new(o))
+                    }
+                    ColumnType::Boolean => {
+                        data.require(&dpath, rows.end.div_ceil(8))?;
+                        None
+                    }
+                    ty => {
+                        let w = ty.width().expect("fixed-width type") as u64;
+                        data.require(&dpath, rows.end * w)?;
+                        None
+                    }
+                };
+                mapped.push(Some(MappedColumn {
+                    data: Arc::new(data),
+                    offsets,
+                    validity: Arc::new(validity),
+                }));
+            }
+            partitions.push(PartitionSlice {
+                dir_name,
+                rows,
+                columns: mapped,
+            });
+        }
+        Ok(Snapshot {
+            txn: state.txn,
+            columns: columns.to_vec(),
+            partitions,
+            partitions_total: state.partitions.len(),
+            dictionaries,
+        })
+    }
+
+    /// Rows of partition `p` (files in `dir`) whose designated timestamp is
+    /// in `ts_range`: a binary search of the sorted timestamp column.
+    fn rows_in_range(
+        &self,
+        dir: &Path,
+        p: &PartitionState,
+        ts_range: Option<&Range<i64>>,
+    ) -> Result<Range<u64>, TableError> {
+        let (Some(r), Some(ts)) = (ts_range, self.schema.timestamp) else {
+            return Ok(0..p.rows);
+        };
+        if p.min_ts >= r.start && p.max_ts < r.end {
+            return Ok(0..p.rows);
+        }
+        let name = &self.schema.columns[ts].name;
+        let path = dir.join(files::data_file(name));
+        let map = files::map(&path)?;
+        let bytes = map.slice(&path, 0, p.rows * 8)?;
+        let at =
+            |i: usize| i64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        let lower = partition_point(p.rows as usize, |i| at(i) < r.start);
+        let upper = partition_point(p.rows as usize, |i| at(i) < r.end);
+        Ok(lower as u64..upper as u64)
+    }
+
+    /// The table's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 

@@ -20,6 +20,8 @@ pub struct ServerProcess {
     pub child: Child,
     pub http: SocketAddr,
     pub ilp: SocketAddr,
+    /// PostgreSQL wire address, when served.
+    pub pg: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub ready_line: String,
 }
@@ -36,6 +38,7 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--http", "127.0.0.1:0", "--ilp", "127.0.0.1:0"])
+            .args(["--pg", "127.0.0.1:0"])
             .args(extra)
             .env("BASALT_LOG", "warn")
             .stdout(Stdio::piped())
@@ -64,6 +67,7 @@ impl ServerProcess {
         };
         let http = field("http").parse().expect("http address");
         let ilp = field("ilp").parse().expect("ilp address");
+        let pg = field("pg").parse().ok();
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sink = Vec::new();
@@ -73,6 +77,7 @@ impl ServerProcess {
             child,
             http,
             ilp,
+            pg,
             data_dir: data_dir.to_path_buf(),
             ready_line: line,
         }

@@ -1,0 +1,319 @@
+//! SQL over basalt tables, on primaries and replicas alike: DataFusion plans
+//! and runs queries over the column files ([`provider`]); HTTP `/exec`
+//! (QuestDB's JSON) and `/exp` (CSV, streamed) and the PostgreSQL wire
+//! protocol ([`pg`]) are its front doors.
+//!
+//! Queries run on the engine's own threads (a tokio runtime, `basalt-sql`),
+//! never on the ingest shards. Each query reads every table at one committed
+//! txn ([`provider::QuerySchema`]); a txn is never seen in part.
+//!
+//! `CREATE TABLE` (QuestDB's form) and `DROP TABLE` are basalt's own
+//! ([`ddl`]); DataFusion's DDL and DML are refused.
+
+pub mod ddl;
+pub mod format;
+pub mod pg;
+pub mod provider;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::{SQLOptions, SessionContext, SessionState};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::prelude::SessionConfig;
+
+use crate::db::Database;
+
+/// How a query failed, for a person: what, and where in the query text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SqlError {
+    pub message: String,
+    /// Character offset into the query the error points at (0 when unknown).
+    pub position: usize,
+}
+
+impl SqlError {
+    pub fn new(message: impl Into<String>, position: usize) -> SqlError {
+        SqlError {
+            message: message.into(),
+            position,
+        }
+    }
+
+    /// A DataFusion error, with the position its parser reports (`Line: l,
+    /// Column: c`) turned into a character offset of `sql`.
+    fn from_datafusion(e: DataFusionError, sql: &str) -> SqlError {
+        let e = e.find_root();
+        let message = match e {
+            DataFusionError::External(inner) => inner.to_string(),
+            other => other.to_string(),
+        };
+        let position = line_column(&message)
+            .map(|(l, c)| offset_of(sql, l, c))
+            .unwrap_or(0);
+        SqlError { message, position }
+    }
+}
+
+/// `Line: l, Column: c` in a parser message.
+fn line_column(message: &str) -> Option<(usize, usize)> {
+    let at = message.find("Line: ")?;
+    let rest = &message[at + 6..];
+    let comma = rest.find(',')?;
+    let line: usize = rest[..comma].trim().parse().ok()?;
+    let rest = rest[comma..].strip_prefix(", Column: ")?;
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    let column: usize = rest[..end].parse().ok()?;
+    Some((line, column))
+}
+
+/// The character offset of 1-based `line`, `column` in `sql`.
+fn offset_of(sql: &str, line: usize, column: usize) -> usize {
+    let mut offset = 0;
+    for (i, l) in sql.split('\n').enumerate() {
+        if i + 1 == line {
+            return offset + column.saturating_sub(1).min(l.chars().count());
+        }
+        offset += l.chars().count() + 1;
+    }
+    0
+}
+
+/// What a statement produced.
+pub enum Output {
+    /// Rows, streamed.
+    Rows(SendableRecordBatchStream),
+    /// A command's tag (`CREATE TABLE`, `DROP TABLE`, `BEGIN`...).
+    Command(&'static str),
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct SqlOptions {
+    /// Query threads (and DataFusion's target partitions).
+    pub threads: usize,
+    /// Rows per Arrow batch a scan produces.
+    pub batch_rows: usize,
+}
+
+impl Default for SqlOptions {
+    fn default() -> Self {
+        SqlOptions {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            batch_rows: 64 * 1024,
+        }
+    }
+}
+
+/// Plans and runs SQL against one data directory.
+pub struct SqlEngine {
+    data_dir: PathBuf,
+    /// For `CREATE TABLE` and `DROP TABLE`; `None` or gone on a replica.
+    db: Weak<Database>,
+    read_only: bool,
+    template: SessionState,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl SqlEngine {
+    /// An engine reading `data_dir`. `db` takes `CREATE TABLE` and `DROP
+    /// TABLE` (refused when `read_only`).
+    pub fn start(
+        data_dir: &Path,
+        db: Weak<Database>,
+        read_only: bool,
+        options: &SqlOptions,
+    ) -> std::io::Result<Arc<SqlEngine>> {
+        let threads = options.threads.max(1);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("basalt-sql")
+            .enable_all()
+            .build()?;
+        let mut config = SessionConfig::new()
+            .with_target_partitions(threads)
+            .with_batch_size(options.batch_rows.max(1))
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("basalt", "public");
+        config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+        let template = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .build();
+        Ok(Arc::new(SqlEngine {
+            data_dir: data_dir.to_path_buf(),
+            db,
+            read_only,
+            template,
+            runtime,
+        }))
+    }
+
+    /// The runtime queries run on (the PostgreSQL listener runs there too).
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        self.runtime.handle()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A session whose tables are read at one txn each: one per statement.
+    fn session(&self) -> SessionContext {
+        let catalog = MemoryCatalogProvider::new();
+        catalog
+            .register_schema(
+                "public",
+                Arc::new(provider::QuerySchema::new(&self.data_dir)),
+            )
+            .expect("a memory catalog takes any schema");
+        let state = SessionStateBuilder::new_from_existing(self.template.clone()).build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.register_catalog("basalt", Arc::new(catalog));
+        ctx
+    }
+
+    fn options() -> SQLOptions {
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(true)
+    }
+
+    /// Runs one statement. `params` binds `$1`, `$2`... placeholders.
+    /// Call it on the engine's runtime ([`SqlEngine::runtime`]).
+    pub async fn execute(
+        &self,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<Output, SqlError> {
+        if let Some(stmt) = ddl::parse(sql)? {
+            return self.run_ddl(stmt).map(Output::Command);
+        }
+        if let Some(tag) = ddl::session_command(sql) {
+            return Ok(Output::Command(tag));
+        }
+        let ctx = self.session();
+        let mut df = ctx
+            .sql_with_options(sql, Self::options())
+            .await
+            .map_err(|e| SqlError::from_datafusion(e, sql))?;
+        if let Some(p) = params {
+            df = df
+                .with_param_values(ParamValues::List(p.into_iter().map(Into::into).collect()))
+                .map_err(|e| SqlError::from_datafusion(e, sql))?;
+        }
+        let stream = df
+            .execute_stream()
+            .await
+            .map_err(|e| SqlError::from_datafusion(e, sql))?;
+        Ok(Output::Rows(stream))
+    }
+
+    /// The types of a statement's placeholders (`None` where the query
+    /// leaves one open) and the schema of its rows (empty for commands).
+    pub async fn describe(
+        &self,
+        sql: &str,
+    ) -> Result<(Vec<Option<DataType>>, SchemaRef), SqlError> {
+        let empty = || Arc::new(datafusion::arrow::datatypes::Schema::empty());
+        if ddl::parse(sql)?.is_some() || ddl::session_command(sql).is_some() {
+            return Ok((Vec::new(), empty()));
+        }
+        let ctx = self.session();
+        let plan = ctx
+            .state()
+            .create_logical_plan(sql)
+            .await
+            .map_err(|e| SqlError::from_datafusion(e, sql))?;
+        Self::options()
+            .verify_plan(&plan)
+            .map_err(|e| SqlError::from_datafusion(e, sql))?;
+        let types = plan
+            .get_parameter_types()
+            .map_err(|e| SqlError::from_datafusion(e, sql))?;
+        let mut params: Vec<(usize, Option<DataType>)> = types
+            .into_iter()
+            .filter_map(|(k, v)| k.strip_prefix('$')?.parse::<usize>().ok().map(|n| (n, v)))
+            .collect();
+        params.sort_by_key(|(n, _)| *n);
+        let count = params.last().map_or(0, |(n, _)| *n);
+        let mut out = vec![None; count];
+        for (n, t) in params {
+            out[n - 1] = t;
+        }
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        Ok((out, schema))
+    }
+
+    fn run_ddl(&self, stmt: ddl::Ddl) -> Result<&'static str, SqlError> {
+        let refuse = |what: &str| {
+            SqlError::new(
+                format!("this node is a read-only replica: run {what} on the primary"),
+                0,
+            )
+        };
+        let db = || {
+            self.db
+                .upgrade()
+                .ok_or_else(|| SqlError::new("the database is shutting down", 0))
+        };
+        match stmt {
+            ddl::Ddl::CreateTable {
+                name,
+                schema,
+                if_not_exists,
+            } => {
+                if self.read_only {
+                    return Err(refuse("CREATE TABLE"));
+                }
+                match db()?.create_table(&name, &schema) {
+                    Ok(_) => Ok("CREATE TABLE"),
+                    Err(crate::db::DbError::Table(crate::table::TableError::AlreadyExists(_)))
+                        if if_not_exists =>
+                    {
+                        Ok("CREATE TABLE")
+                    }
+                    Err(e) => Err(SqlError::new(e.to_string(), 0)),
+                }
+            }
+            ddl::Ddl::DropTable { name, if_exists } => {
+                if self.read_only {
+                    return Err(refuse("DROP TABLE"));
+                }
+                let db = db()?;
+                let stored = provider::table_names(&self.data_dir)
+                    .into_iter()
+                    .find(|t| t == &name)
+                    .or_else(|| {
+                        let mut m = provider::table_names(&self.data_dir)
+                            .into_iter()
+                            .filter(|t| t.eq_ignore_ascii_case(&name));
+                        match (m.next(), m.next()) {
+                            (Some(t), None) => Some(t),
+                            _ => None,
+                        }
+                    });
+                match stored {
+                    Some(t) => db
+                        .drop_table(&t)
+                        .map(|_| "DROP TABLE")
+                        .map_err(|e| SqlError::new(e.to_string(), 0)),
+                    None if if_exists => Ok("DROP TABLE"),
+                    None => Err(SqlError::new(
+                        format!("table does not exist [table={name}]"),
+                        0,
+                    )),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! The PostgreSQL wire protocol (v3) over the SQL engine, so psql, psycopg,
+//! Grafana's PostgreSQL source and other drivers can query basalt: simple
+//! and extended query protocols, text and binary results, `$n` parameters.
+//! No authentication (like QuestDB's defaults, bind it to loopback or a
+//! trusted network); no TLS. Transactions are accepted and mean nothing:
+//! every statement reads its own snapshot.
+
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, Schema,
+    SchemaRef, TimeUnit, TimestampMicrosecondType, UInt16Type, UInt32Type, UInt8Type,
+};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::common::ScalarValue;
+use futures_util::{Sink, StreamExt};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    DataRowEncoder, DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse,
+    Response, Tag,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
+use pgwire::messages::PgWireBackendMessage;
+use tracing::{debug, info, warn};
+
+use super::{Output, SqlEngine, SqlError};
+
+/// A statement parsed by a client's `Parse`: its text, and what `describe`
+/// found (placeholder types, result schema).
+#[derive(Clone, Debug)]
+pub struct PgStatement {
+    sql: String,
+    params: Vec<Option<DataType>>,
+    schema: SchemaRef,
+}
+
+fn user_error(e: SqlError) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_owned(),
+        // syntax_error_or_access_rule_violation: the closest generic class.
+        "42000".to_owned(),
+        e.message,
+    )))
+}
+
+/// The PostgreSQL type a result column is sent as.
+fn pg_type(dt: &DataType) -> Type {
+    match dt {
+        DataType::Boolean => Type::BOOL,
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
+        DataType::Int32 | DataType::UInt16 => Type::INT4,
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => Type::INT8,
+        DataType::Float16 | DataType::Float32 => Type::FLOAT4,
+        DataType::Float64 => Type::FLOAT8,
+        DataType::Timestamp(_, None) => Type::TIMESTAMP,
+        DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
+        DataType::Date32 | DataType::Date64 => Type::DATE,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..) => {
+            Type::VARCHAR
+        }
+        _ => Type::TEXT,
+    }
+}
+
+/// The Arrow type a parameter the client typed as `t` is bound as.
+fn param_type(t: &Type) -> Option<DataType> {
+    Some(match *t {
+        Type::BOOL => DataType::Boolean,
+        Type::INT2 => DataType::Int16,
+        Type::INT4 => DataType::Int32,
+        Type::INT8 => DataType::Int64,
+        Type::FLOAT4 => DataType::Float32,
+        Type::FLOAT8 => DataType::Float64,
+        Type::TIMESTAMP => DataType::Timestamp(TimeUnit::Microsecond, None),
+        Type::VARCHAR | Type::TEXT => DataType::Utf8,
+        _ => return None,
+    })
+}
+
+fn fields(schema: &Schema, format: &Format) -> Vec<FieldInfo> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            FieldInfo::new(
+                f.name().clone(),
+                None,
+                None,
+                pg_type(f.data_type()),
+                format.format_for(i),
+            )
+        })
+        .collect()
+}
+
+/// One column of a batch, cast to what the wire type sends.
+enum Col {
+    Plain(ArrayRef),
+    Text(ArrayRef),
+}
+
+fn encode_batch(batch: &RecordBatch, fields: &Arc<Vec<FieldInfo>>) -> PgWireResult<Vec<DataRow>> {
+    let cols: Vec<Col> = batch
+        .columns()
+        .iter()
+        .map(|a| match a.data_type() {
+            DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Dictionary(..) => cast(a, &DataType::Utf8)
+                .map(Col::Text)
+                .map_err(|e| PgWireError::ApiError(Box::new(e))),
+            DataType::Timestamp(unit, tz) if *unit != TimeUnit::Microsecond => {
+                cast(a, &DataType::Timestamp(TimeUnit::Microsecond, tz.clone()))
+                    .map(Col::Plain)
+                    .map_err(|e| PgWireError::ApiError(Box::new(e)))
+            }
+            _ => Ok(Col::Plain(a.clone())),
+        })
+        .collect::<PgWireResult<_>>()?;
+    let options = FormatOptions::default();
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    let mut encoder = DataRowEncoder::new(fields.clone());
+    for row in 0..batch.num_rows() {
+        for c in &cols {
+            match c {
+                Col::Text(a) => {
+                    let s = a.as_string::<i32>();
+                    let v = (!s.is_null(row)).then(|| s.value(row));
+                    encoder.encode_field(&v)?;
+                }
+                Col::Plain(a) => encode_value(&mut encoder, a, row, &options)?,
+            }
+        }
+        rows.push(encoder.take_row());
+    }
+    Ok(rows)
+}
+
+fn encode_value(
+    encoder: &mut DataRowEncoder,
+    a: &ArrayRef,
+    row: usize,
+    options: &FormatOptions,
+) -> PgWireResult<()> {
+    macro_rules! prim {
+        ($t:ty, $as:ty) => {{
+            let p = a.as_primitive::<$t>();
+            let v = (!p.is_null(row)).then(|| p.value(row) as $as);
+            encoder.encode_field(&v)
+        }};
+    }
+    match a.data_type() {
+        DataType::Boolean => {
+            let b = a.as_boolean();
+            encoder.encode_field(&(!b.is_null(row)).then(|| b.value(row)))
+        }
+        DataType::Int8 => prim!(Int8Type, i16),
+        DataType::Int16 => prim!(Int16Type, i16),
+        DataType::UInt8 => prim!(UInt8Type, i16),
+        DataType::Int32 => prim!(Int32Type, i32),
+        DataType::UInt16 => prim!(UInt16Type, i32),
+        DataType::Int64 => prim!(Int64Type, i64),
+        DataType::UInt32 => prim!(UInt32Type, i64),
+        DataType::Float32 => prim!(Float32Type, f32),
+        DataType::Float64 => prim!(Float64Type, f64),
+        DataType::Timestamp(TimeUnit::Microsecond, tz) => {
+            let p = a.as_primitive::<TimestampMicrosecondType>();
+            let v = (!p.is_null(row))
+                .then(|| chrono::DateTime::from_timestamp_micros(p.value(row)))
+                .flatten();
+            match tz {
+                None => encoder.encode_field(&v.map(|t| t.naive_utc())),
+                Some(_) => encoder.encode_field(&v),
+            }
+        }
+        DataType::Date32 => {
+            let p = a.as_primitive::<datafusion::arrow::datatypes::Date32Type>();
+            let v = (!p.is_null(row))
+                .then(|| {
+                    chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?
+                        .checked_add_signed(chrono::Duration::days(i64::from(p.value(row))))
+                })
+                .flatten();
+            encoder.encode_field(&v)
+        }
+        _ => {
+            let v = if a.is_null(row) {
+                None
+            } else {
+                let f = ArrayFormatter::try_new(a.as_ref(), options)
+                    .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+                Some(f.value(row).to_string())
+            };
+            encoder.encode_field(&v)
+        }
+    }
+}
+
+/// What a statement's output becomes on the wire.
+fn response(output: Output, format: &Format) -> Response {
+    match output {
+        Output::Command(tag @ "BEGIN") => Response::TransactionStart(Tag::new(tag)),
+        Output::Command(tag @ ("COMMIT" | "ROLLBACK")) => Response::TransactionEnd(Tag::new(tag)),
+        Output::Command(tag) => Response::Execution(Tag::new(tag)),
+        Output::Rows(stream) => {
+            let fields = Arc::new(fields(&stream.schema(), format));
+            let f = fields.clone();
+            let rows = stream.flat_map(move |b| {
+                let out: Vec<PgWireResult<DataRow>> = match b {
+                    Ok(batch) => match encode_batch(&batch, &f) {
+                        Ok(rows) => rows.into_iter().map(Ok).collect(),
+                        Err(e) => vec![Err(e)],
+                    },
+                    Err(e) => vec![Err(user_error(SqlError::new(e.to_string(), 0)))],
+                };
+                futures_util::stream::iter(out)
+            });
+            Response::Query(QueryResponse::new(fields, rows))
+        }
+    }
+}
+
+/// The handlers of one listener (all connections share them).
+pub struct PgHandler {
+    engine: Arc<SqlEngine>,
+    parser: Arc<PgParser>,
+}
+
+pub struct PgParser {
+    engine: Arc<SqlEngine>,
+}
+
+#[async_trait]
+impl QueryParser for PgParser {
+    type Statement = PgStatement;
+
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<PgStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let (mut params, schema) = self.engine.describe(sql).await.map_err(user_error)?;
+        // Types the client gave win over what the query leaves open.
+        for (i, t) in types.iter().enumerate() {
+            if let Some(dt) = t.as_ref().and_then(param_type) {
+                if i < params.len() && params[i].is_none() {
+                    params[i] = Some(dt);
+                }
+            }
+        }
+        Ok(Some(PgStatement {
+            sql: sql.to_string(),
+            params,
+            schema,
+        }))
+    }
+
+    fn get_parameter_types(&self, stmt: &PgStatement) -> PgWireResult<Vec<Type>> {
+        Ok(stmt
+            .params
+            .iter()
+            .map(|t| t.as_ref().map_or(Type::UNKNOWN, pg_type))
+            .collect())
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &PgStatement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(fields(
+            &stmt.schema,
+            column_format.unwrap_or(&Format::UnifiedText),
+        ))
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for PgHandler {
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // psql sends one statement per message; several separated by `;`
+        // run one by one, each at its own snapshot.
+        let mut out = Vec::new();
+        for stmt in split_statements(query) {
+            match self.engine.execute(stmt, None).await {
+                Ok(o) => out.push(response(o, &Format::UnifiedText)),
+                Err(e) => {
+                    out.push(Response::Error(Box::new(ErrorInfo::new(
+                        "ERROR".to_owned(),
+                        "42000".to_owned(),
+                        e.message,
+                    ))));
+                    break;
+                }
+            }
+        }
+        if out.is_empty() {
+            out.push(Response::EmptyQuery);
+        }
+        Ok(out)
+    }
+}
+
+/// Splits on `;` outside quotes and comments; drops empty statements.
+fn split_statements(sql: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quote, mut line_comment) = (0, None::<char>, false);
+    let mut chars = sql.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if line_comment {
+            line_comment = c != '\n';
+            continue;
+        }
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '-') if chars.peek().map(|x| x.1) == Some('-') => line_comment = true,
+            (None, ';') => {
+                out.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&sql[start..]);
+    out.into_iter().filter(|s| !s.trim().is_empty()).collect()
+}
+
+/// Decodes the `Bind` values of `portal` as the statement's parameter types.
+fn bind_params(portal: &Portal<PgStatement>) -> PgWireResult<Vec<ScalarValue>> {
+    let stmt = &portal.statement.statement;
+    let mut out = Vec::with_capacity(portal.parameter_len());
+    for i in 0..portal.parameter_len() {
+        let client_type = portal.statement.parameter_types.get(i).cloned().flatten();
+        let want = stmt.params.get(i).cloned().flatten();
+        let t = client_type
+            .filter(|t| param_type(t).is_some())
+            .or_else(|| want.as_ref().map(pg_type))
+            .unwrap_or(Type::VARCHAR);
+        let v = match t {
+            Type::BOOL => ScalarValue::Boolean(portal.parameter::<bool>(i, &t)?),
+            Type::INT2 => ScalarValue::Int16(portal.parameter::<i16>(i, &t)?),
+            Type::INT4 => ScalarValue::Int32(portal.parameter::<i32>(i, &t)?),
+            Type::INT8 => ScalarValue::Int64(portal.parameter::<i64>(i, &t)?),
+            Type::FLOAT4 => ScalarValue::Float32(portal.parameter::<f32>(i, &t)?),
+            Type::FLOAT8 => ScalarValue::Float64(portal.parameter::<f64>(i, &t)?),
+            Type::TIMESTAMP => ScalarValue::TimestampMicrosecond(
+                portal
+                    .parameter::<chrono::NaiveDateTime>(i, &t)?
+                    .map(|d| d.and_utc().timestamp_micros()),
+                None,
+            ),
+            _ => ScalarValue::Utf8(portal.parameter::<String>(i, &Type::VARCHAR)?),
+        };
+        // Cast to what the query expects where it says.
+        let v = match &want {
+            Some(dt) if v.data_type() != *dt => v
+                .cast_to(dt)
+                .map_err(|e| user_error(SqlError::new(format!("parameter ${}: {e}", i + 1), 0)))?,
+            _ => v,
+        };
+        out.push(v);
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for PgHandler {
+    type Statement = PgStatement;
+    type QueryParser = PgParser;
+
+    fn query_parser(&self) -> Arc<PgParser> {
+        self.parser.clone()
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<PgStatement>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let params = self.parser.get_parameter_types(&target.statement)?;
+        Ok(DescribeStatementResponse::new(
+            params,
+            fields(&target.statement.schema, &Format::UnifiedText),
+        ))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        target: &Portal<PgStatement>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        Ok(DescribePortalResponse::new(fields(
+            &target.statement.statement.schema,
+            &target.result_column_format,
+        )))
+    }
+
+    async fn do_query<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<PgStatement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let params = bind_params(portal)?;
+        let sql = &portal.statement.statement.sql;
+        let params = (!params.is_empty()).then_some(params);
+        let output = self.engine.execute(sql, params).await.map_err(user_error)?;
+        Ok(response(output, &portal.result_column_format))
+    }
+}
+
+impl PgWireServerHandlers for PgHandler {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::new(PgHandler {
+            engine: self.engine.clone(),
+            parser: self.parser.clone(),
+        })
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::new(PgHandler {
+            engine: self.engine.clone(),
+            parser: self.parser.clone(),
+        })
+    }
+}
+
+/// Connections served at once; more are closed at accept.
+pub const PG_CONNECTIONS_MAX: usize = 256;
+
+/// Binds `addr` and serves PostgreSQL clients on the engine's runtime until
+/// `stop` resolves. Returns the bound address.
+pub fn listen(
+    engine: Arc<SqlEngine>,
+    addr: SocketAddr,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let local = std_listener.local_addr()?;
+    let handle = engine.runtime().clone();
+    let handler = Arc::new(PgHandler {
+        engine: engine.clone(),
+        parser: Arc::new(PgParser {
+            engine: engine.clone(),
+        }),
+    });
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    handle.spawn(async move {
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "PostgreSQL listener failed to start");
+                return;
+            }
+        };
+        info!(addr = %local, "serving the PostgreSQL wire protocol");
+        let mut stop = stop;
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.changed() => return,
+            };
+            let (socket, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "PostgreSQL accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            use std::sync::atomic::Ordering;
+            if connections.fetch_add(1, Ordering::AcqRel) >= PG_CONNECTIONS_MAX {
+                connections.fetch_sub(1, Ordering::AcqRel);
+                warn!(peer = %peer, limit = PG_CONNECTIONS_MAX, "refusing PostgreSQL connection: too many open");
+                continue;
+            }
+            let _ = socket.set_nodelay(true);
+            let handler = handler.clone();
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                if let Err(e) = pgwire::tokio::process_socket(socket, None, handler).await {
+                    debug!(peer = %peer, error = %e, "PostgreSQL connection ended with an error");
+                }
+                connections.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+    });
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_statements;
+
+    #[test]
+    fn splits_outside_quotes() {
+        assert_eq!(
+            split_statements("select ';'; select 2 -- a;b\n; ;"),
+            vec!["select ';'", " select 2 -- a;b\n"]
+        );
+    }
+}
