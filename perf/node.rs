@@ -110,7 +110,35 @@ pub fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
         .position(|w| w == b"\r\n\r\n")
         .expect("response head")
         + 4;
-    serde_json::from_slice(&raw[at..]).expect("JSON body")
+    let head = String::from_utf8_lossy(&raw[..at]).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200"),
+        "GET {path}: {head}{}",
+        String::from_utf8_lossy(&raw[at..])
+    );
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(&raw[at..])
+    } else {
+        raw[at..].to_vec()
+    };
+    serde_json::from_slice(&body).expect("JSON body")
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let n = std::str::from_utf8(&b[..eol])
+            .ok()
+            .and_then(|h| usize::from_str_radix(h.trim(), 16).ok())
+            .expect("chunk size");
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+    out
 }
 
 /// User + system CPU seconds the process has used (all threads).

@@ -32,17 +32,24 @@ if grep -rnE 'todo!\(|unimplemented!\(|dbg!\(' --include='*.rs' src tests benche
   exit 1
 fi
 
-step "Python QuestDB client (PyPI questdb) and moto (S3 server) for tests/clients.rs and tests/stores.rs"
+step "Python QuestDB client (PyPI questdb), moto (S3 server) and psycopg for tests/clients.rs, tests/stores.rs and tests/sql.rs"
 command -v python3 >/dev/null || { echo "error: python3 is required for the QuestDB Python client tests" >&2; exit 1; }
 venv="$PWD/target/test-venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" || { echo "error: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'questdb>=6,<7' 'moto[server]>=5,<6'
-"$venv/bin/python" -c 'import questdb; print("questdb", questdb.__version__)'
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'questdb>=6,<7' 'moto[server]>=5,<6' 'psycopg[binary]>=3.1,<4'
+"$venv/bin/python" -c 'import questdb, psycopg; print("questdb", questdb.__version__, "psycopg", psycopg.__version__)'
 export BASALT_TEST_PYTHON="$venv/bin/python"
 export BASALT_TEST_MOTO="$venv/bin/moto_server"
 [ -x "$BASALT_TEST_MOTO" ] || { echo "error: moto_server was not installed in $venv" >&2; exit 1; }
+
+step "psql (postgresql-client) for tests/sql.rs"
+if ! command -v psql >/dev/null && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null
+fi
+command -v psql >/dev/null || { echo "error: psql is required for tests/sql.rs (apt-get install postgresql-client)" >&2; exit 1; }
+psql --version
 
 step "Azurite (npm azurite) for the Azure Blob tests in tests/stores.rs"
 command -v npm >/dev/null && command -v node >/dev/null \
@@ -53,7 +60,7 @@ fi
 export BASALT_TEST_AZURITE="$PWD/target/test-node/node_modules/.bin/azurite-blob"
 [ -x "$BASALT_TEST_AZURITE" ] || { echo "error: azurite-blob was not installed under target/test-node" >&2; exit 1; }
 
-step "cargo test (unit, storage on every I/O engine, SIGKILL crash, fault injection, server, QuestDB clients)"
+step "cargo test (unit, storage on every I/O engine, SIGKILL crash, fault injection, server, QuestDB clients, SQL over HTTP and PostgreSQL wire)"
 cargo test --locked 2>&1 | tee -a "$results"
 
 step "criterion benches run once (test mode)"

@@ -174,6 +174,10 @@ pub struct TableHandle {
     failed: std::sync::atomic::AtomicBool,
     /// Set (with `failed`) by DROP TABLE.
     dropped: std::sync::atomic::AtomicBool,
+    /// Whether the uploader follows the table (it works on the table's WAL
+    /// directory by path, so DROP TABLE waits for it to let go).
+    upload_attached: Mutex<bool>,
+    upload_changed: Condvar,
 }
 
 impl TableHandle {
@@ -209,6 +213,8 @@ impl TableHandle {
             changed: Condvar::new(),
             failed: std::sync::atomic::AtomicBool::new(false),
             dropped: std::sync::atomic::AtomicBool::new(false),
+            upload_attached: Mutex::new(false),
+            upload_changed: Condvar::new(),
         }
     }
 
@@ -366,6 +372,39 @@ impl TableHandle {
         })
     }
 
+    /// The uploader starts following the table; false (and it must not)
+    /// once the table is dropped.
+    pub fn upload_attach(&self) -> bool {
+        let mut g = self
+            .upload_attached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *g = !self.is_dropped();
+        *g
+    }
+
+    /// The uploader no longer touches the table (it was dropped).
+    pub fn upload_detach(&self) {
+        *self
+            .upload_attached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = false;
+        self.upload_changed.notify_all();
+    }
+
+    /// Waits until the uploader lets go of the table; false on timeout.
+    fn wait_upload_detached(&self, timeout: Duration) -> bool {
+        let g = self
+            .upload_attached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (g, _) = self
+            .upload_changed
+            .wait_timeout_while(g, timeout, |attached| *attached)
+            .unwrap_or_else(|p| p.into_inner());
+        !*g
+    }
+
     /// Whether DROP TABLE removed it.
     pub fn is_dropped(&self) -> bool {
         self.dropped.load(Ordering::Acquire)
@@ -480,6 +519,9 @@ pub struct Database {
     applier_tx: Option<flume::Sender<ApplyMsg>>,
     applier: Option<JoinHandle<()>>,
 }
+
+/// How long DROP TABLE waits for the uploader to let go of the table.
+const DROP_UPLOAD_WAIT: Duration = Duration::from_secs(10);
 
 static NEXT_HOME_SHARD: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
@@ -732,6 +774,14 @@ impl Database {
             {
                 let _ = wait.recv();
             }
+        }
+        // The uploader works on the WAL directory by path: it must let go
+        // before the path can be taken by a new table of the same name.
+        if !handle.wait_upload_detached(DROP_UPLOAD_WAIT) {
+            warn!(
+                table = name,
+                "the uploader did not let go of the table within {DROP_UPLOAD_WAIT:?}; dropping anyway"
+            );
         }
         let dir = handle.dir().to_path_buf();
         let grave =

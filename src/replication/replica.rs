@@ -71,6 +71,9 @@ pub struct Replica {
     /// [`Replica::checkpoint_all`].
     pub checkpoint_interval: Option<Duration>,
     last_checkpoint: BTreeMap<String, Instant>,
+    /// Set once queries may be reading the tables: local tables are no
+    /// longer opened (recovery) from then on.
+    pub serving: bool,
 }
 
 impl Replica {
@@ -88,6 +91,7 @@ impl Replica {
             tables: BTreeMap::new(),
             checkpoint_interval: None,
             last_checkpoint: BTreeMap::new(),
+            serving: false,
         })
     }
 
@@ -98,6 +102,14 @@ impl Replica {
 
     fn writer(&mut self, table: &str) -> Result<Option<&mut TableWriter>, ReplicationError> {
         if !self.tables.contains_key(table) && self.data_dir.join(table).is_dir() {
+            if self.serving {
+                // Opening runs recovery, which may cut column files that
+                // queries have mapped: only before queries are served.
+                return Err(ReplicationError::Io(format!(
+                    "local table {table} could not be opened when the replica started; fix or remove {}, then restart",
+                    self.data_dir.join(table).display()
+                )));
+            }
             // Recovery cuts the table back to its last checkpoint: the
             // replica's durable position.
             let w = TableWriter::open(&self.data_dir, table)?;
@@ -416,6 +428,15 @@ impl ReplicaRunner {
     ) -> Result<ReplicaRunner, ReplicationError> {
         let mut replica = Replica::new(store, data_dir)?;
         replica.checkpoint_interval = Some(opts.checkpoint_interval);
+        // Recovery of local tables (cutting files back to the last
+        // checkpoint) happens now, before anything serves queries: a query
+        // maps column files, and a file cut under a map would fault.
+        for name in local_tables(data_dir) {
+            if let Err(e) = replica.writer(&name) {
+                warn!(table = %name, error = %e, "cannot open a local table: it is not replicated until the replica restarts");
+            }
+        }
+        replica.serving = true;
         let status = Arc::new(ReplicaStatus::default());
         let st = status.clone();
         let thread = super::Background::spawn("basalt-replica", move |stop| {
@@ -430,6 +451,19 @@ impl ReplicaRunner {
 
     /// Stops after the sync in progress (what it applied is checkpointed).
     pub fn shutdown(self) {}
+}
+
+/// Tables in `data_dir` (directories with a `_meta`).
+fn local_tables(data_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join(crate::table::files::META_FILE).is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| crate::table::schema::validate_name("table", n).is_ok())
+        .collect()
 }
 
 fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, status: &ReplicaStatus) {

@@ -236,16 +236,22 @@ async fn run(
             stop_deadline = Some(Instant::now() + opts.shutdown_flush_max);
         }
         let handles = catalog.handles();
-        // A dropped table (gone from the catalog, or replaced by a new one
-        // of the same name) is forgotten once nothing is in flight for it.
-        tables.retain(|name, t| {
-            t.in_flight.is_some()
-                || handles
-                    .iter()
-                    .any(|h| &h.name == name && Arc::ptr_eq(h, &t.handle))
+        // A dropped table is forgotten at once, its upload in flight
+        // abandoned, before DROP TABLE removes its directory: from then on
+        // nothing here touches the path, which a new table of the same name
+        // may take.
+        tables.retain(|_, t| {
+            if !t.handle.is_dropped() {
+                return true;
+            }
+            if let Some(f) = t.in_flight.take() {
+                f.task.abort();
+            }
+            t.handle.upload_detach();
+            false
         });
         for h in handles {
-            if h.is_replicated() && !tables.contains_key(&h.name) {
+            if h.is_replicated() && !tables.contains_key(&h.name) && h.upload_attach() {
                 let t = TableUpload {
                     store_id: store.config.id(),
                     tail: WalTail::new(&h.dir().join(crate::table::files::WAL_DIR)),

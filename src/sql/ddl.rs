@@ -132,7 +132,7 @@ impl Tokens<'_> {
 /// `Some` when `sql` is a basalt statement (`CREATE`, `DROP`), parsed or
 /// with a positioned error; `None` for anything else.
 pub fn parse(sql: &str) -> Result<Option<Ddl>, SqlError> {
-    let first = sql.trim_start().split_whitespace().next().unwrap_or("");
+    let first = sql.split_whitespace().next().unwrap_or("");
     if !first.eq_ignore_ascii_case("create") && !first.eq_ignore_ascii_case("drop") {
         return Ok(None);
     }

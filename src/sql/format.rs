@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float32Array, Float64Array, Int16Array, Int32Array,
-    Int64Array, Int8Array, RecordBatch, StringArray, UInt16Array, UInt32Array, UInt64Array,
-    UInt8Array,
+    Int64Array, Int8Array, LargeStringArray, RecordBatch, StringArray, StringViewArray,
+    UInt16Array, UInt32Array, UInt64Array, UInt8Array,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Schema, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Int32Type, Schema, TimeUnit};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use super::provider::DESIGNATED_TIMESTAMP;
@@ -62,8 +62,13 @@ enum Column<'a> {
     /// Timestamp values and how many of them make a microsecond (or the
     /// other way round, when negative: seconds and milliseconds).
     Ts(&'a dyn Array, TimeUnit),
-    /// Strings (and symbols, decoded), nulls kept.
-    Str(Arc<StringArray>),
+    /// Strings, nulls kept.
+    Str(Strings<'a>),
+    /// Symbols: keys into a dictionary of strings (decoded row by row, so
+    /// a batch never converts the whole dictionary).
+    Dict(&'a Int32Array, Strings<'a>),
+    /// Other strings, converted.
+    Cast(Arc<StringArray>),
     /// Anything else, as Arrow displays it.
     Other(ArrayRef),
 }
@@ -83,15 +88,50 @@ impl<'a> Column<'a> {
             DataType::Float32 => Column::F32(a.as_primitive()),
             DataType::Float64 => Column::F64(a.as_primitive()),
             DataType::Timestamp(unit, _) => Column::Ts(a.as_ref(), *unit),
-            DataType::Utf8
-            | DataType::LargeUtf8
-            | DataType::Utf8View
-            | DataType::Dictionary(_, _) => {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                Column::Str(Strings::new(a.as_ref()).expect("a string type"))
+            }
+            DataType::Dictionary(k, _) if **k == DataType::Int32 => {
+                let d = a.as_dictionary::<Int32Type>();
+                match Strings::new(d.values().as_ref()) {
+                    Some(values) => Column::Dict(d.keys(), values),
+                    None => Column::Other(a.clone()),
+                }
+            }
+            DataType::Dictionary(_, _) => {
                 let s = cast(a, &DataType::Utf8)?;
-                Column::Str(Arc::new(s.as_string::<i32>().clone()))
+                Column::Cast(Arc::new(s.as_string::<i32>().clone()))
             }
             _ => Column::Other(a.clone()),
         })
+    }
+}
+
+/// A string array of any of Arrow's string layouts.
+#[derive(Clone, Copy)]
+pub enum Strings<'a> {
+    Utf8(&'a StringArray),
+    Large(&'a LargeStringArray),
+    View(&'a StringViewArray),
+}
+
+impl<'a> Strings<'a> {
+    pub fn new(a: &'a dyn Array) -> Option<Strings<'a>> {
+        Some(match a.data_type() {
+            DataType::Utf8 => Strings::Utf8(a.as_string::<i32>()),
+            DataType::LargeUtf8 => Strings::Large(a.as_string::<i64>()),
+            DataType::Utf8View => Strings::View(a.as_string_view()),
+            _ => return None,
+        })
+    }
+
+    /// Row `i`, `None` when null (or out of range).
+    pub fn get(&self, i: usize) -> Option<&'a str> {
+        match self {
+            Strings::Utf8(a) => (i < a.len() && !a.is_null(i)).then(|| a.value(i)),
+            Strings::Large(a) => (i < a.len() && !a.is_null(i)).then(|| a.value(i)),
+            Strings::View(a) => (i < a.len() && !a.is_null(i)).then(|| a.value(i)),
+        }
     }
 }
 
@@ -156,9 +196,14 @@ fn write_null(out: &mut Vec<u8>, style: Style) {
 }
 
 fn write_float(out: &mut Vec<u8>, v: f64, style: Style) {
-    // Display gives the shortest text that reads back as `v`.
+    // Display gives the shortest text that reads back as `v`; a whole
+    // number keeps its `.0`, so a DOUBLE never reads as an integer.
     if v.is_finite() {
+        let start = out.len();
         let _ = write!(out, "{v}");
+        if !out[start..].iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+            out.extend_from_slice(b".0");
+        }
     } else {
         write_null(out, style);
     }
@@ -198,7 +243,11 @@ impl Column<'_> {
                     // f32's own shortest form, so 0.1f32 reads 0.1.
                     let v = a.value(row);
                     if v.is_finite() {
+                        let start = out.len();
                         let _ = write!(out, "{v}");
+                        if !out[start..].iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+                            out.extend_from_slice(b".0");
+                        }
                     } else {
                         write_null(out, style);
                     }
@@ -238,7 +287,20 @@ impl Column<'_> {
                     out.push(b'"');
                 }
             }
-            Column::Str(a) => {
+            Column::Str(a) => match a.get(row) {
+                Some(v) => write_str(out, v, style),
+                None => write_null(out, style),
+            },
+            Column::Dict(keys, values) => {
+                match (!keys.is_null(row))
+                    .then(|| values.get(keys.value(row) as usize))
+                    .flatten()
+                {
+                    Some(v) => write_str(out, v, style),
+                    None => write_null(out, style),
+                }
+            }
+            Column::Cast(a) => {
                 if a.is_null(row) {
                     write_null(out, style)
                 } else {

@@ -14,6 +14,7 @@ pub mod ddl;
 pub mod format;
 pub mod pg;
 pub mod provider;
+pub mod questdb;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -28,6 +29,15 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionConfig;
 
 use crate::db::Database;
+
+/// Stack of each query thread.
+const SQL_THREAD_STACK_BYTES: usize = 64 << 20;
+/// Longest statement accepted (bytes of SQL text).
+pub const QUERY_BYTES_MAX: usize = 1 << 20;
+/// Most binary operators (`+`, `=`, `AND`...) in a statement.
+pub const OPERATORS_MAX: usize = 2_000;
+/// Most `$n` placeholders in a statement (PostgreSQL's own limit).
+pub const PARAMS_MAX: usize = 65_535;
 
 /// How a query failed, for a person: what, and where in the query text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,16 +59,49 @@ impl SqlError {
     /// A DataFusion error, with the position its parser reports (`Line: l,
     /// Column: c`) turned into a character offset of `sql`.
     fn from_datafusion(e: DataFusionError, sql: &str) -> SqlError {
+        use datafusion::sql::sqlparser::parser::ParserError;
         let e = e.find_root();
         let message = match e {
             DataFusionError::External(inner) => inner.to_string(),
+            DataFusionError::SQL(p, _) => match p.as_ref() {
+                ParserError::ParserError(m) | ParserError::TokenizerError(m) => m.clone(),
+                ParserError::RecursionLimitExceeded => {
+                    "the query nests too deeply (recursion limit exceeded)".into()
+                }
+            },
+            DataFusionError::Plan(m) => m.clone(),
             other => other.to_string(),
         };
+        // Names as the user wrote them, not fully qualified.
+        let message = message.replace("basalt.public.", "");
         let position = line_column(&message)
             .map(|(l, c)| offset_of(sql, l, c))
+            .or_else(|| quoted_name_at(&message, sql))
             .unwrap_or(0);
         SqlError { message, position }
     }
+}
+
+/// Where the first name quoted in `message` (`'x'`, or after `field named
+/// `) appears in `sql`, ignoring ASCII case: what "table 'x' not found" and
+/// "No field named x" point at.
+fn quoted_name_at(message: &str, sql: &str) -> Option<usize> {
+    let name = if let Some(rest) = message.split_once("field named ").map(|(_, r)| r) {
+        rest.split(|c: char| c == '.' || c.is_whitespace())
+            .next()?
+            .trim_matches('"')
+            .to_string()
+    } else {
+        let start = message.find('\'')? + 1;
+        let len = message[start..].find('\'')?;
+        message[start..start + len].to_string()
+    };
+    let name = name.rsplit('.').next()?.to_ascii_lowercase();
+    if name.is_empty() {
+        return None;
+    }
+    let byte = sql.to_ascii_lowercase().find(&name)?;
+    Some(sql[..byte].chars().count())
 }
 
 /// `Line: l, Column: c` in a parser message.
@@ -102,6 +145,8 @@ pub struct SqlOptions {
     pub threads: usize,
     /// Rows per Arrow batch a scan produces.
     pub batch_rows: usize,
+    /// Memory all running queries may hold together (sorts, hash tables).
+    pub memory_bytes_max: usize,
 }
 
 impl Default for SqlOptions {
@@ -109,7 +154,73 @@ impl Default for SqlOptions {
         SqlOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             batch_rows: 64 * 1024,
+            memory_bytes_max: physical_memory_bytes() / 4,
         }
+    }
+}
+
+fn check_size(sql: &str) -> Result<(), SqlError> {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    if sql.len() > QUERY_BYTES_MAX {
+        return Err(SqlError::new(
+            format!(
+                "the query is {} bytes, more than the limit of {QUERY_BYTES_MAX}",
+                sql.len()
+            ),
+            0,
+        ));
+    }
+    // A chain of binary operators parses (in a loop) into a tree as deep as
+    // it is long, which later stages walk and drop recursively: past some
+    // depth that overflows a thread's stack and aborts the process.
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        return Ok(()); // the parser reports it, with its position
+    };
+    let operators = tokens
+        .iter()
+        .filter(|t| match t {
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::StringConcat
+            | Token::Eq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq => true,
+            Token::Word(w) => {
+                w.quote_style.is_none()
+                    && (w.value.eq_ignore_ascii_case("and") || w.value.eq_ignore_ascii_case("or"))
+            }
+            _ => false,
+        })
+        .count();
+    if operators > OPERATORS_MAX {
+        return Err(SqlError::new(
+            format!("the query has {operators} operators, more than the limit of {OPERATORS_MAX}"),
+            0,
+        ));
+    }
+    Ok(())
+}
+
+/// This machine's RAM (1 GiB when it cannot be read).
+fn physical_memory_bytes() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages > 0 && page > 0 {
+        (pages as usize).saturating_mul(page as usize)
+    } else {
+        1 << 30
     }
 }
 
@@ -136,6 +247,10 @@ impl SqlEngine {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("basalt-sql")
+            // Planning walks expression trees recursively; DataFusion's
+            // recursion protection grows the stack on demand, this is the
+            // headroom it starts from.
+            .thread_stack_size(SQL_THREAD_STACK_BYTES)
             .enable_all()
             .build()?;
         let mut config = SessionConfig::new()
@@ -144,8 +259,15 @@ impl SqlEngine {
             .with_information_schema(true)
             .with_default_catalog_and_schema("basalt", "public");
         config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+        // A query that needs more memory than this fails with "resources
+        // exhausted" instead of taking the node (and its ingestion) down.
+        let memory = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_limit(options.memory_bytes_max, 1.0)
+            .build_arc()
+            .map_err(std::io::Error::other)?;
         let template = SessionStateBuilder::new()
             .with_config(config)
+            .with_runtime_env(memory)
             .with_default_features()
             .build();
         Ok(Arc::new(SqlEngine {
@@ -195,26 +317,36 @@ impl SqlEngine {
         sql: &str,
         params: Option<Vec<ScalarValue>>,
     ) -> Result<Output, SqlError> {
+        check_size(sql)?;
         if let Some(stmt) = ddl::parse(sql)? {
-            return self.run_ddl(stmt).map(Output::Command);
+            // File creation, fsyncs and waits on the shards: off the
+            // runtime's async path.
+            return tokio::task::block_in_place(|| self.run_ddl(stmt)).map(Output::Command);
         }
         if let Some(tag) = ddl::session_command(sql) {
             return Ok(Output::Command(tag));
         }
+        let rewritten = questdb::rewrite(sql, &self.data_dir)?;
+        let sql = rewritten.as_deref().unwrap_or(sql);
+        let located = |e: DataFusionError| {
+            let mut e = SqlError::from_datafusion(e, sql);
+            if rewritten.is_some() {
+                // Positions in the rewritten text mean nothing to the user.
+                e.position = 0;
+            }
+            e
+        };
         let ctx = self.session();
         let mut df = ctx
             .sql_with_options(sql, Self::options())
             .await
-            .map_err(|e| SqlError::from_datafusion(e, sql))?;
+            .map_err(located)?;
         if let Some(p) = params {
             df = df
                 .with_param_values(ParamValues::List(p.into_iter().map(Into::into).collect()))
-                .map_err(|e| SqlError::from_datafusion(e, sql))?;
+                .map_err(located)?;
         }
-        let stream = df
-            .execute_stream()
-            .await
-            .map_err(|e| SqlError::from_datafusion(e, sql))?;
+        let stream = df.execute_stream().await.map_err(located)?;
         Ok(Output::Rows(stream))
     }
 
@@ -224,10 +356,13 @@ impl SqlEngine {
         &self,
         sql: &str,
     ) -> Result<(Vec<Option<DataType>>, SchemaRef), SqlError> {
+        check_size(sql)?;
         let empty = || Arc::new(datafusion::arrow::datatypes::Schema::empty());
         if ddl::parse(sql)?.is_some() || ddl::session_command(sql).is_some() {
             return Ok((Vec::new(), empty()));
         }
+        let rewritten = questdb::rewrite(sql, &self.data_dir)?;
+        let sql = rewritten.as_deref().unwrap_or(sql);
         let ctx = self.session();
         let plan = ctx
             .state()
@@ -246,6 +381,12 @@ impl SqlEngine {
             .collect();
         params.sort_by_key(|(n, _)| *n);
         let count = params.last().map_or(0, |(n, _)| *n);
+        if count > PARAMS_MAX {
+            return Err(SqlError::new(
+                format!("placeholder ${count} is past the limit of {PARAMS_MAX} parameters"),
+                0,
+            ));
+        }
         let mut out = vec![None; count];
         for (n, t) in params {
             out[n - 1] = t;
@@ -315,5 +456,32 @@ impl SqlEngine {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_positions_are_character_offsets() {
+        assert_eq!(
+            line_column("Expected: end of statement, found: cpu at Line: 2, Column: 6"),
+            Some((2, 6))
+        );
+        assert_eq!(offset_of("select *\nfrm cpu", 2, 5), 13);
+        assert_eq!(offset_of("sélect x", 1, 8), 7);
+        assert_eq!(
+            quoted_name_at("table 'nope' not found", "select * from NOPE"),
+            Some(14)
+        );
+        assert_eq!(
+            quoted_name_at(
+                "No field named usage_x. Valid fields are cpu.host.",
+                "select usage_x from cpu"
+            ),
+            Some(7)
+        );
+        assert_eq!(quoted_name_at("no quotes here", "select 1"), None);
     }
 }

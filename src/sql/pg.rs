@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
-    DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, Schema,
-    SchemaRef, TimeUnit, TimestampMicrosecondType, UInt16Type, UInt32Type, UInt8Type,
+    DataType, Float16Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
+    Schema, SchemaRef, TimeUnit, TimestampMicrosecondType, UInt16Type, UInt32Type, UInt64Type,
+    UInt8Type,
 };
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::ScalarValue;
@@ -33,6 +34,7 @@ use pgwire::messages::data::DataRow;
 use pgwire::messages::PgWireBackendMessage;
 use tracing::{debug, info, warn};
 
+use super::format::Strings;
 use super::{Output, SqlEngine, SqlError};
 
 /// A statement parsed by a client's `Parse`: its text, and what `describe`
@@ -64,7 +66,7 @@ fn pg_type(dt: &DataType) -> Type {
         DataType::Float64 => Type::FLOAT8,
         DataType::Timestamp(_, None) => Type::TIMESTAMP,
         DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
-        DataType::Date32 | DataType::Date64 => Type::DATE,
+        DataType::Date32 => Type::DATE,
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..) => {
             Type::VARCHAR
         }
@@ -104,10 +106,12 @@ fn fields(schema: &Schema, format: &Format) -> Vec<FieldInfo> {
         .collect()
 }
 
-/// One column of a batch, cast to what the wire type sends.
-enum Col {
+/// One column of a batch, as the wire type sends it.
+enum Col<'a> {
     Plain(ArrayRef),
-    Text(ArrayRef),
+    Text(Strings<'a>),
+    /// Symbols: keys into a dictionary, decoded row by row.
+    Dict(&'a datafusion::arrow::array::Int32Array, Strings<'a>),
 }
 
 fn encode_batch(batch: &RecordBatch, fields: &Arc<Vec<FieldInfo>>) -> PgWireResult<Vec<DataRow>> {
@@ -115,11 +119,20 @@ fn encode_batch(batch: &RecordBatch, fields: &Arc<Vec<FieldInfo>>) -> PgWireResu
         .columns()
         .iter()
         .map(|a| match a.data_type() {
-            DataType::Utf8
-            | DataType::LargeUtf8
-            | DataType::Utf8View
-            | DataType::Dictionary(..) => cast(a, &DataType::Utf8)
-                .map(Col::Text)
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                Ok(Col::Text(Strings::new(a.as_ref()).expect("a string type")))
+            }
+            DataType::Dictionary(k, _) if **k == DataType::Int32 => {
+                let d = a.as_dictionary::<Int32Type>();
+                match Strings::new(d.values().as_ref()) {
+                    Some(v) => Ok(Col::Dict(d.keys(), v)),
+                    None => cast(a, &DataType::Utf8)
+                        .map(Col::Plain)
+                        .map_err(|e| PgWireError::ApiError(Box::new(e))),
+                }
+            }
+            DataType::Dictionary(..) => cast(a, &DataType::Utf8)
+                .map(Col::Plain)
                 .map_err(|e| PgWireError::ApiError(Box::new(e))),
             DataType::Timestamp(unit, tz) if *unit != TimeUnit::Microsecond => {
                 cast(a, &DataType::Timestamp(TimeUnit::Microsecond, tz.clone()))
@@ -133,14 +146,17 @@ fn encode_batch(batch: &RecordBatch, fields: &Arc<Vec<FieldInfo>>) -> PgWireResu
     let mut rows = Vec::with_capacity(batch.num_rows());
     let mut encoder = DataRowEncoder::new(fields.clone());
     for row in 0..batch.num_rows() {
-        for c in &cols {
+        for (c, field) in cols.iter().zip(fields.iter()) {
+            let text = field.format() == pgwire::api::results::FieldFormat::Text;
             match c {
-                Col::Text(a) => {
-                    let s = a.as_string::<i32>();
-                    let v = (!s.is_null(row)).then(|| s.value(row));
+                Col::Text(a) => encoder.encode_field(&a.get(row))?,
+                Col::Dict(keys, values) => {
+                    let v = (!keys.is_null(row))
+                        .then(|| values.get(keys.value(row) as usize))
+                        .flatten();
                     encoder.encode_field(&v)?;
                 }
-                Col::Plain(a) => encode_value(&mut encoder, a, row, &options)?,
+                Col::Plain(a) => encode_value(&mut encoder, a, row, &options, text)?,
             }
         }
         rows.push(encoder.take_row());
@@ -153,6 +169,7 @@ fn encode_value(
     a: &ArrayRef,
     row: usize,
     options: &FormatOptions,
+    text: bool,
 ) -> PgWireResult<()> {
     macro_rules! prim {
         ($t:ty, $as:ty) => {{
@@ -173,6 +190,36 @@ fn encode_value(
         DataType::UInt16 => prim!(UInt16Type, i32),
         DataType::Int64 => prim!(Int64Type, i64),
         DataType::UInt32 => prim!(UInt32Type, i64),
+        DataType::UInt64 => {
+            let p = a.as_primitive::<UInt64Type>();
+            // Declared int8: a value past i64::MAX cannot be sent as one.
+            let v = (!p.is_null(row))
+                .then(|| i64::try_from(p.value(row)).ok())
+                .flatten();
+            encoder.encode_field(&v)
+        }
+        DataType::Float16 => {
+            let p = a.as_primitive::<Float16Type>();
+            encoder.encode_field(&(!p.is_null(row)).then(|| p.value(row).to_f32()))
+        }
+        DataType::Utf8 => {
+            let s = a.as_string::<i32>();
+            encoder.encode_field(&(!s.is_null(row)).then(|| s.value(row)))
+        }
+        // PostgreSQL's text for infinities is `Infinity`, which drivers
+        // (JDBC among them) parse; pgwire would write Rust's `inf`.
+        DataType::Float32 | DataType::Float64 if text && !a.is_null(row) => {
+            let v = match a.data_type() {
+                DataType::Float32 => f64::from(a.as_primitive::<Float32Type>().value(row)),
+                _ => a.as_primitive::<Float64Type>().value(row),
+            };
+            match v {
+                f64::INFINITY => encoder.encode_field(&"Infinity"),
+                f64::NEG_INFINITY => encoder.encode_field(&"-Infinity"),
+                _ if a.data_type() == &DataType::Float32 => prim!(Float32Type, f32),
+                _ => prim!(Float64Type, f64),
+            }
+        }
         DataType::Float32 => prim!(Float32Type, f32),
         DataType::Float64 => prim!(Float64Type, f64),
         DataType::Timestamp(TimeUnit::Microsecond, tz) => {
@@ -447,6 +494,24 @@ impl ExtendedQueryHandler for PgHandler {
         let sql = &portal.statement.statement.sql;
         let params = (!params.is_empty()).then_some(params);
         let output = self.engine.execute(sql, params).await.map_err(user_error)?;
+        if let Output::Rows(stream) = &output {
+            // The client was told the columns at Parse; a column added since
+            // (by ingestion) would not match them.
+            let described = &portal.statement.statement.schema;
+            let now = stream.schema();
+            let same = described.fields().len() == now.fields().len()
+                && described
+                    .fields()
+                    .iter()
+                    .zip(now.fields())
+                    .all(|(a, b)| pg_type(a.data_type()) == pg_type(b.data_type()));
+            if !same {
+                return Err(user_error(SqlError::new(
+                    "cached plan must not change result type (the table's columns changed since the statement was prepared; prepare it again)",
+                    0,
+                )));
+            }
+        }
         Ok(response(output, &portal.result_column_format))
     }
 }

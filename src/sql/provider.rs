@@ -291,7 +291,7 @@ impl TableProvider for BasaltTable {
             schema,
             range,
             limit,
-            usize::from(config.execution.target_partitions),
+            config.execution.target_partitions,
             usize::from(config.execution.batch_size),
         )?;
         Ok(Arc::new(exec))

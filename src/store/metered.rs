@@ -102,7 +102,11 @@ impl Metered {
     }
 
     fn error<T>(&self, path: Option<&Path>, r: Result<T>) -> Result<T> {
-        if r.is_err() {
+        // "Not found" is an answer, not a failure: a replica asks for the
+        // next segment before it exists on every poll.
+        if r.as_ref()
+            .is_err_and(|e| !matches!(e, object_store::Error::NotFound { .. }))
+        {
             self.stats.count(path, |c| {
                 c.errors.fetch_add(1, Ordering::Relaxed);
             });

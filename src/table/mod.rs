@@ -53,6 +53,8 @@ pub enum TableError {
     NoSuchColumn(String),
     #[error("txn {txn} is not after the table's committed txn {committed}")]
     TxnOrder { txn: u64, committed: u64 },
+    #[error("the scan would map {maps} files, more than the limit of {max}: narrow the time range or select fewer columns")]
+    TooManyFiles { maps: usize, max: usize },
     #[error(transparent)]
     Batch(#[from] crate::batch::BatchError),
 }

@@ -17,6 +17,11 @@ use super::schema::{validate_name, ColumnType, Schema};
 use super::state::{self, PartitionState, TableState};
 use super::TableError;
 
+/// Files one snapshot may map. Each map is a kernel mapping, and a process
+/// has about 65k (`vm.max_map_count`); a scan must not use them up for
+/// everything else (the allocator, the WAL, segments).
+pub const SNAPSHOT_MAPS_MAX: usize = 16_384;
+
 /// How often a scan restarts when a partition version vanishes under it.
 const SCAN_RETRIES_MAX: usize = 16;
 
@@ -331,11 +336,26 @@ impl TableReader {
             });
         }
         let mut partitions = Vec::new();
+        let mut maps = 0;
         for p in &state.partitions {
             if let (Some(r), Some(_)) = (&ts_range, self.schema.timestamp) {
                 if p.max_ts < r.start || p.min_ts >= r.end {
                     continue;
                 }
+            }
+            maps += columns
+                .iter()
+                .filter(|&&i| i < p.columns as usize)
+                .map(|&i| match self.schema.columns[i].ty {
+                    ColumnType::Varchar => 3,
+                    _ => 2,
+                })
+                .sum::<usize>();
+            if maps > SNAPSHOT_MAPS_MAX {
+                return Err(TableError::TooManyFiles {
+                    maps,
+                    max: SNAPSHOT_MAPS_MAX,
+                });
             }
             let dir_name =
                 files::partition_dir(&self.schema.partition_by.partition_name(p.floor), p.version);
