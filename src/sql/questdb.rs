@@ -123,12 +123,12 @@ pub fn rewrite(sql: &str, data_dir: &Path) -> Result<Option<String>, SqlError> {
     let order = query
         .order_by
         .as_ref()
-        .map(|o| format!(" {o}"))
+        .map(|o| format!(" {}", o.to_string().trim_start()))
         .unwrap_or_default();
     let limit = query
         .limit_clause
         .as_ref()
-        .map(|l| format!(" {l}"))
+        .map(|l| format!(" {}", l.to_string().trim_start()))
         .unwrap_or_default();
     let items: Vec<String> = select.projection.iter().map(|i| i.to_string()).collect();
     match clause {
@@ -434,7 +434,7 @@ mod tests {
         );
         let e = rewrite("SELECT ts, avg(v) FROM cpu SAMPLE BY 1M", dir.path()).unwrap_err();
         assert!(e.message.contains("months"), "{e:?}");
-        assert_eq!(e.position, 38);
+        assert_eq!(e.position, 37);
         let e = rewrite(
             "SELECT ts, avg(v) FROM cpu SAMPLE BY 1h FILL(NULL)",
             dir.path(),
