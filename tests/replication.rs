@@ -56,26 +56,6 @@ fn primary(dir: &Path, store: Option<&str>, extra: &[&str]) -> ServerProcess {
     ServerProcess::start(dir, &args)
 }
 
-fn replica(dir: &Path, store: &str) -> ServerProcess {
-    ServerProcess::start(
-        dir,
-        &[
-            "--role",
-            "replica",
-            "--object-store",
-            store,
-            "--replica-poll-ms",
-            "20",
-        ],
-    )
-}
-
-fn status(s: &ServerProcess) -> serde_json::Value {
-    let r = http(s.http, "GET", "/status", &[], b"");
-    assert_eq!(r.status, 200);
-    r.json()
-}
-
 fn txn_of(v: &serde_json::Value, key: &str) -> u64 {
     v["tables"]["cpu"][key].as_u64().unwrap_or(0)
 }
@@ -84,7 +64,7 @@ fn txn_of(v: &serde_json::Value, key: &str) -> u64 {
 fn wait_replicated(p: &ServerProcess, r: &ServerProcess) -> u64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let (ps, rs) = (status(p), status(r));
+        let (ps, rs) = (p.status(), r.status());
         let committed = txn_of(&ps, "committed_txn");
         let uploaded = txn_of(&ps, "uploaded_txn");
         let applied = txn_of(&rs, "applied_txn");
@@ -179,7 +159,7 @@ fn end_to_end(store: Option<&str>, primary_args: &[&str]) {
     let conn = store.map_or(default_store.clone(), str::to_string);
     let p = primary(&pdir, store, primary_args);
     assert!(p.ready_line.contains("role=primary"), "{}", p.ready_line);
-    let r = replica(&rdir, &conn);
+    let r = ServerProcess::start_replica(&rdir, &conn);
     for b in 0..10 {
         let resp = http(p.http, "POST", "/write", &[], &batch_body(b));
         assert_eq!(resp.status, 204, "{}", String::from_utf8_lossy(&resp.body));
@@ -231,7 +211,7 @@ fn end_to_end(store: Option<&str>, primary_args: &[&str]) {
         rm.contains("basalt_replication_lag_seconds{table=\"cpu\"}"),
         "{rm}"
     );
-    let rs = status(&r);
+    let rs = r.status();
     assert_eq!(rs["role"], "replica");
     assert!(
         !rs["store"].as_str().unwrap().contains("Eby8vdM02xNOcqFl"),
@@ -302,7 +282,7 @@ fn kill9_of_primary_and_replica_during_replication_loses_and_duplicates_nothing(
     // Small, frequent segments: the kills land between and during uploads.
     let up = ["--segment-age-ms", "20", "--segment-bytes-max", "65536"];
     let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let mut r = Some(replica(&rdir, &conn));
+    let mut r = Some(ServerProcess::start_replica(&rdir, &conn));
     for cycle in 0..3u64 {
         let p = primary(&pdir, Some(&conn), &up);
         let stop = Arc::new(AtomicBool::new(false));
@@ -331,7 +311,7 @@ fn kill9_of_primary_and_replica_during_replication_loses_and_duplicates_nothing(
         if cycle < 2 {
             // The replica dies too, mid-apply, and comes back.
             r.take().unwrap().kill9();
-            r = Some(replica(&rdir, &conn));
+            r = Some(ServerProcess::start_replica(&rdir, &conn));
         }
         p.kill9();
         stop.store(true, Ordering::Relaxed);
@@ -390,7 +370,7 @@ fn a_second_primary_on_the_same_store_is_refused() {
         );
     }
     eventually(Duration::from_secs(30), || {
-        (txn_of(&status(&a), "uploaded_txn") == 3).then_some(())
+        (txn_of(&a.status(), "uploaded_txn") == 3).then_some(())
     });
     assert!(a.terminate().success());
     let before = assert_chain(&conn, 3);
@@ -406,7 +386,7 @@ fn a_second_primary_on_the_same_store_is_refused() {
         );
     }
     eventually(Duration::from_secs(30), || {
-        (txn_of(&status(&b), "uploaded_txn") == 5).then_some(())
+        (txn_of(&b.status(), "uploaded_txn") == 5).then_some(())
     });
     assert!(b.terminate().success());
     // A fresh c, and b, each pointed at a's store.
@@ -417,7 +397,7 @@ fn a_second_primary_on_the_same_store_is_refused() {
             204
         );
         let stopped = eventually(Duration::from_secs(30), || {
-            status(&n)["tables"]["cpu"]["stopped"]
+            n.status()["tables"]["cpu"]["stopped"]
                 .as_str()
                 .map(str::to_string)
         });
@@ -458,7 +438,7 @@ fn two_primaries_at_once_never_fork_the_history() {
             204
         );
     }
-    let stopped = |s: &ServerProcess| status(s)["tables"]["cpu"]["stopped"].is_string();
+    let stopped = |s: &ServerProcess| s.status()["tables"]["cpu"]["stopped"].is_string();
     let (winner, wdir, loser) = eventually(Duration::from_secs(30), || {
         let (sa, sb) = (stopped(&a), stopped(&b));
         match (sa, sb) {
@@ -469,7 +449,7 @@ fn two_primaries_at_once_never_fork_the_history() {
         }
     });
     let last = eventually(Duration::from_secs(30), || {
-        let s = status(winner);
+        let s = winner.status();
         let c = txn_of(&s, "committed_txn");
         (txn_of(&s, "uploaded_txn") == c).then_some(c)
     });
@@ -477,9 +457,9 @@ fn two_primaries_at_once_never_fork_the_history() {
     assert!(!stopped(winner) && stopped(loser));
     assert_chain(&conn, last);
     let rdir = dir.path().join("replica");
-    let r = replica(&rdir, &conn);
+    let r = ServerProcess::start_replica(&rdir, &conn);
     eventually(Duration::from_secs(30), || {
-        (txn_of(&status(&r), "applied_txn") == last).then_some(())
+        (txn_of(&r.status(), "applied_txn") == last).then_some(())
     });
     assert!(r.terminate().success());
     assert_same_tables(wdir, &rdir);
@@ -501,7 +481,7 @@ fn a_replica_refuses_a_corrupt_object_and_says_which() {
         );
         // One segment per txn: wait for each upload.
         eventually(Duration::from_secs(30), || {
-            (txn_of(&status(&p), "uploaded_txn") == b + 1).then_some(())
+            (txn_of(&p.status(), "uploaded_txn") == b + 1).then_some(())
         });
     }
     assert!(p.terminate().success());
@@ -513,9 +493,9 @@ fn a_replica_refuses_a_corrupt_object_and_says_which() {
     bad[n - 100] ^= 0x40;
     std::fs::write(&last, &bad).unwrap();
 
-    let r = replica(&dir.path().join("r"), &conn);
+    let r = ServerProcess::start_replica(&dir.path().join("r"), &conn);
     let err = eventually(Duration::from_secs(30), || {
-        let s = status(&r);
+        let s = r.status();
         s["tables"]["cpu"]["last_error"]
             .as_str()
             .map(str::to_string)
@@ -533,9 +513,9 @@ fn a_replica_refuses_a_corrupt_object_and_says_which() {
     // Repaired (by an operator restoring the object): the replica goes on.
     std::fs::write(&last, &good).unwrap();
     eventually(Duration::from_secs(30), || {
-        (txn_of(&status(&r), "applied_txn") == 4).then_some(())
+        (txn_of(&r.status(), "applied_txn") == 4).then_some(())
     });
-    assert!(status(&r)["tables"]["cpu"]["last_error"].is_null());
+    assert!(r.status()["tables"]["cpu"]["last_error"].is_null());
     assert!(r.terminate().success());
 }
 
@@ -559,7 +539,7 @@ fn replication_turned_on_late_refuses_to_ship_a_partial_history() {
     for _ in 0..2 {
         let p = primary(&pdir, Some(&conn), &[]);
         let stopped = eventually(Duration::from_secs(30), || {
-            status(&p)["tables"]["cpu"]["stopped"]
+            p.status()["tables"]["cpu"]["stopped"]
                 .as_str()
                 .map(str::to_string)
         });

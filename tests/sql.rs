@@ -242,32 +242,12 @@ fn scan_line(plan: &str) -> &str {
     plan[at..].lines().next().expect("a line")
 }
 
-fn status(s: &ServerProcess) -> Value {
-    let r = http(s.http, "GET", "/status", &[], b"");
-    assert_eq!(r.status, 200);
-    r.json()
-}
-
-fn replica(dir: &Path, store: &str) -> ServerProcess {
-    ServerProcess::start(
-        dir,
-        &[
-            "--role",
-            "replica",
-            "--object-store",
-            store,
-            "--replica-poll-ms",
-            "20",
-        ],
-    )
-}
-
 /// Waits until the replica applied everything the primary committed to
 /// each of `tables`.
 fn wait_replicated(p: &ServerProcess, r: &ServerProcess, tables: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (ps, rs) = (status(p), status(r));
+        let (ps, rs) = (p.status(), r.status());
         let done = tables.iter().all(|t| {
             let committed = ps["tables"][t]["committed_txn"].as_u64().unwrap_or(0);
             committed > 0
@@ -912,7 +892,7 @@ fn primary_and_replica_return_the_same_results() {
     let (pdir, rdir) = (dir.path().join("primary"), dir.path().join("replica"));
     let store = format!("fs::root={};", pdir.join("_replication").display());
     let p = ServerProcess::start(&pdir, &["--checkpoint-interval-ms", "200"]);
-    let r = replica(&rdir, &store);
+    let r = ServerProcess::start_replica(&rdir, &store);
     assert!(r.ready_line.contains("role=replica"), "{}", r.ready_line);
     let (pp, rp) = (pg_port(&p), pg_port(&r));
 

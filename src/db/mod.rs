@@ -520,6 +520,15 @@ pub struct Database {
     applier: Option<JoinHandle<()>>,
 }
 
+/// Sends the message `make` builds around a reply channel and waits for the
+/// reply (none when the receiver is gone: it has nothing left to do).
+fn barrier<M>(to: &flume::Sender<M>, make: impl FnOnce(flume::Sender<()>) -> M) {
+    let (done, wait) = flume::bounded(1);
+    if to.send(make(done)).is_ok() {
+        let _ = wait.recv();
+    }
+}
+
 /// How long DROP TABLE waits for the uploader to let go of the table.
 const DROP_UPLOAD_WAIT: Duration = Duration::from_secs(10);
 
@@ -750,30 +759,19 @@ impl Database {
             h.set_failed("the table was dropped".into());
             h
         };
-        // Every shard writes what it holds for the table, then closes its WAL.
+        // Every shard writes what it holds for the table, then closes its
+        // WAL; then the applier drops its writer.
         for shard in &self.shards {
-            let (done, wait) = flume::bounded(1);
-            if shard
-                .send(ShardMsg::Forget {
-                    table: handle.clone(),
-                    done,
-                })
-                .is_ok()
-            {
-                let _ = wait.recv();
-            }
+            barrier(shard, |done| ShardMsg::Forget {
+                table: handle.clone(),
+                done,
+            });
         }
         if let Some(applier) = &self.applier_tx {
-            let (done, wait) = flume::bounded(1);
-            if applier
-                .send(ApplyMsg::DropTable {
-                    table: handle.clone(),
-                    done,
-                })
-                .is_ok()
-            {
-                let _ = wait.recv();
-            }
+            barrier(applier, |done| ApplyMsg::DropTable {
+                table: handle.clone(),
+                done,
+            });
         }
         // The uploader works on the WAL directory by path: it must let go
         // before the path can be taken by a new table of the same name.

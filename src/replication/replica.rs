@@ -431,7 +431,7 @@ impl ReplicaRunner {
         // Recovery of local tables (cutting files back to the last
         // checkpoint) happens now, before anything serves queries: a query
         // maps column files, and a file cut under a map would fault.
-        for name in local_tables(data_dir) {
+        for name in crate::table::table_names(data_dir) {
             if let Err(e) = replica.writer(&name) {
                 warn!(table = %name, error = %e, "cannot open a local table: it is not replicated until the replica restarts");
             }
@@ -451,19 +451,6 @@ impl ReplicaRunner {
 
     /// Stops after the sync in progress (what it applied is checkpointed).
     pub fn shutdown(self) {}
-}
-
-/// Tables in `data_dir` (directories with a `_meta`).
-fn local_tables(data_dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(data_dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join(crate::table::files::META_FILE).is_file())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| crate::table::schema::validate_name("table", n).is_ok())
-        .collect()
 }
 
 fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, status: &ReplicaStatus) {

@@ -195,10 +195,10 @@ fn write_null(out: &mut Vec<u8>, style: Style) {
     }
 }
 
-fn write_float(out: &mut Vec<u8>, v: f64, style: Style) {
-    // Display gives the shortest text that reads back as `v`; a whole
-    // number keeps its `.0`, so a DOUBLE never reads as an integer.
-    if v.is_finite() {
+/// A float in its type's own shortest form (so 0.1f32 reads 0.1); a whole
+/// number keeps its `.0`, so a DOUBLE never reads as an integer.
+fn write_float(out: &mut Vec<u8>, v: impl std::fmt::Display, finite: bool, style: Style) {
+    if finite {
         let start = out.len();
         let _ = write!(out, "{v}");
         if !out[start..].iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
@@ -240,24 +240,16 @@ impl Column<'_> {
                 if a.is_null(row) {
                     write_null(out, style)
                 } else {
-                    // f32's own shortest form, so 0.1f32 reads 0.1.
                     let v = a.value(row);
-                    if v.is_finite() {
-                        let start = out.len();
-                        let _ = write!(out, "{v}");
-                        if !out[start..].iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
-                            out.extend_from_slice(b".0");
-                        }
-                    } else {
-                        write_null(out, style);
-                    }
+                    write_float(out, v, v.is_finite(), style);
                 }
             }
             Column::F64(a) => {
                 if a.is_null(row) {
                     write_null(out, style)
                 } else {
-                    write_float(out, a.value(row), style);
+                    let v = a.value(row);
+                    write_float(out, v, v.is_finite(), style);
                 }
             }
             Column::Ts(a, unit) => {
@@ -322,6 +314,16 @@ impl Column<'_> {
     }
 }
 
+/// Row `row` of every column, comma-separated.
+fn write_row(cols: &[Column<'_>], row: usize, out: &mut Vec<u8>, style: Style) {
+    for (i, c) in cols.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        c.write(row, out, style);
+    }
+}
+
 fn columns(batch: &RecordBatch) -> Result<Vec<Column<'_>>, datafusion::arrow::error::ArrowError> {
     batch.columns().iter().map(Column::new).collect()
 }
@@ -361,12 +363,7 @@ pub fn json_rows(
             out.push(b',');
         }
         out.push(b'[');
-        for (i, c) in cols.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            c.write(row, out, Style::Json);
-        }
+        write_row(&cols, row, out, Style::Json);
         out.push(b']');
     }
     Ok(())
@@ -397,12 +394,7 @@ pub fn csv_rows(
 ) -> Result<(), datafusion::arrow::error::ArrowError> {
     let cols = columns(batch)?;
     for row in 0..batch.num_rows() {
-        for (i, c) in cols.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            c.write(row, out, Style::Csv);
-        }
+        write_row(&cols, row, out, Style::Csv);
         out.push(b'\n');
     }
     Ok(())

@@ -431,19 +431,7 @@ impl SqlEngine {
                     return Err(refuse("DROP TABLE"));
                 }
                 let db = db()?;
-                let stored = provider::table_names(&self.data_dir)
-                    .into_iter()
-                    .find(|t| t == &name)
-                    .or_else(|| {
-                        let mut m = provider::table_names(&self.data_dir)
-                            .into_iter()
-                            .filter(|t| t.eq_ignore_ascii_case(&name));
-                        match (m.next(), m.next()) {
-                            (Some(t), None) => Some(t),
-                            _ => None,
-                        }
-                    });
-                match stored {
+                match crate::table::resolve_name(&self.data_dir, &name) {
                     Some(t) => db
                         .drop_table(&t)
                         .map(|_| "DROP TABLE")

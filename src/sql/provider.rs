@@ -41,7 +41,6 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 
-use crate::table::files;
 use crate::table::reader::{MappedColumn, MappedDictionary, Snapshot};
 use crate::table::{ColumnType, Schema, TableError, TableReader, TableState};
 
@@ -110,50 +109,16 @@ impl QuerySchema {
             tables: Mutex::new(HashMap::new()),
         }
     }
-
-    /// The stored name of `name`: itself, or the one table equal to it
-    /// ignoring ASCII case (SQL folds unquoted names to lower case; basalt
-    /// keeps the case a client created a table with).
-    fn resolve(&self, name: &str) -> Option<String> {
-        if self.data_dir.join(name).join(files::META_FILE).is_file() {
-            return Some(name.to_string());
-        }
-        let mut found = self
-            .table_names()
-            .into_iter()
-            .filter(|t| t.eq_ignore_ascii_case(name));
-        match (found.next(), found.next()) {
-            (Some(t), None) => Some(t),
-            _ => None,
-        }
-    }
-}
-
-/// Names of the tables in `data_dir`, sorted.
-pub fn table_names(data_dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(data_dir) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| {
-            crate::table::schema::validate_name("table", n).is_ok()
-                && data_dir.join(n).join(files::META_FILE).is_file()
-        })
-        .collect();
-    names.sort();
-    names
 }
 
 #[async_trait]
 impl SchemaProvider for QuerySchema {
     fn table_names(&self) -> Vec<String> {
-        table_names(&self.data_dir)
+        crate::table::table_names(&self.data_dir)
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        let Some(stored) = self.resolve(name) else {
+        let Some(stored) = crate::table::resolve_name(&self.data_dir, name) else {
             return Ok(None);
         };
         let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
@@ -171,7 +136,7 @@ impl SchemaProvider for QuerySchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.resolve(name).is_some()
+        crate::table::resolve_name(&self.data_dir, name).is_some()
     }
 }
 
@@ -412,15 +377,21 @@ pub struct BasaltScan {
     partitions_total: usize,
     partition_names: Vec<String>,
     range: Option<Range<i64>>,
-    column_types: Vec<ColumnType>,
-    buffers: Arc<Vec<PartitionBuffers>>,
-    dictionaries: Arc<Vec<Option<ArrayRef>>>,
+    /// What every output partition's stream reads from.
+    mapped: Arc<Mapped>,
     /// Chunks per output partition.
     work: Vec<Vec<Chunk>>,
     rows: u64,
     batch_rows: usize,
-    schema: SchemaRef,
     properties: Arc<PlanProperties>,
+}
+
+/// The snapshot's files as Arrow buffers, and how to cut batches from them.
+struct Mapped {
+    schema: SchemaRef,
+    column_types: Vec<ColumnType>,
+    buffers: Vec<PartitionBuffers>,
+    dictionaries: Vec<Option<ArrayRef>>,
 }
 
 impl fmt::Debug for BasaltScan {
@@ -509,13 +480,15 @@ impl BasaltScan {
                 .map(|p| p.dir_name.clone())
                 .collect(),
             range,
-            column_types,
-            buffers: Arc::new(buffers),
-            dictionaries: Arc::new(dictionaries),
+            mapped: Arc::new(Mapped {
+                schema,
+                column_types,
+                buffers,
+                dictionaries,
+            }),
             work,
             rows,
             batch_rows,
-            schema,
             properties: Arc::new(properties),
         })
     }
@@ -580,7 +553,7 @@ fn string_array(
     )?)
 }
 
-impl BasaltScan {
+impl Mapped {
     fn array(&self, column: usize, chunk: &Chunk) -> Result<ArrayRef> {
         let ty = self.column_types[column];
         let start = chunk.rows.start as usize;
@@ -723,30 +696,9 @@ impl ExecutionPlan for BasaltScan {
                 v
             })
             .collect();
-        let scan = Arc::new(self.share());
-        let schema = self.schema.clone();
-        let stream = futures_util::stream::iter(pieces.into_iter().map(move |c| scan.batch(&c)));
+        let mapped = self.mapped.clone();
+        let schema = mapped.schema.clone();
+        let stream = futures_util::stream::iter(pieces.into_iter().map(move |c| mapped.batch(&c)));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
-    }
-}
-
-impl BasaltScan {
-    /// A copy sharing every buffer, for a stream that outlives `&self`.
-    fn share(&self) -> BasaltScan {
-        BasaltScan {
-            table: self.table.clone(),
-            txn: self.txn,
-            partitions_total: self.partitions_total,
-            partition_names: Vec::new(),
-            range: self.range.clone(),
-            column_types: self.column_types.clone(),
-            buffers: self.buffers.clone(),
-            dictionaries: self.dictionaries.clone(),
-            work: Vec::new(),
-            rows: self.rows,
-            batch_rows: self.batch_rows,
-            schema: self.schema.clone(),
-            properties: self.properties.clone(),
-        }
     }
 }

@@ -231,14 +231,7 @@ fn is_aggregate(e: &Expr) -> bool {
 }
 
 fn designated_timestamp(data_dir: &Path, table: &str) -> Option<String> {
-    let name = table.trim_matches('"');
-    let stored = if data_dir.join(name).is_dir() {
-        name.to_string()
-    } else {
-        super::provider::table_names(data_dir)
-            .into_iter()
-            .find(|t| t.eq_ignore_ascii_case(name))?
-    };
+    let stored = crate::table::resolve_name(data_dir, table.trim_matches('"'))?;
     let r = crate::table::TableReader::open(data_dir, &stored).ok()?;
     let s = r.schema();
     s.timestamp.map(|i| s.columns[i].name.clone())

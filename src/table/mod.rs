@@ -19,6 +19,43 @@ pub use schema::{Column, ColumnType, PartitionBy, Schema};
 pub use state::{PartitionState, TableState};
 pub use writer::TableWriter;
 
+/// Names of the tables in `data_dir` (directories with a `_meta` and a
+/// valid table name), sorted.
+pub fn table_names(data_dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| {
+            schema::validate_name("table", n).is_ok()
+                && data_dir.join(n).join(files::META_FILE).is_file()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The stored name of table `name`: itself, or the one table equal to it
+/// ignoring ASCII case (SQL folds unquoted names to lower case; basalt
+/// keeps the case a client created a table with). `None` when there is no
+/// such table, or several differ only in case.
+pub fn resolve_name(data_dir: &std::path::Path, name: &str) -> Option<String> {
+    if schema::validate_name("table", name).is_ok()
+        && data_dir.join(name).join(files::META_FILE).is_file()
+    {
+        return Some(name.to_string());
+    }
+    let mut found = table_names(data_dir)
+        .into_iter()
+        .filter(|t| t.eq_ignore_ascii_case(name));
+    match (found.next(), found.next()) {
+        (Some(t), None) => Some(t),
+        _ => None,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
     #[error("I/O error on {path}: {source}{hint}", hint = disk_full_hint(source))]

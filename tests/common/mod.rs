@@ -83,6 +83,28 @@ impl ServerProcess {
         }
     }
 
+    /// A `--role replica` following `store`, polling every 20 ms.
+    pub fn start_replica(data_dir: &Path, store: &str) -> ServerProcess {
+        Self::start(
+            data_dir,
+            &[
+                "--role",
+                "replica",
+                "--object-store",
+                store,
+                "--replica-poll-ms",
+                "20",
+            ],
+        )
+    }
+
+    /// `GET /status`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let r = http(self.http, "GET", "/status", &[], b"");
+        assert_eq!(r.status, 200);
+        r.json()
+    }
+
     /// SIGTERM, then waits for a clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id() as libc::pid_t;
