@@ -1,20 +1,24 @@
 //! Criterion benchmarks of the segment format on the reference table, for
 //! 1 MiB and 64 MiB segments, each beside a memcpy of the same number of
 //! bytes measured in the same run (the yardstick):
-//! - encode: rkyv serialization of the txns' buffers into the upload buffer
-//!   (checksums included; the batches are built outside the timing);
+//! - encode: sealing as the uploader does it: each txn's WAL record copied
+//!   into a pooled upload buffer, the body hashed, the header serialized
+//!   after it (the WAL records are made outside the timing);
 //! - verify+access: preamble, xxh3 of header and body, validated rkyv access;
-//! - apply: verify, copy the txns out and apply them into a table's column
-//!   files (no fsync: a checkpoint is not part of apply).
+//! - apply: map and verify the segment file, check each payload in place
+//!   and apply the txns into a table's column files (no fsync: a checkpoint
+//!   is not part of apply).
 //!
 //! Also prints the lz4 compression ratio of the reference table.
 //!
 //! cargo bench --bench segment
 
+use basalt::batch::codec;
 use basalt::batch::{Batch, Values};
 use basalt::gen::CpuGenerator;
 use basalt::segment::{apply_segment, BufferPool, Compression, Segment, SegmentWriter};
 use basalt::table::TableWriter;
+use basalt::wal::format::{append_record, RecordHeader};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 /// Txns of 10,000 rows (~0.5 MiB each) until the segment holds `bytes`.
@@ -55,6 +59,43 @@ fn filled_writer(gen: &CpuGenerator, txns: &[(u64, Batch)]) -> SegmentWriter {
     w
 }
 
+/// The txns as the shards write them: WAL records.
+fn wal_records(txns: &[(u64, Batch)]) -> Vec<(RecordHeader, Vec<u8>)> {
+    txns.iter()
+        .map(|(t, b)| {
+            let mut payload = Vec::new();
+            codec::encode(b, &mut payload);
+            let h = RecordHeader {
+                payload_len: payload.len() as u32,
+                txn: *t,
+                commit_time_us: 0,
+                group_start: 0,
+                row_count: b.row_count() as u32,
+                schema_version: 1,
+                flags: 1,
+            };
+            let mut rec = Vec::new();
+            append_record(&mut rec, &h, &payload);
+            (h, rec)
+        })
+        .collect()
+}
+
+/// Seals `records` as the uploader does.
+fn seal(
+    gen: &CpuGenerator,
+    records: &[(RecordHeader, Vec<u8>)],
+    pool: Option<&std::sync::Arc<BufferPool>>,
+    compression: Compression,
+) -> basalt::segment::EncodedSegment {
+    let bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
+    let mut w = SegmentWriter::new_in(1, "cpu", gen.schema(), pool, bytes).expect("writer");
+    for (h, r) in records {
+        w.push_record(h, r).expect("push");
+    }
+    w.finish(compression).expect("finish")
+}
+
 fn encode(txns: &[(u64, Batch)], gen: &CpuGenerator, compression: Compression) -> Vec<u8> {
     filled_writer(gen, txns)
         .finish(compression)
@@ -88,32 +129,17 @@ fn segments(c: &mut Criterion) {
                 std::hint::black_box(&dst);
             })
         });
+        let records = wal_records(&txns);
         g.bench_function("encode", |b| {
-            b.iter_batched(
-                || filled_writer(&gen, &txns),
-                |w| w.finish(Compression::None).expect("finish"),
-                BatchSize::PerIteration,
-            )
+            b.iter(|| seal(&gen, &records, None, Compression::None))
         });
         // As an uploader runs: buffers come back from finished uploads.
         let pool = BufferPool::new(2);
         g.bench_function("encode_pooled", |b| {
-            b.iter_batched(
-                || filled_writer(&gen, &txns),
-                |w| {
-                    w.finish_with(Compression::None, Some(&pool))
-                        .expect("finish")
-                        .into_bytes()
-                },
-                BatchSize::PerIteration,
-            )
+            b.iter(|| seal(&gen, &records, Some(&pool), Compression::None).into_bytes())
         });
         g.bench_function("encode_lz4", |b| {
-            b.iter_batched(
-                || filled_writer(&gen, &txns),
-                |w| w.finish(Compression::Lz4).expect("finish"),
-                BatchSize::PerIteration,
-            )
+            b.iter(|| seal(&gen, &records, Some(&pool), Compression::Lz4))
         });
         // The file is mapped as a replica would; verify runs on the mapping.
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
@@ -122,7 +148,7 @@ fn segments(c: &mut Criterion) {
         g.bench_function("verify_access_mmap", |b| {
             b.iter(|| {
                 let s = Segment::open(&path).expect("verify");
-                std::hint::black_box(s.body().txns.len())
+                std::hint::black_box(s.header().txn_count())
             })
         });
         let lz4_path = dir.path().join("s-lz4.bsg");
@@ -130,7 +156,7 @@ fn segments(c: &mut Criterion) {
         g.bench_function("verify_access_lz4", |b| {
             b.iter(|| {
                 let s = Segment::open(&lz4_path).expect("verify");
-                std::hint::black_box(s.body().txns.len())
+                std::hint::black_box(s.header().txn_count())
             })
         });
         let mut n = 0u64;

@@ -165,20 +165,18 @@ struct ServeArgs {
         default_value_t = 4096
     )]
     connections_max: usize,
-    /// Primary: a segment is sealed and uploaded once its column data
-    /// reaches this size... (low-lag setting: 262144)
-    #[arg(long, global = true, env = "BASALT_SEGMENT_BYTES_MAX", default_value_t = 2 * 1024 * 1024)]
-    segment_bytes_max: usize,
+    /// Primary: a segment is sealed and uploaded once its WAL records
+    /// reach this size... [default by store: 1048576 on fs, 2097152 on
+    /// cloud stores]
+    #[arg(long, global = true, env = "BASALT_SEGMENT_BYTES_MAX")]
+    segment_bytes_max: Option<usize>,
     /// ... or once its first txn is this old, whichever comes first. At a
-    /// steady load this is about one PUT per table per interval. (low-lag
-    /// setting: 10)
-    #[arg(
-        long,
-        global = true,
-        env = "BASALT_SEGMENT_AGE_MS",
-        default_value_t = 100
-    )]
-    segment_age_ms: u64,
+    /// steady load this is about one PUT per table per interval. [default
+    /// by store: 0 on fs (sealed as soon as the uploader caught up and the
+    /// previous PUT landed: a shared filesystem has no price per request),
+    /// 100 on cloud stores (at most about 10 PUTs per second per table)]
+    #[arg(long, global = true, env = "BASALT_SEGMENT_AGE_MS")]
+    segment_age_ms: Option<u64>,
     /// Primary: segment body compression, none or lz4 (about 5x fewer bytes
     /// uploaded and stored for the reference table, at some CPU per row;
     /// none keeps the encode buffer as the upload body, with no copy).
@@ -194,14 +192,10 @@ struct ServeArgs {
     uploads_in_flight_max: usize,
     /// Replica: how often each table's next segment is looked for (one GET
     /// of the key it must have per table; new tables are listed once a
-    /// second, each table's keys every 10 s to find gaps).
-    #[arg(
-        long,
-        global = true,
-        env = "BASALT_REPLICA_POLL_MS",
-        default_value_t = 50
-    )]
-    replica_poll_ms: u64,
+    /// second, each table's keys every 10 s to find gaps). [default by
+    /// store: 5 on fs, 50 on cloud stores]
+    #[arg(long, global = true, env = "BASALT_REPLICA_POLL_MS")]
+    replica_poll_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -492,7 +486,7 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
     } else {
         Role::Primary
     };
-    if args.segment_bytes_max < 1024 {
+    if args.segment_bytes_max.is_some_and(|b| b < 1024) {
         return Err("--segment-bytes-max must be at least 1024".into());
     }
     // SIGTERM and SIGINT are taken by this thread only (sigwait below): block
@@ -517,16 +511,19 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
         status.store_stats = store.stats.clone();
         match role {
             Role::Primary => {
+                let defaults = UploadOptions::for_store(sc.kind);
                 let opts = UploadOptions {
-                    segment_bytes_max: args.segment_bytes_max,
-                    segment_age_max: Duration::from_millis(args.segment_age_ms),
+                    segment_bytes_max: args.segment_bytes_max.unwrap_or(defaults.segment_bytes_max),
+                    segment_age_max: args
+                        .segment_age_ms
+                        .map_or(defaults.segment_age_max, Duration::from_millis),
                     uploads_in_flight_max: args.uploads_in_flight_max.max(1),
                     compression: if args.segment_compression == "lz4" {
                         basalt::segment::Compression::Lz4
                     } else {
                         basalt::segment::Compression::None
                     },
-                    ..UploadOptions::default()
+                    ..defaults
                 };
                 let u = Uploader::start(db.catalog(), store, opts)
                     .map_err(|e| format!("cannot start the uploader: {e}"))?;
@@ -534,9 +531,14 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
                 uploader = Some(u);
             }
             Role::Replica => {
+                let defaults = ReplicaOptions::for_store(sc.kind);
                 let opts = ReplicaOptions {
-                    poll_interval: Duration::from_millis(args.replica_poll_ms.max(1)),
-                    ..ReplicaOptions::default()
+                    poll_interval: args.replica_poll_ms.map_or(defaults.poll_interval, |ms| {
+                        Duration::from_millis(ms.max(1))
+                    }),
+                    // Apply on a pinned core, like a primary's shards.
+                    core: Some(shards.saturating_sub(1)),
+                    ..defaults
                 };
                 let r = ReplicaRunner::start(store, &node.data_dir, opts)
                     .map_err(|e| format!("cannot start the replica: {e}"))?;
@@ -755,6 +757,18 @@ fn inspect(file: &std::path::Path) -> Result<(), String> {
         "table {} (id {:016x}), schema version {}",
         h.table, h.table_id, h.schema_version
     );
+    match h.prev_xxh3 {
+        Some(prev) => println!(
+            "chain: epoch {}, links to previous segment {prev:016x}{}, own checksum {:016x}",
+            h.epoch,
+            if prev == 0 { " (none: first)" } else { "" },
+            seg.checksum()
+        ),
+        None => println!(
+            "chain: format version 1 has no epoch or link; own checksum {:016x}",
+            seg.checksum()
+        ),
+    }
     println!(
         "txns {}..={} ({} txns), {} rows",
         h.first_txn,
@@ -767,19 +781,11 @@ fn inspect(file: &std::path::Path) -> Result<(), String> {
             t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
         })
     };
-    if h.row_count.to_native() > 0 {
-        println!(
-            "timestamps {} .. {}",
-            ts(h.min_ts_us.to_native()),
-            ts(h.max_ts_us.to_native())
-        );
+    if h.row_count > 0 {
+        println!("timestamps {} .. {}", ts(h.min_ts_us), ts(h.max_ts_us));
     }
     if let (Some(first), Some(last)) = (h.commit_times_us.first(), h.commit_times_us.last()) {
-        println!(
-            "committed {} .. {}",
-            ts(first.to_native()),
-            ts(last.to_native())
-        );
+        println!("committed {} .. {}", ts(*first), ts(*last));
     }
     println!(
         "header {} bytes, body {} bytes stored, {} bytes raw",
@@ -788,14 +794,11 @@ fn inspect(file: &std::path::Path) -> Result<(), String> {
     let checks = seg.check_blocks();
     println!("column\ttype\tadded_in\tbytes\tblocks");
     for (i, c) in h.columns.iter().enumerate() {
-        let mine: Vec<_> = checks
-            .iter()
-            .filter(|b| b.column == c.name.as_str())
-            .collect();
+        let mine: Vec<_> = checks.iter().filter(|b| b.column == c.name).collect();
         let bytes: usize = mine.iter().map(|b| b.bytes).sum();
         let ty = basalt::table::ColumnType::from_tag(c.ty)
             .map_or_else(|| format!("?{}", c.ty), |t| t.to_string());
-        let designated = if i == h.timestamp_column.to_native() as usize {
+        let designated = if i == h.timestamp_column as usize {
             " (designated)"
         } else {
             ""

@@ -11,7 +11,7 @@ mod servers;
 
 use basalt::batch::Batch;
 use basalt::replication::{segment_key, Replica, ReplicationError};
-use basalt::segment::{Compression, SegmentWriter};
+use basalt::segment::{Compression, Link, Segment, SegmentWriter, FIRST_EPOCH};
 use basalt::store::{Store, StoreConfig};
 use basalt::table::{Schema, TableReader};
 use common::{open_db, table_files, workload};
@@ -54,14 +54,33 @@ impl Uploads {
     }
 }
 
-/// The segment of `txns` (contiguous) of table `cpu` with id `id`.
-fn segment(id: u64, schema: &Schema, txns: &[(u64, Batch)], c: Compression) -> (u64, Vec<u8>) {
+/// The segment of `txns` (contiguous) of table `cpu` with id `id`,
+/// linked to the segment whose checksum is `prev` (0: the first).
+fn segment(
+    id: u64,
+    schema: &Schema,
+    txns: &[(u64, Batch)],
+    c: Compression,
+    prev: u64,
+) -> (u64, Vec<u8>) {
     let mut w = SegmentWriter::new(id, "cpu", schema).unwrap();
     for (t, b) in txns {
         w.push(*t, 1_700_000_000_000_000 + *t as i64, b.clone())
             .unwrap();
     }
-    (txns[0].0, w.finish(c).unwrap().as_slice().to_vec())
+    let link = Link {
+        epoch: FIRST_EPOCH,
+        prev_xxh3: prev,
+    };
+    (
+        txns[0].0,
+        w.finish_linked(link, c).unwrap().as_slice().to_vec(),
+    )
+}
+
+/// Checksum of an encoded segment (what the next one links to).
+fn checksum(bytes: &[u8]) -> u64 {
+    Segment::from_slice(bytes).unwrap().checksum()
 }
 
 fn replicate_through(conn: &str) {
@@ -74,6 +93,7 @@ fn replicate_through(conn: &str) {
     let schema = db.table("cpu").unwrap().schema();
     db.close();
     let id = TableReader::open(&primary, "cpu").unwrap().table_id();
+    let mut prev = 0;
     let segments: Vec<(u64, Vec<u8>)> = txns
         .chunks(4)
         .enumerate()
@@ -83,7 +103,9 @@ fn replicate_through(conn: &str) {
             } else {
                 Compression::Lz4
             };
-            segment(id, &schema, c, comp)
+            let s = segment(id, &schema, c, comp, prev);
+            prev = checksum(&s.1);
+            s
         })
         .collect();
     let key = |first: u64| up.key(first);
@@ -159,7 +181,29 @@ fn replicate_through(conn: &str) {
         up.put(&key(*first), bytes.clone(), PutMode::Create);
     }
     let rep = r.sync_table("cpu").unwrap();
-    assert_eq!(rep.txn, txns.last().unwrap().0);
+    let last = txns.last().unwrap().0;
+    assert_eq!(rep.txn, last);
+    // A next segment that links to another history than the one applied
+    // (a second primary, a fork) is refused, naming both checksums.
+    let (_, fork) = segment(
+        id,
+        &schema,
+        &[(last + 1, txns[0].1.clone())],
+        Compression::None,
+        prev ^ 1,
+    );
+    up.put(&key(last + 1), fork, PutMode::Create);
+    let e = r.sync_table("cpu").unwrap_err();
+    assert!(
+        e.to_string().contains("not the same history")
+            && e.to_string().contains(&format!("{prev:016x}")),
+        "{e}"
+    );
+    assert_eq!(
+        r.applied_txn("cpu").unwrap(),
+        last,
+        "the fork was not applied"
+    );
     drop(r);
 
     // Byte for byte the primary's table (partition versions aside), and the

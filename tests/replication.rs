@@ -140,8 +140,8 @@ fn assert_chain(conn: &str, last: u64) -> usize {
             .block_on(async { store.inner.get(k).await?.bytes().await })
             .unwrap();
         let seg = Segment::from_slice(&bytes).unwrap_or_else(|e| panic!("{k}: {e}"));
-        assert_eq!(seg.header().first_txn.to_native(), next);
-        next = seg.header().last_txn.to_native() + 1;
+        assert_eq!(seg.header().first_txn, next);
+        next = seg.header().last_txn + 1;
     }
     assert_eq!(
         next,

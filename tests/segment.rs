@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use basalt::batch::{BatchBuilder, Value};
 use basalt::gen::{CpuGenerator, BASE_TS_US};
-use basalt::segment::{apply_segment, Compression, Segment, SegmentError, SegmentWriter};
+use basalt::segment::{apply_segment, Compression, Link, Segment, SegmentError, SegmentWriter};
 use basalt::table::{ColumnType, TableReader, TableWriter};
 use common::{open_db, table_files, workload};
 
@@ -107,9 +107,10 @@ fn sample_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
-/// The sample of format version 1: 3 txns of the reference table (rows
-/// 0..300, commit times 1..=3) plus one with a varchar column added.
-fn sample_v1() -> Vec<u8> {
+/// The sample of format version 2: 3 txns of the reference table (rows
+/// 0..300, commit times 1..=3) plus one with a varchar column added, then
+/// an aborted txn; epoch 1, linked to a made-up previous checksum.
+fn sample_v2() -> Vec<u8> {
     let gen = CpuGenerator::default();
     let schema2 = gen
         .schema()
@@ -122,40 +123,95 @@ fn sample_v1() -> Vec<u8> {
     }
     let mut b = BatchBuilder::new(&schema2);
     gen.row_partial(&mut b, 300, BASE_TS_US + 300);
-    b.set(8, Value::Varchar("v1 sample")).unwrap();
+    b.set(8, Value::Varchar("v2 sample")).unwrap();
     b.finish_row().unwrap();
     w.push(4, 4, b.finish()).unwrap();
-    w.finish(Compression::None).unwrap().as_slice().to_vec()
+    w.push_aborted(5).unwrap();
+    let link = Link {
+        epoch: 1,
+        prev_xxh3: 0x1234_5678_9abc_def0,
+    };
+    w.finish_linked(link, Compression::None)
+        .unwrap()
+        .as_slice()
+        .to_vec()
 }
 
 #[test]
 fn committed_samples_of_every_version_stay_readable() {
+    // Version 1 (written by an earlier build; still read and applied).
     let path = sample_dir().join("segment-v1.bsg");
-    if std::env::var_os("BASALT_WRITE_SAMPLES").is_some() {
-        std::fs::create_dir_all(sample_dir()).unwrap();
-        std::fs::write(&path, sample_v1()).unwrap();
-    }
     let seg = Segment::open(&path).expect("tests/data/segment-v1.bsg must stay readable");
     assert_eq!(seg.preamble().version, 1);
     let h = seg.header();
-    assert_eq!(h.table.as_str(), "cpu");
-    assert_eq!(h.table_id.to_native(), 0x5eed);
-    assert_eq!((h.first_txn.to_native(), h.last_txn.to_native()), (1, 4));
-    assert_eq!(h.row_count.to_native(), 301);
+    assert_eq!(h.table, "cpu");
+    assert_eq!(h.table_id, 0x5eed);
+    assert_eq!((h.first_txn, h.last_txn), (1, 4));
+    assert_eq!(h.row_count, 301);
     assert_eq!(h.columns.len(), 9);
-    assert_eq!(h.columns[8].added_in.to_native(), 2);
+    assert_eq!(h.columns[8].added_in, 2);
+    assert_eq!((h.epoch, h.prev_xxh3), (0, None), "version 1 has no chain");
     let batches = seg.batches().unwrap();
     assert_eq!(
         batches[3].1.columns[8].value(0),
         Value::Varchar("v1 sample")
     );
     assert_eq!(batches[1].1.columns[6].value(5), Value::Long(105));
-    // And today's writer still produces exactly these bytes.
+    assert!(seg.check_blocks().iter().all(|b| b.ok));
+
+    // Version 2, and today's writer still produces exactly its bytes.
+    let path = sample_dir().join("segment-v2.bsg");
+    if std::env::var_os("BASALT_WRITE_SAMPLES").is_some() {
+        std::fs::create_dir_all(sample_dir()).unwrap();
+        std::fs::write(&path, sample_v2()).unwrap();
+    }
+    let seg = Segment::open(&path).expect("tests/data/segment-v2.bsg must stay readable");
+    assert_eq!(seg.preamble().version, 2);
+    let h = seg.header();
+    assert_eq!((h.table.as_str(), h.table_id), ("cpu", 0x5eed));
+    assert_eq!((h.first_txn, h.last_txn, h.row_count), (1, 5, 301));
+    assert_eq!(h.commit_times_us, vec![1, 2, 3, 4, 0]);
+    assert_eq!((h.epoch, h.prev_xxh3), (1, Some(0x1234_5678_9abc_def0)));
+    assert_eq!(h.columns[8].added_in, 2);
+    let batches = seg.batches().unwrap();
+    assert_eq!(
+        batches[3].1.columns[8].value(0),
+        Value::Varchar("v2 sample")
+    );
+    assert_eq!(batches[1].1.columns[6].value(5), Value::Long(105));
+    assert_eq!(batches[4].1.row_count(), 0, "the aborted txn has no rows");
     assert_eq!(
         std::fs::read(&path).unwrap(),
-        sample_v1(),
-        "the v1 encoding changed"
+        sample_v2(),
+        "the v2 encoding changed: that needs a new format version"
     );
+}
+
+#[test]
+fn a_replica_applies_both_versions_into_the_same_bytes() {
+    // The v1 sample and the v2 sample carry the same rows (but for the
+    // varchar's text): applied, their tables differ only in that text.
+    let dir = tempfile::tempdir().unwrap();
+    let gen = CpuGenerator::default();
+    let mut rows = Vec::new();
+    for (v, name) in [(1, "segment-v1.bsg"), (2, "segment-v2.bsg")] {
+        let d = dir.path().join(format!("v{v}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let mut w = TableWriter::create_with_id(&d, "cpu", gen.schema(), 0x5eed).unwrap();
+        let seg = Segment::open(&sample_dir().join(name)).unwrap();
+        let r = apply_segment(&mut w, &seg).unwrap();
+        assert_eq!(r.rows, 301);
+        assert_eq!(r.columns_added, vec!["note".to_string()]);
+        drop(w);
+        let scan = TableReader::open(&d, "cpu")
+            .unwrap()
+            .scan(&[], None)
+            .unwrap();
+        rows.push(scan);
+    }
+    assert_eq!(rows[0].txn, 4);
+    assert_eq!(rows[1].txn, 5, "the aborted txn keeps its number");
+    assert_eq!(rows[0].columns[..8], rows[1].columns[..8]);
 }
 
 fn inspect(path: &Path) -> std::process::Output {
@@ -169,7 +225,7 @@ fn inspect(path: &Path) -> std::process::Output {
 #[test]
 fn inspect_prints_a_good_segment_and_names_what_is_wrong_with_a_bad_one() {
     let dir = tempfile::tempdir().unwrap();
-    let good = sample_v1();
+    let good = sample_v2();
     let path = dir.path().join("s.bsg");
     std::fs::write(&path, &good).unwrap();
     let o = inspect(&path);
@@ -179,7 +235,11 @@ fn inspect_prints_a_good_segment_and_names_what_is_wrong_with_a_bad_one() {
         "{out} {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(out.contains("txns 1..=4 (4 txns), 301 rows"), "{out}");
+    assert!(out.contains("txns 1..=5 (5 txns), 301 rows"), "{out}");
+    assert!(
+        out.contains("chain: epoch 1, links to previous segment 123456789abcdef0"),
+        "{out}"
+    );
     assert!(out.contains("note\tVARCHAR\t2"), "{out}");
     assert!(out.contains("all 33 column blocks verified"), "{out}");
 
@@ -191,17 +251,27 @@ fn inspect_prints_a_good_segment_and_names_what_is_wrong_with_a_bad_one() {
     };
     // A value byte in the last txn's `note` block.
     let mut b = good.clone();
-    let pos = b.windows(9).position(|w| w == b"v1 sample").unwrap();
+    let pos = b.windows(9).position(|w| w == b"v2 sample").unwrap();
     b[pos] ^= 1;
     let e = err_of(&b);
     assert!(e.contains("checksum mismatch in the body"), "{e}");
-    assert!(e.contains("damaged block: txn 4 column note"), "{e}");
+    assert!(
+        e.contains("damaged block: txn 4 column (the txn's whole record)"),
+        "{e}"
+    );
     let e = err_of(&good[..good.len() - 10]);
     assert!(e.contains("truncated"), "{e}");
     let e = err_of(b"PAR1 this is some other file format entirely, not ours....................");
     assert!(e.contains("not a basalt segment"), "{e}");
     let mut b = good.clone();
-    b[70] ^= 0xff;
+    let n = b.len();
+    b[n - 20] ^= 0xff;
     let e = err_of(&b);
     assert!(e.contains("checksum mismatch in the header"), "{e}");
+    // The version 1 sample inspects too.
+    let o = inspect(&sample_dir().join("segment-v1.bsg"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("format version 1"), "{out}");
+    assert!(out.contains("all 33 column blocks verified"), "{out}");
 }

@@ -67,7 +67,7 @@ fn assert_chain(store: &Store, last: u64) -> usize {
             .block_on(async { store.inner.get(k).await?.bytes().await })
             .unwrap();
         let seg = Segment::from_slice(&bytes).unwrap();
-        next = seg.header().last_txn.to_native() + 1;
+        next = seg.header().last_txn + 1;
     }
     assert_eq!(next, last + 1);
     keys.len()

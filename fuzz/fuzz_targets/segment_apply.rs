@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     let gen = CpuGenerator::default();
     // The table the segment names, with its id, so apply gets past the
     // identity check and exercises schema changes and batches.
-    let id = seg.header().table_id.to_native();
+    let id = seg.header().table_id;
     let mut w = TableWriter::create_with_id(dir, "cpu", gen.schema(), id).expect("scratch table");
     if apply_segment(&mut w, &seg).is_ok() {
         drop(w);

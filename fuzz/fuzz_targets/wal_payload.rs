@@ -15,10 +15,14 @@ fn schemas() -> [Schema; 2] {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, payload)) = data.split_first() else { return };
+    let Some((&pick, payload)) = data.split_first() else {
+        return;
+    };
     let schema = &schemas()[(pick & 1) as usize];
     if let Ok(batch) = codec::decode(payload, schema) {
-        batch.validate(schema).expect("a decoded batch fits its schema");
+        batch
+            .validate(schema)
+            .expect("a decoded batch fits its schema");
         let mut again = Vec::new();
         codec::encode(&batch, &mut again);
         let back = codec::decode(&again, schema).expect("re-encoded batch decodes");

@@ -5,7 +5,8 @@
 
 use crate::table::schema::{ColumnType, Schema};
 
-use super::{pack_bits, unpack_bits, Batch, ColumnBuf, Values, BATCH_ROWS_MAX};
+use super::{pack_bits, unpack_bits, Batch, BatchError, ColumnBuf, Values, BATCH_ROWS_MAX};
+use crate::table::schema::{TIMESTAMP_MAX_US, TIMESTAMP_MIN_US};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
@@ -95,8 +96,139 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A decoded payload that borrows its bytes: every check [`decode`] makes,
+/// without copying a column. Apply reads it straight from a mapped segment.
+#[derive(Debug)]
+pub struct BatchView<'a> {
+    pub rows: usize,
+    /// The schema's first `columns.len()` columns (a prefix for a batch of
+    /// an earlier schema version; empty for an empty, aborted txn).
+    pub columns: Vec<ColumnView<'a>>,
+}
+
+/// One column of a [`BatchView`].
+#[derive(Debug)]
+pub struct ColumnView<'a> {
+    pub ty: ColumnType,
+    /// LSB-first bitmap of `rows` bits; `None` = no nulls (an all-valid
+    /// bitmap in the payload reads as `None` too).
+    pub validity: Option<&'a [u8]>,
+    pub values: ViewValues<'a>,
+    /// Symbol columns: `d` u32 end offsets into `dict_bytes` (empty otherwise).
+    dict_ends: &'a [u8],
+    dict_bytes: &'a [u8],
+}
+
+/// Values of a [`ColumnView`], as the payload has them.
+#[derive(Debug)]
+pub enum ViewValues<'a> {
+    /// `rows * width` little-endian bytes.
+    Fixed(&'a [u8]),
+    /// `rows + 1` u64 LE offsets (checked ascending from 0) into `bytes`.
+    Var { offsets: &'a [u8], bytes: &'a [u8] },
+}
+
+fn u64_le(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+}
+
+fn u32_le(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes(b[i * 4..i * 4 + 4].try_into().expect("4 bytes"))
+}
+
+impl<'a> ColumnView<'a> {
+    pub fn is_valid(&self, row: usize) -> bool {
+        self.validity
+            .is_none_or(|v| (v[row / 8] >> (row % 8)) & 1 != 0)
+    }
+
+    /// Bytes the column takes in the payload (after its 4-byte block head).
+    pub fn byte_len(&self) -> usize {
+        let values = match self.values {
+            ViewValues::Fixed(b) => b.len(),
+            ViewValues::Var { offsets, bytes } => 8 + offsets.len() + bytes.len(),
+        };
+        self.validity.map_or(0, <[u8]>::len)
+            + values
+            + self.dict_ends.len()
+            + self.dict_bytes.len()
+            + if self.ty == ColumnType::Symbol { 4 } else { 0 }
+    }
+
+    /// Number of strings in a symbol column's dictionary.
+    pub fn dict_len(&self) -> usize {
+        self.dict_ends.len() / 4
+    }
+
+    /// The symbol dictionary's strings, in key order (checked UTF-8).
+    pub fn dict(&self) -> impl Iterator<Item = &'a str> + '_ {
+        let mut start = 0usize;
+        (0..self.dict_len()).map(move |k| {
+            let end = u32_le(self.dict_ends, k) as usize;
+            let s = &self.dict_bytes[start..end];
+            start = end;
+            // SAFETY: `view` checked every dictionary string for UTF-8.
+            unsafe { std::str::from_utf8_unchecked(s) }
+        })
+    }
+
+    /// Varchar offset `i` (of `rows + 1`).
+    pub fn offset(&self, i: usize) -> u64 {
+        match self.values {
+            ViewValues::Var { offsets, .. } => u64_le(offsets, i),
+            ViewValues::Fixed(_) => 0,
+        }
+    }
+
+    /// The column as an owned [`ColumnBuf`] (one copy).
+    pub fn to_column(&self, rows: usize) -> ColumnBuf {
+        let values = match self.values {
+            ViewValues::Fixed(b) => Values::Fixed(b.to_vec()),
+            ViewValues::Var { offsets, bytes } => Values::Var {
+                offsets: (0..=rows).map(|i| u64_le(offsets, i)).collect(),
+                bytes: bytes.to_vec(),
+            },
+        };
+        ColumnBuf {
+            ty: self.ty,
+            validity: self.validity.map(|v| unpack_bits(v, 0, rows)),
+            values,
+            dict: self.dict().map(str::to_string).collect(),
+        }
+    }
+}
+
+impl BatchView<'_> {
+    /// An empty txn (no rows, no columns): an aborted txn keeps its number.
+    pub fn empty() -> BatchView<'static> {
+        BatchView {
+            rows: 0,
+            columns: Vec::new(),
+        }
+    }
+
+    /// The view as an owned [`Batch`] (column data copied once).
+    pub fn to_batch(&self) -> Batch {
+        Batch {
+            columns: self
+                .columns
+                .iter()
+                .map(|c| c.to_column(self.rows))
+                .collect(),
+        }
+    }
+}
+
 /// Decodes a payload written by [`encode`] for a table of `schema`.
 pub fn decode(buf: &[u8], schema: &Schema) -> Result<Batch, DecodeError> {
+    Ok(view(buf, schema)?.to_batch())
+}
+
+/// Checks a payload written by [`encode`] against `schema` and borrows its
+/// columns: lengths against the bytes left, offsets for order and bounds,
+/// strings for UTF-8, symbol keys against the dictionary, the designated
+/// timestamp for nulls and range. What passes is a valid batch.
+pub fn view<'a>(buf: &'a [u8], schema: &Schema) -> Result<BatchView<'a>, DecodeError> {
     let mut r = Reader { buf, pos: 0 };
     let rows = u64::from(r.u32()?);
     if rows > BATCH_ROWS_MAX as u64 {
@@ -124,68 +256,71 @@ pub fn decode(buf: &[u8], schema: &Schema) -> Result<Batch, DecodeError> {
             return Err(bad(format!("unknown flags {:#x}", head[1])));
         }
         let validity = if head[1] & FLAG_VALIDITY != 0 {
-            // An all-valid bitmap decodes to "no nulls", the form encode writes.
-            let v = unpack_bits(r.take(rows.div_ceil(8))?, 0, rows as usize);
-            v.contains(&0).then_some(v)
+            let bits = r.take(rows.div_ceil(8))?;
+            // An all-valid bitmap reads as "no nulls", the form encode writes.
+            let all = (0..rows as usize).all(|row| (bits[row / 8] >> (row % 8)) & 1 != 0);
+            (!all).then_some(bits)
         } else {
             None
         };
-        let mut dict = Vec::new();
+        let (mut dict_ends, mut dict_bytes): (&[u8], &[u8]) = (&[], &[]);
         if ty == ColumnType::Symbol {
             let n = u64::from(r.u32()?);
-            let ends = r.take(n * 4)?;
-            let ends: Vec<u32> = ends
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect();
-            if ends.windows(2).any(|w| w[0] > w[1]) {
-                return Err(bad("symbol dictionary offsets go backwards".into()));
-            }
-            let total = ends.last().copied().unwrap_or(0);
-            let bytes = r.take(u64::from(total))?;
+            dict_ends = r.take(n * 4)?;
             let mut start = 0u32;
-            for end in ends {
-                let s = std::str::from_utf8(&bytes[start as usize..end as usize])
+            for k in 0..n as usize {
+                let end = u32_le(dict_ends, k);
+                if end < start {
+                    return Err(bad("symbol dictionary offsets go backwards".into()));
+                }
+                start = end;
+            }
+            dict_bytes = r.take(u64::from(start))?;
+            let mut start = 0usize;
+            for k in 0..n as usize {
+                let end = u32_le(dict_ends, k) as usize;
+                std::str::from_utf8(&dict_bytes[start..end])
                     .map_err(|e| bad(format!("symbol is not UTF-8: {e}")))?;
-                dict.push(s.to_string());
                 start = end;
             }
         }
         let values = match ty.width() {
-            Some(w) => Values::Fixed(r.take(rows * w as u64)?.to_vec()),
+            Some(w) => ViewValues::Fixed(r.take(rows * w as u64)?),
             None => {
                 let data_len = r.u64()?;
-                let raw = r.take((rows + 1) * 8)?;
-                let offsets: Vec<u64> = raw
-                    .chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect();
-                if offsets[0] != 0
-                    || offsets.windows(2).any(|w| w[0] > w[1])
-                    || offsets[rows as usize] != data_len
-                {
+                let offsets = r.take((rows + 1) * 8)?;
+                let mut prev = 0u64;
+                let mut ok = u64_le(offsets, 0) == 0;
+                for k in 1..=rows as usize {
+                    let o = u64_le(offsets, k);
+                    ok &= o >= prev;
+                    prev = o;
+                }
+                if !ok || prev != data_len {
                     return Err(bad(
                         "varchar offsets are not ascending from 0 to the data length".into(),
                     ));
                 }
-                let bytes = r.take(data_len)?.to_vec();
-                for w in offsets.windows(2) {
-                    std::str::from_utf8(&bytes[w[0] as usize..w[1] as usize])
+                let bytes = r.take(data_len)?;
+                for k in 0..rows as usize {
+                    let (a, b) = (u64_le(offsets, k) as usize, u64_le(offsets, k + 1) as usize);
+                    std::str::from_utf8(&bytes[a..b])
                         .map_err(|e| bad(format!("varchar is not UTF-8: {e}")))?;
                 }
-                Values::Var { offsets, bytes }
+                ViewValues::Var { offsets, bytes }
             }
         };
-        let col = ColumnBuf {
+        let col = ColumnView {
             ty,
             validity,
             values,
-            dict,
+            dict_ends,
+            dict_bytes,
         };
-        if ty == ColumnType::Symbol {
-            let n = col.dict.len() as i64;
-            if let Some(row) = (0..rows as usize)
-                .find(|&row| col.is_valid(row) && !(0..n).contains(&i64::from(col.i32_at(row))))
+        if let (ColumnType::Symbol, ViewValues::Fixed(keys)) = (ty, &col.values) {
+            let n = col.dict_len() as u32;
+            if let Some(row) =
+                (0..rows as usize).find(|&row| col.is_valid(row) && (u32_le(keys, row)) >= n)
             {
                 return Err(bad(format!(
                     "row {row}: symbol key outside the dictionary of {n}"
@@ -197,13 +332,84 @@ pub fn decode(buf: &[u8], schema: &Schema) -> Result<Batch, DecodeError> {
     if r.pos != buf.len() {
         return Err(DecodeError::TrailingBytes(buf.len() - r.pos));
     }
-    let batch = Batch { columns };
-    // Everything else `Batch::validate` checks: a decoded batch is a valid one.
-    batch.validate(schema).map_err(|e| DecodeError::Column {
-        column: schema.timestamp.unwrap_or(0),
-        why: e.to_string(),
-    })?;
-    Ok(batch)
+    if let Some(ts) = schema.timestamp.filter(|&ts| ts < columns.len()) {
+        let col = &columns[ts];
+        let name = &schema.columns[ts].name;
+        let ts_err = |e: BatchError| DecodeError::Column {
+            column: ts,
+            why: e.to_string(),
+        };
+        if let Some(row) = (0..rows as usize).find(|&row| !col.is_valid(row)) {
+            return Err(ts_err(BatchError::NullTimestamp {
+                name: name.clone(),
+                row,
+            }));
+        }
+        if let ViewValues::Fixed(b) = col.values {
+            let range = TIMESTAMP_MIN_US..=TIMESTAMP_MAX_US;
+            if let Some(row) =
+                (0..rows as usize).find(|&row| !range.contains(&(u64_le(b, row) as i64)))
+            {
+                return Err(ts_err(BatchError::TimestampOutOfRange {
+                    name: name.clone(),
+                    row,
+                    ts_us: u64_le(b, row) as i64,
+                }));
+            }
+        }
+    }
+    Ok(BatchView {
+        rows: rows as usize,
+        columns,
+    })
+}
+
+/// The values of fixed-width column `col` of a payload, found by walking
+/// the column blocks with bounds checks only (no validation): for payloads
+/// this node wrote and checksummed itself, e.g. the designated timestamps
+/// of a WAL record the uploader seals into a segment. `None` if the payload
+/// does not have such a column.
+pub fn fixed_column(buf: &[u8], col: usize) -> Option<&[u8]> {
+    let mut r = Reader { buf, pos: 0 };
+    let rows = u64::from(r.u32().ok()?);
+    let n = r.u32().ok()? as usize;
+    if col >= n {
+        return None;
+    }
+    for i in 0..=col {
+        let head = r.take(4).ok()?;
+        let ty = ColumnType::from_tag(head[0])?;
+        if head[1] & FLAG_VALIDITY != 0 {
+            r.take(rows.div_ceil(8)).ok()?;
+        }
+        if ty == ColumnType::Symbol {
+            let d = u64::from(r.u32().ok()?);
+            let ends = r.take(d * 4).ok()?;
+            let total = if d == 0 {
+                0
+            } else {
+                u32_le(ends, d as usize - 1)
+            };
+            r.take(u64::from(total)).ok()?;
+        }
+        match ty.width() {
+            Some(w) => {
+                let v = r.take(rows * w as u64).ok()?;
+                if i == col {
+                    return Some(v);
+                }
+            }
+            None => {
+                if i == col {
+                    return None;
+                }
+                let data_len = r.u64().ok()?;
+                r.take((rows + 1) * 8).ok()?;
+                r.take(data_len).ok()?;
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

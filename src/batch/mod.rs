@@ -327,6 +327,33 @@ impl ColumnBuf {
         }
     }
 
+    /// Appends every row of a borrowed payload column (see
+    /// [`codec::view`]); symbol keys are copied as they are.
+    pub fn extend_from_view(&mut self, other: &codec::ColumnView<'_>, rows: usize) {
+        let have = self.len();
+        match (&mut self.validity, other.validity) {
+            (Some(v), Some(bits)) => {
+                v.extend((0..rows).map(|i| (bits[i / 8] >> (i % 8)) & 1));
+            }
+            (Some(v), None) => v.resize(v.len() + rows, 1),
+            (None, Some(bits)) => {
+                let mut v = vec![1u8; have];
+                v.extend((0..rows).map(|i| (bits[i / 8] >> (i % 8)) & 1));
+                self.validity = Some(v);
+            }
+            (None, None) => {}
+        }
+        match (&mut self.values, &other.values) {
+            (Values::Fixed(b), codec::ViewValues::Fixed(o)) => b.extend_from_slice(o),
+            (Values::Var { offsets, bytes }, codec::ViewValues::Var { bytes: ob, .. }) => {
+                let base = bytes.len() as u64;
+                bytes.extend_from_slice(ob);
+                offsets.extend((1..=rows).map(|i| other.offset(i) + base));
+            }
+            _ => {}
+        }
+    }
+
     /// A new column holding rows `idx[0], idx[1], ...` of this one.
     pub fn gather(&self, idx: &[u32]) -> ColumnBuf {
         let validity = self

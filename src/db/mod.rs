@@ -178,6 +178,8 @@ pub struct TableHandle {
     /// directory by path, so DROP TABLE waits for it to let go).
     upload_attached: Mutex<bool>,
     upload_changed: Condvar,
+    /// The uploader's wake: notified when the written txn advances.
+    upload_wake: Arc<tokio::sync::Notify>,
 }
 
 impl TableHandle {
@@ -187,6 +189,7 @@ impl TableHandle {
         writer: &TableWriter,
         resolved: u64,
         opts: &DbOptions,
+        upload_wake: Arc<tokio::sync::Notify>,
     ) -> TableHandle {
         let replicated = opts.retain_wal_for_upload && schema.timestamp.is_some();
         let dir = writer.dir().to_path_buf();
@@ -215,6 +218,7 @@ impl TableHandle {
             dropped: std::sync::atomic::AtomicBool::new(false),
             upload_attached: Mutex::new(false),
             upload_changed: Condvar::new(),
+            upload_wake,
         }
     }
 
@@ -332,6 +336,16 @@ impl TableHandle {
             w.0 = w.0.max(l);
             w.1.remove(&f);
         }
+        drop(w);
+        if self.replicated {
+            // One atomic operation when the uploader is already awake.
+            self.upload_wake.notify_one();
+        }
+    }
+
+    /// What wakes the uploader (it sleeps until a table has work).
+    pub fn upload_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.upload_wake.clone()
     }
 
     /// Every txn up to this one is durable in the WAL or aborted (ahead of
@@ -452,11 +466,20 @@ pub fn now_us() -> i64 {
 
 /// The database's tables by name, shared.
 #[derive(Clone, Debug, Default)]
-pub struct Catalog(Arc<Mutex<HashMap<String, Arc<TableHandle>>>>);
+pub struct Catalog {
+    tables: Arc<Mutex<HashMap<String, Arc<TableHandle>>>>,
+    /// Wakes the uploader: a table was created, or one's written txn advanced.
+    upload_wake: Arc<tokio::sync::Notify>,
+}
 
 impl Catalog {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TableHandle>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What wakes the uploader (shards writing, tables created).
+    pub fn upload_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.upload_wake.clone()
     }
 
     /// Every table, sorted by name.
@@ -559,6 +582,7 @@ impl Database {
             .spawn(move || applier::run(applier_rx, limits))
             .map_err(|e| TableError::io(&opts.data_dir)(e))?;
         let mut tables = HashMap::new();
+        let upload_wake = Arc::new(tokio::sync::Notify::new());
         let mut recovery = Vec::new();
         let recovered = if opts.read_only {
             Vec::new()
@@ -576,6 +600,7 @@ impl Database {
                 &writer,
                 resolved,
                 &opts,
+                upload_wake.clone(),
             ));
             applier_tx
                 .send(ApplyMsg::AddTable {
@@ -600,7 +625,10 @@ impl Database {
             _lock: lock,
             recovery,
             engine,
-            tables: Catalog(Arc::new(Mutex::new(tables))),
+            tables: Catalog {
+                tables: Arc::new(Mutex::new(tables)),
+                upload_wake,
+            },
             shards: Vec::new(),
             shard_stats: Vec::new(),
             threads: Vec::new(),
@@ -729,6 +757,7 @@ impl Database {
             &writer,
             0,
             &self.opts,
+            self.tables.upload_wake(),
         ));
         self.applier_tx
             .as_ref()
@@ -739,6 +768,8 @@ impl Database {
             })
             .map_err(|_| DbError::Closed)?;
         tables.insert(name.to_string(), handle.clone());
+        drop(tables);
+        self.tables.upload_wake.notify_one();
         Ok(handle)
     }
 

@@ -34,6 +34,8 @@ use object_store::path::Path as ObjectPath;
 /// stopped and joined when dropped.
 struct Background {
     stop: Arc<AtomicBool>,
+    /// Woken when stopping, for a thread that sleeps until woken.
+    wake: Option<Arc<tokio::sync::Notify>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -50,14 +52,30 @@ impl Background {
             .spawn(move || body(s))?;
         Ok(Background {
             stop,
+            wake: None,
             thread: Some(thread),
         })
+    }
+
+    /// [`Background::spawn`] for a thread that sleeps on `wake`: stopping
+    /// wakes it.
+    fn spawn_woken(
+        name: &str,
+        wake: Arc<tokio::sync::Notify>,
+        body: impl FnOnce(Arc<AtomicBool>) + Send + 'static,
+    ) -> std::io::Result<Background> {
+        let mut b = Background::spawn(name, body)?;
+        b.wake = Some(wake);
+        Ok(b)
     }
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        if let Some(w) = &self.wake {
+            w.notify_one();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -71,6 +71,9 @@ pub struct Replica {
     /// [`Replica::checkpoint_all`].
     pub checkpoint_interval: Option<Duration>,
     last_checkpoint: BTreeMap<String, Instant>,
+    /// Per table, the last segment applied in this run: its last txn,
+    /// checksum and epoch. The next segment must link to it (one history).
+    links: BTreeMap<String, (u64, u64, u64)>,
     /// Set once queries may be reading the tables: local tables are no
     /// longer opened (recovery) from then on.
     pub serving: bool,
@@ -91,6 +94,7 @@ impl Replica {
             tables: BTreeMap::new(),
             checkpoint_interval: None,
             last_checkpoint: BTreeMap::new(),
+            links: BTreeMap::new(),
             serving: false,
         })
     }
@@ -272,16 +276,27 @@ impl Replica {
             source,
         };
         let h = seg.header();
-        if h.first_txn.to_native() != first || h.table.as_str() != table {
+        if h.first_txn != first || h.table != table {
             return Err(ReplicationError::Misplaced {
                 key: key.to_string(),
                 why: format!(
                     "it holds txns {}..={} of table {}",
-                    h.first_txn,
-                    h.last_txn,
-                    h.table.as_str()
+                    h.first_txn, h.last_txn, h.table
                 ),
             });
+        }
+        // The chain: a segment links to the one applied before it, and an
+        // epoch never goes back. (After a restart the first segment's link
+        // cannot be compared: this run has not seen its predecessor.)
+        if let (Some(prev), Some(&(txn, sum, epoch))) = (h.prev_xxh3, self.links.get(table)) {
+            if txn + 1 == first && (prev != sum || h.epoch < epoch) {
+                return Err(bad(SegmentError::BrokenChain {
+                    first,
+                    last: h.last_txn,
+                    expected: sum,
+                    found: prev,
+                }));
+            }
         }
         if self.writer(table)?.is_none() {
             let w = create_from_header(&self.data_dir, &seg).map_err(bad)?;
@@ -294,8 +309,10 @@ impl Replica {
         report.txns += r.applied_txns;
         report.rows += r.rows;
         report.txn = w.state().txn;
+        self.links
+            .insert(table.to_string(), (h.last_txn, seg.checksum(), h.epoch));
         // Empty (aborted) txns carry commit time 0.
-        if let Some(t) = h.commit_times_us.iter().map(|t| t.to_native()).max() {
+        if let Some(t) = h.commit_times_us.iter().copied().max() {
             report.last_commit_time_us = report.last_commit_time_us.max(t);
         }
         Ok(())
@@ -317,23 +334,20 @@ impl Replica {
 fn create_from_header(data_dir: &Path, seg: &Segment) -> Result<TableWriter, SegmentError> {
     let h = seg.header();
     let mut cols = Vec::new();
-    for c in h.columns.iter().filter(|c| c.added_in.to_native() == 1) {
+    for c in h.columns.iter().filter(|c| c.added_in == 1) {
         let ty = ColumnType::from_tag(c.ty)
             .ok_or_else(|| SegmentError::Malformed(format!("column type tag {}", c.ty)))?;
         cols.push((c.name.as_str(), ty));
     }
     let ts = h
         .columns
-        .get(h.timestamp_column.to_native() as usize)
+        .get(h.timestamp_column as usize)
         .map(|c| c.name.as_str());
     let partition_by = PartitionBy::from_tag(h.partition_by)
         .ok_or_else(|| SegmentError::Malformed(format!("partition tag {}", h.partition_by)))?;
     let schema = Schema::new(cols, ts, partition_by)?;
     Ok(TableWriter::create_with_id(
-        data_dir,
-        h.table.as_str(),
-        &schema,
-        h.table_id.to_native(),
+        data_dir, &h.table, &schema, h.table_id,
     )?)
 }
 
@@ -353,6 +367,9 @@ pub struct ReplicaOptions {
     /// checkpoint fsyncs its files); after a crash the replica downloads
     /// again what came after its last checkpoint.
     pub checkpoint_interval: Duration,
+    /// The core the replica's apply thread is pinned to (modulo the
+    /// cores), like a primary's shards; `None` leaves it unpinned.
+    pub core: Option<usize>,
 }
 
 impl Default for ReplicaOptions {
@@ -362,6 +379,22 @@ impl Default for ReplicaOptions {
             discover_interval: Duration::from_secs(1),
             list_interval: Duration::from_secs(10),
             checkpoint_interval: Duration::from_secs(1),
+            core: None,
+        }
+    }
+}
+
+impl ReplicaOptions {
+    /// The defaults for a kind of store: a shared filesystem answers a
+    /// look for the next segment with a file open, so it is looked for
+    /// every 5 ms; cloud stores (a GET each) every 50 ms.
+    pub fn for_store(kind: crate::store::StoreKind) -> ReplicaOptions {
+        match kind {
+            crate::store::StoreKind::Fs => ReplicaOptions {
+                poll_interval: Duration::from_millis(5),
+                ..ReplicaOptions::default()
+            },
+            _ => ReplicaOptions::default(),
         }
     }
 }
@@ -440,6 +473,7 @@ impl ReplicaRunner {
         let status = Arc::new(ReplicaStatus::default());
         let st = status.clone();
         let thread = super::Background::spawn("basalt-replica", move |stop| {
+            crate::io::pin_current_thread(opts.core);
             follow(&mut replica, &opts, &stop, &st)
         })
         .map_err(|e| ReplicationError::Io(format!("replica thread: {e}")))?;

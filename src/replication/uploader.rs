@@ -10,7 +10,15 @@
 //!
 //! It runs on its own thread with its own tokio runtime, entirely off the
 //! ingest path: it only reads WAL files and table handles' counters, so a
-//! slow, failing or unreachable store never blocks a commit. The WAL is
+//! slow, failing or unreachable store never blocks a commit. It sleeps
+//! until something happens: a shard advancing a table's written txn, a
+//! table created, an upload finishing, or the next deadline (a segment's
+//! age, a retry); an idle node costs nothing.
+//!
+//! Sealing copies each txn's WAL record as the shard wrote it into the
+//! upload buffer (segment format 2): no decode, no re-encode. Each segment
+//! names the checksum of the one before it (its link), so the chain in the
+//! store is one history. The WAL is
 //! the backlog: shards keep WAL files until their txns are uploaded (and
 //! checkpointed), across restarts too (see `wal::retention`).
 //!
@@ -21,8 +29,9 @@
 //! exactly there: no gap, no duplicate. A PUT that finds its key taken
 //! (the previous run's upload landed but was not recorded, or a retry of a
 //! PUT whose answer was lost) reads the object back: if its commit times
-//! are this node's own, the chain is adopted; otherwise another primary
-//! wrote this history and the table's upload stops with an error.
+//! are this node's own and it links to the same previous segment, the
+//! chain is adopted; otherwise another primary wrote this history and the
+//! table's upload stops with an error.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,10 +43,9 @@ use rkyv::util::AlignedVec;
 use tracing::{error, info, warn};
 
 use super::{first_txn_of, segment_key, table_prefix};
-use crate::batch::{codec, BatchBuilder};
 use crate::db::{now_us, Catalog, TableHandle};
-use crate::segment::{BufferPool, Compression, Segment, SegmentWriter};
-use crate::store::Store;
+use crate::segment::{BufferPool, Compression, Link, Segment, SegmentWriter, FIRST_EPOCH};
+use crate::store::{Store, StoreKind};
 use crate::wal::{self, WalTail};
 
 /// When segments are sealed and how uploads are paced.
@@ -55,8 +63,6 @@ pub struct UploadOptions {
     pub retry_backoff_max: Duration,
     /// Body compression of the segments.
     pub compression: Compression,
-    /// How often the uploader looks for new txns.
-    pub poll_interval: Duration,
     /// At shutdown, how long to keep uploading what is committed (what is
     /// left stays in the WAL for the next start).
     pub shutdown_flush_max: Duration,
@@ -70,7 +76,6 @@ impl Default for UploadOptions {
             uploads_in_flight_max: 4,
             retry_backoff_max: Duration::from_secs(5),
             compression: Compression::None,
-            poll_interval: Duration::from_millis(5),
             shutdown_flush_max: Duration::from_secs(10),
         }
     }
@@ -83,8 +88,24 @@ impl UploadOptions {
         UploadOptions {
             segment_bytes_max: 256 * 1024,
             segment_age_max: Duration::from_millis(10),
-            poll_interval: Duration::from_millis(1),
             ..UploadOptions::default()
+        }
+    }
+
+    /// The defaults for a kind of store. A shared filesystem (`fs`) has no
+    /// price per request: a segment is sealed as soon as the uploader has
+    /// caught up and the previous one landed (segments then grow with the
+    /// load while a PUT is in flight), for the lowest lag. Cloud stores
+    /// (and `memory`) keep the PUT budget: sealed at 2 MiB or 100 ms, at
+    /// most about 10 PUTs per second per table.
+    pub fn for_store(kind: StoreKind) -> UploadOptions {
+        match kind {
+            StoreKind::Fs => UploadOptions {
+                segment_bytes_max: 1024 * 1024,
+                segment_age_max: Duration::ZERO,
+                ..UploadOptions::default()
+            },
+            _ => UploadOptions::default(),
         }
     }
 }
@@ -144,7 +165,8 @@ impl Uploader {
             .on_thread_start(lower_priority)
             .build()?;
         let st = status.clone();
-        let thread = super::Background::spawn("basalt-uploader", move |stop| {
+        let wake = catalog.upload_wake();
+        let thread = super::Background::spawn_woken("basalt-uploader", wake, move |stop| {
             lower_priority();
             rt.block_on(run(catalog, store, opts, stop, st));
         })?;
@@ -177,9 +199,11 @@ enum Outcome {
         last: u64,
         bytes: u64,
     },
-    /// The key was taken by this node's own earlier upload, ending at `last`.
+    /// The key was taken by this node's own earlier upload, ending at
+    /// `last`, with checksum `xxh3`.
     Adopted {
         last: u64,
+        xxh3: u64,
     },
     /// Shutdown came first.
     Abandoned,
@@ -191,13 +215,15 @@ enum Outcome {
 struct InFlight {
     first: u64,
     last: u64,
+    /// The sealed segment's checksum: the next one's link once it lands.
+    xxh3: u64,
     last_commit_us: i64,
     task: tokio::task::JoinHandle<Outcome>,
 }
 
 enum Phase {
     /// Asking the store what it holds after the upload mark.
-    Locating(tokio::task::JoinHandle<Result<(u64, Vec<StoredSegment>), LocateError>>),
+    Locating(tokio::task::JoinHandle<Result<(u64, Located), LocateError>>),
     /// Waiting to ask again (after a failure).
     LocateAfter(Instant),
     Ready,
@@ -212,6 +238,8 @@ struct TableUpload {
     phase: Phase,
     /// Next txn to put into `open`.
     next_txn: u64,
+    /// What the next sealed segment links to: the last one in the store.
+    link: Link,
     open: Option<SegmentWriter>,
     /// Commit time of the open segment's first txn.
     open_first_commit_us: i64,
@@ -227,6 +255,7 @@ async fn run(
     status: Arc<UploadStatus>,
 ) {
     let pool = BufferPool::new(opts.uploads_in_flight_max.max(1) * 2);
+    let wake = catalog.upload_wake();
     let mut tables: BTreeMap<String, TableUpload> = BTreeMap::new();
     let mut stop_deadline: Option<Instant> = None;
     info!(store = %store.config, "uploader started");
@@ -257,6 +286,7 @@ async fn run(
                     tail: WalTail::new(&h.dir().join(crate::table::files::WAL_DIR)),
                     phase: Phase::LocateAfter(Instant::now()),
                     next_txn: 0,
+                    link: Link::default(),
                     open: None,
                     open_first_commit_us: 0,
                     open_last_commit_us: 0,
@@ -290,7 +320,24 @@ async fn run(
                 break;
             }
         }
-        tokio::time::sleep(opts.poll_interval).await;
+        // Sleep until a shard writes, a table appears, an upload ends, or
+        // the earliest deadline of a table passes.
+        let deadline = tables.values().filter_map(|t| t.deadline(&opts)).min();
+        let deadline = match stop_deadline {
+            // Shutting down: uploads in flight end without a wake.
+            Some(_) => Some(Instant::now() + Duration::from_millis(5)),
+            None => deadline,
+        };
+        let notified = wake.notified();
+        match deadline {
+            Some(d) => {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(d.into()) => {}
+                }
+            }
+            None => notified.await,
+        }
     }
     for t in tables.values_mut() {
         if let Some(f) = t.in_flight.take() {
@@ -325,13 +372,18 @@ async fn step(
             }
             // The mark is a hint only for the store it was written for.
             let mark = wal::retention::read_upload_mark(&t.tail_dir());
-            let hint = if mark.store_id == t.store_id {
-                mark.txn
+            let (hint, link) = if mark.store_id == t.store_id {
+                (mark.txn, mark.segment_xxh3)
             } else {
-                0
+                (0, None)
             };
             let (s, n) = (store.clone(), name.clone());
-            let task = tokio::spawn(async move { locate(&s, &n, hint).await.map(|v| (hint, v)) });
+            let wake = wake_of(t);
+            let task = tokio::spawn(async move {
+                let r = locate(&s, &n, hint, link).await.map(|v| (hint, v));
+                wake.notify_one();
+                r
+            });
             t.phase = Phase::Locating(task);
             return true;
         }
@@ -343,10 +395,14 @@ async fn step(
                 .await
                 .unwrap_or_else(|e| Err(LocateError::Transient(e.to_string())));
             match r {
-                Ok((hint, stored)) => {
-                    let last = match t.verify_stored(hint, &stored) {
+                Ok((hint, located)) => {
+                    let last = match t.verify_stored(hint, &located.stored) {
                         Ok(last) => last,
                         Err(why) => return t.stop(status, why),
+                    };
+                    t.link = Link {
+                        epoch: FIRST_EPOCH,
+                        prev_xxh3: located.stored.last().map_or(located.hint_xxh3, |s| s.xxh3),
                     };
                     info!(table = %name, uploaded_txn = last, "upload resumes after the store's last segment");
                     // A mark promises that the WAL after it is all here
@@ -388,6 +444,7 @@ async fn step(
             .unwrap_or_else(|e| Outcome::Fatal(e.to_string()));
         match outcome {
             Outcome::Uploaded { last, bytes } => {
+                t.link.prev_xxh3 = f.xxh3;
                 if t.mark_uploaded(last) {
                     t.tail.remove_released(t.handle.wal_release_txn());
                 }
@@ -400,8 +457,9 @@ async fn step(
                     s.last_error = None;
                 });
             }
-            Outcome::Adopted { last } => {
+            Outcome::Adopted { last, xxh3 } => {
                 info!(table = %name, first = f.first, last, "segment was already in the store (an earlier upload of this node); continuing after it");
+                t.link.prev_xxh3 = xxh3;
                 t.mark_uploaded(last);
                 if last != f.last {
                     // The stored segment ends elsewhere than ours: rebuild
@@ -443,7 +501,8 @@ async fn step(
         let txn = t.next_txn;
         let schema = t.handle.schema();
         if t.open.is_none() {
-            match SegmentWriter::new(t.handle.table_id(), &name, &schema) {
+            let room = opts.segment_bytes_max + 64 * 1024;
+            match SegmentWriter::new_in(t.handle.table_id(), &name, &schema, Some(pool), room) {
                 Ok(w) => t.open = Some(w),
                 Err(e) => {
                     return t.stop(status, format!("cannot make segments of table {name}: {e}"))
@@ -456,21 +515,13 @@ async fn step(
                 return t.stop(status, format!("table {name}: {e}"));
             }
         }
-        let (commit_us, batch) = if t.handle.is_aborted(txn) {
+        let pushed = if t.handle.is_aborted(txn) {
             // A txn whose WAL write failed: no rows, but its number exists.
-            // Commit time 0: the same whenever the segment is rebuilt.
-            (0, BatchBuilder::new(&schema).finish())
+            open.push_aborted(txn).map(|()| 0)
         } else {
-            match t.tail.next(txn) {
-                Ok(Some((h, payload))) => match codec::decode(payload, &schema) {
-                    Ok(b) => (h.commit_time_us, b),
-                    Err(e) => {
-                        return t.stop(
-                            status,
-                            format!("table {name}: WAL record of txn {txn} does not decode: {e}"),
-                        )
-                    }
-                },
+            match t.tail.next_record(txn) {
+                // The record as the shard wrote it: copied once, not decoded.
+                Ok(Some((h, record))) => open.push_record(&h, record).map(|()| h.commit_time_us),
                 Ok(None) => {
                     return t.stop(
                         status,
@@ -486,14 +537,15 @@ async fn step(
                 }
             }
         };
-        if open.txn_count() == 0 {
+        let commit_us = match pushed {
+            Ok(c) => c,
+            Err(e) => return t.stop(status, format!("table {name}: txn {txn}: {e}")),
+        };
+        if open.txn_count() == 1 {
             t.open_first_commit_us = if commit_us == 0 { now_us() } else { commit_us };
             t.open_last_commit_us = 0;
         }
         t.open_last_commit_us = t.open_last_commit_us.max(commit_us);
-        if let Err(e) = open.push(txn, commit_us, batch) {
-            return t.stop(status, format!("table {name}: txn {txn}: {e}"));
-        }
         t.next_txn += 1;
     }
 
@@ -510,7 +562,7 @@ async fn step(
     }
     let open = t.open.take().expect("checked");
     let (first, last) = (t.next_txn - open.txn_count() as u64, t.next_txn - 1);
-    let encoded = match open.finish_with(opts.compression, Some(pool)) {
+    let encoded = match open.finish_linked(t.link, opts.compression) {
         Ok(e) => e,
         Err(e) => {
             return t.stop(
@@ -519,46 +571,61 @@ async fn step(
             )
         }
     };
-    let commit_times = {
-        // Our commit times, to recognise our own segment if the key is taken.
-        match Segment::from_slice(encoded.as_slice()) {
-            Ok(s) => s
-                .header()
-                .commit_times_us
-                .iter()
-                .map(|t| t.to_native())
-                .collect::<Vec<i64>>(),
-            Err(e) => {
-                return t.stop(
-                    status,
-                    format!("table {name}: sealed segment does not verify: {e}"),
-                )
-            }
-        }
-    };
+    // Our commit times and link, to recognise our own segment if the key
+    // is taken.
+    let commit_times = encoded.commit_times_us.clone();
+    let xxh3 = encoded.checksum();
     let bytes = encoded.into_bytes();
     let key = segment_key(store, &name, first);
     let ctx = UploadCtx {
         store: store.clone(),
         table: name.clone(),
         table_id: t.handle.table_id(),
+        link: t.link,
         stop: stop.clone(),
         backoff_max: opts.retry_backoff_max,
         status: status.clone(),
     };
-    let task =
-        tokio::spawn(async move { upload(ctx, key, bytes, first, last, commit_times).await });
+    let wake = wake_of(t);
+    let task = tokio::spawn(async move {
+        let outcome = upload(ctx, key, bytes, first, last, commit_times).await;
+        wake.notify_one();
+        outcome
+    });
     *in_flight += 1;
     t.in_flight = Some(InFlight {
         first,
         last,
+        xxh3,
         last_commit_us: t.open_last_commit_us,
         task,
     });
     true
 }
 
+/// The uploader's wake (shards, table creation, finished uploads).
+fn wake_of(t: &TableUpload) -> Arc<tokio::sync::Notify> {
+    t.handle.upload_wake()
+}
+
 impl TableUpload {
+    /// When this table needs a look without being woken: its open segment
+    /// comes of age, or its position is asked for again.
+    fn deadline(&self, opts: &UploadOptions) -> Option<Instant> {
+        match &self.phase {
+            Phase::LocateAfter(at) => return Some(*at),
+            Phase::Ready => {}
+            _ => return None,
+        }
+        self.open.as_ref().filter(|o| o.txn_count() > 0)?;
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let age_us = now_us() - self.open_first_commit_us;
+        let left_us = opts.segment_age_max.as_micros() as i64 - age_us;
+        Some(Instant::now() + Duration::from_micros(left_us.max(0) as u64))
+    }
+
     fn tail_dir(&self) -> std::path::PathBuf {
         self.handle.dir().join(crate::table::files::WAL_DIR)
     }
@@ -571,6 +638,8 @@ impl TableUpload {
         let mark = wal::retention::UploadMark {
             txn: last,
             store_id: self.store_id,
+            segment_xxh3: Some(self.link.prev_xxh3),
+            epoch: self.link.epoch,
         };
         match wal::retention::write_upload_mark(&self.tail_dir(), mark) {
             Ok(()) => {
@@ -668,12 +737,28 @@ struct StoredSegment {
     first: u64,
     last: u64,
     commit_times: Vec<i64>,
+    xxh3: u64,
+}
+
+/// Where a table's chain in the store ends.
+struct Located {
+    /// Segments after the upload mark (normally none).
+    stored: Vec<StoredSegment>,
+    /// Checksum of the segment ending at the mark (0 when the mark is 0).
+    hint_xxh3: u64,
 }
 
 /// The segments of `table` in the store that start after txn `hint` (the
 /// upload mark): normally none, or the one whose upload landed just
-/// before a crash.
-async fn locate(store: &Store, table: &str, hint: u64) -> Result<Vec<StoredSegment>, LocateError> {
+/// before a crash. `hint_xxh3` is the mark's link, when it has one; a mark
+/// written before segments were linked has none, and the segment ending
+/// at the mark is then looked up (once, at start-up).
+async fn locate(
+    store: &Store,
+    table: &str,
+    hint: u64,
+    hint_xxh3: Option<u64>,
+) -> Result<Located, LocateError> {
     let prefix = table_prefix(store, table);
     let after = segment_key(store, table, hint);
     let keys = store
@@ -690,27 +775,60 @@ async fn locate(store: &Store, table: &str, hint: u64) -> Result<Vec<StoredSegme
             keys.len()
         )));
     }
-    let mut out = Vec::new();
+    let mut stored = Vec::new();
     for key in keys {
         let (seg, _) = fetch(store, key).await.map_err(LocateError::Transient)?;
         let h = seg.header();
-        if h.table.as_str() != table || first_txn_of(key) != Some(h.first_txn.to_native()) {
+        if h.table != table || first_txn_of(key) != Some(h.first_txn) {
             return Err(LocateError::Fatal(format!(
                 "object {key} holds txns {}..={} of table {}: not where it belongs. \
                  Upload of the table is stopped",
-                h.first_txn,
-                h.last_txn,
-                h.table.as_str()
+                h.first_txn, h.last_txn, h.table
             )));
         }
-        out.push(StoredSegment {
+        stored.push(StoredSegment {
             key: key.to_string(),
-            first: h.first_txn.to_native(),
-            last: h.last_txn.to_native(),
-            commit_times: h.commit_times_us.iter().map(|t| t.to_native()).collect(),
+            first: h.first_txn,
+            last: h.last_txn,
+            commit_times: h.commit_times_us.clone(),
+            xxh3: seg.checksum(),
         });
     }
-    Ok(out)
+    let hint_xxh3 = match hint_xxh3 {
+        Some(x) => x,
+        None if hint == 0 || !stored.is_empty() => 0,
+        None => ending_at(store, table, hint).await?,
+    };
+    Ok(Located { stored, hint_xxh3 })
+}
+
+/// The checksum of the segment of `table` whose last txn is `txn` (for a
+/// mark written before segments were linked): one listing of the table.
+async fn ending_at(store: &Store, table: &str, txn: u64) -> Result<u64, LocateError> {
+    let prefix = table_prefix(store, table);
+    let keys = store
+        .list_after(&prefix, &segment_key(store, table, 0))
+        .await
+        .map_err(|e| LocateError::Transient(format!("listing {prefix}: {e}")))?;
+    let key = keys
+        .iter()
+        .filter(|k| first_txn_of(k).is_some_and(|f| f <= txn))
+        .max_by_key(|k| first_txn_of(k))
+        .ok_or_else(|| {
+            LocateError::Fatal(format!(
+                "the upload mark of table {table} says txn {txn} is in the store, but the store \
+                 has no segment holding it. Upload of the table is stopped"
+            ))
+        })?;
+    let (seg, _) = fetch(store, key).await.map_err(LocateError::Transient)?;
+    if seg.header().last_txn != txn {
+        return Err(LocateError::Fatal(format!(
+            "object {key} ends at txn {}, the upload mark of table {table} at {txn}. \
+             Upload of the table is stopped",
+            seg.header().last_txn
+        )));
+    }
+    Ok(seg.checksum())
 }
 
 /// Downloads and verifies one segment.
@@ -729,6 +847,8 @@ struct UploadCtx {
     store: Store,
     table: String,
     table_id: u64,
+    /// The link of the segment being uploaded.
+    link: Link,
     stop: Arc<AtomicBool>,
     backoff_max: Duration,
     status: Arc<UploadStatus>,
@@ -783,7 +903,8 @@ async fn upload(
 }
 
 /// The key of our segment is taken: it is ours if it is this table's,
-/// starts where ours does and its commit times are ours.
+/// starts where ours does, its commit times are ours and it links to the
+/// same previous segment (a version 1 segment has no link to compare).
 fn adopt(
     ctx: &UploadCtx,
     key: &object_store::path::Path,
@@ -792,24 +913,22 @@ fn adopt(
     ours: &[i64],
 ) -> Outcome {
     let h = seg.header();
-    let theirs: Vec<i64> = h.commit_times_us.iter().map(|t| t.to_native()).collect();
+    let theirs = &h.commit_times_us;
     let n = theirs.len().min(ours.len());
-    if h.table.as_str() == ctx.table
-        && h.table_id.to_native() == ctx.table_id
-        && h.first_txn.to_native() == first
+    if h.table == ctx.table
+        && h.table_id == ctx.table_id
+        && h.first_txn == first
         && theirs[..n] == ours[..n]
+        && h.prev_xxh3.is_none_or(|p| p == ctx.link.prev_xxh3)
     {
         return Outcome::Adopted {
-            last: h.last_txn.to_native(),
+            last: h.last_txn,
+            xxh3: seg.checksum(),
         };
     }
     Outcome::Fatal(format!(
         "object {key} already exists with different contents (table {} id {}, txns {}..={}): \
          another primary is writing table {}'s history. Upload of the table is stopped",
-        h.table.as_str(),
-        h.table_id,
-        h.first_txn,
-        h.last_txn,
-        ctx.table
+        h.table, h.table_id, h.first_txn, h.last_txn, ctx.table
     ))
 }

@@ -5,10 +5,10 @@ use xxhash_rust::xxh3::xxh3_64;
 /// First bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"BASALTSG";
 /// The version this build writes.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Versions this build reads. A version is never dropped from this list:
 /// tests/data keeps a sample of each, read by a test.
-pub const ACCEPTED_VERSIONS: &[u16] = &[1];
+pub const ACCEPTED_VERSIONS: &[u16] = &[1, 2];
 pub const PREAMBLE_BYTES: usize = 64;
 /// No segment (stored or decompressed) is larger; a length field claiming
 /// more is refused before anything is allocated.
@@ -73,13 +73,29 @@ pub(crate) fn align_up(n: usize) -> usize {
 }
 
 impl Preamble {
-    /// Offset of the body: after the header, aligned.
+    /// Offset of the body: after the header, aligned (version 1); right
+    /// after the preamble (version 2).
     pub fn body_offset(&self) -> usize {
-        align_up(PREAMBLE_BYTES + self.header_len as usize)
+        match self.version {
+            1 => align_up(PREAMBLE_BYTES + self.header_len as usize),
+            _ => PREAMBLE_BYTES,
+        }
+    }
+
+    /// Offset of the header: right after the preamble (version 1); after
+    /// the stored body, aligned (version 2).
+    pub fn header_offset(&self) -> usize {
+        match self.version {
+            1 => PREAMBLE_BYTES,
+            _ => align_up(PREAMBLE_BYTES + self.body_len as usize),
+        }
     }
 
     pub fn total_len(&self) -> u64 {
-        self.body_offset() as u64 + self.body_len
+        match self.version {
+            1 => self.body_offset() as u64 + self.body_len,
+            _ => self.header_offset() as u64 + u64::from(self.header_len),
+        }
     }
 
     pub fn encode(&self) -> [u8; PREAMBLE_BYTES] {
@@ -230,6 +246,13 @@ pub enum SegmentError {
         table_txn: u64,
         missing_from: u64,
     },
+    #[error("segment txns {first}..={last} link to a previous segment with checksum {found:016x}, but the segment this table applied before them has {expected:016x}: not the same history")]
+    BrokenChain {
+        first: u64,
+        last: u64,
+        expected: u64,
+        found: u64,
+    },
     #[error("segment does not fit the table: {0}")]
     Schema(String),
     #[error("{path}: {source}")]
@@ -250,19 +273,38 @@ pub fn reseal(bytes: &mut [u8]) {
     if bytes.len() < PREAMBLE_BYTES {
         return;
     }
-    let header_len = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes")) as usize;
-    let body_off = align_up(PREAMBLE_BYTES.saturating_add(header_len));
-    if body_off > bytes.len() {
-        return;
-    }
-    let body_len = (bytes.len() - body_off) as u64;
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    let (header, body) = if version == 1 {
+        let header_len = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes")) as usize;
+        let body_off = align_up(PREAMBLE_BYTES.saturating_add(header_len));
+        if body_off > bytes.len() {
+            return;
+        }
+        (
+            PREAMBLE_BYTES..PREAMBLE_BYTES + header_len,
+            body_off..bytes.len(),
+        )
+    } else {
+        // Version 2: keep the stated body length if it fits, the header is
+        // the rest after the aligned end of the body.
+        let stated = u64::from_le_bytes(bytes[24..32].try_into().expect("8 bytes"));
+        let body_len = (stated.min((bytes.len() - PREAMBLE_BYTES) as u64)) as usize;
+        let header_off = align_up(PREAMBLE_BYTES + body_len).min(bytes.len());
+        let header_len = (bytes.len() - header_off) as u32;
+        bytes[16..20].copy_from_slice(&header_len.to_le_bytes());
+        (
+            header_off..bytes.len(),
+            PREAMBLE_BYTES..PREAMBLE_BYTES + body_len,
+        )
+    };
+    let body_len = body.len() as u64;
     bytes[24..32].copy_from_slice(&body_len.to_le_bytes());
     if bytes[10] == 0 {
         bytes[32..40].copy_from_slice(&body_len.to_le_bytes());
     }
-    let h = xxh3_64(&bytes[PREAMBLE_BYTES..PREAMBLE_BYTES + header_len]);
+    let h = xxh3_64(&bytes[header]);
     bytes[40..48].copy_from_slice(&h.to_le_bytes());
-    let b = xxh3_64(&bytes[body_off..]);
+    let b = xxh3_64(&bytes[body]);
     bytes[48..56].copy_from_slice(&b.to_le_bytes());
     let p = xxh3_64(&bytes[..56]);
     bytes[56..64].copy_from_slice(&p.to_le_bytes());

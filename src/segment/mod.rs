@@ -1,18 +1,21 @@
 //! Segments: what crosses the object store. A segment is an immutable run of
 //! committed txns of one table, made on the primary and applied on replicas.
 //!
+//! Format version 2 (written today; docs/format.md, "Segments"):
+//!
 //! ```text
 //! preamble (64 bytes, fixed, little-endian; its own xxh3)
-//! header   rkyv archive of [`SegmentHeader`]  (xxh3 in the preamble)
-//! body     rkyv archive of [`SegmentBody`]    (xxh3 in the preamble; lz4 when compressed)
+//! body     the txns' WAL records, exactly as the shards wrote them (lz4 when compressed)
+//! header   rkyv archive of [`SegmentHeaderV2`] (epoch, link to the previous segment)
 //! ```
 //!
-//! Writing serializes the txns' column buffers with rkyv straight into one
-//! 16-byte-aligned buffer, which becomes the upload body as is
-//! ([`EncodedSegment::into_bytes`]: `bytes::Bytes::from_owner`, no copy).
-//! Reading memory-maps the file (or takes bytes), checks the preamble, then
-//! the xxh3 of the header and of the body, and only then accesses the rkyv
-//! archives, with validation. The byte layout is in docs/format.md.
+//! Sealing copies each WAL record once into the upload buffer and hashes
+//! the body once; the records keep the checksums the shards computed.
+//! A replica maps the segment, checks the preamble, the header and body
+//! checksums, and applies each record's payload in place
+//! ([`crate::batch::codec::view`]) without building a batch.
+//!
+//! Version 1 (rkyv header and an rkyv body of column blocks) is still read.
 
 mod format;
 mod reader;
@@ -25,8 +28,8 @@ pub use format::{
     reseal, Compression, Preamble, SegmentError, ACCEPTED_VERSIONS, FORMAT_VERSION, MAGIC,
     PREAMBLE_BYTES, SEGMENT_BYTES_MAX,
 };
-pub use reader::{apply_segment, diagnose_body, ApplyReport, BlockCheck, Segment};
-pub use writer::{BufferPool, EncodedSegment, SegmentWriter};
+pub use reader::{apply_segment, diagnose_body, ApplyReport, BlockCheck, Segment, SegmentInfo};
+pub use writer::{BufferPool, EncodedSegment, Link, SegmentWriter, FIRST_EPOCH};
 
 use rkyv::{Archive, Serialize};
 
@@ -40,7 +43,38 @@ pub struct ColumnDef {
     pub added_in: u32,
 }
 
-/// What a segment is: read and checked before the body is touched.
+/// What a version 2 segment is: read and checked before the body is touched.
+#[derive(Archive, Serialize, Clone, Debug, PartialEq)]
+pub struct SegmentHeaderV2 {
+    pub table_id: u64,
+    pub table: String,
+    /// Ownership epoch of the primary that wrote the segment (never lower
+    /// than the previous segment's).
+    pub epoch: u64,
+    /// The previous segment's checksum (the xxh3 in bytes 56..64 of its
+    /// preamble, which covers its header and body checksums); 0 for a
+    /// table's first segment. The chain of links proves one history.
+    pub prev_xxh3: u64,
+    /// Schema version of the table after the segment's last txn.
+    pub schema_version: u32,
+    /// The table's columns at that version.
+    pub columns: Vec<ColumnDef>,
+    /// Index of the designated timestamp column.
+    pub timestamp_column: u32,
+    /// `PartitionBy` as its on-disk code.
+    pub partition_by: u8,
+    pub first_txn: u64,
+    pub last_txn: u64,
+    pub row_count: u64,
+    /// Designated timestamps, µs (`i64::MAX`/`i64::MIN` when no rows).
+    pub min_ts_us: i64,
+    pub max_ts_us: i64,
+    /// Commit time of each txn, µs since the epoch, in txn order (0 for an
+    /// aborted txn).
+    pub commit_times_us: Vec<i64>,
+}
+
+/// What a version 1 segment is (read only).
 #[derive(Archive, Serialize, Clone, Debug, PartialEq)]
 pub struct SegmentHeader {
     pub table_id: u64,
@@ -64,7 +98,7 @@ pub struct SegmentHeader {
     pub commit_times_us: Vec<i64>,
 }
 
-/// The txns, in order, with their column data.
+/// The txns of a version 1 segment, in order, with their column data.
 #[derive(Archive, Serialize, Debug, PartialEq)]
 pub struct SegmentBody {
     pub txns: Vec<TxnBlock>,

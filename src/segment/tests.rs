@@ -26,12 +26,12 @@ fn encode_then_decode_gives_the_txns_back() {
         let (batches, enc) = cpu_segment(5, 300, compression);
         let seg = Segment::from_slice(enc.as_slice()).unwrap();
         let h = seg.header();
-        assert_eq!(h.table.as_str(), "cpu");
-        assert_eq!((h.first_txn.to_native(), h.last_txn.to_native()), (1, 5));
-        assert_eq!(h.row_count.to_native(), 1500);
+        assert_eq!(h.table, "cpu");
+        assert_eq!((h.first_txn, h.last_txn), (1, 5));
+        assert_eq!(h.row_count, 1500);
         assert_eq!(h.commit_times_us.len(), 5);
-        assert_eq!(h.min_ts_us.to_native(), crate::gen::BASE_TS_US);
-        assert_eq!(h.max_ts_us.to_native(), crate::gen::BASE_TS_US + 1499);
+        assert_eq!(h.min_ts_us, crate::gen::BASE_TS_US);
+        assert_eq!(h.max_ts_us, crate::gen::BASE_TS_US + 1499);
         assert_eq!(seg.preamble().compression, compression);
         assert_eq!(seg.batches().unwrap(), batches);
         assert!(seg.check_blocks().iter().all(|b| b.ok));
@@ -58,9 +58,9 @@ fn pooled_buffers_come_back_and_are_reused() {
     let gen = CpuGenerator::default();
     let pool = BufferPool::new(2);
     let make = || {
-        let mut w = SegmentWriter::new(7, "cpu", gen.schema()).unwrap();
+        let mut w = SegmentWriter::new_in(7, "cpu", gen.schema(), Some(&pool), 0).unwrap();
         w.push(1, 0, gen.batch(0, 500, 0)).unwrap();
-        w.finish_with(Compression::None, Some(&pool)).unwrap()
+        w.finish(Compression::None).unwrap()
     };
     let first = make();
     let ptr = first.as_slice().as_ptr();
@@ -96,15 +96,25 @@ fn damage_anywhere_is_refused_with_what_is_wrong() {
         matches!(at(30), SegmentError::ChecksumMismatch { ref part, .. } if part == "preamble")
     );
     assert!(
-        matches!(at(PREAMBLE_BYTES + 3), SegmentError::ChecksumMismatch { ref part, .. } if part == "header")
+        matches!(at(p.header_offset() + 3), SegmentError::ChecksumMismatch { ref part, .. } if part == "header")
     );
     assert!(
-        matches!(at(good.len() - 100), SegmentError::ChecksumMismatch { ref part, .. } if part == "body")
+        matches!(at(good.len() - 1), SegmentError::ChecksumMismatch { ref part, .. } if part == "header")
+    );
+    assert!(
+        matches!(at(PREAMBLE_BYTES + 3), SegmentError::ChecksumMismatch { ref part, .. } if part == "body")
     );
     assert!(
         matches!(at(p.body_offset() + 1), SegmentError::ChecksumMismatch { ref part, .. } if part == "body")
     );
-    for cut in [0, 10, 64, p.body_offset(), good.len() - 1] {
+    for cut in [
+        0,
+        10,
+        64,
+        p.body_offset(),
+        p.header_offset(),
+        good.len() - 1,
+    ] {
         let e = Segment::from_slice(&good[..cut]).err().unwrap();
         assert!(
             matches!(e, SegmentError::Truncated { .. }),
@@ -118,16 +128,16 @@ fn damage_anywhere_is_refused_with_what_is_wrong() {
         Err(SegmentError::Malformed(_))
     ));
     // A future version, correctly checksummed, is a typed error.
-    let mut v2 = p;
-    v2.version = 2;
+    let mut v3 = p;
+    v3.version = 3;
     let mut b = good.clone();
-    b[..PREAMBLE_BYTES].copy_from_slice(&v2.encode());
+    b[..PREAMBLE_BYTES].copy_from_slice(&v3.encode());
     let e = Segment::from_slice(&b).err().unwrap();
     assert!(
-        matches!(e, SegmentError::UnsupportedVersion { found: 2, .. }),
+        matches!(e, SegmentError::UnsupportedVersion { found: 3, .. }),
         "{e}"
     );
-    assert!(e.to_string().contains("[1]"), "{e}");
+    assert!(e.to_string().contains("[1, 2]"), "{e}");
 }
 
 #[test]
@@ -216,5 +226,76 @@ fn fuzz_seeds_are_valid_segments() {
             let bytes = std::fs::read(&path).expect("committed fuzz seed");
             Segment::from_slice(&bytes).expect("seed verifies");
         }
+        // Seeds of earlier format versions (v1-*) stay and keep verifying.
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap();
+            Segment::from_slice(&bytes).expect("every seed verifies");
+        }
     }
+}
+
+#[test]
+fn sealing_copies_wal_records_as_written_and_links_the_chain() {
+    let gen = CpuGenerator::default();
+    let batch = gen.batch(0, 50, 0);
+    let mut payload = Vec::new();
+    crate::batch::codec::encode(&batch, &mut payload);
+    let h = crate::wal::format::RecordHeader {
+        payload_len: payload.len() as u32,
+        txn: 7,
+        commit_time_us: 1234,
+        group_start: 4096,
+        row_count: 50,
+        schema_version: 1,
+        flags: 1,
+    };
+    let mut record = Vec::new();
+    crate::wal::format::append_record(&mut record, &h, &payload);
+    let mut w = SegmentWriter::new(9, "cpu", gen.schema()).unwrap();
+    w.push_record(&h, &record).unwrap();
+    w.push_aborted(8).unwrap();
+    let link = Link {
+        epoch: 3,
+        prev_xxh3: 0xfeed,
+    };
+    let enc = w.finish_linked(link, Compression::None).unwrap();
+    // The record is in the body byte for byte, right after the preamble.
+    assert_eq!(
+        &enc.as_slice()[PREAMBLE_BYTES..PREAMBLE_BYTES + record.len()],
+        &record[..]
+    );
+    let seg = Segment::from_slice(enc.as_slice()).unwrap();
+    let hd = seg.header();
+    assert_eq!((hd.epoch, hd.prev_xxh3), (3, Some(0xfeed)));
+    assert_eq!((hd.first_txn, hd.last_txn, hd.row_count), (7, 8, 50));
+    assert_eq!(hd.commit_times_us, vec![1234, 0]);
+    assert_eq!(seg.checksum(), enc.checksum());
+    assert_ne!(seg.checksum(), 0);
+    let b = seg.batches().unwrap();
+    assert_eq!(b[0], (7, batch));
+    assert_eq!(b[1].1.row_count(), 0);
+    // A record that is not the next txn, or not whole, is refused.
+    let mut w = SegmentWriter::new(9, "cpu", gen.schema()).unwrap();
+    w.push_record(&h, &record).unwrap();
+    assert!(w.push_record(&h, &record).is_err(), "txn 7 twice");
+    assert!(w.push_record(&h, &record[..record.len() - 8]).is_err());
+}
+
+#[test]
+fn a_record_that_disagrees_with_the_header_is_refused() {
+    let (_, enc) = cpu_segment(2, 10, Compression::None);
+    let good = enc.as_slice().to_vec();
+    // The second record's txn number, rewritten (and every checksum made
+    // to match): the header says txn 2 there.
+    let mut b = good.clone();
+    let second = PREAMBLE_BYTES
+        + crate::wal::format::record_bytes(u32::from_le_bytes(
+            b[PREAMBLE_BYTES + 4..PREAMBLE_BYTES + 8]
+                .try_into()
+                .unwrap(),
+        )) as usize;
+    b[second + 8] = 9;
+    reseal(&mut b);
+    let e = Segment::from_slice(&b).err().expect("refused");
+    assert!(e.to_string().contains("txn 9"), "{e}");
 }

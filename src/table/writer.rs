@@ -18,7 +18,24 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, info, warn};
 
+use crate::batch::codec::BatchView;
 use crate::batch::{Batch, ColumnBuf, Values};
+
+/// The rows of one txn, owned or viewed in place.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    Batch(&'a Batch),
+    View(&'a BatchView<'a>),
+}
+
+impl Rows<'_> {
+    fn row_count(&self) -> usize {
+        match self {
+            Rows::Batch(b) => b.row_count(),
+            Rows::View(v) => v.rows,
+        }
+    }
+}
 
 use super::files::{self, SyncSet};
 use super::reader::read_column;
@@ -34,14 +51,13 @@ struct SymbolDict {
 impl SymbolDict {
     /// Table keys for a batch's dictionary, adding strings not seen before
     /// (in dictionary order, so every node assigns the same keys).
-    fn map_batch_keys(
+    fn map_batch_keys<'s>(
         &mut self,
         column: &str,
-        batch_dict: &[String],
+        batch_dict: impl Iterator<Item = &'s str>,
         added: &mut Vec<String>,
     ) -> Result<Vec<i32>, TableError> {
         batch_dict
-            .iter()
             .map(|s| match self.keys.get(s) {
                 Some(k) => Ok(*k),
                 None => {
@@ -51,9 +67,9 @@ impl SymbolDict {
                             i32::MAX
                         ))
                     })?;
-                    self.keys.insert(s.clone(), k);
+                    self.keys.insert(s.to_string(), k);
                     self.count += 1;
-                    added.push(s.clone());
+                    added.push(s.to_string());
                     Ok(k)
                 }
             })
@@ -290,6 +306,21 @@ impl TableWriter {
     /// table's schema (or an earlier version of it): by `Database::submit`
     /// on the commit path, by the WAL decoder on recovery.
     pub(crate) fn apply_validated(&mut self, txns: &[(u64, &Batch)]) -> Result<(), TableError> {
+        let txns: Vec<(u64, Rows<'_>)> = txns.iter().map(|(t, b)| (*t, Rows::Batch(b))).collect();
+        self.apply_rows(&txns)
+    }
+
+    /// [`TableWriter::apply_validated`] for payloads viewed in place (a
+    /// replica applying a mapped segment): each txn's columns are copied
+    /// once, straight from the payload into the run written to the column
+    /// files. The views were checked by [`crate::batch::codec::view`] against this
+    /// table's schema (or an earlier version of it).
+    pub fn apply_views(&mut self, txns: &[(u64, &BatchView<'_>)]) -> Result<(), TableError> {
+        let txns: Vec<(u64, Rows<'_>)> = txns.iter().map(|(t, v)| (*t, Rows::View(v))).collect();
+        self.apply_rows(&txns)
+    }
+
+    fn apply_rows(&mut self, txns: &[(u64, Rows<'_>)]) -> Result<(), TableError> {
         if let Some(why) = &self.failed {
             return Err(TableError::Corrupt {
                 file: self.dir.clone(),
@@ -317,7 +348,7 @@ impl TableWriter {
         result
     }
 
-    fn apply_inner(&mut self, txns: &[(u64, &Batch)], last_txn: u64) -> Result<(), TableError> {
+    fn apply_inner(&mut self, txns: &[(u64, Rows<'_>)], last_txn: u64) -> Result<(), TableError> {
         let mut next = self.state.clone();
         next.txn = last_txn;
         let mut sync = SyncSet::default();
@@ -485,15 +516,17 @@ impl TableWriter {
     }
 
     /// Concatenates the txns' columns, mapping batch-local symbol keys to
-    /// table keys. A single txn's non-symbol columns are borrowed, not copied.
+    /// table keys (one lookup per dictionary string, then one array index
+    /// per row). A single batch's non-symbol columns are borrowed, not copied.
     fn combine<'b>(
         &mut self,
-        txns: &[(u64, &'b Batch)],
+        txns: &[(u64, Rows<'b>)],
         new_symbols: &mut [Vec<String>],
     ) -> Result<Vec<Cow<'b, ColumnBuf>>, TableError> {
         let mut out = Vec::with_capacity(self.schema.columns.len());
         for (i, c) in self.schema.columns.iter().enumerate() {
-            if let [(_, batch)] = txns {
+            if let [(_, Rows::Batch(batch))] = txns {
+                let batch: &'b Batch = batch;
                 if let Some(col) = batch.columns.get(i) {
                     if self.symbols[i].is_none() && col.validity.is_none() {
                         out.push(Cow::Borrowed(col));
@@ -502,29 +535,57 @@ impl TableWriter {
                 }
             }
             let mut col = ColumnBuf::new(c.ty);
-            for (_, batch) in txns {
-                // A batch made before column `i` was added: nulls.
-                let Some(src) = batch.columns.get(i) else {
-                    col.extend_from(
-                        &ColumnBuf::nulls(c.ty, batch.row_count()),
-                        0..batch.row_count(),
-                    );
-                    continue;
-                };
+            if let Values::Fixed(b) = &mut col.values {
+                let rows: usize = txns.iter().map(|(_, r)| r.row_count()).sum();
+                b.reserve(rows * c.ty.width().unwrap_or(0));
+            }
+            for (_, rows) in txns {
                 let start = col.len();
-                col.extend_from(src, 0..src.len());
-                if let Some(dict) = &mut self.symbols[i] {
-                    let map = dict.map_batch_keys(&c.name, &src.dict, &mut new_symbols[i])?;
+                let n = rows.row_count();
+                let map = match rows {
+                    // A batch made before column `i` was added: nulls.
+                    Rows::Batch(b) if b.columns.get(i).is_none() => {
+                        col.extend_from(&ColumnBuf::nulls(c.ty, n), 0..n);
+                        continue;
+                    }
+                    Rows::View(v) if v.columns.get(i).is_none() => {
+                        col.extend_from(&ColumnBuf::nulls(c.ty, n), 0..n);
+                        continue;
+                    }
+                    Rows::Batch(b) => {
+                        let src = &b.columns[i];
+                        col.extend_from(src, 0..src.len());
+                        match &mut self.symbols[i] {
+                            Some(dict) => Some(dict.map_batch_keys(
+                                &c.name,
+                                src.dict.iter().map(String::as_str),
+                                &mut new_symbols[i],
+                            )?),
+                            None => None,
+                        }
+                    }
+                    Rows::View(v) => {
+                        let src = &v.columns[i];
+                        col.extend_from_view(src, n);
+                        match &mut self.symbols[i] {
+                            Some(dict) => Some(dict.map_batch_keys(
+                                &c.name,
+                                src.dict(),
+                                &mut new_symbols[i],
+                            )?),
+                            None => None,
+                        }
+                    }
+                };
+                if let Some(map) = map {
+                    let validity = col.validity.as_deref();
                     let Values::Fixed(bytes) = &mut col.values else {
                         unreachable!("symbol keys are fixed-width")
                     };
                     for (r, chunk) in bytes[start * 4..].chunks_exact_mut(4).enumerate() {
+                        let valid = validity.is_none_or(|v| v[start + r] != 0);
                         let local = i32::from_le_bytes(chunk.try_into().expect("4 bytes"));
-                        let global = if src.is_valid(r) {
-                            map[local as usize]
-                        } else {
-                            0
-                        };
+                        let global = if valid { map[local as usize] } else { 0 };
                         chunk.copy_from_slice(&global.to_le_bytes());
                     }
                 }

@@ -18,8 +18,11 @@ use xxhash_rust::xxh3::xxh3_64;
 /// File name of the upload mark inside a table's `_wal` directory.
 pub const UPLOAD_MARK_FILE: &str = "_uploaded";
 const MAGIC: &[u8; 8] = b"BSLTUPLD";
-const VERSION: u32 = 1;
-const MARK_BYTES: usize = 40;
+/// Version written: 2 (56 bytes, with the last segment's checksum and
+/// epoch); version 1 (40 bytes, without them) is still read.
+const VERSION: u32 = 2;
+const MARK_BYTES: usize = 56;
+const MARK_V1_BYTES: usize = 40;
 
 /// What the mark says: txns up to `txn` are in the store named by `store_id`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,6 +31,11 @@ pub struct UploadMark {
     /// xxh3-64 of the store's connection string with secrets masked: a
     /// mark of another store says nothing about this one.
     pub store_id: u64,
+    /// Checksum of the segment in the store that ends at `txn` (the link
+    /// the next segment carries); `None` in a version 1 mark.
+    pub segment_xxh3: Option<u64>,
+    /// Epoch of that segment (0 in a version 1 mark).
+    pub epoch: u64,
 }
 
 fn encode(m: UploadMark) -> [u8; MARK_BYTES] {
@@ -37,20 +45,34 @@ fn encode(m: UploadMark) -> [u8; MARK_BYTES] {
     // 12..16 reserved, zero.
     b[16..24].copy_from_slice(&m.txn.to_le_bytes());
     b[24..32].copy_from_slice(&m.store_id.to_le_bytes());
-    let h = xxh3_64(&b[..32]);
-    b[32..40].copy_from_slice(&h.to_le_bytes());
+    b[32..40].copy_from_slice(&m.segment_xxh3.unwrap_or(0).to_le_bytes());
+    b[40..48].copy_from_slice(&m.epoch.to_le_bytes());
+    let h = xxh3_64(&b[..48]);
+    b[48..56].copy_from_slice(&h.to_le_bytes());
     b
 }
 
 fn decode(b: &[u8]) -> Option<UploadMark> {
-    if b.len() != MARK_BYTES || &b[..8] != MAGIC || b[8..12] != VERSION.to_le_bytes() {
+    if b.len() < 12 || &b[..8] != MAGIC {
         return None;
     }
+    let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
     let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-    (u64_at(32) == xxh3_64(&b[..32])).then(|| UploadMark {
-        txn: u64_at(16),
-        store_id: u64_at(24),
-    })
+    match (version, b.len()) {
+        (1, MARK_V1_BYTES) => (u64_at(32) == xxh3_64(&b[..32])).then(|| UploadMark {
+            txn: u64_at(16),
+            store_id: u64_at(24),
+            segment_xxh3: None,
+            epoch: 0,
+        }),
+        (2, MARK_BYTES) => (u64_at(48) == xxh3_64(&b[..48])).then(|| UploadMark {
+            txn: u64_at(16),
+            store_id: u64_at(24),
+            segment_xxh3: Some(u64_at(32)),
+            epoch: u64_at(40),
+        }),
+        _ => None,
+    }
 }
 
 /// The upload mark of the table whose WAL is in `wal_dir`; txn 0 when there
@@ -86,6 +108,8 @@ mod tests {
         let m = UploadMark {
             txn: 12_345,
             store_id: 77,
+            segment_xxh3: Some(0xabc),
+            epoch: 1,
         };
         write_upload_mark(dir.path(), m).expect("write mark");
         assert_eq!(read_upload_mark(dir.path()), m);
@@ -94,6 +118,24 @@ mod tests {
         b[17] ^= 1;
         fs::write(&path, &b).expect("write");
         assert_eq!(read_upload_mark(dir.path()), UploadMark::default());
+        // A version 1 mark (written before segment links) still reads.
+        let mut v1 = [0u8; MARK_V1_BYTES];
+        v1[..8].copy_from_slice(MAGIC);
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        v1[16..24].copy_from_slice(&9u64.to_le_bytes());
+        v1[24..32].copy_from_slice(&77u64.to_le_bytes());
+        let h = xxh3_64(&v1[..32]);
+        v1[32..40].copy_from_slice(&h.to_le_bytes());
+        fs::write(&path, v1).expect("write");
+        assert_eq!(
+            read_upload_mark(dir.path()),
+            UploadMark {
+                txn: 9,
+                store_id: 77,
+                segment_xxh3: None,
+                epoch: 0
+            }
+        );
     }
 }
 

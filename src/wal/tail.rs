@@ -74,6 +74,17 @@ impl WalTail {
     /// The record of `txn` and its payload, if the WAL has it. Records of
     /// earlier txns met on the way are skipped: ask in ascending order.
     pub fn next(&mut self, txn: u64) -> Result<Option<(RecordHeader, &[u8])>, WalError> {
+        Ok(self.next_record(txn)?.map(|(h, rec)| {
+            (
+                h,
+                &rec[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + h.payload_len as usize],
+            )
+        }))
+    }
+
+    /// [`WalTail::next`], giving the whole record as the shard wrote it
+    /// (header, payload, padding; checksum verified).
+    pub fn next_record(&mut self, txn: u64) -> Result<Option<(RecordHeader, &[u8])>, WalError> {
         for attempt in 0..2 {
             let mut found = None;
             for (path, f) in self.files.iter_mut() {
@@ -96,9 +107,9 @@ impl WalTail {
                 // Advance first, then hand out the payload at the old position.
                 let pos = f.pos;
                 f.advance(&h);
-                let start = pos + RECORD_HEADER_BYTES;
                 let map = f.map.as_deref().expect("peeked");
-                return Ok(Some((h, &map[start..start + h.payload_len as usize])));
+                let end = pos + format::record_bytes(h.payload_len) as usize;
+                return Ok(Some((h, &map[pos..end])));
             }
             if attempt == 0 {
                 self.rescan()?;
