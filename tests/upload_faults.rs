@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use basalt::db::{Database, DbOptions};
 use basalt::gen::CpuGenerator;
 use basalt::io::EngineChoice;
-use basalt::replication::{first_txn_of, table_prefix, Replica, UploadOptions, Uploader};
+use basalt::replication::{
+    first_txn_of, table_prefix, Replica, ReplicaOptions, ReplicaRunner, UploadOptions, Uploader,
+};
 use basalt::segment::Segment;
 use basalt::store::{FaultControl, Store, StoreConfig};
 use basalt::table::TableReader;
@@ -394,4 +396,35 @@ fn an_aborted_commit_travels_as_an_empty_txn_and_is_never_replayed() {
         .unwrap()
         .row_count();
     assert_eq!(rows, 600, "the aborted commit's rows are not replayed");
+}
+
+/// A table created on the primary reaches a running replica through its
+/// announcement (`catalog/`), although the replica lists the store's
+/// tables only once an hour here: new tables do not wait for a listing.
+#[test]
+fn a_new_table_reaches_a_replica_through_its_announcement() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreConfig::parse("memory::").unwrap().build().unwrap();
+    let db = open(&dir.path().join("p"));
+    let opts = ReplicaOptions {
+        poll_interval: Duration::from_millis(5),
+        discover_interval: Duration::from_secs(3600),
+        ..ReplicaOptions::default()
+    };
+    let runner = ReplicaRunner::start(store.clone(), &dir.path().join("r"), opts).unwrap();
+    // Its first round (announcements and tables listed: none yet) is over.
+    eventually(Duration::from_secs(30), || {
+        (runner.status.last_sync_us.load(Ordering::Acquire) > 0).then_some(())
+    });
+    let up = Uploader::start(db.catalog(), store.clone(), upload_opts()).unwrap();
+    let gen = CpuGenerator::default();
+    let t = db.create_table("cpu", gen.schema()).unwrap();
+    let txn = db.commit(&t, gen.batch(0, 100, 0)).unwrap();
+    eventually(Duration::from_secs(30), || {
+        let s = runner.status.tables();
+        (s.get("cpu").map(|s| s.applied_txn) == Some(txn)).then_some(())
+    });
+    drop(runner);
+    drop(up);
+    db.close();
 }

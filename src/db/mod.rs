@@ -788,6 +788,8 @@ impl Database {
                 .ok_or_else(|| TableError::NotFound(name.to_string()))?;
             h.dropped.store(true, Ordering::Release);
             h.set_failed("the table was dropped".into());
+            // The uploader lets go of a dropped table when it next looks.
+            h.upload_wake.notify_one();
             h
         };
         // Every shard writes what it holds for the table, then closes its

@@ -12,8 +12,10 @@
 //! `last + 1`. Keys sort in txn order, so a replica finds what is new with
 //! one listing after the key of its last applied segment. Each key is
 //! written once (conditional create), so two writers can never both extend
-//! the chain at the same txn.
+//! the chain at the same txn. New tables are announced in `catalog/`
+//! (see [`catalog`]).
 
+pub mod catalog;
 pub mod replica;
 pub mod status;
 pub mod uploader;

@@ -492,6 +492,10 @@ fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, statu
     let mut last_discover: Option<Instant> = None;
     let mut last_list: Option<Instant> = None;
     let mut logged: BTreeMap<String, String> = BTreeMap::new();
+    // The next table announcement to look for (`catalog/`): known after
+    // the first listing of the announcements, which precedes the first
+    // listing of the tables so that no table falls between the two.
+    let mut announced_next: Option<u64> = None;
     info!(store = %replica.store.config, "replica following the object store");
     while !stop.load(Ordering::Acquire) {
         let round = Instant::now();
@@ -504,10 +508,27 @@ fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, statu
         if listed {
             last_list = Some(Instant::now());
         }
+        if discover && announced_next.is_none() {
+            match replica
+                .rt
+                .block_on(super::catalog::next_seq(&replica.store))
+            {
+                Ok(n) => announced_next = Some(n),
+                Err(e) => {
+                    warn!(error = %e, "cannot list the table announcements; new tables are found by the table listing")
+                }
+            }
+        }
         if discover {
             match replica.remote_tables() {
                 Ok(t) => {
-                    tables = t;
+                    // Announced tables whose first segment is still on its
+                    // way stay in the list.
+                    for name in t {
+                        if !tables.contains(&name) {
+                            tables.push(name);
+                        }
+                    }
                     last_discover = Some(Instant::now());
                     *status
                         .discover_error
@@ -525,6 +546,27 @@ fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, statu
                         .discover_error
                         .lock()
                         .unwrap_or_else(|p| p.into_inner()) = Some(msg);
+                }
+            }
+        }
+        // New tables announced since: one GET of the next announcement's
+        // key per round (404 when there is none).
+        while let Some(n) = announced_next {
+            match replica.rt.block_on(super::catalog::read(&replica.store, n)) {
+                Ok(Some(a)) => {
+                    if !tables.contains(&a.table) {
+                        info!(table = %a.table, "new table announced");
+                        tables.push(a.table);
+                    }
+                    announced_next = Some(n + 1);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    if logged.get(" catalog") != Some(&e) {
+                        warn!(error = %e, "cannot read a table announcement; new tables are found by the table listing");
+                        logged.insert(" catalog".into(), e);
+                    }
+                    break;
                 }
             }
         }

@@ -240,6 +240,8 @@ struct TableUpload {
     next_txn: u64,
     /// What the next sealed segment links to: the last one in the store.
     link: Link,
+    /// Reading the WAL failed: try again at this time.
+    wal_retry_at: Option<Instant>,
     open: Option<SegmentWriter>,
     /// Commit time of the open segment's first txn.
     open_first_commit_us: i64,
@@ -256,6 +258,8 @@ async fn run(
 ) {
     let pool = BufferPool::new(opts.uploads_in_flight_max.max(1) * 2);
     let wake = catalog.upload_wake();
+    // Where the next table announcement goes (one listing, when first needed).
+    let announce_at: Arc<tokio::sync::Mutex<Option<u64>>> = Default::default();
     let mut tables: BTreeMap<String, TableUpload> = BTreeMap::new();
     let mut stop_deadline: Option<Instant> = None;
     info!(store = %store.config, "uploader started");
@@ -287,6 +291,7 @@ async fn run(
                     phase: Phase::LocateAfter(Instant::now()),
                     next_txn: 0,
                     link: Link::default(),
+                    wal_retry_at: None,
                     open: None,
                     open_first_commit_us: 0,
                     open_last_commit_us: 0,
@@ -308,6 +313,7 @@ async fn run(
                 &stop,
                 stopping,
                 &mut in_flight,
+                &announce_at,
             )
             .await;
         }
@@ -322,7 +328,12 @@ async fn run(
         }
         // Sleep until a shard writes, a table appears, an upload ends, or
         // the earliest deadline of a table passes.
-        let deadline = tables.values().filter_map(|t| t.deadline(&opts)).min();
+        let uploads_full = tables.values().filter(|t| t.in_flight.is_some()).count()
+            >= opts.uploads_in_flight_max.max(1);
+        let deadline = tables
+            .values()
+            .filter_map(|t| t.deadline(&opts, uploads_full))
+            .min();
         let deadline = match stop_deadline {
             // Shutting down: uploads in flight end without a wake.
             Some(_) => Some(Instant::now() + Duration::from_millis(5)),
@@ -359,6 +370,7 @@ async fn step(
     stop: &Arc<AtomicBool>,
     stopping: bool,
     in_flight: &mut usize,
+    announce_at: &Arc<tokio::sync::Mutex<Option<u64>>>,
 ) -> bool {
     let name = t.handle.name.clone();
     match &mut t.phase {
@@ -489,8 +501,13 @@ async fn step(
     // 2. Fill the open segment from the WAL, up to the last durable txn
     // (not waiting for the primary's own apply or checkpoint).
     let resolved = t.handle.written_txn();
-    let mut caught_up = true;
-    while t.next_txn <= resolved {
+    // After a failed WAL read, the next try waits for its time.
+    let waiting = t.wal_retry_at.is_some_and(|at| Instant::now() < at);
+    if !waiting {
+        t.wal_retry_at = None;
+    }
+    let mut caught_up = !waiting;
+    while !waiting && t.next_txn <= resolved {
         if t.open
             .as_ref()
             .is_some_and(|o| o.data_bytes() >= opts.segment_bytes_max)
@@ -532,6 +549,7 @@ async fn step(
                 }
                 Err(e) => {
                     warn!(table = %name, error = %e, "reading the WAL failed; retrying");
+                    t.wal_retry_at = Some(Instant::now() + Duration::from_millis(50));
                     caught_up = false;
                     break;
                 }
@@ -582,6 +600,8 @@ async fn step(
         table: name.clone(),
         table_id: t.handle.table_id(),
         link: t.link,
+        // A table's first segment: replicas learn of the table first.
+        announce: (first == 1).then(|| announce_at.clone()),
         stop: stop.clone(),
         backoff_max: opts.retry_backoff_max,
         status: status.clone(),
@@ -610,20 +630,27 @@ fn wake_of(t: &TableUpload) -> Arc<tokio::sync::Notify> {
 
 impl TableUpload {
     /// When this table needs a look without being woken: its open segment
-    /// comes of age, or its position is asked for again.
-    fn deadline(&self, opts: &UploadOptions) -> Option<Instant> {
+    /// comes of age, its WAL is read again after an error, or its position
+    /// is asked for again. `None` while an upload (its own, or the one
+    /// that frees a slot when `uploads_full`) is what it waits for: that
+    /// upload's end wakes the uploader.
+    fn deadline(&self, opts: &UploadOptions, uploads_full: bool) -> Option<Instant> {
         match &self.phase {
             Phase::LocateAfter(at) => return Some(*at),
             Phase::Ready => {}
             _ => return None,
         }
+        if let Some(at) = self.wal_retry_at {
+            return Some(at);
+        }
         self.open.as_ref().filter(|o| o.txn_count() > 0)?;
-        if self.in_flight.is_some() {
+        if self.in_flight.is_some() || uploads_full {
             return None;
         }
-        let age_us = now_us() - self.open_first_commit_us;
-        let left_us = opts.segment_age_max.as_micros() as i64 - age_us;
-        Some(Instant::now() + Duration::from_micros(left_us.max(0) as u64))
+        let age_us = now_us().saturating_sub(self.open_first_commit_us);
+        let age_max_us = i64::try_from(opts.segment_age_max.as_micros()).unwrap_or(i64::MAX);
+        let left_us = age_max_us.saturating_sub(age_us).max(0) as u64;
+        Some(Instant::now() + Duration::from_micros(left_us.min(3_600_000_000)))
     }
 
     fn tail_dir(&self) -> std::path::PathBuf {
@@ -849,6 +876,8 @@ struct UploadCtx {
     table_id: u64,
     /// The link of the segment being uploaded.
     link: Link,
+    /// Announce the table (`catalog/`) before the segment, at this position.
+    announce: Option<Arc<tokio::sync::Mutex<Option<u64>>>>,
     stop: Arc<AtomicBool>,
     backoff_max: Duration,
     status: Arc<UploadStatus>,
@@ -866,7 +895,32 @@ async fn upload(
 ) -> Outcome {
     let mut delay = Duration::from_millis(50);
     let mut tries = 0u64;
+    let mut announced = ctx.announce.is_none();
     loop {
+        if !announced {
+            let a = super::catalog::Announcement {
+                table: ctx.table.clone(),
+                table_id: ctx.table_id,
+            };
+            let at = ctx.announce.as_ref().expect("not announced yet");
+            match super::catalog::announce(&ctx.store, &a, &mut *at.lock().await).await {
+                Ok(()) => announced = true,
+                Err(e) => {
+                    tries += 1;
+                    warn!(table = %ctx.table, tries, error = %e, "announcing the table failed; retrying");
+                    ctx.status.update(&ctx.table, |s| {
+                        s.retries = tries;
+                        s.last_error = Some(e);
+                    });
+                    if ctx.stop.load(Ordering::Acquire) && tries >= 3 {
+                        return Outcome::Abandoned;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(ctx.backoff_max);
+                    continue;
+                }
+            }
+        }
         let payload = PutPayload::from(bytes.clone());
         let err = match ctx
             .store
