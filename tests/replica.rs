@@ -204,6 +204,25 @@ fn replicate_through(conn: &str) {
         last,
         "the fork was not applied"
     );
+    // Linked right, but from an older epoch (a deposed primary): refused.
+    let mut w = SegmentWriter::new(id, "cpu", &schema).unwrap();
+    w.push(last + 1, 0, txns[0].1.clone()).unwrap();
+    let link = Link {
+        epoch: FIRST_EPOCH - 1,
+        prev_xxh3: prev,
+    };
+    let stale = w.finish_linked(link, Compression::None).unwrap();
+    up.put(
+        &key(last + 1),
+        stale.as_slice().to_vec(),
+        PutMode::Overwrite,
+    );
+    let e = r.sync_table("cpu").unwrap_err();
+    assert!(
+        e.to_string().contains("epoch 0, after segments of epoch 1"),
+        "{e}"
+    );
+    assert_eq!(r.applied_txn("cpu").unwrap(), last);
     drop(r);
 
     // Byte for byte the primary's table (partition versions aside), and the

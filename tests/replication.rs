@@ -68,7 +68,12 @@ fn wait_replicated(p: &ServerProcess, r: &ServerProcess) -> u64 {
         let committed = txn_of(&ps, "committed_txn");
         let uploaded = txn_of(&ps, "uploaded_txn");
         let applied = txn_of(&rs, "applied_txn");
-        if committed > 0 && uploaded == committed && applied == committed {
+        let applied_here = txn_of(&ps, "applied_txn");
+        if committed > 0
+            && uploaded == committed
+            && applied == committed
+            && applied_here == committed
+        {
             return committed;
         }
         assert!(
@@ -451,7 +456,7 @@ fn two_primaries_at_once_never_fork_the_history() {
     let last = eventually(Duration::from_secs(30), || {
         let s = winner.status();
         let c = txn_of(&s, "committed_txn");
-        (txn_of(&s, "uploaded_txn") == c).then_some(c)
+        (txn_of(&s, "uploaded_txn") == c && txn_of(&s, "applied_txn") == c).then_some(c)
     });
     assert_eq!(last, 10);
     assert!(!stopped(winner) && stopped(loser));

@@ -251,6 +251,7 @@ fn wait_replicated(p: &ServerProcess, r: &ServerProcess, tables: &[&str]) {
         let done = tables.iter().all(|t| {
             let committed = ps["tables"][t]["committed_txn"].as_u64().unwrap_or(0);
             committed > 0
+                && ps["tables"][t]["applied_txn"].as_u64() == Some(committed)
                 && ps["tables"][t]["uploaded_txn"].as_u64() == Some(committed)
                 && rs["tables"][t]["applied_txn"].as_u64() == Some(committed)
         });

@@ -288,14 +288,31 @@ impl Replica {
         // The chain: a segment links to the one applied before it, and an
         // epoch never goes back. (After a restart the first segment's link
         // cannot be compared: this run has not seen its predecessor.)
-        if let (Some(prev), Some(&(txn, sum, epoch))) = (h.prev_xxh3, self.links.get(table)) {
-            if txn + 1 == first && (prev != sum || h.epoch < epoch) {
-                return Err(bad(SegmentError::BrokenChain {
-                    first,
-                    last: h.last_txn,
-                    expected: sum,
-                    found: prev,
-                }));
+        if let Some(&(txn, sum, epoch)) = self.links.get(table) {
+            if txn.checked_add(1) == Some(first) {
+                let why = match h.prev_xxh3 {
+                    // A segment without a link (format 1) after linked ones:
+                    // written by something that does not extend this chain.
+                    None if epoch > 0 => Some(SegmentError::Malformed(format!(
+                        "a segment of format version {} without a link follows linked segments",
+                        seg.preamble().version
+                    ))),
+                    Some(prev) if prev != sum => Some(SegmentError::BrokenChain {
+                        first,
+                        last: h.last_txn,
+                        expected: sum,
+                        found: prev,
+                    }),
+                    Some(_) if h.epoch < epoch => Some(SegmentError::EpochWentBack {
+                        first,
+                        epoch: h.epoch,
+                        before: epoch,
+                    }),
+                    _ => None,
+                };
+                if let Some(e) = why {
+                    return Err(bad(e));
+                }
             }
         }
         if self.writer(table)?.is_none() {

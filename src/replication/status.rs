@@ -63,6 +63,9 @@ fn wal_bytes(table_dir: &Path) -> u64 {
 struct PrimaryTable {
     name: String,
     replicated: bool,
+    /// Durable in the WAL: every acknowledged commit.
+    committed_txn: u64,
+    /// Applied into the table files (visible to readers).
     applied_txn: u64,
     uploaded_txn: u64,
     wal_bytes: u64,
@@ -80,6 +83,7 @@ impl NodeStatus {
             .into_iter()
             .map(|h| PrimaryTable {
                 replicated: h.is_replicated(),
+                committed_txn: h.written_txn(),
                 applied_txn: h.resolved_txn(),
                 uploaded_txn: h.uploaded_txn(),
                 wal_bytes: wal_bytes(h.dir()),
@@ -98,7 +102,7 @@ impl NodeStatus {
                     if !t.replicated {
                         tables.insert(
                             t.name.clone(),
-                            json!({"replicated": false, "committed_txn": t.applied_txn}),
+                            json!({"replicated": false, "committed_txn": t.committed_txn, "applied_txn": t.applied_txn}),
                         );
                         continue;
                     }
@@ -106,9 +110,10 @@ impl NodeStatus {
                         t.name.clone(),
                         json!({
                             "replicated": t.replicated,
-                            "committed_txn": t.applied_txn,
+                            "committed_txn": t.committed_txn,
+                            "applied_txn": t.applied_txn,
                             "uploaded_txn": t.uploaded_txn,
-                            "backlog_txns": t.applied_txn.saturating_sub(t.uploaded_txn),
+                            "backlog_txns": t.committed_txn.saturating_sub(t.uploaded_txn),
                             "wal_bytes": t.wal_bytes,
                             "segments_uploaded": t.upload.segments_uploaded,
                             "bytes_uploaded": t.upload.bytes_uploaded,
@@ -159,14 +164,20 @@ impl NodeStatus {
             let l = [("table", t.name.as_str())];
             m.gauge(
                 "basalt_table_committed_txn",
-                "Last txn committed and applied.",
+                "Last txn committed (durable in the WAL, acknowledged).",
+                &l,
+                t.committed_txn as f64,
+            );
+            m.gauge(
+                "basalt_table_applied_txn",
+                "Last txn applied into the table files (visible to readers).",
                 &l,
                 t.applied_txn as f64,
             );
             if !t.replicated {
                 continue;
             }
-            let backlog = t.applied_txn.saturating_sub(t.uploaded_txn);
+            let backlog = t.committed_txn.saturating_sub(t.uploaded_txn);
             m.gauge(
                 "basalt_upload_txn",
                 "Last txn uploaded to the object store.",

@@ -253,6 +253,8 @@ pub enum SegmentError {
         expected: u64,
         found: u64,
     },
+    #[error("segment txns {first}.. were written in epoch {epoch}, after segments of epoch {before}: a deposed primary's, refused")]
+    EpochWentBack { first: u64, epoch: u64, before: u64 },
     #[error("segment does not fit the table: {0}")]
     Schema(String),
     #[error("{path}: {source}")]
