@@ -9,7 +9,9 @@
 //!   and apply the txns into a table's column files (no fsync: a checkpoint
 //!   is not part of apply).
 //!
-//! Also prints the lz4 compression ratio of the reference table.
+//! Apply is also set beside a second yardstick: write(2) of the same bytes
+//! into a new file. Also prints the lz4 compression ratio of the reference
+//! table.
 //!
 //! cargo bench --bench segment
 
@@ -158,6 +160,21 @@ fn segments(c: &mut Criterion) {
                 let s = Segment::open(&lz4_path).expect("verify");
                 std::hint::black_box(s.header().txn_count())
             })
+        });
+        // A second yardstick for apply: the same bytes written with
+        // write(2) into a new file in the same directory (what apply
+        // cannot avoid: page-cache pages allocated, cleared and filled).
+        let mut k = 0u64;
+        g.bench_function("file_write_yardstick", |b| {
+            b.iter_batched(
+                || {
+                    let _ = std::fs::remove_file(dir.path().join(format!("w{k}")));
+                    k += 1;
+                    dir.path().join(format!("w{k}"))
+                },
+                |p| std::fs::write(&p, std::hint::black_box(&plain)).expect("write"),
+                BatchSize::PerIteration,
+            )
         });
         let mut n = 0u64;
         g.bench_function("apply", |b| {
