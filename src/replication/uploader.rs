@@ -897,48 +897,43 @@ async fn upload(
     let mut tries = 0u64;
     let mut announced = ctx.announce.is_none();
     loop {
-        if !announced {
+        // A table's first segment: the announcement first, then the PUT;
+        // either failing is retried with the same backoff.
+        let err = if !announced {
             let a = super::catalog::Announcement {
                 table: ctx.table.clone(),
                 table_id: ctx.table_id,
             };
             let at = ctx.announce.as_ref().expect("not announced yet");
             match super::catalog::announce(&ctx.store, &a, &mut *at.lock().await).await {
-                Ok(()) => announced = true,
-                Err(e) => {
-                    tries += 1;
-                    warn!(table = %ctx.table, tries, error = %e, "announcing the table failed; retrying");
-                    ctx.status.update(&ctx.table, |s| {
-                        s.retries = tries;
-                        s.last_error = Some(e);
-                    });
-                    if ctx.stop.load(Ordering::Acquire) && tries >= 3 {
-                        return Outcome::Abandoned;
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(ctx.backoff_max);
+                Ok(()) => {
+                    announced = true;
                     continue;
                 }
-            }
-        }
-        let payload = PutPayload::from(bytes.clone());
-        let err = match ctx
-            .store
-            .inner
-            .put_opts(&key, payload, PutMode::Create.into())
-            .await
-        {
-            Ok(_) => {
-                return Outcome::Uploaded {
-                    last,
-                    bytes: bytes.len() as u64,
-                }
-            }
-            Err(object_store::Error::AlreadyExists { .. }) => match fetch(&ctx.store, &key).await {
-                Ok((seg, _)) => return adopt(&ctx, &key, &seg, first, &commit_times),
                 Err(e) => e,
-            },
-            Err(e) => e.to_string(),
+            }
+        } else {
+            let payload = PutPayload::from(bytes.clone());
+            match ctx
+                .store
+                .inner
+                .put_opts(&key, payload, PutMode::Create.into())
+                .await
+            {
+                Ok(_) => {
+                    return Outcome::Uploaded {
+                        last,
+                        bytes: bytes.len() as u64,
+                    }
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    match fetch(&ctx.store, &key).await {
+                        Ok((seg, _)) => return adopt(&ctx, &key, &seg, first, &commit_times),
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => e.to_string(),
+            }
         };
         tries += 1;
         if tries == 1 || tries.is_power_of_two() {
