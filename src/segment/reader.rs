@@ -47,13 +47,17 @@ fn column_defs_of(cols: &rkyv::vec::ArchivedVec<super::ArchivedColumnDef>) -> Ve
         .collect()
 }
 
-impl SegmentInfo {
-    fn from_v1(h: &ArchivedSegmentHeader) -> SegmentInfo {
+/// A [`SegmentInfo`] from either version's archived header: the fields
+/// both versions have are read the same way; `epoch` and `prev_xxh3` are
+/// the version's own.
+macro_rules! segment_info {
+    ($h:expr, epoch: $epoch:expr, prev_xxh3: $prev:expr) => {{
+        let h = $h;
         SegmentInfo {
             table_id: h.table_id.to_native(),
             table: h.table.as_str().to_string(),
-            epoch: 0,
-            prev_xxh3: None,
+            epoch: $epoch,
+            prev_xxh3: $prev,
             schema_version: h.schema_version.to_native(),
             columns: column_defs_of(&h.columns),
             timestamp_column: h.timestamp_column.to_native(),
@@ -65,25 +69,17 @@ impl SegmentInfo {
             max_ts_us: h.max_ts_us.to_native(),
             commit_times_us: h.commit_times_us.iter().map(|t| t.to_native()).collect(),
         }
+    }};
+}
+
+impl SegmentInfo {
+    /// Version 1 has no epoch and no link.
+    fn from_v1(h: &ArchivedSegmentHeader) -> SegmentInfo {
+        segment_info!(h, epoch: 0, prev_xxh3: None)
     }
 
     fn from_v2(h: &ArchivedSegmentHeaderV2) -> SegmentInfo {
-        SegmentInfo {
-            table_id: h.table_id.to_native(),
-            table: h.table.as_str().to_string(),
-            epoch: h.epoch.to_native(),
-            prev_xxh3: Some(h.prev_xxh3.to_native()),
-            schema_version: h.schema_version.to_native(),
-            columns: column_defs_of(&h.columns),
-            timestamp_column: h.timestamp_column.to_native(),
-            partition_by: h.partition_by,
-            first_txn: h.first_txn.to_native(),
-            last_txn: h.last_txn.to_native(),
-            row_count: h.row_count.to_native(),
-            min_ts_us: h.min_ts_us.to_native(),
-            max_ts_us: h.max_ts_us.to_native(),
-            commit_times_us: h.commit_times_us.iter().map(|t| t.to_native()).collect(),
-        }
+        segment_info!(h, epoch: h.epoch.to_native(), prev_xxh3: Some(h.prev_xxh3.to_native()))
     }
 
     /// Number of txns.
