@@ -89,8 +89,12 @@ struct NodeArgs {
     /// While it is not `off`, WAL is kept until it is uploaded.
     #[arg(long, global = true, env = "BASALT_OBJECT_STORE")]
     object_store: Option<String>,
-    /// primary: takes writes and uploads segments. replica: read-only,
-    /// applies what a primary uploaded to --object-store.
+    /// The role the node starts in. primary: takes writes and uploads
+    /// segments (after confirming, or on a fresh store claiming, ownership
+    /// of the store's history; a primary superseded while it was down
+    /// starts fenced and refuses writes). replica: read-only, applies what
+    /// the primary uploaded to --object-store. `SWITCH ROLE TO PRIMARY |
+    /// REPLICA` changes it without a restart (docs/failover.md).
     #[arg(long, global = true, env = "BASALT_ROLE", default_value = "primary", value_parser = ["primary", "replica"])]
     role: String,
 }
@@ -227,6 +231,7 @@ impl ServeArgs {
             ilp_commit_interval: Duration::from_millis(self.ilp_commit_interval_ms.max(1)),
             connections_max: self.connections_max.max(1),
             node: None,
+            control: None,
             sql: true,
             pg: match self.pg.as_str() {
                 "off" => None,
@@ -245,7 +250,8 @@ impl NodeArgs {
             shards: self.shards,
             checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms.max(1)),
             apply_interval: Duration::from_millis(self.apply_interval_ms),
-            retain_wal_for_upload: !replica && self.object_store.as_deref() != Some("off"),
+            // For the tables a replica gets when it becomes primary too.
+            retain_wal_for_upload: self.object_store.as_deref() != Some("off"),
             upload_store_id: self.store().ok().flatten().map_or(0, |s| s.id()),
             read_only: replica,
             ..DbOptions::default()
@@ -255,6 +261,10 @@ impl NodeArgs {
     /// The object store to replicate through; `None` when `off`.
     fn store(&self) -> Result<Option<basalt::store::StoreConfig>, String> {
         let conn = match self.object_store.as_deref() {
+            Some("off") if self.role == "replica" => return Err(
+                "a replica follows an object store: --role replica needs --object-store, not off"
+                    .into(),
+            ),
             Some("off") => return Ok(None),
             Some(c) => c.to_string(),
             None if self.role == "replica" => {
@@ -477,7 +487,7 @@ fn parse_cli() -> Result<Cli, clap::Error> {
 
 fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
     use basalt::replication::{
-        NodeStatus, ReplicaOptions, ReplicaRunner, Role, UploadOptions, Uploader,
+        Node, NodeConfig, NodeStatus, ReplicaOptions, Role, RoleState, UploadOptions,
     };
     let mut config = args.config()?;
     let store_config = node.store()?;
@@ -495,60 +505,84 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
     let db = node.open().map_err(|e| e.to_string())?;
     let shards = db.shard_count();
     let engine = db.engine().choice.clone();
-    let mut uploader = None;
-    let mut follower = None;
-    let mut status = NodeStatus {
-        role,
-        store: "off".into(),
-        store_stats: Default::default(),
-        catalog: (role == Role::Primary).then(|| db.catalog()),
-        upload: None,
-        replica: None,
-    };
-    if let Some(sc) = &store_config {
-        let store = sc.build().map_err(|e| format!("--object-store: {e}"))?;
-        status.store = sc.to_string();
-        status.store_stats = store.stats.clone();
-        match role {
-            Role::Primary => {
-                let defaults = UploadOptions::for_store(sc.kind);
-                let opts = UploadOptions {
-                    segment_bytes_max: args.segment_bytes_max.unwrap_or(defaults.segment_bytes_max),
-                    segment_age_max: args
-                        .segment_age_ms
-                        .map_or(defaults.segment_age_max, Duration::from_millis),
-                    uploads_in_flight_max: args.uploads_in_flight_max.max(1),
-                    compression: if args.segment_compression == "lz4" {
-                        basalt::segment::Compression::Lz4
-                    } else {
-                        basalt::segment::Compression::None
-                    },
-                    ..defaults
-                };
-                let u = Uploader::start(db.catalog(), store, opts)
-                    .map_err(|e| format!("cannot start the uploader: {e}"))?;
-                status.upload = Some(u.status.clone());
-                uploader = Some(u);
+    let mut control = None;
+    match &store_config {
+        None => {
+            // No replication: a standalone primary.
+            config.node = Some(Arc::new(NodeStatus::new(
+                "off".into(),
+                Default::default(),
+                Some(db.catalog()),
+                {
+                    let mut s = RoleState::new(Role::Primary);
+                    s.writable = true;
+                    s
+                },
+            )));
+        }
+        Some(sc) => {
+            let store = sc.build().map_err(|e| format!("--object-store: {e}"))?;
+            let status = Arc::new(NodeStatus::new(
+                sc.to_string(),
+                store.stats.clone(),
+                Some(db.catalog()),
+                RoleState::new(role),
+            ));
+            let defaults = UploadOptions::for_store(sc.kind);
+            let upload = UploadOptions {
+                segment_bytes_max: args.segment_bytes_max.unwrap_or(defaults.segment_bytes_max),
+                segment_age_max: args
+                    .segment_age_ms
+                    .map_or(defaults.segment_age_max, Duration::from_millis),
+                uploads_in_flight_max: args.uploads_in_flight_max.max(1),
+                compression: if args.segment_compression == "lz4" {
+                    basalt::segment::Compression::Lz4
+                } else {
+                    basalt::segment::Compression::None
+                },
+                ..defaults
+            };
+            let defaults = ReplicaOptions::for_store(sc.kind);
+            let replica = ReplicaOptions {
+                poll_interval: args.replica_poll_ms.map_or(defaults.poll_interval, |ms| {
+                    Duration::from_millis(ms.max(1))
+                }),
+                // Apply on a pinned core, like a primary's shards.
+                core: Some(shards.saturating_sub(1)),
+                ..defaults
+            };
+            let n = Node::new(
+                NodeConfig {
+                    data_dir: node.data_dir.clone(),
+                    store,
+                    upload,
+                    replica,
+                    node_name: basalt::replication::node::default_node_name(&node.data_dir),
+                },
+                status.clone(),
+            );
+            if role == Role::Primary {
+                // Until ownership is confirmed.
+                db.refuse_writes("the node is starting");
             }
-            Role::Replica => {
-                let defaults = ReplicaOptions::for_store(sc.kind);
-                let opts = ReplicaOptions {
-                    poll_interval: args.replica_poll_ms.map_or(defaults.poll_interval, |ms| {
-                        Duration::from_millis(ms.max(1))
-                    }),
-                    // Apply on a pinned core, like a primary's shards.
-                    core: Some(shards.saturating_sub(1)),
-                    ..defaults
-                };
-                let r = ReplicaRunner::start(store, &node.data_dir, opts)
-                    .map_err(|e| format!("cannot start the replica: {e}"))?;
-                status.replica = Some(r.status.clone());
-                follower = Some(r);
-            }
+            config.node = Some(status);
+            config.control = Some(Arc::new(n.clone()));
+            control = Some(n);
         }
     }
-    config.node = Some(Arc::new(status));
     let server = basalt::server::Server::start(db, config).map_err(|e| e.to_string())?;
+    if let Some(n) = &control {
+        n.attach(server.database_weak());
+        let started = match role {
+            Role::Primary => n.start_primary(),
+            Role::Replica => n.start_replica(),
+        };
+        if let Err(e) = started {
+            server.shutdown(Duration::from_secs(5));
+            n.shutdown();
+            return Err(e);
+        }
+    }
     // A machine-readable line for scripts and tests (logs go to stderr).
     println!(
         "basalt serving: http={} ilp={} shards={shards} engine={engine} data_dir={} role={} store={} pg={}",
@@ -565,11 +599,8 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
     // The database closes first, so the uploader's last round ships every
     // committed txn (within its flush limit; the rest stays in the WAL).
     server.shutdown(Duration::from_secs(30));
-    if let Some(u) = uploader {
-        u.shutdown();
-    }
-    if let Some(r) = follower {
-        r.shutdown();
+    if let Some(n) = control {
+        n.shutdown();
     }
     Ok(())
 }

@@ -135,6 +135,7 @@ fn assert_chain(conn: &str, last: u64) -> usize {
         ))
         .unwrap();
     let mut next = 1;
+    let (mut prev, mut epoch) = (0u64, 0u64);
     for k in &keys {
         assert_eq!(
             first_txn_of(k),
@@ -145,8 +146,14 @@ fn assert_chain(conn: &str, last: u64) -> usize {
             .block_on(async { store.inner.get(k).await?.bytes().await })
             .unwrap();
         let seg = Segment::from_slice(&bytes).unwrap_or_else(|e| panic!("{k}: {e}"));
-        assert_eq!(seg.header().first_txn, next);
-        next = seg.header().last_txn + 1;
+        let h = seg.header();
+        assert_eq!(h.first_txn, next);
+        // One history: each segment links to the one before it, and the
+        // epoch of its writer never goes back.
+        assert_eq!(h.prev_xxh3, Some(prev), "key {k}: broken link");
+        assert!(h.epoch >= epoch, "key {k}: epoch {} after {epoch}", h.epoch);
+        (prev, epoch) = (seg.checksum(), h.epoch);
+        next = h.last_txn + 1;
     }
     assert_eq!(
         next,
@@ -359,10 +366,9 @@ fn kill9_of_primary_and_replica_during_replication_loses_and_duplicates_nothing(
 }
 
 /// A primary pointed at a store that already holds another primary's
-/// history of a table writes nothing there: its upload of the table stops
-/// with an error in /status, and the first history is intact. Tried with a
-/// fresh node and with one that has its own history of the table (uploaded
-/// elsewhere before).
+/// history refuses to start (it would fork it), saying how to take over
+/// instead, and the first history is intact. Tried with a fresh node and
+/// with one that held an epoch of another store's history.
 #[test]
 fn a_second_primary_on_the_same_store_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -380,7 +386,7 @@ fn a_second_primary_on_the_same_store_is_refused() {
     assert!(a.terminate().success());
     let before = assert_chain(&conn, 3);
 
-    // b has 5 txns of its own, uploaded to another store.
+    // b has 5 txns of its own, uploaded to another store (its epoch 1).
     let bdir = dir.path().join("b");
     let other = format!("fs::root={};", dir.path().join("other").display());
     let b = primary(&bdir, Some(&other), &[]);
@@ -395,24 +401,13 @@ fn a_second_primary_on_the_same_store_is_refused() {
     });
     assert!(b.terminate().success());
     // A fresh c, and b, each pointed at a's store.
-    for d in [dir.path().join("c"), bdir] {
-        let n = primary(&d, Some(&conn), &[]);
-        assert_eq!(
-            http(n.http, "POST", "/write", &[], &batch_body(200)).status,
-            204
-        );
-        let stopped = eventually(Duration::from_secs(30), || {
-            n.status()["tables"]["cpu"]["stopped"]
-                .as_str()
-                .map(str::to_string)
-        });
-        assert!(
-            stopped.contains("Upload of the table is stopped"),
-            "{stopped}"
-        );
-        let m = String::from_utf8(http(n.http, "GET", "/metrics", &[], b"").body).unwrap();
-        assert!(m.contains("basalt_upload_stopped{table=\"cpu\"} 1"), "{m}");
-        assert!(n.terminate().success());
+    for (d, why) in [
+        (dir.path().join("c"), "never held it"),
+        (bdir, "of another history"),
+    ] {
+        let err = refused_start(&d, &conn);
+        assert!(err.contains(why), "{err}");
+        assert!(err.contains("--role"), "says how to take over: {err}");
         assert_eq!(
             assert_chain(&conn, 3),
             before,
@@ -421,53 +416,114 @@ fn a_second_primary_on_the_same_store_is_refused() {
     }
 }
 
-/// Two primaries running at once on one store (split brain): each segment
-/// key can be created once, so exactly one of them extends the table's
-/// history; the other finds a key taken by someone else's txns and stops.
-/// A replica built from the store equals the one that won.
+/// Runs `basalt serve` as a primary on `conn`, expecting it to refuse to
+/// start; returns what it printed on stderr.
+fn refused_start(dir: &Path, conn: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--ilp",
+            "127.0.0.1:0",
+            "--pg",
+            "off",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--object-store", conn])
+        .env("BASALT_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && !stdout.contains("basalt serving"),
+        "a second primary started: {stdout}"
+    );
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Two primaries started at once on one fresh store: each claims epoch 1
+/// with conditional create, exactly one gets it and serves; the other
+/// refuses to start. The winner's history is the store's.
 #[test]
 fn two_primaries_at_once_never_fork_the_history() {
     let dir = tempfile::tempdir().unwrap();
     let conn = format!("fs::root={};", dir.path().join("store").display());
-    let up = ["--segment-age-ms", "20"];
+    let spawn = |d: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--ilp",
+                "127.0.0.1:0",
+                "--pg",
+                "off",
+            ])
+            .arg("--data-dir")
+            .arg(d)
+            .args(["--object-store", &conn])
+            .env("BASALT_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     let (adir, bdir) = (dir.path().join("a"), dir.path().join("b"));
-    let a = primary(&adir, Some(&conn), &up);
-    let b = primary(&bdir, Some(&conn), &up);
-    for i in 0..10 {
+    let mut nodes = [(spawn(&adir), adir), (spawn(&bdir), bdir)];
+    // The loser exits; the winner prints its serving line and stays.
+    let lost = eventually(Duration::from_secs(60), || {
+        let exited: Vec<usize> = (0..2)
+            .filter(|&i| nodes[i].0.try_wait().unwrap().is_some())
+            .collect();
+        assert!(exited.len() < 2, "both primaries exited");
+        exited.first().copied()
+    });
+    let (loser, winner) = if lost == 0 {
+        let [l, w] = nodes;
+        (l, w)
+    } else {
+        let [w, l] = nodes;
+        (l, w)
+    };
+    let (mut loser, (mut winner, wdir)) = (loser.0, winner);
+    assert!(!loser.wait().unwrap().success());
+    let mut loser_err = String::new();
+    loser
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut loser_err)
+        .unwrap();
+    assert!(loser_err.contains("epoch 1"), "{loser_err}");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(winner.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("basalt serving"), "{line}");
+    let http_addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    for i in 0..3 {
         assert_eq!(
-            http(a.http, "POST", "/write", &[], &batch_body(i)).status,
-            204
-        );
-        assert_eq!(
-            http(b.http, "POST", "/write", &[], &batch_body(100 + i)).status,
+            http(http_addr, "POST", "/write", &[], &batch_body(i)).status,
             204
         );
     }
-    let stopped = |s: &ServerProcess| s.status()["tables"]["cpu"]["stopped"].is_string();
-    let (winner, wdir, loser) = eventually(Duration::from_secs(30), || {
-        let (sa, sb) = (stopped(&a), stopped(&b));
-        match (sa, sb) {
-            (false, true) => Some((&a, &adir, &b)),
-            (true, false) => Some((&b, &bdir, &a)),
-            (true, true) => panic!("both primaries stopped"),
-            (false, false) => None,
-        }
-    });
-    let last = eventually(Duration::from_secs(30), || {
-        let s = winner.status();
-        let c = txn_of(&s, "committed_txn");
-        (txn_of(&s, "uploaded_txn") == c && txn_of(&s, "applied_txn") == c).then_some(c)
-    });
-    assert_eq!(last, 10);
-    assert!(!stopped(winner) && stopped(loser));
-    assert_chain(&conn, last);
-    let rdir = dir.path().join("replica");
-    let r = ServerProcess::start_replica(&rdir, &conn);
+    let status = || http(http_addr, "GET", "/status", &[], b"").json();
     eventually(Duration::from_secs(30), || {
-        (txn_of(&r.status(), "applied_txn") == last).then_some(())
+        (txn_of(&status(), "uploaded_txn") == 3).then_some(())
     });
-    assert!(r.terminate().success());
-    assert_same_tables(wdir, &rdir);
+    winner.kill().unwrap();
+    winner.wait().unwrap();
+    assert_chain(&conn, 3);
+    assert!(wdir.join("_epoch").is_file());
 }
 
 /// A corrupt object where the next segment belongs: the replica refuses it
@@ -555,4 +611,401 @@ fn replication_turned_on_late_refuses_to_ship_a_partial_history() {
             .unwrap_or(0);
         assert_eq!(segments, 0, "nothing was uploaded");
     }
+}
+
+// ------------------------------------------------------------ failover
+
+/// `GET /exec?query=sql`, parsed.
+fn exec(addr: std::net::SocketAddr, sql: &str) -> serde_json::Value {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("query", sql);
+    let r = http(addr, "GET", &format!("/exec?{}", q.finish()), &[], b"");
+    assert_eq!(r.status, 200, "{sql}: {}", String::from_utf8_lossy(&r.body));
+    // The answer is streamed in chunks.
+    let (mut body, mut rest) = (Vec::new(), &r.body[..]);
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let n = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+            .expect("hex chunk size");
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&rest[eol + 2..eol + 2 + n]);
+        rest = &rest[eol + 2 + n + 2..];
+    }
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn lifecycle(n: &ServerProcess) -> serde_json::Value {
+    let r = http(n.http, "GET", "/lifecycle", &[], b"");
+    assert_eq!(r.status, 200);
+    r.json()
+}
+
+/// `SWITCH ROLE TO <to>` on `n`, then waits for the switch to end; returns
+/// its report (`last_switch`).
+fn switch(n: &ServerProcess, to: &str) -> serde_json::Value {
+    let r = exec(n.http, &format!("SWITCH ROLE TO {to}"));
+    assert_eq!(r["dataset"][0][1], true, "accepted, in flight: {r}");
+    eventually(Duration::from_secs(60), || {
+        let l = lifecycle(n);
+        l["switch_in_flight"]
+            .is_null()
+            .then(|| l["last_switch"].clone())
+    })
+}
+
+fn cpu_rows(addr: std::net::SocketAddr) -> u64 {
+    exec(addr, "select count(*) from cpu")["dataset"][0][0]
+        .as_u64()
+        .expect("a count")
+}
+
+/// One row per line of table `sw`, `id` numbering them.
+fn sw_body(first: u64, n: u64) -> Vec<u8> {
+    let mut b = Vec::new();
+    for id in first..first + n {
+        writeln!(
+            b,
+            "sw,src=t id={id}i {}",
+            1_700_000_000_000_000_000 + id * 1000
+        )
+        .unwrap();
+    }
+    b
+}
+
+/// Unplanned failover: the primary is killed with txns the store never
+/// received; the replica is promoted with `SWITCH ROLE TO PRIMARY` and
+/// takes writes; the old primary restarted with `--role primary` is fenced:
+/// it refuses writes (421), forks nothing, and reports the txns it never
+/// shipped. It cannot follow the new primary while it holds them.
+fn unplanned_failover(conn: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (adir, bdir) = (dir.path().join("a"), dir.path().join("b"));
+    // Segments are sealed at 1 KiB: a whole batch ships at once, a single
+    // row waits (for ten minutes) and is lost by the failover.
+    let hold = ["--segment-bytes-max", "1024", "--segment-age-ms", "600000"];
+    let a = primary(&adir, Some(conn), &hold);
+    let b = ServerProcess::start_replica(&bdir, conn);
+    assert_eq!(lifecycle(&b)["role"], "replica");
+    assert_eq!(
+        exec(b.http, "select node_role()")["dataset"][0][0],
+        "replica"
+    );
+    for i in 0..3 {
+        assert_eq!(
+            http(a.http, "POST", "/write", &[], &batch_body(i)).status,
+            204
+        );
+    }
+    eventually(Duration::from_secs(30), || {
+        (txn_of(&b.status(), "applied_txn") == 3).then_some(())
+    });
+    let line = format!(
+        "cpu,host=lost usage_user=1.0 {}\n",
+        1_800_000_000_000_000_000u64
+    );
+    assert_eq!(
+        http(a.http, "POST", "/write", &[], line.as_bytes()).status,
+        204
+    );
+    let s = a.status();
+    assert_eq!(
+        (txn_of(&s, "committed_txn"), txn_of(&s, "uploaded_txn")),
+        (4, 3)
+    );
+    a.kill9();
+
+    let t0 = std::time::Instant::now();
+    let report = switch(&b, "PRIMARY");
+    assert_eq!(report["ok"], true, "{report}");
+    let l = lifecycle(&b);
+    assert_eq!(
+        (l["role"].as_str(), l["writable"].as_bool()),
+        (Some("primary"), Some(true))
+    );
+    assert_eq!(l["epoch"], 2);
+    assert_eq!(
+        exec(b.http, "select node_role()")["dataset"][0][0],
+        "primary"
+    );
+    let r = http(b.http, "POST", "/write", &[], &batch_body(10));
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    eprintln!(
+        "unplanned failover on {}: switch {:.1} ms, SWITCH ROLE to the first accepted write {:.1} ms",
+        conn.split("::").next().unwrap(),
+        report["millis"].as_f64().unwrap(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    // txn 4 of b is its epoch-start (empty); 5 is the batch.
+    let last = eventually(Duration::from_secs(30), || {
+        let s = b.status();
+        let c = txn_of(&s, "committed_txn");
+        (c == 5 && txn_of(&s, "uploaded_txn") == c).then_some(c)
+    });
+
+    // The old primary, restarted with its stale role.
+    let a = primary(&adir, Some(conn), &hold);
+    let l = lifecycle(&a);
+    assert_eq!(l["writable"], false, "{l}");
+    let fenced = &l["fenced"];
+    assert!(
+        fenced["reason"].as_str().unwrap().contains("superseded"),
+        "{l}"
+    );
+    assert_eq!(
+        fenced["unshipped"],
+        serde_json::json!([{"table": "cpu", "first_txn": 4, "last_txn": 4}]),
+        "the txn the store never received is reported"
+    );
+    let r = http(a.http, "POST", "/write", &[], &batch_body(20));
+    assert_eq!(r.status, 421, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("new primary"));
+    let m = String::from_utf8(http(a.http, "GET", "/metrics", &[], b"").body).unwrap();
+    assert!(m.contains("basalt_node_fenced 1"), "{m}");
+    // It cannot become a replica of a history it diverged from.
+    let report = switch(&a, "REPLICA");
+    assert_eq!(report["ok"], false, "{report}");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("never received"),
+        "{report}"
+    );
+    assert_eq!(lifecycle(&a)["role"], "primary");
+    // One history in the store: b's, with the lost txn absent.
+    assert_chain(conn, last);
+    assert_eq!(
+        cpu_rows(b.http),
+        4 * BATCH + 1,
+        "batches 0..3 and 10 (with its extra row)"
+    );
+    drop(a);
+    // A third node bootstrapped from the store equals the new primary.
+    let cdir = dir.path().join("c");
+    let c = ServerProcess::start_replica(&cdir, conn);
+    eventually(Duration::from_secs(30), || {
+        (txn_of(&c.status(), "applied_txn") == last).then_some(())
+    });
+    assert!(b.terminate().success());
+    assert!(c.terminate().success());
+    assert_same_tables(&bdir, &cdir);
+}
+
+#[test]
+fn unplanned_failover_on_fs() {
+    let dir = tempfile::tempdir().unwrap();
+    unplanned_failover(&format!("fs::root={};", dir.path().join("store").display()));
+}
+
+#[test]
+fn unplanned_failover_on_s3_moto() {
+    let moto = servers::moto("basalt");
+    unplanned_failover(&format!(
+        "s3::bucket=basalt;root=fo;region=us-east-1;endpoint=http://127.0.0.1:{};\
+         access_key_id=test;secret_access_key=test;allow_http=true;",
+        moto.port
+    ));
+}
+
+/// A planned switchover under continuous ingestion: a writer sends to the
+/// primary and, on 421, to the other node. The primary switches to replica
+/// (refuses writes, uploads everything), the replica to primary. No
+/// acknowledged row is lost, the writes move with a short gap, and the old
+/// primary, now a replica, equals the new one.
+fn planned_switchover(conn: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (adir, bdir) = (dir.path().join("a"), dir.path().join("b"));
+    let a = primary(&adir, Some(conn), &[]);
+    let b = ServerProcess::start_replica(&bdir, conn);
+    let addrs = [a.http, b.http];
+    let stop = Arc::new(AtomicBool::new(false));
+    // (id of the first row, rows) of every acknowledged request, and when.
+    let acked: Arc<Mutex<Vec<(u64, std::time::Instant, usize)>>> = Default::default();
+    let writer = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let (mut next, mut target, mut refused) = (0u64, 0usize, 0u64);
+            while !stop.load(Ordering::Acquire) {
+                let r = http(addrs[target], "POST", "/write", &[], &sw_body(next, 10));
+                match r.status {
+                    204 => {
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push((next, std::time::Instant::now(), target));
+                        next += 10;
+                    }
+                    421 => {
+                        refused += 1;
+                        target = 1 - target;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    s => panic!("write answered {s}: {}", String::from_utf8_lossy(&r.body)),
+                }
+            }
+            refused
+        })
+    };
+    let acks = |node: usize| acked.lock().unwrap().iter().filter(|a| a.2 == node).count();
+    eventually(Duration::from_secs(30), || (acks(0) >= 30).then_some(()));
+    let down = switch(&a, "REPLICA");
+    assert_eq!(down["ok"], true, "{down}");
+    let up = switch(&b, "PRIMARY");
+    assert_eq!(up["ok"], true, "{up}");
+    eventually(Duration::from_secs(30), || (acks(1) >= 30).then_some(()));
+    stop.store(true, Ordering::Release);
+    let refused = writer.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    // The write gap: from the last write a took to the first b took.
+    let last_a = acked
+        .iter()
+        .filter(|x| x.2 == 0)
+        .map(|x| x.1)
+        .max()
+        .unwrap();
+    let first_b = acked
+        .iter()
+        .filter(|x| x.2 == 1)
+        .map(|x| x.1)
+        .min()
+        .unwrap();
+    eprintln!(
+        "planned switchover on {}: to replica {:.1} ms, to primary {:.1} ms, write gap {:.1} ms ({refused} requests refused with 421)",
+        conn.split("::").next().unwrap(),
+        down["millis"].as_f64().unwrap(),
+        up["millis"].as_f64().unwrap(),
+        first_b.duration_since(last_a).as_secs_f64() * 1e3
+    );
+    // Every acknowledged row is on the new primary, once.
+    let ids = exec(
+        b.http,
+        "select count(*), count(distinct id), max(id) from sw",
+    );
+    let want = acked.len() as u64 * 10;
+    assert_eq!(ids["dataset"][0][0].as_u64(), Some(want), "{ids}");
+    assert_eq!(ids["dataset"][0][1].as_u64(), Some(want), "{ids}");
+    // The old primary follows the new one to the same bytes.
+    let last = eventually(Duration::from_secs(30), || {
+        let s = b.status();
+        let c = s["tables"]["sw"]["committed_txn"].as_u64().unwrap_or(0);
+        (s["tables"]["sw"]["uploaded_txn"].as_u64() == Some(c)).then_some(c)
+    });
+    eventually(Duration::from_secs(30), || {
+        (a.status()["tables"]["sw"]["applied_txn"].as_u64() == Some(last)).then_some(())
+    });
+    assert_eq!(lifecycle(&a)["role"], "replica");
+    assert_eq!(
+        http(a.http, "POST", "/write", &[], &sw_body(0, 1)).status,
+        421
+    );
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+    let (fa, fb) = (table_files(&adir.join("sw")), table_files(&bdir.join("sw")));
+    assert_eq!(fa.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>());
+    for (k, v) in &fa {
+        assert!(
+            v == &fb[k],
+            "{k} differs between the old and the new primary"
+        );
+    }
+}
+
+#[test]
+fn planned_switchover_on_fs() {
+    let dir = tempfile::tempdir().unwrap();
+    planned_switchover(&format!("fs::root={};", dir.path().join("store").display()));
+}
+
+#[test]
+fn planned_switchover_on_s3_moto() {
+    let moto = servers::moto("basalt");
+    planned_switchover(&format!(
+        "s3::bucket=basalt;root=sw;region=us-east-1;endpoint=http://127.0.0.1:{};\
+         access_key_id=test;secret_access_key=test;allow_http=true;",
+        moto.port
+    ));
+}
+
+/// A primary paused (SIGSTOP, as a long GC pause would) while a replica is
+/// promoted, then resumed: it learns it was fenced (at its next upload or
+/// ownership check) and stops taking writes; nothing it wrote after the
+/// promotion enters the store's history, which stays single; what it
+/// acknowledged in between is reported as unshipped.
+#[test]
+fn a_paused_primary_is_fenced_before_it_extends_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = format!("fs::root={};", dir.path().join("store").display());
+    let (adir, bdir) = (dir.path().join("a"), dir.path().join("b"));
+    let a = primary(&adir, Some(&conn), &[]);
+    let b = ServerProcess::start_replica(&bdir, &conn);
+    for i in 0..3 {
+        assert_eq!(
+            http(a.http, "POST", "/write", &[], &batch_body(i)).status,
+            204
+        );
+    }
+    eventually(Duration::from_secs(30), || {
+        (txn_of(&b.status(), "applied_txn") == 3).then_some(())
+    });
+    let pid = a.child.id() as libc::pid_t;
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let report = switch(&b, "PRIMARY");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(
+        http(b.http, "POST", "/write", &[], &batch_body(10)).status,
+        204
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let resumed = std::time::Instant::now();
+    // The old primary may take a few writes before it learns; each is
+    // either refused or ends up reported as unshipped.
+    let mut taken = 0;
+    let fenced = eventually(Duration::from_secs(30), || {
+        let l = lifecycle(&a);
+        if l["fenced"].is_object() {
+            return Some(l["fenced"].clone());
+        }
+        let r = http(a.http, "POST", "/write", &[], &batch_body(20 + taken));
+        if r.status == 204 {
+            taken += 1;
+        }
+        None
+    });
+    eprintln!(
+        "paused primary fenced {:.1} ms after SIGCONT, having taken {taken} writes meanwhile",
+        resumed.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(
+        http(a.http, "POST", "/write", &[], &batch_body(30)).status,
+        421
+    );
+    let committed = txn_of(&a.status(), "committed_txn");
+    if committed > 3 {
+        assert_eq!(
+            fenced["unshipped"],
+            serde_json::json!([{"table": "cpu", "first_txn": 4, "last_txn": committed}]),
+            "{fenced}"
+        );
+    }
+    let last = eventually(Duration::from_secs(30), || {
+        let s = b.status();
+        let c = txn_of(&s, "committed_txn");
+        (txn_of(&s, "uploaded_txn") == c).then_some(c)
+    });
+    assert_eq!(last, 5, "b's epoch-start and its one batch");
+    assert!(b.status()["tables"]["cpu"]["stopped"].is_null());
+    assert_chain(&conn, last);
+    assert_eq!(
+        cpu_rows(b.http),
+        4 * BATCH + 1,
+        "batches 0..3 and 10 (with its extra row)"
+    );
 }

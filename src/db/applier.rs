@@ -32,6 +32,13 @@ pub enum ApplyMsg {
         table: Arc<TableHandle>,
         done: flume::Sender<()>,
     },
+    /// Let go of a table (a role switch to replica): what is pending is
+    /// applied, the table checkpointed and its writer closed; answered once
+    /// done.
+    Release {
+        table: Arc<TableHandle>,
+        done: flume::Sender<()>,
+    },
     /// Add a column; answered once `_meta` is durable.
     AddColumn {
         table: Arc<TableHandle>,
@@ -147,6 +154,14 @@ fn handle(slots: &mut HashMap<String, Slot>, msg: ApplyMsg) {
     match msg {
         ApplyMsg::DropTable { table, done } => {
             if slot_of(slots, &table).is_some() {
+                slots.remove(&table.name);
+            }
+            let _ = done.send(());
+        }
+        ApplyMsg::Release { table, done } => {
+            if let Some(s) = slot_of(slots, &table) {
+                apply_ready(s, usize::MAX);
+                checkpoint(s);
                 slots.remove(&table.name);
             }
             let _ = done.send(());

@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -119,6 +119,10 @@ pub enum DbError {
     Timeout(Duration),
     #[error("this node is a read-only replica: tables are written only by replication")]
     ReadOnly,
+    /// The node does not take writes now (a role switch runs, or it was
+    /// fenced by a newer primary): HTTP 421, as QuestDB answers.
+    #[error("{0}")]
+    NotPrimary(String),
     #[error("table {table} was dropped")]
     Dropped { table: String },
 }
@@ -531,6 +535,12 @@ pub struct RecoveryReport {
 
 pub struct Database {
     opts: DbOptions,
+    /// A replica's node: tables belong to replication. Starts as
+    /// `opts.read_only`; a role switch flips it.
+    read_only: AtomicBool,
+    /// Why writes are refused now (`None`: admitted). Checked by every
+    /// commit and table creation before anything is written.
+    refusal: arc_swap::ArcSwapOption<String>,
     /// Exclusive lock on `<data-dir>/.lock`, held while the database is open.
     _lock: fs::File,
     recovery: Vec<RecoveryReport>,
@@ -621,6 +631,8 @@ impl Database {
             opts.shards
         };
         let mut db = Database {
+            read_only: AtomicBool::new(opts.read_only),
+            refusal: arc_swap::ArcSwapOption::empty(),
             opts,
             _lock: lock,
             recovery,
@@ -738,13 +750,132 @@ impl Database {
 
     /// Whether the node is a read-only replica.
     pub fn is_read_only(&self) -> bool {
-        self.opts.read_only
+        self.read_only.load(Ordering::Acquire)
+    }
+
+    /// Refuses every new commit and table creation with `why` (HTTP 421)
+    /// until [`Database::admit_writes`]. Commits already prepared finish.
+    pub fn refuse_writes(&self, why: impl Into<String>) {
+        self.refusal.store(Some(Arc::new(why.into())));
+    }
+
+    /// Admits writes again (see [`Database::refuse_writes`]).
+    pub fn admit_writes(&self) {
+        self.refusal.store(None);
+    }
+
+    /// Why writes are refused now, if they are.
+    pub fn write_refusal(&self) -> Option<DbError> {
+        if self.is_read_only() {
+            return Some(DbError::ReadOnly);
+        }
+        self.refusal
+            .load()
+            .as_ref()
+            .map(|why| DbError::NotPrimary(why.to_string()))
+    }
+
+    /// Turns a replica's database into a primary's: every local table is
+    /// opened and recovered as at start-up (its WAL replayed, upload mark
+    /// read) and handed to the applier. Writes stay refused with `why`
+    /// until [`Database::admit_writes`]: the caller starts uploading first.
+    pub fn become_primary(&self, why: &str) -> Result<Vec<RecoveryReport>, DbError> {
+        self.refuse_writes(why);
+        let applier = self.applier_tx.as_ref().ok_or(DbError::Closed)?;
+        let mut tables = self.tables();
+        if !tables.is_empty() {
+            return Err(DbError::NotPrimary(
+                "the node already holds open tables; it is not a replica".into(),
+            ));
+        }
+        let mut reports = Vec::new();
+        for (writer, report) in recover_all(&self.opts)? {
+            let handle = Arc::new(TableHandle::new(
+                &report.table,
+                writer.schema().clone(),
+                &writer,
+                report.resolved_txn,
+                &self.opts,
+                self.tables.upload_wake(),
+            ));
+            applier
+                .send(ApplyMsg::AddTable {
+                    handle: handle.clone(),
+                    writer: Box::new(writer),
+                })
+                .map_err(|_| DbError::Closed)?;
+            for txn in &report.never_written {
+                if !handle.note_aborted(*txn) {
+                    break;
+                }
+            }
+            tables.insert(report.table.clone(), handle);
+            reports.push(report);
+        }
+        self.read_only.store(false, Ordering::Release);
+        drop(tables);
+        self.tables.upload_wake.notify_one();
+        Ok(reports)
+    }
+
+    /// Refuses new writes with `why` and waits until every commit already
+    /// queued on a shard is written (acknowledged or failed): afterwards no
+    /// table's written txn moves. The first step of a switch to replica.
+    pub fn drain_commits(&self, why: &str) {
+        self.refuse_writes(why);
+        let handles: Vec<Arc<TableHandle>> = self.tables().values().cloned().collect();
+        for h in &handles {
+            for shard in &self.shards {
+                // Commits queued before this message are written first;
+                // the table's WAL files are closed.
+                barrier(shard, |done| ShardMsg::Forget {
+                    table: h.clone(),
+                    done,
+                });
+            }
+        }
+    }
+
+    /// Turns a drained primary's database (see [`Database::drain_commits`])
+    /// into a replica's: every table applied and checkpointed, then let go
+    /// (its writer closed), so that replication can open the tables. The
+    /// caller has stopped the uploader.
+    pub fn become_replica(&self, timeout: Duration) -> Result<(), DbError> {
+        let handles: Vec<Arc<TableHandle>> = self.tables().values().cloned().collect();
+        for h in &handles {
+            h.wait_applied(h.written_txn(), timeout)?;
+        }
+        for h in &handles {
+            if let Some(applier) = &self.applier_tx {
+                barrier(applier, |done| ApplyMsg::Release {
+                    table: h.clone(),
+                    done,
+                });
+            }
+            if !h.wait_upload_detached(DROP_UPLOAD_WAIT) {
+                warn!(table = %h.name, "the uploader did not let go of the table");
+            }
+            // Applied, checkpointed and (replicated) uploaded: the WAL is
+            // history. Gone, so that a later promotion replays nothing
+            // stale from it.
+            if h.refusal().is_none() {
+                let wal = h.dir().join(WAL_DIR);
+                if let Err(e) = fs::remove_dir_all(&wal) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        warn!(table = %h.name, error = %e, "cannot remove the WAL of a released table");
+                    }
+                }
+            }
+        }
+        self.tables().clear();
+        self.read_only.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Creates a table. Tables without a designated timestamp are local-only.
     pub fn create_table(&self, name: &str, schema: &Schema) -> Result<Arc<TableHandle>, DbError> {
-        if self.opts.read_only {
-            return Err(DbError::ReadOnly);
+        if let Some(e) = self.write_refusal() {
+            return Err(e);
         }
         let mut tables = self.tables();
         if tables.contains_key(name) {
@@ -778,8 +909,8 @@ impl Database {
     /// `.dropped-<name>-<id>` first, so a crash midway leaves no half
     /// table; open removes leftovers). Its history in an object store stays.
     pub fn drop_table(&self, name: &str) -> Result<(), DbError> {
-        if self.opts.read_only {
-            return Err(DbError::ReadOnly);
+        if let Some(e) = self.write_refusal() {
+            return Err(e);
         }
         let handle = {
             let mut tables = self.tables();
@@ -887,7 +1018,7 @@ impl Database {
         table: &Arc<TableHandle>,
         batch: Batch,
     ) -> Result<PreparedCommit, DbError> {
-        if let Some(e) = table.refusal() {
+        if let Some(e) = self.write_refusal().or_else(|| table.refusal()) {
             return Err(e);
         }
         let schema = table.schema.load();

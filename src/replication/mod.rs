@@ -16,15 +16,18 @@
 //! (see [`catalog`]).
 
 pub mod catalog;
+pub mod epoch;
+pub mod node;
 pub mod replica;
 pub mod status;
 pub mod uploader;
 
+pub use node::{Node, NodeConfig, RoleControl};
 pub use replica::{
     Replica, ReplicaOptions, ReplicaRunner, ReplicaStatus, ReplicationError, SyncReport,
 };
-pub use status::{NodeStatus, Role};
-pub use uploader::{UploadOptions, UploadStatus, Uploader};
+pub use status::{NodeStatus, Role, RoleState};
+pub use uploader::{Owner, UploadOptions, UploadStatus, Uploader};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

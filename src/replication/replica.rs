@@ -335,6 +335,127 @@ impl Replica {
         Ok(())
     }
 
+    /// The checksum of the segment of `table` that ends at txn `txn` (the
+    /// link of the segment after it): known if this run applied it,
+    /// otherwise found with one listing of the table and one GET.
+    pub fn chain_checksum(&mut self, table: &str, txn: u64) -> Result<u64, ReplicationError> {
+        if let Some(&(last, sum, _)) = self.links.get(table) {
+            if last == txn {
+                return Ok(sum);
+            }
+        }
+        let prefix = table_prefix(&self.store, table);
+        let keys = self.rt.block_on(
+            self.store
+                .list_after(&prefix, &segment_key(&self.store, table, 0)),
+        )?;
+        let key = keys
+            .iter()
+            .filter(|k| first_txn_of(k).is_some_and(|f| f <= txn))
+            .max_by_key(|k| first_txn_of(k))
+            .ok_or_else(|| ReplicationError::Gap {
+                table: table.to_string(),
+                applied: txn,
+                next_key: "no segment holding it".into(),
+            })?;
+        let seg = self
+            .fetch(key)?
+            .ok_or_else(|| ReplicationError::Misplaced {
+                key: key.to_string(),
+                why: "listed, but gone when fetched".into(),
+            })?;
+        if seg.header().last_txn != txn {
+            return Err(ReplicationError::Misplaced {
+                key: key.to_string(),
+                why: format!(
+                    "it ends at txn {}, the table here at {txn}",
+                    seg.header().last_txn
+                ),
+            });
+        }
+        Ok(seg.checksum())
+    }
+
+    /// Opens epoch `epoch` in `table`'s chain (a promotion): applies what
+    /// the store holds, then creates the key right after it with a segment
+    /// of one empty txn, of `epoch`, linked to the chain's last segment,
+    /// and applies it. Once it lands, the previous primary can never extend
+    /// this table's chain: its next segment needs the same key. If another
+    /// writer's segment takes the key first, it is applied and the next key
+    /// is tried. Returns the epoch-start txn and its segment's checksum.
+    pub fn start_epoch(
+        &mut self,
+        table: &str,
+        epoch: u64,
+        tries_max: usize,
+    ) -> Result<(u64, u64), ReplicationError> {
+        use object_store::{PutMode, PutPayload};
+        for _ in 0..tries_max.max(1) {
+            self.sync_table(table)?;
+            let txn = self.applied_txn(table)?;
+            let prev = self.chain_checksum(table, txn)?;
+            let w = self
+                .tables
+                .get(table)
+                .ok_or_else(|| ReplicationError::Io(format!("table {table} is not here")))?;
+            let bad = |source| ReplicationError::BadObject {
+                key: table.to_string(),
+                source,
+            };
+            let mut sw =
+                crate::segment::SegmentWriter::new(w.table_id(), table, w.schema()).map_err(bad)?;
+            sw.push_aborted(txn + 1).map_err(bad)?;
+            let link = crate::segment::Link {
+                epoch,
+                prev_xxh3: prev,
+            };
+            let enc = sw
+                .finish_linked(link, crate::segment::Compression::None)
+                .map_err(bad)?;
+            let xxh3 = enc.checksum();
+            let key = segment_key(&self.store, table, txn + 1);
+            let put = self.store.inner.put_opts(
+                &key,
+                PutPayload::from(enc.into_bytes()),
+                PutMode::Create.into(),
+            );
+            match self.rt.block_on(put) {
+                Ok(_) => {
+                    let r = self.sync_table_next(table)?;
+                    if r.txn != txn + 1 {
+                        return Err(ReplicationError::Io(format!(
+                            "table {table}: the epoch-start segment {key} landed but the table is at txn {}",
+                            r.txn
+                        )));
+                    }
+                    return Ok((txn + 1, xxh3));
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    info!(table, key = %key, "the previous primary's segment took the key first; applying it and trying the next one");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ReplicationError::Io(format!(
+            "table {table}: another writer kept extending the chain ({tries_max} tries)"
+        )))
+    }
+
+    /// The local tables (opened so far).
+    pub fn table_names(&self) -> Vec<String> {
+        self.tables.keys().cloned().collect()
+    }
+
+    /// The store this replica follows.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs `f` on the replica's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
     /// Syncs every table the store has.
     pub fn sync_all(&mut self) -> Result<BTreeMap<String, SyncReport>, ReplicationError> {
         let mut out = BTreeMap::new();

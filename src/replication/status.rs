@@ -31,17 +31,76 @@ impl Role {
     }
 }
 
-/// Everything `/status` and `/metrics` read; built once at start-up.
+/// Everything `/status`, `/metrics` and `/lifecycle` read. The role part
+/// changes with a role switch.
 #[derive(Debug)]
 pub struct NodeStatus {
-    pub role: Role,
     /// The store's connection string, secrets masked.
     pub store: String,
     pub store_stats: Arc<StoreStats>,
-    /// The primary's tables.
+    /// The database's tables (a primary's; none while a replica).
     pub catalog: Option<Catalog>,
+    state: std::sync::Mutex<RoleState>,
+}
+
+/// Txns a fenced primary committed that the store never received: the
+/// data an unplanned failover lost, for an operator to re-ingest (they are
+/// still in this node's WAL and table files).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Unshipped {
+    pub table: String,
+    pub first_txn: u64,
+    pub last_txn: u64,
+}
+
+/// Why and when this node stopped being the primary without a switch.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Fenced {
+    pub reason: String,
+    pub at_us: i64,
+    pub unshipped: Vec<Unshipped>,
+}
+
+/// The outcome of the last role switch.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SwitchReport {
+    pub to: &'static str,
+    pub ok: bool,
+    /// What happened, or why it failed and in which state the node is.
+    pub message: String,
+    pub started_us: i64,
+    pub millis: f64,
+}
+
+/// The node's role and what goes with it.
+#[derive(Clone, Debug)]
+pub struct RoleState {
+    pub role: Role,
+    /// The epoch this node holds as primary, or last held (0: never).
+    pub epoch: u64,
+    /// The role a switch in flight goes to.
+    pub switching: Option<Role>,
+    /// Writes are admitted.
+    pub writable: bool,
+    pub fenced: Option<Fenced>,
+    pub last_switch: Option<SwitchReport>,
     pub upload: Option<Arc<UploadStatus>>,
     pub replica: Option<Arc<ReplicaStatus>>,
+}
+
+impl RoleState {
+    pub fn new(role: Role) -> RoleState {
+        RoleState {
+            role,
+            epoch: 0,
+            switching: None,
+            writable: false,
+            fenced: None,
+            last_switch: None,
+            upload: None,
+            replica: None,
+        }
+    }
 }
 
 /// Bytes of WAL files under a table directory's `_wal/`.
@@ -73,8 +132,50 @@ struct PrimaryTable {
 }
 
 impl NodeStatus {
-    fn primary_tables(&self) -> Vec<PrimaryTable> {
-        let uploads = self.upload.as_ref().map(|u| u.tables()).unwrap_or_default();
+    pub fn new(
+        store: String,
+        store_stats: Arc<StoreStats>,
+        catalog: Option<Catalog>,
+        state: RoleState,
+    ) -> NodeStatus {
+        NodeStatus {
+            store,
+            store_stats,
+            catalog,
+            state: std::sync::Mutex::new(state),
+        }
+    }
+
+    /// The role part, as it is now.
+    pub fn state(&self) -> RoleState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes the role part.
+    pub fn update(&self, f: impl FnOnce(&mut RoleState)) {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// `GET /lifecycle`: the role, a switch in flight, and whether the node
+    /// is ready for what its role serves.
+    pub fn lifecycle_json(&self) -> Value {
+        let st = self.state();
+        let ready = st.switching.is_none()
+            && st.fenced.is_none()
+            && (st.role == Role::Replica || st.writable);
+        json!({
+            "role": st.role.name(),
+            "epoch": st.epoch,
+            "switch_in_flight": st.switching.map(Role::name),
+            "ready": ready,
+            "writable": st.writable,
+            "fenced": st.fenced,
+            "last_switch": st.last_switch,
+        })
+    }
+
+    fn primary_tables(&self, st: &RoleState) -> Vec<PrimaryTable> {
+        let uploads = st.upload.as_ref().map(|u| u.tables()).unwrap_or_default();
         let Some(catalog) = &self.catalog else {
             return Vec::new();
         };
@@ -95,10 +196,11 @@ impl NodeStatus {
 
     /// `GET /status`.
     pub fn status_json(&self) -> Value {
+        let st = self.state();
         let mut tables = serde_json::Map::new();
-        match self.role {
+        match st.role {
             Role::Primary => {
-                for t in self.primary_tables() {
+                for t in self.primary_tables(&st) {
                     if !t.replicated {
                         tables.insert(
                             t.name.clone(),
@@ -125,7 +227,7 @@ impl NodeStatus {
                 }
             }
             Role::Replica => {
-                if let Some(r) = &self.replica {
+                if let Some(r) = &st.replica {
                     for (name, t) in r.tables() {
                         tables.insert(name, serde_json::to_value(t).unwrap_or(Value::Null));
                     }
@@ -133,12 +235,16 @@ impl NodeStatus {
             }
         }
         let mut out = json!({
-            "role": self.role.name(),
+            "role": st.role.name(),
+            "epoch": st.epoch,
+            "writable": st.writable,
+            "switch_in_flight": st.switching.map(Role::name),
+            "fenced": st.fenced,
             "store": self.store,
             "store_requests": self.store_stats.total.snapshot(),
             "tables": tables,
         });
-        if let Some(r) = &self.replica {
+        if let Some(r) = &st.replica {
             let last = r.last_sync_us.load(Ordering::Acquire);
             out["last_sync_age_seconds"] = if last == 0 {
                 Value::Null
@@ -152,15 +258,39 @@ impl NodeStatus {
 
     /// `GET /metrics`.
     pub fn metrics_text(&self) -> String {
+        let st = self.state();
         let mut m = Metrics::default();
         m.gauge(
             "basalt_node_role",
             "1 for the role this node runs as.",
-            &[("role", self.role.name())],
+            &[("role", st.role.name())],
             1.0,
         );
+        m.gauge(
+            "basalt_node_epoch",
+            "The epoch this node holds as primary, or last held (0: never).",
+            &[],
+            st.epoch as f64,
+        );
+        m.gauge(
+            "basalt_node_writable",
+            "1 while the node admits writes.",
+            &[],
+            f64::from(u8::from(st.writable)),
+        );
+        m.gauge(
+            "basalt_node_fenced",
+            "1 once this node found itself superseded by a newer primary (see /status).",
+            &[],
+            f64::from(u8::from(st.fenced.is_some())),
+        );
         let now = now_us();
-        for t in self.primary_tables() {
+        let tables = if st.role == Role::Primary {
+            self.primary_tables(&st)
+        } else {
+            Vec::new()
+        };
+        for t in tables {
             let l = [("table", t.name.as_str())];
             m.gauge(
                 "basalt_table_committed_txn",
@@ -232,7 +362,7 @@ impl NodeStatus {
                 f64::from(u8::from(t.upload.stopped.is_some())),
             );
         }
-        if let Some(r) = &self.replica {
+        if let Some(r) = &st.replica {
             for (name, t) in r.tables() {
                 let l = [("table", name.as_str())];
                 m.gauge(

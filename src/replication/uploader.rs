@@ -66,6 +66,10 @@ pub struct UploadOptions {
     /// At shutdown, how long to keep uploading what is committed (what is
     /// left stays in the WAL for the next start).
     pub shutdown_flush_max: Duration,
+    /// How often the uploader asks the store whether another node claimed
+    /// the next epoch (one GET): the longest an idle fenced primary keeps
+    /// taking writes. A busy one learns sooner, at its next upload.
+    pub ownership_check_interval: Duration,
 }
 
 impl Default for UploadOptions {
@@ -77,6 +81,7 @@ impl Default for UploadOptions {
             retry_backoff_max: Duration::from_secs(5),
             compression: Compression::None,
             shutdown_flush_max: Duration::from_secs(10),
+            ownership_check_interval: Duration::from_secs(1),
         }
     }
 }
@@ -103,6 +108,7 @@ impl UploadOptions {
             StoreKind::Fs => UploadOptions {
                 segment_bytes_max: 1024 * 1024,
                 segment_age_max: Duration::ZERO,
+                ownership_check_interval: Duration::from_millis(100),
                 ..UploadOptions::default()
             },
             _ => UploadOptions::default(),
@@ -147,6 +153,26 @@ impl UploadStatus {
     }
 }
 
+/// Whose history the uploader extends: the epoch its node claimed, and
+/// what to do when it learns that another node claimed a later one.
+#[derive(Clone)]
+pub struct Owner {
+    pub epoch: u64,
+    /// Called once, with the reason, when the node is found superseded:
+    /// every table's upload has stopped by then.
+    pub on_fenced: Arc<dyn Fn(String) + Send + Sync>,
+}
+
+impl Owner {
+    /// The first epoch, for a node that never fails over (tests, tools).
+    pub fn first() -> Owner {
+        Owner {
+            epoch: FIRST_EPOCH,
+            on_fenced: Arc::new(|_| {}),
+        }
+    }
+}
+
 /// The running uploader; [`Uploader::shutdown`] after the database closed
 /// uploads what is committed (within `shutdown_flush_max`) and stops.
 pub struct Uploader {
@@ -158,6 +184,19 @@ impl Uploader {
     /// Starts uploading every replicated table of `catalog` (tables created
     /// later are picked up) to `store`, which only this uploader uses.
     pub fn start(catalog: Catalog, store: Store, opts: UploadOptions) -> std::io::Result<Uploader> {
+        Uploader::start_owned(catalog, store, opts, Owner::first())
+    }
+
+    /// [`Uploader::start`] for the holder of `owner.epoch`: its segments
+    /// carry that epoch, and it stops (calling `owner.on_fenced`) as soon
+    /// as it finds a later epoch claimed or a later epoch's segment where
+    /// its next one belongs.
+    pub fn start_owned(
+        catalog: Catalog,
+        store: Store,
+        opts: UploadOptions,
+        owner: Owner,
+    ) -> std::io::Result<Uploader> {
         let status = Arc::new(UploadStatus::default());
         // Its blocking pool writes `fs::` objects: background work too.
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -168,7 +207,7 @@ impl Uploader {
         let wake = catalog.upload_wake();
         let thread = super::Background::spawn_woken("basalt-uploader", wake, move |stop| {
             lower_priority();
-            rt.block_on(run(catalog, store, opts, stop, st));
+            rt.block_on(run(catalog, store, opts, owner, stop, st));
         })?;
         Ok(Uploader {
             _thread: thread,
@@ -207,6 +246,8 @@ enum Outcome {
     },
     /// Shutdown came first.
     Abandoned,
+    /// A later epoch's segment holds the key: this node was superseded.
+    Fenced(String),
     /// Never retry: the store's history is not this node's.
     Fatal(String),
 }
@@ -247,12 +288,15 @@ struct TableUpload {
     open_first_commit_us: i64,
     open_last_commit_us: i64,
     in_flight: Option<InFlight>,
+    /// Set when this table's upload found a later epoch's segment.
+    fenced: Option<String>,
 }
 
 async fn run(
     catalog: Catalog,
     store: Store,
     opts: UploadOptions,
+    owner: Owner,
     stop: Arc<AtomicBool>,
     status: Arc<UploadStatus>,
 ) {
@@ -262,8 +306,49 @@ async fn run(
     let announce_at: Arc<tokio::sync::Mutex<Option<u64>>> = Default::default();
     let mut tables: BTreeMap<String, TableUpload> = BTreeMap::new();
     let mut stop_deadline: Option<Instant> = None;
-    info!(store = %store.config, "uploader started");
+    // The ownership check: one GET of the next epoch's claim per interval.
+    let fenced: Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    let mut next_check = Instant::now() + opts.ownership_check_interval;
+    let mut check: Option<tokio::task::JoinHandle<()>> = None;
+    info!(store = %store.config, epoch = owner.epoch, "uploader started");
     loop {
+        if check.as_ref().is_none_or(|c| c.is_finished()) && Instant::now() >= next_check {
+            next_check = Instant::now() + opts.ownership_check_interval;
+            let (s, f, w, epoch) = (store.clone(), fenced.clone(), wake.clone(), owner.epoch);
+            check = Some(tokio::spawn(async move {
+                match super::epoch::superseded(&s, epoch).await {
+                    Ok(Some(c)) => {
+                        *f.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                            "this node held epoch {epoch} and was superseded: node {} claimed epoch {} at {} µs",
+                            c.node, c.epoch, c.claimed_at_us
+                        ));
+                        w.notify_one();
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(error = %e, "cannot check ownership of the store's history; retrying")
+                    }
+                }
+            }));
+        }
+        // A table's upload may have found a later epoch's segment too.
+        let found = fenced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .or_else(|| tables.values().find_map(|t| t.fenced.clone()));
+        if let Some(why) = found {
+            error!("{why}; uploads stopped, writes refused, unshipped txns stay in the WAL");
+            for t in tables.values_mut() {
+                if let Some(f) = t.in_flight.take() {
+                    f.task.abort();
+                }
+                t.phase = Phase::Stopped;
+                status.update(&t.handle.name, |s| s.stopped = Some(why.clone()));
+            }
+            (owner.on_fenced)(why);
+            break;
+        }
         let stopping = stop.load(Ordering::Acquire);
         if stopping && stop_deadline.is_none() {
             stop_deadline = Some(Instant::now() + opts.shutdown_flush_max);
@@ -290,12 +375,16 @@ async fn run(
                     tail: WalTail::new(&h.dir().join(crate::table::files::WAL_DIR)),
                     phase: Phase::LocateAfter(Instant::now()),
                     next_txn: 0,
-                    link: Link::default(),
+                    link: Link {
+                        epoch: owner.epoch,
+                        prev_xxh3: 0,
+                    },
                     wal_retry_at: None,
                     open: None,
                     open_first_commit_us: 0,
                     open_last_commit_us: 0,
                     in_flight: None,
+                    fenced: None,
                     handle: h.clone(),
                 };
                 tables.insert(h.name.clone(), t);
@@ -333,6 +422,7 @@ async fn run(
         let deadline = tables
             .values()
             .filter_map(|t| t.deadline(&opts, uploads_full))
+            .chain(std::iter::once(next_check))
             .min();
         let deadline = match stop_deadline {
             // Shutting down: uploads in flight end without a wake.
@@ -355,6 +445,10 @@ async fn run(
             // Stop flag is set: the task gives up at its next retry.
             let _ = f.task.await;
         }
+        t.handle.upload_detach();
+    }
+    if let Some(c) = check {
+        c.abort();
     }
     info!("uploader stopped");
 }
@@ -390,9 +484,10 @@ async fn step(
                 (0, None)
             };
             let (s, n) = (store.clone(), name.clone());
+            let epoch = t.link.epoch;
             let wake = wake_of(t);
             let task = tokio::spawn(async move {
-                let r = locate(&s, &n, hint, link).await.map(|v| (hint, v));
+                let r = locate(&s, &n, hint, link, epoch).await.map(|v| (hint, v));
                 wake.notify_one();
                 r
             });
@@ -408,14 +503,11 @@ async fn step(
                 .unwrap_or_else(|e| Err(LocateError::Transient(e.to_string())));
             match r {
                 Ok((hint, located)) => {
-                    let last = match t.verify_stored(hint, &located.stored) {
+                    let last = match t.verify_stored(hint, located.hint_xxh3, &located.stored) {
                         Ok(last) => last,
                         Err(why) => return t.stop(status, why),
                     };
-                    t.link = Link {
-                        epoch: FIRST_EPOCH,
-                        prev_xxh3: located.stored.last().map_or(located.hint_xxh3, |s| s.xxh3),
-                    };
+                    t.link.prev_xxh3 = located.stored.last().map_or(located.hint_xxh3, |s| s.xxh3);
                     info!(table = %name, uploaded_txn = last, "upload resumes after the store's last segment");
                     // A mark promises that the WAL after it is all here
                     // (recovery relies on it): write one only if it is.
@@ -434,6 +526,10 @@ async fn step(
                     t.phase = Phase::Ready;
                 }
                 Err(LocateError::Fatal(why)) => return t.stop(status, why),
+                Err(LocateError::Fenced(why)) => {
+                    t.fenced = Some(why.clone());
+                    return t.stop(status, why);
+                }
                 Err(LocateError::Transient(e)) => {
                     warn!(table = %name, error = %e, "cannot read the table's position in the object store; retrying");
                     status.update(&name, |s| s.last_error = Some(e));
@@ -488,6 +584,10 @@ async fn step(
                 t.open = None;
                 t.phase = Phase::Stopped;
                 return false;
+            }
+            Outcome::Fenced(why) => {
+                t.fenced = Some(why.clone());
+                return t.stop(status, why);
             }
             Outcome::Fatal(why) => {
                 error!(table = %name, "{why}");
@@ -681,15 +781,26 @@ impl TableUpload {
     }
 
     /// Checks that the segments the store holds after the upload mark
-    /// (`hint`) are this node's own, continuing the chain: each txn's
-    /// commit time equals the one in this node's WAL (kept for every txn
-    /// after the mark). Returns where the chain ends.
-    fn verify_stored(&mut self, hint: u64, stored: &[StoredSegment]) -> Result<u64, String> {
+    /// (`hint`, whose segment has checksum `hint_xxh3`) are this node's
+    /// own, continuing the chain: of this node's epoch and linked to the
+    /// segment before (only the holder of an epoch writes segments of it),
+    /// or, for segments without an epoch (format 1), each txn's commit time
+    /// equal to the one in this node's WAL (kept for every txn after the
+    /// mark). Returns where the chain ends.
+    fn verify_stored(
+        &mut self,
+        hint: u64,
+        hint_xxh3: u64,
+        stored: &[StoredSegment],
+    ) -> Result<u64, String> {
         let name = self.handle.name.clone();
         let resolved = self.handle.written_txn();
         let mut last = hint;
+        let mut prev = hint_xxh3;
         self.tail.rewind();
         for s in stored {
+            let linked = s.epoch == self.link.epoch && s.prev_xxh3 == Some(prev);
+            prev = s.xxh3;
             if s.first != last + 1 {
                 return Err(format!(
                     "object {} starts at txn {} but the chain of table {name} ends at txn {last}: \
@@ -703,6 +814,18 @@ impl TableUpload {
                      another primary wrote this table's history, or this node lost data. \
                      Upload of the table is stopped; nothing was written",
                     s.key, s.last
+                ));
+            }
+            if linked {
+                last = s.last;
+                continue;
+            }
+            if s.epoch != 0 {
+                return Err(format!(
+                    "object {} (epoch {}) does not continue this node's chain of table {name} \
+                     (epoch {}): another primary wrote this history. Upload of the table is \
+                     stopped; nothing was written",
+                    s.key, s.epoch, self.link.epoch
                 ));
             }
             for (i, txn) in (s.first..=s.last).enumerate() {
@@ -756,6 +879,8 @@ enum LocateError {
     Transient(String),
     /// Never retried: the store holds what this node cannot have written.
     Fatal(String),
+    /// A later epoch's segment follows this node's: it was superseded.
+    Fenced(String),
 }
 
 /// A segment found in the store at start-up.
@@ -765,6 +890,8 @@ struct StoredSegment {
     last: u64,
     commit_times: Vec<i64>,
     xxh3: u64,
+    epoch: u64,
+    prev_xxh3: Option<u64>,
 }
 
 /// Where a table's chain in the store ends.
@@ -785,6 +912,7 @@ async fn locate(
     table: &str,
     hint: u64,
     hint_xxh3: Option<u64>,
+    epoch: u64,
 ) -> Result<Located, LocateError> {
     let prefix = table_prefix(store, table);
     let after = segment_key(store, table, hint);
@@ -813,12 +941,21 @@ async fn locate(
                 h.first_txn, h.last_txn, h.table
             )));
         }
+        if h.epoch > epoch {
+            return Err(LocateError::Fenced(format!(
+                "this node held epoch {epoch} and was superseded: object {key} (txns {}..={} of \
+                 table {table}) was written by the primary of epoch {}",
+                h.first_txn, h.last_txn, h.epoch
+            )));
+        }
         stored.push(StoredSegment {
             key: key.to_string(),
             first: h.first_txn,
             last: h.last_txn,
             commit_times: h.commit_times_us.clone(),
             xxh3: seg.checksum(),
+            epoch: h.epoch,
+            prev_xxh3: h.prev_xxh3,
         });
     }
     let hint_xxh3 = match hint_xxh3 {
@@ -962,9 +1099,19 @@ fn adopt(
     ours: &[i64],
 ) -> Outcome {
     let h = seg.header();
+    if h.epoch > ctx.link.epoch {
+        return Outcome::Fenced(format!(
+            "this node held epoch {} and was superseded: object {key} (txns {}..={} of table {}) \
+             was written by the primary of epoch {}",
+            ctx.link.epoch, h.first_txn, h.last_txn, h.table, h.epoch
+        ));
+    }
     let theirs = &h.commit_times_us;
     let n = theirs.len().min(ours.len());
-    if h.table == ctx.table
+    // Version 1 segments have no epoch (0) and no link.
+    let same_owner = h.epoch == ctx.link.epoch || h.prev_xxh3.is_none();
+    if same_owner
+        && h.table == ctx.table
         && h.table_id == ctx.table_id
         && h.first_txn == first
         && theirs[..n] == ours[..n]

@@ -87,14 +87,18 @@ async fn handle(req: Request<Incoming>, state: &ServerState) -> Answer {
                 .insert("X-Influxdb-Version", HeaderValue::from_static("v2.7.4"));
             r
         }
-        (&Method::POST, "/write" | "/api/v2/write") if state.read_only => error(
-            state,
-            StatusCode::MISDIRECTED_REQUEST,
-            "read_only",
-            "this node is a read-only replica: send writes to the primary".into(),
-            None,
-        ),
-        (&Method::POST, "/write" | "/api/v2/write") => write(req, state).await,
+        (&Method::POST, "/write" | "/api/v2/write") => match state.write_refusal() {
+            Some(e) => refused(state, &e),
+            None => write(req, state).await,
+        },
+        (&Method::GET, "/lifecycle") => match &state.config.node {
+            Some(n) => json(StatusCode::OK, n.lifecycle_json()),
+            None => json(
+                StatusCode::OK,
+                serde_json::json!({"role": "primary", "epoch": 0, "switch_in_flight": null,
+                    "ready": true, "writable": true, "fenced": null, "last_switch": null}),
+            ),
+        },
         (&Method::GET, "/settings") => json(StatusCode::OK, settings(state)),
         #[cfg(feature = "sql")]
         (&Method::GET, "/exec") => super::sql::answer(req, state, super::sql::Kind::Exec).await,
@@ -123,7 +127,7 @@ async fn handle(req: Request<Incoming>, state: &ServerState) -> Answer {
         (
             _,
             "/write" | "/api/v2/write" | "/ping" | "/settings" | "/status" | "/metrics" | "/exec"
-            | "/exp",
+            | "/exp" | "/lifecycle",
         ) => {
             let msg = format!("method {} is not allowed on {path}", req.method());
             invalid(state, StatusCode::METHOD_NOT_ALLOWED, msg)
@@ -141,7 +145,7 @@ async fn handle(req: Request<Incoming>, state: &ServerState) -> Answer {
 /// basalt speaks version 1 (text). Both the current (`config` object) and
 /// the older (top-level) shapes are given.
 fn settings(state: &ServerState) -> serde_json::Value {
-    let writes: &[&str] = if state.read_only {
+    let writes: &[&str] = if state.write_refusal().is_some() {
         &[]
     } else {
         &["http", "tcp"]
@@ -319,8 +323,23 @@ async fn write(req: Request<Incoming>, state: &ServerState) -> Answer {
     }
 }
 
+/// Writes refused by the node's role (a replica, a switch in flight, a
+/// fenced primary): 421 Misdirected Request, as QuestDB answers, so that
+/// clients try another node.
+fn refused(state: &ServerState, e: &DbError) -> Answer {
+    let (code, msg) = match e {
+        DbError::ReadOnly => (
+            "read_only",
+            "this node is a read-only replica: send writes to the primary".to_string(),
+        ),
+        other => ("not_primary", other.to_string()),
+    };
+    error(state, StatusCode::MISDIRECTED_REQUEST, code, msg, None)
+}
+
 fn ingest_error(state: &ServerState, e: IngestError) -> Answer {
     match e {
+        IngestError::Db(d @ (DbError::ReadOnly | DbError::NotPrimary(_))) => refused(state, &d),
         IngestError::Parse { line, .. } | IngestError::Line { line, .. } => {
             let msg = format!(
                 "failed to parse line protocol: error in {e}; nothing in this request was committed"

@@ -33,7 +33,7 @@ use crate::io::NetStack;
 use net::Listener;
 
 /// Server settings. `Default` gives the documented defaults.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// ILP over HTTP (and `/ping`, `/settings`).
     pub http: SocketAddr,
@@ -51,8 +51,10 @@ pub struct ServerConfig {
     pub ilp_commit_interval: Duration,
     /// Connections (HTTP and TCP together) served at once; more are closed.
     pub connections_max: usize,
-    /// Replication status for `GET /status` and `GET /metrics`.
+    /// Replication status for `GET /status`, `GET /metrics` and `GET /lifecycle`.
     pub node: Option<Arc<crate::replication::NodeStatus>>,
+    /// Role switches (`SWITCH ROLE`); `None` without an object store.
+    pub control: Option<Arc<dyn crate::replication::RoleControl>>,
     /// SQL (`/exec`, `/exp`, PostgreSQL wire) is served.
     pub sql: bool,
     /// PostgreSQL wire protocol; `None` turns it off.
@@ -71,6 +73,7 @@ impl Default for ServerConfig {
             ilp_commit_interval: Duration::from_millis(100),
             connections_max: 4096,
             node: None,
+            control: None,
             sql: true,
             pg: Some("127.0.0.1:8812".parse().expect("valid address")),
         }
@@ -99,8 +102,6 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 pub(crate) struct ServerState {
     db: Weak<Database>,
     config: ServerConfig,
-    /// A replica's server: ILP writes are refused (HTTP 421, TCP closed).
-    read_only: bool,
     shutting_down: AtomicBool,
     connections: AtomicUsize,
     /// Numbers the `errorId` of HTTP error answers.
@@ -117,6 +118,12 @@ impl ServerState {
             precision,
             partition_by: self.config.partition_by,
         }
+    }
+
+    /// Why writes are refused now (a replica, a role switch, fenced):
+    /// ILP/HTTP answers 421, ILP/TCP closes the connection.
+    fn write_refusal(&self) -> Option<DbError> {
+        self.db.upgrade().and_then(|d| d.write_refusal())
     }
 
     fn shutting_down(&self) -> bool {
@@ -189,7 +196,7 @@ impl Server {
                 crate::sql::SqlEngine::start(
                     db.data_dir(),
                     Arc::downgrade(&db),
-                    db.is_read_only(),
+                    config.control.clone(),
                     &crate::sql::SqlOptions::default(),
                 )
                 .map_err(ServerError::Sql)?,
@@ -218,7 +225,6 @@ impl Server {
         let state = Arc::new(ServerState {
             db: Arc::downgrade(&db),
             config,
-            read_only: db.is_read_only(),
             shutting_down: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             errors: AtomicU64::new(0),
@@ -286,6 +292,12 @@ impl Server {
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// The database, for what lives beside the server (role switches)
+    /// without keeping it open at shutdown.
+    pub fn database_weak(&self) -> Weak<Database> {
+        Arc::downgrade(&self.db)
     }
 
     fn stop_tasks(&self) {

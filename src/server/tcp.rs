@@ -36,11 +36,8 @@ pub(super) async fn serve(
 ) {
     let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
     debug!(peer, shard = env.shard, "ILP/TCP connection");
-    if state.read_only {
-        warn!(
-            peer,
-            "ILP/TCP: closing connection: this node is a read-only replica; send writes to the primary"
-        );
+    if let Some(e) = state.write_refusal() {
+        warn!(peer, "ILP/TCP: closing connection: {e}");
         return;
     }
     let mut conn = Connection {

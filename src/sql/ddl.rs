@@ -31,6 +31,14 @@ pub enum Ddl {
         name: String,
         if_exists: bool,
     },
+    /// `SWITCH ROLE TO PRIMARY|REPLICA [TIMEOUT ms]` (QuestDB Enterprise's).
+    SwitchRole {
+        to: crate::replication::Role,
+        /// Bounds each stage of the switch.
+        timeout_ms: u64,
+    },
+    /// `SWITCH STATUS`.
+    SwitchStatus,
 }
 
 /// The tag of a session command that basalt accepts and ignores: each
@@ -133,7 +141,10 @@ impl Tokens<'_> {
 /// with a positioned error; `None` for anything else.
 pub fn parse(sql: &str) -> Result<Option<Ddl>, SqlError> {
     let first = sql.split_whitespace().next().unwrap_or("");
-    if !first.eq_ignore_ascii_case("create") && !first.eq_ignore_ascii_case("drop") {
+    if !["create", "drop", "switch"]
+        .iter()
+        .any(|k| first.eq_ignore_ascii_case(k))
+    {
         return Ok(None);
     }
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
@@ -148,6 +159,9 @@ pub fn parse(sql: &str) -> Result<Option<Ddl>, SqlError> {
         .filter(|t| !matches!(t.token, Token::Whitespace(_)))
         .collect();
     let mut t = Tokens { sql, tokens, at: 0 };
+    if t.keyword("SWITCH") {
+        return switch(&mut t).map(Some);
+    }
     if t.keyword("CREATE") {
         create_table(&mut t).map(Some)
     } else {
@@ -163,6 +177,49 @@ pub fn parse(sql: &str) -> Result<Option<Ddl>, SqlError> {
         t.end()?;
         Ok(Some(Ddl::DropTable { name, if_exists }))
     }
+}
+
+/// `SWITCH ROLE TO PRIMARY|REPLICA [TIMEOUT ms]` or `SWITCH STATUS`.
+fn switch(t: &mut Tokens<'_>) -> Result<Ddl, SqlError> {
+    use crate::replication::node::{SWITCH_TIMEOUT_DEFAULT_MS, SWITCH_TIMEOUT_MAX_MS};
+    use crate::replication::Role;
+    if t.keyword("STATUS") {
+        t.end()?;
+        return Ok(Ddl::SwitchStatus);
+    }
+    if !t.keyword("ROLE") {
+        return Err(t.error("expected ROLE or STATUS after SWITCH"));
+    }
+    t.expect_keyword("TO")?;
+    let to = if t.keyword("PRIMARY") {
+        Role::Primary
+    } else if t.keyword("REPLICA") {
+        Role::Replica
+    } else {
+        return Err(t.error("expected PRIMARY or REPLICA"));
+    };
+    let mut timeout_ms = SWITCH_TIMEOUT_DEFAULT_MS;
+    if t.keyword("TIMEOUT") {
+        let at = t.position();
+        let n = match t.peek() {
+            Some(Token::Number(n, _)) => n.parse::<u64>().ok(),
+            _ => None,
+        };
+        match n {
+            Some(n) if (1..=SWITCH_TIMEOUT_MAX_MS).contains(&n) => {
+                timeout_ms = n;
+                t.at += 1;
+            }
+            _ => {
+                return Err(SqlError::new(
+                    format!("TIMEOUT takes milliseconds from 1 to {SWITCH_TIMEOUT_MAX_MS}"),
+                    at,
+                ))
+            }
+        }
+    }
+    t.end()?;
+    Ok(Ddl::SwitchRole { to, timeout_ms })
 }
 
 fn create_table(t: &mut Tokens<'_>) -> Result<Ddl, SqlError> {

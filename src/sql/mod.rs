@@ -224,23 +224,98 @@ fn physical_memory_bytes() -> usize {
     }
 }
 
+/// `node_role()`: the role of the node answering (`primary` or `replica`;
+/// a node without replication takes writes: `primary`).
+fn node_role_udf(
+    control: Option<Arc<dyn crate::replication::RoleControl>>,
+) -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::logical_expr::{ColumnarValue, Volatility};
+    datafusion::logical_expr::create_udf(
+        "node_role",
+        vec![],
+        DataType::Utf8,
+        Volatility::Volatile,
+        Arc::new(move |_args: &[ColumnarValue]| {
+            let role = control
+                .as_ref()
+                .map_or("primary", |c| c.role_state().role.name());
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(role.into()))))
+        }),
+    )
+}
+
+/// The columns of [`role_rows`].
+fn role_schema() -> SchemaRef {
+    use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+    Arc::new(Schema::new(vec![
+        Field::new("current_role", DataType::Utf8, false),
+        Field::new("switch_in_flight", DataType::Boolean, false),
+        Field::new("target_role", DataType::Utf8, true),
+        Field::new("epoch", DataType::Int64, false),
+        Field::new("writable", DataType::Boolean, false),
+        Field::new("fenced", DataType::Boolean, false),
+        Field::new("last_switch", DataType::Utf8, true),
+        Field::new(
+            "captured_at",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        ),
+    ]))
+}
+
+/// The one row `SWITCH ROLE` and `SWITCH STATUS` answer with.
+fn role_rows(st: &crate::replication::RoleState) -> Result<Output, SqlError> {
+    use datafusion::arrow::array::{
+        ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
+    use datafusion::arrow::record_batch::RecordBatch;
+    let schema = role_schema();
+    let last = st.last_switch.as_ref().map(|s| {
+        format!(
+            "to {} {} in {:.1} ms: {}",
+            s.to,
+            if s.ok { "done" } else { "failed" },
+            s.millis,
+            s.message
+        )
+    });
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![st.role.name()])),
+        Arc::new(BooleanArray::from(vec![st.switching.is_some()])),
+        Arc::new(StringArray::from(vec![st.switching.map(|r| r.name())])),
+        Arc::new(Int64Array::from(vec![st.epoch as i64])),
+        Arc::new(BooleanArray::from(vec![st.writable])),
+        Arc::new(BooleanArray::from(vec![st.fenced.is_some()])),
+        Arc::new(StringArray::from(vec![last])),
+        Arc::new(TimestampMicrosecondArray::from(vec![crate::db::now_us()])),
+    ];
+    let batch =
+        RecordBatch::try_new(schema.clone(), cols).map_err(|e| SqlError::new(e.to_string(), 0))?;
+    let stream =
+        datafusion::physical_plan::memory::MemoryStream::try_new(vec![batch], schema, None)
+            .map_err(|e| SqlError::new(e.to_string(), 0))?;
+    Ok(Output::Rows(Box::pin(stream)))
+}
+
 /// Plans and runs SQL against one data directory.
 pub struct SqlEngine {
     data_dir: PathBuf,
     /// For `CREATE TABLE` and `DROP TABLE`; `None` or gone on a replica.
     db: Weak<Database>,
-    read_only: bool,
+    /// Role switches; `None` without replication.
+    control: Option<Arc<dyn crate::replication::RoleControl>>,
     template: SessionState,
     runtime: tokio::runtime::Runtime,
 }
 
 impl SqlEngine {
     /// An engine reading `data_dir`. `db` takes `CREATE TABLE` and `DROP
-    /// TABLE` (refused when `read_only`).
+    /// TABLE` (refused while it refuses writes); `control` takes `SWITCH
+    /// ROLE` and answers `node_role()`.
     pub fn start(
         data_dir: &Path,
         db: Weak<Database>,
-        read_only: bool,
+        control: Option<Arc<dyn crate::replication::RoleControl>>,
         options: &SqlOptions,
     ) -> std::io::Result<Arc<SqlEngine>> {
         let threads = options.threads.max(1);
@@ -265,15 +340,21 @@ impl SqlEngine {
             .with_memory_limit(options.memory_bytes_max, 1.0)
             .build_arc()
             .map_err(std::io::Error::other)?;
-        let template = SessionStateBuilder::new()
+        let mut template = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(memory)
             .with_default_features()
             .build();
+        {
+            use datafusion::execution::FunctionRegistry;
+            template
+                .register_udf(Arc::new(node_role_udf(control.clone())))
+                .map_err(std::io::Error::other)?;
+        }
         Ok(Arc::new(SqlEngine {
             data_dir: data_dir.to_path_buf(),
             db,
-            read_only,
+            control,
             template,
             runtime,
         }))
@@ -319,6 +400,17 @@ impl SqlEngine {
     ) -> Result<Output, SqlError> {
         check_size(sql)?;
         if let Some(stmt) = ddl::parse(sql)? {
+            match stmt {
+                ddl::Ddl::SwitchRole { to, timeout_ms } => {
+                    let c = self.control()?;
+                    let st = c
+                        .switch_role(to, std::time::Duration::from_millis(timeout_ms))
+                        .map_err(|e| SqlError::new(format!("SWITCH ROLE refused: {e}"), 0))?;
+                    return role_rows(&st);
+                }
+                ddl::Ddl::SwitchStatus => return role_rows(&self.control()?.role_state()),
+                _ => {}
+            }
             // File creation, fsyncs and waits on the shards: off the
             // runtime's async path.
             return tokio::task::block_in_place(|| self.run_ddl(stmt)).map(Output::Command);
@@ -358,6 +450,9 @@ impl SqlEngine {
     ) -> Result<(Vec<Option<DataType>>, SchemaRef), SqlError> {
         check_size(sql)?;
         let empty = || Arc::new(datafusion::arrow::datatypes::Schema::empty());
+        if let Some(ddl::Ddl::SwitchRole { .. } | ddl::Ddl::SwitchStatus) = ddl::parse(sql)? {
+            return Ok((Vec::new(), role_schema()));
+        }
         if ddl::parse(sql)?.is_some() || ddl::session_command(sql).is_some() {
             return Ok((Vec::new(), empty()));
         }
@@ -395,13 +490,27 @@ impl SqlEngine {
         Ok((out, schema))
     }
 
-    fn run_ddl(&self, stmt: ddl::Ddl) -> Result<&'static str, SqlError> {
-        let refuse = |what: &str| {
+    fn control(&self) -> Result<&Arc<dyn crate::replication::RoleControl>, SqlError> {
+        self.control.as_ref().ok_or_else(|| {
             SqlError::new(
-                format!("this node is a read-only replica: run {what} on the primary"),
+                "replication is off (--object-store off): this node has no role to switch",
                 0,
             )
+        })
+    }
+
+    fn run_ddl(&self, stmt: ddl::Ddl) -> Result<&'static str, SqlError> {
+        let refuse = |what: &str| {
+            let why = match self.db.upgrade().and_then(|d| d.write_refusal()) {
+                Some(crate::db::DbError::NotPrimary(m)) => m,
+                _ => "this node is a read-only replica".into(),
+            };
+            SqlError::new(format!("{why}: run {what} on the primary"), 0)
         };
+        let read_only = self
+            .db
+            .upgrade()
+            .is_some_and(|d| d.write_refusal().is_some());
         let db = || {
             self.db
                 .upgrade()
@@ -413,7 +522,7 @@ impl SqlEngine {
                 schema,
                 if_not_exists,
             } => {
-                if self.read_only {
+                if read_only {
                     return Err(refuse("CREATE TABLE"));
                 }
                 match db()?.create_table(&name, &schema) {
@@ -427,7 +536,7 @@ impl SqlEngine {
                 }
             }
             ddl::Ddl::DropTable { name, if_exists } => {
-                if self.read_only {
+                if read_only {
                     return Err(refuse("DROP TABLE"));
                 }
                 let db = db()?;
@@ -442,6 +551,10 @@ impl SqlEngine {
                         0,
                     )),
                 }
+            }
+            // Answered with rows by `execute`.
+            ddl::Ddl::SwitchRole { .. } | ddl::Ddl::SwitchStatus => {
+                Err(SqlError::new("SWITCH is answered with rows", 0))
             }
         }
     }
