@@ -181,6 +181,15 @@ struct ServeArgs {
     /// 100 on cloud stores (at most about 10 PUTs per second per table)]
     #[arg(long, global = true, env = "BASALT_SEGMENT_AGE_MS")]
     segment_age_ms: Option<u64>,
+    /// When ILP/HTTP answers 204. local: once the rows are durable in this
+    /// node's WAL (an unplanned failover can lose the last ones, reported
+    /// by the old primary). upload: once they are in the object store too,
+    /// so a promoted replica has every acknowledged row; a commit then
+    /// waits for a PUT (segments default to sealing as soon as the previous
+    /// PUT landed, so concurrent commits share one: at most one PUT in
+    /// flight per table). ILP/TCP has no acknowledgements either way.
+    #[arg(long, global = true, env = "BASALT_ACK_AFTER", default_value = "local", value_parser = ["local", "upload"])]
+    ack_after: String,
     /// Primary: segment body compression, none or lz4 (about 5x fewer bytes
     /// uploaded and stored for the reference table, at some CPU per row;
     /// none keeps the encode buffer as the upload body, with no copy).
@@ -231,6 +240,8 @@ impl ServeArgs {
             ilp_commit_interval: Duration::from_millis(self.ilp_commit_interval_ms.max(1)),
             connections_max: self.connections_max.max(1),
             node: None,
+            ack_after_upload: self.ack_after == "upload",
+            ack_upload_timeout: Duration::from_secs(30),
             control: None,
             sql: true,
             pg: match self.pg.as_str() {
@@ -419,6 +430,7 @@ const CONFIG_KEYS: &[&str] = &[
     "role",
     "segment_bytes_max",
     "segment_age_ms",
+    "ack_after",
     "uploads_in_flight_max",
     "segment_compression",
     "replica_poll_ms",
@@ -507,6 +519,9 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
     let engine = db.engine().choice.clone();
     let mut control = None;
     match &store_config {
+        None if config.ack_after_upload => {
+            return Err("--ack-after upload needs an object store (--object-store is off)".into())
+        }
         None => {
             // No replication: a standalone primary.
             config.node = Some(Arc::new(NodeStatus::new(
@@ -531,9 +546,13 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
             let defaults = UploadOptions::for_store(sc.kind);
             let upload = UploadOptions {
                 segment_bytes_max: args.segment_bytes_max.unwrap_or(defaults.segment_bytes_max),
-                segment_age_max: args
-                    .segment_age_ms
-                    .map_or(defaults.segment_age_max, Duration::from_millis),
+                segment_age_max: match args.segment_age_ms {
+                    Some(ms) => Duration::from_millis(ms),
+                    // Commits wait for the PUT: seal as soon as the last one
+                    // landed (the PUT rate is bounded by its latency).
+                    None if config.ack_after_upload => Duration::ZERO,
+                    None => defaults.segment_age_max,
+                },
                 uploads_in_flight_max: args.uploads_in_flight_max.max(1),
                 compression: if args.segment_compression == "lz4" {
                     basalt::segment::Compression::Lz4

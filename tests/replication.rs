@@ -1009,3 +1009,85 @@ fn a_paused_primary_is_fenced_before_it_extends_the_history() {
         "batches 0..3 and 10 (with its extra row)"
     );
 }
+
+/// `--ack-after upload`: four writers send to the primary, which is killed
+/// with SIGKILL at a moment that varies from run to run; the replica is
+/// promoted. Every row the primary acknowledged (204) is on the new
+/// primary: an unplanned failover loses no acknowledged row.
+fn ack_after_upload(conn: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (adir, bdir) = (dir.path().join("a"), dir.path().join("b"));
+    let a = primary(&adir, Some(conn), &["--ack-after", "upload"]);
+    let b = ServerProcess::start_replica(&bdir, conn);
+    let acked: Arc<Mutex<Vec<(u64, Duration)>>> = Default::default();
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (acked, addr) = (acked.clone(), a.http);
+            std::thread::spawn(move || {
+                for k in 0.. {
+                    let first = w * 1_000_000_000 + k * 10;
+                    let t = std::time::Instant::now();
+                    if !common::post_acked(addr, &sw_body(first, 10)) {
+                        return; // killed (or refused): not acknowledged
+                    }
+                    acked.lock().unwrap().push((first, t.elapsed()));
+                }
+            })
+        })
+        .collect();
+    let kill_after = 20
+        + (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as usize
+            % 100);
+    eventually(Duration::from_secs(60), || {
+        (acked.lock().unwrap().len() >= kill_after).then_some(())
+    });
+    a.kill9();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let mut lat: Vec<f64> = acked.iter().map(|x| x.1.as_secs_f64() * 1e3).collect();
+    lat.sort_by(f64::total_cmp);
+    eprintln!(
+        "--ack-after upload on {}: {} requests acknowledged before SIGKILL, commit latency p50 {:.1} ms p99 {:.1} ms",
+        conn.split("::").next().unwrap(),
+        acked.len(),
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100]
+    );
+    let report = switch(&b, "PRIMARY");
+    assert_eq!(report["ok"], true, "{report}");
+    let have: std::collections::HashSet<u64> = exec(b.http, "select id from sw")["dataset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_u64().unwrap())
+        .collect();
+    for (first, _) in &acked {
+        for id in *first..first + 10 {
+            assert!(
+                have.contains(&id),
+                "acknowledged row id={id} is not on the new primary"
+            );
+        }
+    }
+}
+
+#[test]
+fn ack_after_upload_loses_no_acknowledged_row_on_fs() {
+    let dir = tempfile::tempdir().unwrap();
+    ack_after_upload(&format!("fs::root={};", dir.path().join("store").display()));
+}
+
+#[test]
+fn ack_after_upload_loses_no_acknowledged_row_on_s3_moto() {
+    let moto = servers::moto("basalt");
+    ack_after_upload(&format!(
+        "s3::bucket=basalt;root=ack;region=us-east-1;endpoint=http://127.0.0.1:{};\
+         access_key_id=test;secret_access_key=test;allow_http=true;",
+        moto.port
+    ));
+}

@@ -184,6 +184,10 @@ pub struct TableHandle {
     upload_changed: Condvar,
     /// The uploader's wake: notified when the written txn advances.
     upload_wake: Arc<tokio::sync::Notify>,
+    /// Wakes requests waiting for their txns to be in the store
+    /// (`--ack-after upload`): notified when the uploaded txn advances, and
+    /// when the node is fenced.
+    uploaded_changed: tokio::sync::Notify,
 }
 
 impl TableHandle {
@@ -223,6 +227,7 @@ impl TableHandle {
             upload_attached: Mutex::new(false),
             upload_changed: Condvar::new(),
             upload_wake,
+            uploaded_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -280,6 +285,30 @@ impl TableHandle {
     pub fn set_uploaded(&self, txn: u64) {
         self.uploaded_txn.fetch_max(txn, Ordering::AcqRel);
         self.lock_aborted().retain(|t| *t > txn);
+        self.uploaded_changed.notify_waiters();
+    }
+
+    /// Waits until `txn` is in the object store; `false` when `give_up`
+    /// says so first (checked at every change of the uploaded txn and when
+    /// [`TableHandle::wake_upload_waiters`] is called). Works on any
+    /// executor.
+    pub async fn wait_uploaded(&self, txn: u64, give_up: impl Fn() -> bool) -> bool {
+        loop {
+            // Registered before the check: a change in between still wakes it.
+            let changed = self.uploaded_changed.notified();
+            if self.uploaded_txn() >= txn {
+                return true;
+            }
+            if give_up() {
+                return false;
+            }
+            changed.await;
+        }
+    }
+
+    /// Wakes every [`TableHandle::wait_uploaded`] to look again.
+    pub fn wake_upload_waiters(&self) {
+        self.uploaded_changed.notify_waiters();
     }
 
     /// The WAL may be dropped up to this txn.
@@ -541,6 +570,9 @@ pub struct Database {
     /// Why writes are refused now (`None`: admitted). Checked by every
     /// commit and table creation before anything is written.
     refusal: arc_swap::ArcSwapOption<String>,
+    /// Superseded by a newer primary: committed txns not yet in the store
+    /// never will be (from this node).
+    fenced: AtomicBool,
     /// Exclusive lock on `<data-dir>/.lock`, held while the database is open.
     _lock: fs::File,
     recovery: Vec<RecoveryReport>,
@@ -633,6 +665,7 @@ impl Database {
         let mut db = Database {
             read_only: AtomicBool::new(opts.read_only),
             refusal: arc_swap::ArcSwapOption::empty(),
+            fenced: AtomicBool::new(false),
             opts,
             _lock: lock,
             recovery,
@@ -761,7 +794,23 @@ impl Database {
 
     /// Admits writes again (see [`Database::refuse_writes`]).
     pub fn admit_writes(&self) {
+        self.fenced.store(false, Ordering::Release);
         self.refusal.store(None);
+    }
+
+    /// Refuses writes for good (a newer primary superseded this node) and
+    /// wakes requests waiting for uploads that will not happen.
+    pub fn fence(&self, why: impl Into<String>) {
+        self.refuse_writes(why);
+        self.fenced.store(true, Ordering::Release);
+        for h in self.tables.handles() {
+            h.wake_upload_waiters();
+        }
+    }
+
+    /// Whether [`Database::fence`] was called (and writes not admitted since).
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
     }
 
     /// Why writes are refused now, if they are.

@@ -497,7 +497,7 @@ impl RoleControl for Node {
 /// Marks the node fenced: writes refused for good, the txns the store
 /// never received reported.
 fn fence(db: &Database, status: &NodeStatus, why: String) {
-    db.refuse_writes(format!(
+    db.fence(format!(
         "{why}. This node takes no writes: send them to the new primary"
     ));
     let unshipped: Vec<Unshipped> = db

@@ -19,7 +19,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::net::{FuturesIo, Stream};
 use super::{now_us, or_tick, Event, ServerState, SHUTDOWN_POLL};
-use crate::db::{DbError, ShardEnv};
+use crate::db::{Database, DbError, ShardEnv};
 use crate::ilp::Precision;
 use crate::ingest::{IngestError, Ingestor};
 
@@ -40,7 +40,7 @@ where
     let st = state.clone();
     let service = hyper::service::service_fn(move |req| {
         let st = st.clone();
-        async move { Ok::<_, Infallible>(handle(req, &st).await) }
+        async move { Ok::<_, Infallible>(handle(req, &st, env).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
@@ -76,7 +76,7 @@ pub(super) fn full(b: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
-async fn handle(req: Request<Incoming>, state: &ServerState) -> Answer {
+async fn handle(req: Request<Incoming>, state: &ServerState, env: ShardEnv) -> Answer {
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/ping") => {
@@ -89,7 +89,7 @@ async fn handle(req: Request<Incoming>, state: &ServerState) -> Answer {
         }
         (&Method::POST, "/write" | "/api/v2/write") => match state.write_refusal() {
             Some(e) => refused(state, &e),
-            None => write(req, state).await,
+            None => write(req, state, env).await,
         },
         (&Method::GET, "/lifecycle") => match &state.config.node {
             Some(n) => json(StatusCode::OK, n.lifecycle_json()),
@@ -233,7 +233,7 @@ fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, Gunzip> {
     Ok(out)
 }
 
-async fn write(req: Request<Incoming>, state: &ServerState) -> Answer {
+async fn write(req: Request<Incoming>, state: &ServerState, env: ShardEnv) -> Answer {
     let limit = state.config.http_request_bytes_max;
     let too_large = |what: &str| {
         let msg = format!(
@@ -314,13 +314,61 @@ async fn write(req: Request<Incoming>, state: &ServerState) -> Answer {
     };
     let ingestor = Ingestor::new(&db, state.ingest_options(precision));
     match ingestor.ingest_async(text, now_us()).await {
-        Ok(_) => {
+        Ok(report) => {
+            if state.config.ack_after_upload {
+                if let Some(refusal) = wait_uploaded(&db, &report, state, env).await {
+                    return refusal;
+                }
+            }
             let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
             r
         }
         Err(e) => ingest_error(state, e),
     }
+}
+
+/// `--ack-after upload`: waits until every txn of the request is in the
+/// object store. `Some` answer when that cannot happen or takes too long:
+/// the rows are durable on this node but not acknowledged.
+async fn wait_uploaded(
+    db: &Database,
+    report: &crate::ingest::IngestReport,
+    state: &ServerState,
+    env: ShardEnv,
+) -> Option<Answer> {
+    let limit = state.config.ack_upload_timeout;
+    for (table, _, txn) in &report.tables {
+        let Some(h) = db.table(table).filter(|h| h.is_replicated()) else {
+            continue; // local only: nothing to upload
+        };
+        let wait = async { Some(h.wait_uploaded(*txn, || db.is_fenced()).await) };
+        let timer = async {
+            crate::io::sleep(env.stack, limit).await;
+            None
+        };
+        let msg = match futures_lite::future::or(wait, timer).await {
+            Some(true) => continue,
+            Some(false) => format!(
+                "the rows were committed on this node (table {table} txn {txn}) but this node was \
+                 superseded by a new primary before they reached the object store: they are NOT \
+                 acknowledged and the new primary does not have them (see /status, fenced)"
+            ),
+            None => format!(
+                "the rows were committed on this node (table {table} txn {txn}) but are not in the \
+                 object store after {limit:?} (--ack-after upload): NOT acknowledged; they stay \
+                 here and upload when the store answers, so retrying may write them twice"
+            ),
+        };
+        return Some(error(
+            state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_replicated",
+            msg,
+            None,
+        ));
+    }
+    None
 }
 
 /// Writes refused by the node's role (a replica, a switch in flight, a

@@ -53,6 +53,11 @@ pub struct ServerConfig {
     pub connections_max: usize,
     /// Replication status for `GET /status`, `GET /metrics` and `GET /lifecycle`.
     pub node: Option<Arc<crate::replication::NodeStatus>>,
+    /// ILP/HTTP answers 204 only once the request's rows are in the object
+    /// store (`--ack-after upload`), not as soon as they are durable here.
+    pub ack_after_upload: bool,
+    /// ... waiting at most this long (then 503, not acknowledged).
+    pub ack_upload_timeout: Duration,
     /// Role switches (`SWITCH ROLE`); `None` without an object store.
     pub control: Option<Arc<dyn crate::replication::RoleControl>>,
     /// SQL (`/exec`, `/exp`, PostgreSQL wire) is served.
@@ -73,6 +78,8 @@ impl Default for ServerConfig {
             ilp_commit_interval: Duration::from_millis(100),
             connections_max: 4096,
             node: None,
+            ack_after_upload: false,
+            ack_upload_timeout: Duration::from_secs(30),
             control: None,
             sql: true,
             pg: Some("127.0.0.1:8812".parse().expect("valid address")),
