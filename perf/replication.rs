@@ -7,6 +7,8 @@
 //! cargo bench --bench replication -- lag       # replication lag at a steady rate
 //! cargo bench --bench replication -- ingest    # ingest with replication on vs off
 //! cargo bench --bench replication -- catchup   # replica catch-up from a backlog
+//! cargo bench --bench replication -- failover  # role switches and --ack-after upload
+//! PERF_SWITCH_ROUNDS=10  planned switchovers per store (default 10)
 //! PERF_LAG_SECS=20       seconds of steady load per lag run (default 20)
 //! PERF_LAG_RATE=100000   rows per second (default 100k)
 //! PERF_LAG_ROWS=1000     rows per request (default 1000; PERF_LAG_ROWS=1
@@ -369,6 +371,228 @@ fn catchup(base: &Path, rows: u64, conn: &str, what: &str) {
     );
 }
 
+/// `GET /exec?query=sql` on `addr`.
+fn exec(addr: std::net::SocketAddr, sql: &str) -> serde_json::Value {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("query", sql);
+    get_json(addr, &format!("/exec?{}", q.finish()))
+}
+
+/// `SWITCH ROLE TO <to>` on `addr`, waiting for the switch to end; its
+/// report (`last_switch`).
+fn switch(addr: std::net::SocketAddr, to: &str) -> serde_json::Value {
+    exec(addr, &format!("SWITCH ROLE TO {to} TIMEOUT 30000"));
+    loop {
+        let l = get_json(addr, "/lifecycle");
+        if l["switch_in_flight"].is_null() && !l["last_switch"].is_null() {
+            let r = l["last_switch"].clone();
+            assert_eq!(r["ok"], true, "switch to {to} failed: {r}");
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// PUTs of `bytes`-byte objects, `n` times: the yardstick of a commit
+/// that waits for its segment's PUT.
+fn put_yardstick(conn: &str, n: usize, bytes: usize) -> Histogram<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = StoreConfig::parse(conn)
+        .expect("conn")
+        .build()
+        .expect("store");
+    let body = bytes::Bytes::from(vec![7u8; bytes]);
+    let mut h = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..n {
+        let key = store.path(&["put-yardstick", &format!("{i:06}")]);
+        let t = Instant::now();
+        rt.block_on(store.inner.put(&key, PutPayload::from(body.clone())))
+            .expect("put");
+        h.record(t.elapsed().as_micros() as u64).expect("record");
+    }
+    h
+}
+
+/// Planned switchovers back and forth under a steady writer (which moves
+/// to the other node on 421), then an unplanned promotion after SIGKILL of
+/// the primary, then commit latency with `--ack-after upload` against the
+/// store's PUT latency, all in one run.
+fn failover(base: &Path, what: &str, conn: &dyn Fn(&str) -> String, rounds: usize) {
+    println!("\n== failover on {what} ==");
+    let dir = base.join(format!("failover-{what}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let c = conn("switch");
+    let nodes = [
+        node::start(&dir.join("a"), &["--object-store", &c]),
+        node::start(&dir.join("b"), &["--role", "replica", "--object-store", &c]),
+    ];
+    let addrs = [nodes[0].http, nodes[1].http];
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks: Arc<Mutex<Vec<(Instant, usize)>>> = Default::default();
+    let writer = {
+        let (stop, acks) = (stop.clone(), acks.clone());
+        std::thread::spawn(move || {
+            let gen = CpuGenerator::default();
+            let (mut target, mut next) = (0usize, 0u64);
+            let mut conn = KeepAlive::connect(addrs[target]);
+            while !stop.load(Ordering::Acquire) {
+                match conn.post(&ilp_text(&gen, "cpu", next, 100)) {
+                    204 => {
+                        acks.lock().unwrap().push((Instant::now(), target));
+                        next += 100;
+                    }
+                    421 => {
+                        target = 1 - target;
+                        conn = KeepAlive::connect(addrs[target]);
+                    }
+                    s => panic!("write answered {s}"),
+                }
+            }
+        })
+    };
+    let acked_on = |n: usize, after: Instant| {
+        acks.lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.1 == n && a.0 >= after)
+            .count()
+    };
+    let mut gap = Histogram::<u64>::new(3).expect("histogram");
+    let mut to_write = Histogram::<u64>::new(3).expect("histogram");
+    let (mut demote, mut promote) = (Vec::new(), Vec::new());
+    let mut primary = 0;
+    for _ in 0..rounds {
+        let start = Instant::now();
+        while acked_on(primary, start) < 50 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let new = 1 - primary;
+        demote.push(
+            switch(addrs[primary], "REPLICA")["millis"]
+                .as_f64()
+                .unwrap_or(0.0),
+        );
+        let asked = Instant::now();
+        promote.push(
+            switch(addrs[new], "PRIMARY")["millis"]
+                .as_f64()
+                .unwrap_or(0.0),
+        );
+        while acked_on(new, asked) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let a = acks.lock().unwrap();
+        let last_old = a
+            .iter()
+            .filter(|x| x.1 == primary)
+            .map(|x| x.0)
+            .max()
+            .unwrap();
+        let first_new = a
+            .iter()
+            .filter(|x| x.1 == new && x.0 >= asked)
+            .map(|x| x.0)
+            .min()
+            .unwrap();
+        gap.record(first_new.duration_since(last_old).as_micros() as u64)
+            .expect("record");
+        to_write
+            .record(first_new.duration_since(asked).as_micros() as u64)
+            .expect("record");
+        drop(a);
+        primary = new;
+    }
+    stop.store(true, Ordering::Release);
+    writer.join().expect("writer");
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!(
+        "  planned switchover, {rounds} rounds: switch to replica {:.1} ms, to primary {:.1} ms (means)",
+        mean(&demote),
+        mean(&promote)
+    );
+    println!(
+        "    write gap (last write on the old primary to the first on the new): {}",
+        pct(&gap)
+    );
+    println!(
+        "    SWITCH ROLE TO PRIMARY to its first accepted write:                 {}",
+        pct(&to_write)
+    );
+    // Unplanned: the primary is killed; the caught-up replica is promoted.
+    let [a, b] = nodes;
+    let (mut dead, survivor) = if primary == 0 { (a, b) } else { (b, a) };
+    dead.child.kill().expect("SIGKILL");
+    dead.child.wait().expect("reap");
+    let asked = Instant::now();
+    let r = switch(survivor.http, "PRIMARY");
+    let mut w = KeepAlive::connect(survivor.http);
+    let status = w.post(&ilp_text(
+        &CpuGenerator::default(),
+        "cpu",
+        1_000_000_000,
+        100,
+    ));
+    assert_eq!(status, 204);
+    println!(
+        "  unplanned (primary SIGKILLed): promotion {:.1} ms, SWITCH ROLE TO PRIMARY to the first accepted write {:.1} ms",
+        r["millis"].as_f64().unwrap_or(0.0),
+        asked.elapsed().as_secs_f64() * 1e3
+    );
+    drop(survivor);
+    drop(dead);
+    // --ack-after upload: four writers of 1,000-row requests for 10 s.
+    let c = conn("ack");
+    let p = node::start(
+        &dir.join("ack"),
+        &["--object-store", &c, "--ack-after", "upload"],
+    );
+    let lat: Arc<Mutex<Histogram<u64>>> =
+        Arc::new(Mutex::new(Histogram::new(3).expect("histogram")));
+    let until = Instant::now() + Duration::from_secs(10);
+    let writers: Vec<_> = (0..4u64)
+        .map(|k| {
+            let (lat, addr) = (lat.clone(), p.http);
+            std::thread::spawn(move || {
+                let gen = CpuGenerator::default();
+                let mut conn = KeepAlive::connect(addr);
+                let mut next = k * 1_000_000_000;
+                while Instant::now() < until {
+                    let body = ilp_text(&gen, "cpu", next, 1000);
+                    let t = Instant::now();
+                    assert_eq!(conn.post(&body), 204);
+                    lat.lock()
+                        .unwrap()
+                        .record(t.elapsed().as_micros() as u64)
+                        .expect("record");
+                    next += 1000;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let (puts, put_bytes) = store_counts(&p);
+    drop(p);
+    let lat = lat.lock().unwrap().clone();
+    let seg = (put_bytes / puts.max(1)) as usize;
+    let put = put_yardstick(&c, 200, seg.max(1024));
+    println!(
+        "  --ack-after upload, 4 writers x 1,000-row requests, 10 s: {} commits, {:.0} PUTs/s",
+        lat.len(),
+        puts as f64 / 10.0
+    );
+    println!("    commit latency:                   {}", pct(&lat));
+    println!("    yardstick: PUT of {seg} bytes:  {}", pct(&put));
+    println!(
+        "    commit p99 / PUT p99 = {:.2} (target <= 2)",
+        lat.value_at_quantile(0.99) as f64 / put.value_at_quantile(0.99).max(1) as f64
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -395,7 +619,7 @@ fn main() {
         base.display(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let moto = if matches!(what, "all" | "lag" | "catchup") {
+    let moto = if matches!(what, "all" | "lag" | "catchup" | "failover") {
         moto()
     } else {
         None
@@ -445,6 +669,25 @@ fn main() {
     }
     if what == "all" || what == "ingest" {
         ingest_on_off(&base, rows);
+    }
+    if what == "all" || what == "failover" {
+        let rounds = env("PERF_SWITCH_ROUNDS", 10) as usize;
+        let b = base.clone();
+        failover(
+            &base,
+            "fs",
+            &|n| format!("fs::root={};", b.join(format!("failover-fs-{n}")).display()),
+            rounds,
+        );
+        if let Some(m) = &moto {
+            let port = m.port;
+            failover(
+                &base,
+                "s3",
+                &|n| s3_conn(port, &format!("failover-{n}")),
+                rounds,
+            );
+        }
     }
     if what == "all" || what == "catchup" {
         let fs = format!("fs::root={};", base.join("catchup-store").display());

@@ -1091,3 +1091,174 @@ fn ack_after_upload_loses_no_acknowledged_row_on_s3_moto() {
         moto.port
     ));
 }
+
+/// A network namespace with two links to this host: `ctl` (the test talks
+/// to the node inside) and `store` (the node reaches the object store).
+/// Taking `store` down partitions the node from the store and nothing else.
+/// Removed (with its links) on drop.
+struct Netns {
+    name: String,
+    store_link: String,
+    /// Host-side address of each link: `.1`; the namespace's is `.2`.
+    ctl_net: String,
+    store_net: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let id = std::process::id() % 100_000;
+        let k = (id % 200 + 20).to_string();
+        let n = Netns {
+            name: format!("bslt{id}"),
+            store_link: format!("bs{id}h"),
+            ctl_net: format!("10.213.{k}"),
+            store_net: format!("10.214.{k}"),
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &n.name])
+            .output();
+        ip(&["netns", "add", &n.name]);
+        ip(&["-n", &n.name, "link", "set", "lo", "up"]);
+        for (host, inside, net) in [
+            (format!("bc{id}h"), format!("bc{id}n"), &n.ctl_net),
+            (n.store_link.clone(), format!("bs{id}n"), &n.store_net),
+        ] {
+            ip(&[
+                "link", "add", &host, "type", "veth", "peer", "name", &inside,
+            ]);
+            ip(&["link", "set", &inside, "netns", &n.name]);
+            ip(&["addr", "add", &format!("{net}.1/30"), "dev", &host]);
+            ip(&["link", "set", &host, "up"]);
+            ip(&[
+                "-n",
+                &n.name,
+                "addr",
+                "add",
+                &format!("{net}.2/30"),
+                "dev",
+                &inside,
+            ]);
+            ip(&["-n", &n.name, "link", "set", &inside, "up"]);
+        }
+        n
+    }
+
+    fn store_link(&self, up: bool) {
+        ip(&[
+            "link",
+            "set",
+            &self.store_link,
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A primary cut off from the store (a real partition: its link to the
+/// store goes down, the test still reaches it) while the replica is
+/// promoted, then healed: it is fenced as soon as it reaches the store
+/// again, forks nothing, and reports the txns it took meanwhile.
+#[test]
+fn a_partitioned_primary_is_fenced_when_healed_and_forks_nothing() {
+    let ns = Netns::new();
+    let moto = servers::moto_on("basalt", "0.0.0.0");
+    let conn_at = |host: &str| {
+        format!(
+            "s3::bucket=basalt;root=part;region=us-east-1;endpoint=http://{host}:{};\
+             access_key_id=test;secret_access_key=test;allow_http=true;",
+            moto.port
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (adir, bdir) = (dir.path().join("a"), dir.path().join("b"));
+    let mut cmd = std::process::Command::new("ip");
+    let listen = format!("{}.2:0", ns.ctl_net);
+    cmd.args(["netns", "exec", &ns.name])
+        .arg(env!("CARGO_BIN_EXE_basalt"))
+        .args(["serve", "--http", &listen, "--ilp", &listen, "--pg", "off"])
+        .arg("--data-dir")
+        .arg(&adir)
+        .args(["--object-store", &conn_at(&format!("{}.1", ns.store_net))])
+        .args(["--segment-age-ms", "20"])
+        .env("BASALT_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    let a = ServerProcess::spawn(cmd, &adir);
+    let conn_b = conn_at("127.0.0.1");
+    let b = ServerProcess::start_replica(&bdir, &conn_b);
+    for i in 0..3 {
+        assert_eq!(
+            http(a.http, "POST", "/write", &[], &batch_body(i)).status,
+            204
+        );
+    }
+    eventually(Duration::from_secs(30), || {
+        (txn_of(&b.status(), "applied_txn") == 3).then_some(())
+    });
+    ns.store_link(false);
+    // Cut off, it still takes writes (durable here, not uploaded).
+    for i in 3..5 {
+        assert_eq!(
+            http(a.http, "POST", "/write", &[], &batch_body(i)).status,
+            204
+        );
+    }
+    let report = switch(&b, "PRIMARY");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(
+        http(b.http, "POST", "/write", &[], &batch_body(10)).status,
+        204
+    );
+    assert_eq!(txn_of(&a.status(), "uploaded_txn"), 3, "a was cut off");
+    ns.store_link(true);
+    let healed = std::time::Instant::now();
+    let fenced = eventually(Duration::from_secs(60), || {
+        let l = lifecycle(&a);
+        l["fenced"].is_object().then(|| l["fenced"].clone())
+    });
+    eprintln!(
+        "partitioned primary fenced {:.0} ms after the partition healed",
+        healed.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(
+        fenced["unshipped"],
+        serde_json::json!([{"table": "cpu", "first_txn": 4, "last_txn": 5}]),
+        "{fenced}"
+    );
+    assert_eq!(
+        http(a.http, "POST", "/write", &[], &batch_body(30)).status,
+        421
+    );
+    let last = eventually(Duration::from_secs(30), || {
+        let s = b.status();
+        let c = txn_of(&s, "committed_txn");
+        (txn_of(&s, "uploaded_txn") == c).then_some(c)
+    });
+    assert_eq!(last, 5, "b's epoch-start and its one batch");
+    assert_chain(&conn_b, last);
+    assert_eq!(
+        cpu_rows(b.http),
+        4 * BATCH + 1,
+        "batches 0..3 and 10 (with its extra row)"
+    );
+}

@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
@@ -253,6 +254,20 @@ impl StoreConfig {
                 source,
             })
         };
+        // basalt retries every failed request itself, with its own backoff
+        // (uploads, catalog, epochs, replica polls): the client's retries
+        // stay short, so that a store that comes back is seen within about
+        // a second, not after object_store's default of up to 15 s between
+        // tries for 3 minutes.
+        let retry = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_secs(1),
+                base: 2.0,
+            },
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(10),
+        };
         let inner: Arc<dyn ObjectStore> = match self.kind {
             StoreKind::Memory => Arc::new(object_store::memory::InMemory::new()),
             StoreKind::Fs => {
@@ -292,6 +307,7 @@ impl StoreConfig {
                 if let Some(v) = self.flag("allow_http")? {
                     b = b.with_allow_http(v);
                 }
+                b = b.with_retry(retry.clone());
                 built(b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>))?
             }
             StoreKind::Azure => {
@@ -311,6 +327,7 @@ impl StoreConfig {
                 if let Some(v) = self.flag("use_emulator")? {
                     b = b.with_use_emulator(v);
                 }
+                b = b.with_retry(retry.clone());
                 built(b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>))?
             }
             StoreKind::Gcs => {
@@ -319,6 +336,7 @@ impl StoreConfig {
                 if let Some(v) = self.get("credential_path") {
                     b = b.with_service_account_path(v);
                 }
+                b = b.with_retry(retry);
                 built(b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>))?
             }
         };

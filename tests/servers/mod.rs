@@ -65,6 +65,12 @@ fn program(env: &str, default: PathBuf, how: &str) -> PathBuf {
 
 /// moto's S3 server with bucket `bucket` created.
 pub fn moto(bucket: &str) -> ServerGuard {
+    moto_on(bucket, "127.0.0.1")
+}
+
+/// [`moto`] listening on `host` (`0.0.0.0`: also on addresses a network
+/// namespace reaches); the bucket is created through loopback.
+pub fn moto_on(bucket: &str, host: &str) -> ServerGuard {
     let bin = program(
         "BASALT_TEST_MOTO",
         root().join("target/test-venv/bin/moto_server"),
@@ -72,7 +78,7 @@ pub fn moto(bucket: &str) -> ServerGuard {
     );
     let port = free_port();
     let child = Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-H", host, "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
