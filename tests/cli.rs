@@ -113,6 +113,28 @@ fn bad_input_gets_a_clear_error_and_a_failing_exit_code() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("invalid table name"), "{}", stderr(&o));
 
+    // A replica follows a store: without one it would follow nothing.
+    let o = basalt(
+        &data,
+        &["serve", "--role", "replica", "--object-store", "off"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--role replica needs --object-store"),
+        "{}",
+        stderr(&o)
+    );
+    let o = basalt(
+        &data,
+        &["serve", "--object-store", "off", "--ack-after", "upload"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--ack-after upload needs an object store"),
+        "{}",
+        stderr(&o)
+    );
+
     let o = Command::new(env!("CARGO_BIN_EXE_basalt"))
         .arg("--help")
         .output()

@@ -823,8 +823,34 @@ fn planned_switchover(conn: &str) {
     let (adir, bdir) = (dir.path().join("a"), dir.path().join("b"));
     let a = primary(&adir, Some(conn), &[]);
     let b = ServerProcess::start_replica(&bdir, conn);
+    // A third node follows the store through the role change, serving
+    // reads all along.
+    let cdir = dir.path().join("c");
+    let c = ServerProcess::start_replica(&cdir, conn);
     let addrs = [a.http, b.http];
     let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (stop, addr) = (stop.clone(), c.http);
+        std::thread::spawn(move || {
+            let (mut seen, mut reads) = (0u64, 0u64);
+            while !stop.load(Ordering::Acquire) {
+                // The table appears once its first segment arrived.
+                let tables = exec(
+                    addr,
+                    "select count(*) from information_schema.tables where table_name = 'sw'",
+                );
+                if tables["dataset"][0][0].as_u64() != Some(1) {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                let r = exec(addr, "select count(*) from sw");
+                let n = r["dataset"][0][0].as_u64().expect("a count");
+                assert!(n >= seen, "the follower's count went back: {n} < {seen}");
+                (seen, reads) = (n, reads + 1);
+            }
+            reads
+        })
+    };
     // (id of the first row, rows) of every acknowledged request, and when.
     let acked: Arc<Mutex<Vec<(u64, std::time::Instant, usize)>>> = Default::default();
     let writer = {
@@ -856,11 +882,23 @@ fn planned_switchover(conn: &str) {
     eventually(Duration::from_secs(30), || (acks(0) >= 30).then_some(()));
     let down = switch(&a, "REPLICA");
     assert_eq!(down["ok"], true, "{down}");
-    let up = switch(&b, "PRIMARY");
+    // Over PostgreSQL wire this time.
+    let out = psql(b.pg.expect("pg served"), "SWITCH ROLE TO PRIMARY");
+    assert!(out.starts_with("replica|t|primary|"), "{out}");
+    let up = eventually(Duration::from_secs(60), || {
+        let l = lifecycle(&b);
+        l["switch_in_flight"]
+            .is_null()
+            .then(|| l["last_switch"].clone())
+    });
     assert_eq!(up["ok"], true, "{up}");
+    let status = psql(b.pg.unwrap(), "SWITCH STATUS");
+    assert!(status.starts_with("primary|f||2|t|f|"), "{status}");
+    assert_eq!(psql(b.pg.unwrap(), "select node_role()").trim(), "primary");
     eventually(Duration::from_secs(30), || (acks(1) >= 30).then_some(()));
     stop.store(true, Ordering::Release);
     let refused = writer.join().unwrap();
+    assert!(reader.join().unwrap() > 0, "the follower served reads");
     let acked = acked.lock().unwrap().clone();
     // The write gap: from the last write a took to the first b took.
     let last_a = acked
@@ -899,6 +937,9 @@ fn planned_switchover(conn: &str) {
     eventually(Duration::from_secs(30), || {
         (a.status()["tables"]["sw"]["applied_txn"].as_u64() == Some(last)).then_some(())
     });
+    eventually(Duration::from_secs(30), || {
+        (c.status()["tables"]["sw"]["applied_txn"].as_u64() == Some(last)).then_some(())
+    });
     assert_eq!(lifecycle(&a)["role"], "replica");
     assert_eq!(
         http(a.http, "POST", "/write", &[], &sw_body(0, 1)).status,
@@ -906,14 +947,39 @@ fn planned_switchover(conn: &str) {
     );
     assert!(a.terminate().success());
     assert!(b.terminate().success());
-    let (fa, fb) = (table_files(&adir.join("sw")), table_files(&bdir.join("sw")));
-    assert_eq!(fa.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>());
-    for (k, v) in &fa {
-        assert!(
-            v == &fb[k],
-            "{k} differs between the old and the new primary"
-        );
+    assert!(c.terminate().success());
+    let fb = table_files(&bdir.join("sw"));
+    for (d, who) in [(&adir, "the old primary"), (&cdir, "the follower")] {
+        let f = table_files(&d.join("sw"));
+        assert_eq!(f.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>());
+        for (k, v) in &f {
+            assert!(v == &fb[k], "{k} differs between {who} and the new primary");
+        }
     }
+}
+
+/// `psql -At -c sql` against a node's PostgreSQL port: rows as `a|b|c`.
+fn psql(addr: std::net::SocketAddr, sql: &str) -> String {
+    let o = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-w",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+        ])
+        .args(["-U", "admin", "-d", "qdb", "-At", "-F", "|"])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run psql ({e}): apt-get install postgresql-client"));
+    assert!(
+        o.status.success(),
+        "psql {sql:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
 }
 
 #[test]
