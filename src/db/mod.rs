@@ -184,6 +184,10 @@ pub struct TableHandle {
     upload_changed: Condvar,
     /// The uploader's wake: notified when the written txn advances.
     upload_wake: Arc<tokio::sync::Notify>,
+    /// Set while the node lets go of its tables (a switch to replica): the
+    /// shards refuse commits that arrive from then on with this reason,
+    /// also those prepared before the database began refusing.
+    suspended: arc_swap::ArcSwapOption<String>,
     /// Wakes requests waiting for their txns to be in the store
     /// (`--ack-after upload`): notified when the uploaded txn advances, and
     /// when the node is fenced.
@@ -228,6 +232,7 @@ impl TableHandle {
             upload_changed: Condvar::new(),
             upload_wake,
             uploaded_changed: tokio::sync::Notify::new(),
+            suspended: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -405,7 +410,11 @@ impl TableHandle {
     /// Why commits to the table are refused, if they are.
     pub(crate) fn refusal(&self) -> Option<DbError> {
         if !self.failed.load(Ordering::Acquire) {
-            return None;
+            return self
+                .suspended
+                .load()
+                .as_ref()
+                .map(|why| DbError::NotPrimary(why.to_string()));
         }
         Some(if self.dropped.load(Ordering::Acquire) {
             DbError::Dropped {
@@ -792,10 +801,16 @@ impl Database {
         self.refusal.store(Some(Arc::new(why.into())));
     }
 
-    /// Admits writes again (see [`Database::refuse_writes`]).
+    /// Admits writes again (see [`Database::refuse_writes`]), unless the
+    /// node was fenced: that lasts until it lets go of its tables
+    /// ([`Database::become_replica`]).
     pub fn admit_writes(&self) {
-        self.fenced.store(false, Ordering::Release);
-        self.refusal.store(None);
+        for h in self.tables.handles() {
+            h.suspended.store(None);
+        }
+        if !self.is_fenced() {
+            self.refusal.store(None);
+        }
     }
 
     /// Refuses writes for good (a newer primary superseded this node) and
@@ -874,6 +889,11 @@ impl Database {
         self.refuse_writes(why);
         let handles: Vec<Arc<TableHandle>> = self.tables().values().cloned().collect();
         for h in &handles {
+            // Commits prepared before the refusal but not yet on a shard
+            // are refused there too: nothing slips past the barrier.
+            h.suspended.store(Some(Arc::new(why.to_string())));
+        }
+        for h in &handles {
             for shard in &self.shards {
                 // Commits queued before this message are written first;
                 // the table's WAL files are closed.
@@ -901,6 +921,12 @@ impl Database {
                     done,
                 });
             }
+            if let Some(reason) = h.failure() {
+                return Err(DbError::ApplyFailed {
+                    table: h.name.clone(),
+                    reason,
+                });
+            }
             if !h.wait_upload_detached(DROP_UPLOAD_WAIT) {
                 warn!(table = %h.name, "the uploader did not let go of the table");
             }
@@ -918,6 +944,9 @@ impl Database {
         }
         self.tables().clear();
         self.read_only.store(true, Ordering::Release);
+        // A replica takes no writes whatever: the fence has done its work.
+        self.fenced.store(false, Ordering::Release);
+        self.refusal.store(None);
         Ok(())
     }
 

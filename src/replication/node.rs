@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
+use super::catalog;
 use super::epoch::{self, Claim};
 use super::status::{Fenced, NodeStatus, Role, RoleState, SwitchReport, Unshipped};
 use super::{Owner, Replica, ReplicaOptions, ReplicaRunner, UploadOptions, Uploader};
@@ -53,6 +54,9 @@ pub trait RoleControl: Send + Sync {
     /// The role and what goes with it, now.
     fn role_state(&self) -> RoleState;
 }
+
+/// How errors of an unreachable store begin (retried, not fatal).
+const UNREACHABLE: &str = "the object store cannot be reached";
 
 /// The default of `SWITCH ROLE ... TIMEOUT`: each stage, in milliseconds.
 pub const SWITCH_TIMEOUT_DEFAULT_MS: u64 = 5_000;
@@ -121,6 +125,10 @@ impl Node {
         let rt = runtime()?;
         let local = epoch::read_local(&cfg.data_dir)?;
         let latest = rt.block_on(epoch::latest(&cfg.store));
+        let retrying = std::thread::current().name() == Some("basalt-confirm");
+        if let (true, Err(e)) = (retrying, &latest) {
+            return Err(format!("{UNREACHABLE}: {e}"));
+        }
         // The local claim must be this store's: a data directory that held
         // an epoch of another store's history holds none of this one.
         if let (Some(c), Ok(latest)) = (&local, &latest) {
@@ -144,12 +152,41 @@ impl Node {
         }
         let held = match (local, latest) {
             (Some(c), Err(e)) => {
-                warn!(epoch = c.epoch, error = %e, "cannot reach the object store to confirm ownership; starting as the holder of the epoch this node last held (the uploader checks again)");
-                c.epoch
+                warn!(epoch = c.epoch, error = %e, "cannot reach the object store to confirm this node still owns its history; writes stay refused until it answers (retried every second)");
+                db.refuse_writes(format!(
+                    "the node is starting and cannot reach the object store to confirm it still \
+                     owns the history ({e}); writes are refused until it does"
+                ));
+                self.0.status.update(|s| {
+                    s.role = Role::Primary;
+                    s.epoch = c.epoch;
+                });
+                let me = self.clone();
+                std::thread::Builder::new()
+                    .name("basalt-confirm".into())
+                    .spawn(move || loop {
+                        std::thread::sleep(Duration::from_secs(1));
+                        if me.0.db.get().and_then(Weak::upgrade).is_none() {
+                            return; // shut down
+                        }
+                        match me.start_primary() {
+                            Ok(()) => return,
+                            Err(e) if e.starts_with(UNREACHABLE) => {}
+                            Err(e) => {
+                                error!("{e}");
+                                if let Ok(db) = me.db() {
+                                    db.refuse_writes(e);
+                                }
+                                return;
+                            }
+                        }
+                    })
+                    .map_err(|e| format!("cannot start the ownership check: {e}"))?;
+                return Ok(());
             }
             (None, Err(e)) => {
                 return Err(format!(
-                    "cannot claim ownership of the object store's history: {e}"
+                    "{UNREACHABLE}: cannot claim ownership of its history: {e}"
                 ))
             }
             (Some(c), Ok(latest)) if latest > c.epoch => {
@@ -227,15 +264,15 @@ impl Node {
             .map_err(|e| format!("cannot start the uploader: {e}"))?;
         let up = u.status.clone();
         self.work().uploader = Some(u);
+        // Admits nothing if the uploader found this node fenced already.
+        db.admit_writes();
         self.0.status.update(|s| {
             s.role = Role::Primary;
             s.epoch = held;
             s.upload = Some(up);
             s.replica = None;
-            s.writable = true;
-            s.fenced = None;
+            s.writable = db.write_refusal().is_none();
         });
-        db.admit_writes();
         Ok(())
     }
 
@@ -283,10 +320,22 @@ impl Node {
                 ));
             }
         }
-        let fenced = st.fenced.is_some();
+        let fenced = db.is_fenced();
         db.drain_commits("this node is switching to replica: send writes to the primary");
         self.0.status.update(|s| s.writable = false);
-        if !fenced {
+        if fenced {
+            // Commits prepared before the fence may have been written since.
+            let behind: Vec<Unshipped> = unshipped(&db);
+            if !behind.is_empty() {
+                return Err(format!(
+                    "this node was fenced holding txns the store never received ({}): its \
+                     tables differ from the new primary's, so it cannot follow it. Re-ingest \
+                     those rows into the new primary, then rebuild this node as a replica from \
+                     an empty data directory",
+                    describe(&behind)
+                ));
+            }
+        } else {
             // Every committed txn into the store first.
             let deadline = Instant::now() + stage;
             loop {
@@ -322,11 +371,17 @@ impl Node {
                     None
                 };
                 if let Some(why) = why {
-                    if self.0.status.state().fenced.is_none() {
-                        db.admit_writes();
-                        self.0.status.update(|s| s.writable = true);
-                    }
-                    return Err(format!("{why}; the node stays primary"));
+                    db.admit_writes(); // not if it was fenced meanwhile
+                    let writable = db.write_refusal().is_none();
+                    self.0.status.update(|s| s.writable = writable);
+                    return Err(format!(
+                        "{why}; the node stays primary{}",
+                        if writable {
+                            " and takes writes"
+                        } else {
+                            " (fenced: no writes)"
+                        }
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -351,6 +406,9 @@ impl Node {
     fn switch_to_primary(&self, stage: Duration) -> Result<String, String> {
         let db = self.db()?;
         let cfg = &self.0.cfg;
+        if !db.is_read_only() || !db.catalog().handles().is_empty() {
+            return Err("this node holds its tables open for writing: it is not a replica".into());
+        }
         let f = self.work().follower.take();
         drop(f); // joined: what it applied is checkpointed
         self.0.status.update(|s| s.replica = None);
@@ -412,23 +470,116 @@ impl Node {
         );
         // From here the old primary is fenced at its next upload or check;
         // the epoch-start segments make sure it cannot extend any chain.
-        let store_id = cfg.store.config.id();
+        let held = c.epoch;
+        self.open_epoch(&mut replica, &c).map_err(|e| {
+            format!(
+                "epoch {held} is claimed, so the previous primary (if alive) is fenced at its \
+                     next check, but it could not be opened in every table ({e}): no node takes \
+                     writes now. Run SWITCH ROLE TO PRIMARY again"
+            )
+        })?;
+        Ok(held)
+    }
+
+    /// Opens the claimed epoch in every table of the store and closes the
+    /// catalog to older primaries.
+    fn open_epoch(&self, replica: &mut Replica, c: &Claim) -> Result<(), String> {
+        let cfg = &self.0.cfg;
+        // Listed again after the claim: a table whose first segment landed
+        // since the catch-up is opened too.
+        let remote = replica.remote_tables().map_err(|e| e.to_string())?;
+        let mut opened = std::collections::BTreeSet::new();
         for t in &remote {
-            let (txn, xxh3) = replica
-                .start_epoch(t, c.epoch, EPOCH_START_TRIES)
-                .map_err(|e| format!("opening epoch {} in table {t}: {e}", c.epoch))?;
-            let wal_dir = cfg.data_dir.join(t).join(crate::table::files::WAL_DIR);
-            let mark = crate::wal::retention::UploadMark {
-                txn,
-                store_id,
-                segment_xxh3: Some(xxh3),
-                epoch: c.epoch,
-            };
-            crate::wal::retention::write_upload_mark(&wal_dir, mark)
-                .map_err(|e| format!("writing {}: {e}", wal_dir.display()))?;
+            self.open_epoch_in(replica, t, None, c.epoch)?;
+            opened.insert(t.clone());
         }
-        replica.checkpoint_all().map_err(|e| e.to_string())?;
-        Ok(c.epoch)
+        // Tables announced whose first segment has not landed (the old
+        // primary may land it yet): opened from the announced schema. Then
+        // the epoch marker closes the catalog to older primaries, after
+        // opening any table announced while it was being written.
+        let seqs = replica
+            .block_on(catalog::seqs(&cfg.store))
+            .map_err(|e| format!("listing the catalog: {e}"))?;
+        for &seq in &seqs {
+            if let Some(catalog::Entry::Table(a)) =
+                replica.block_on(catalog::read(&cfg.store, seq))?
+            {
+                if opened.insert(a.table.clone()) {
+                    self.open_epoch_in(replica, &a.table, Some(&a), c.epoch)?;
+                }
+            }
+        }
+        let marker = catalog::Entry::Epoch(c.epoch);
+        let mut seq = seqs.last().map_or(0, |s| s + 1);
+        loop {
+            match replica.block_on(catalog::put_at(&cfg.store, seq, &marker))? {
+                None => break,
+                Some(catalog::Entry::Epoch(e)) if e == c.epoch => break,
+                Some(catalog::Entry::Epoch(e)) if e > c.epoch => {
+                    return Err(format!(
+                        "epoch {e} was started while this node was opening epoch {}",
+                        c.epoch
+                    ))
+                }
+                Some(catalog::Entry::Table(a)) => {
+                    if opened.insert(a.table.clone()) {
+                        self.open_epoch_in(replica, &a.table, Some(&a), c.epoch)?;
+                    }
+                }
+                Some(catalog::Entry::Epoch(_)) => {}
+            }
+            seq += 1;
+        }
+        replica.checkpoint_all().map_err(|e| e.to_string())
+    }
+
+    /// Opens `epoch` in `table`'s chain (an epoch-start segment after its
+    /// end; at txn 1 from the announced schema when the chain is empty) and
+    /// marks it uploaded there.
+    fn open_epoch_in(
+        &self,
+        replica: &mut Replica,
+        table: &str,
+        announced: Option<&catalog::Announcement>,
+        epoch: u64,
+    ) -> Result<(), String> {
+        let cfg = &self.0.cfg;
+        let err =
+            |e: super::ReplicationError| format!("opening epoch {epoch} in table {table}: {e}");
+        let mut started = None;
+        if let Some(a) = announced {
+            let has_segments = !replica
+                .block_on(cfg.store.list_after(
+                    &super::table_prefix(&cfg.store, table),
+                    &super::segment_key(&cfg.store, table, 0),
+                ))
+                .map_err(|e| format!("listing table {table}: {e}"))?
+                .is_empty();
+            if !has_segments {
+                let Some(schema) = &a.schema else {
+                    warn!(table, "announced without a schema (catalog version 1) and without segments: its epoch cannot be opened");
+                    return Ok(());
+                };
+                started = replica
+                    .start_epoch_new(table, a.table_id, schema, epoch)
+                    .map_err(err)?;
+            }
+        }
+        let (txn, xxh3) = match started {
+            Some(s) => s,
+            None => replica
+                .start_epoch(table, epoch, EPOCH_START_TRIES)
+                .map_err(err)?,
+        };
+        let wal_dir = cfg.data_dir.join(table).join(crate::table::files::WAL_DIR);
+        let mark = crate::wal::retention::UploadMark {
+            txn,
+            store_id: cfg.store.config.id(),
+            segment_xxh3: Some(xxh3),
+            epoch,
+        };
+        crate::wal::retention::write_upload_mark(&wal_dir, mark)
+            .map_err(|e| format!("writing {}: {e}", wal_dir.display()))
     }
 
     fn run_switch(&self, to: Role, stage: Duration) {
@@ -469,8 +620,14 @@ impl RoleControl for Node {
         self.0.status.update(|s| {
             if let Some(t) = s.switching {
                 refused = Some(format!("a switch to {} is in flight", t.name()));
-            } else if s.role == to && (to == Role::Replica || s.fenced.is_none()) {
-                refused = Some(format!("this node is already {}", to.name()));
+            } else if s.role == to {
+                refused = Some(match (to, &s.fenced) {
+                    (Role::Primary, Some(_)) => "this node is a fenced primary: a newer primary \
+                        holds the store's history. SWITCH ROLE TO REPLICA first (it follows the \
+                        new primary), then promote it if it should take over again"
+                        .to_string(),
+                    _ => format!("this node is already {}", to.name()),
+                });
             } else {
                 s.switching = Some(to);
             }
@@ -500,17 +657,7 @@ fn fence(db: &Database, status: &NodeStatus, why: String) {
     db.fence(format!(
         "{why}. This node takes no writes: send them to the new primary"
     ));
-    let unshipped: Vec<Unshipped> = db
-        .catalog()
-        .handles()
-        .into_iter()
-        .filter(|h| h.is_replicated() && h.uploaded_txn() < h.written_txn())
-        .map(|h| Unshipped {
-            table: h.name.clone(),
-            first_txn: h.uploaded_txn() + 1,
-            last_txn: h.written_txn(),
-        })
-        .collect();
+    let unshipped = unshipped(db);
     if unshipped.is_empty() {
         error!("{why}: writes refused; every txn this node committed is in the store");
     } else {
@@ -527,6 +674,20 @@ fn fence(db: &Database, status: &NodeStatus, why: String) {
             unshipped,
         });
     });
+}
+
+/// Per replicated table, the committed txns not in the store.
+fn unshipped(db: &Database) -> Vec<Unshipped> {
+    db.catalog()
+        .handles()
+        .into_iter()
+        .filter(|h| h.is_replicated() && h.uploaded_txn() < h.written_txn())
+        .map(|h| Unshipped {
+            table: h.name.clone(),
+            first_txn: h.uploaded_txn() + 1,
+            last_txn: h.written_txn(),
+        })
+        .collect()
 }
 
 fn describe(u: &[Unshipped]) -> String {
@@ -550,4 +711,124 @@ pub fn default_node_name(data_dir: &std::path::Path) -> String {
         .unwrap_or_else(|_| "unknown-host".into());
     let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     format!("{host}:{}", dir.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::{Compression, Link, SegmentWriter};
+    use object_store::{ObjectStoreExt, PutMode, PutPayload};
+
+    /// The old primary (epoch 1) has table `t` in the store and has
+    /// announced table `x` whose first segment has not landed. A promotion
+    /// opens epoch 2 in both (in `x` from the announced schema) and closes
+    /// the catalog: every next move of the old primary fails.
+    #[test]
+    fn a_promotion_fences_every_table_including_one_announced_without_segments() {
+        let store = crate::store::StoreConfig::parse("memory::")
+            .unwrap()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime().unwrap();
+        let schema = crate::gen::CpuGenerator::default().schema().clone();
+        let put = |key: object_store::path::Path, b: bytes::Bytes| {
+            rt.block_on(
+                store
+                    .inner
+                    .put_opts(&key, PutPayload::from(b), PutMode::Create.into()),
+            )
+        };
+        let old = Claim {
+            epoch: 1,
+            node: "a".into(),
+            claimed_at_us: 1,
+        };
+        rt.block_on(epoch::claim(&store, &old)).unwrap();
+        let announce = |t: &str, id: u64, next: &mut Option<u64>| {
+            let a = catalog::Announcement {
+                table: t.into(),
+                table_id: id,
+                epoch: 1,
+                schema: Some(schema.clone()),
+            };
+            rt.block_on(catalog::announce(&store, &a, next))
+        };
+        let mut next = None;
+        announce("t", 7, &mut next).unwrap();
+        let mut w = SegmentWriter::new(7, "t", &schema).unwrap();
+        w.push_aborted(1).unwrap();
+        w.push_aborted(2).unwrap();
+        let seg = w
+            .finish_linked(
+                Link {
+                    epoch: 1,
+                    prev_xxh3: 0,
+                },
+                Compression::None,
+            )
+            .unwrap();
+        put(super::super::segment_key(&store, "t", 1), seg.into_bytes()).unwrap();
+        announce("x", 8, &mut next).unwrap();
+
+        let status = Arc::new(NodeStatus::new(
+            "memory::".into(),
+            store.stats.clone(),
+            None,
+            RoleState::new(Role::Replica),
+        ));
+        let node = Node::new(
+            NodeConfig {
+                data_dir: dir.path().to_path_buf(),
+                store: store.clone(),
+                upload: UploadOptions::default(),
+                replica: ReplicaOptions::default(),
+                node_name: "b".into(),
+            },
+            status,
+        );
+        assert_eq!(node.claim_history(Duration::from_secs(10)).unwrap(), 2);
+
+        // Epoch-start segments: t at txn 3, x at txn 1 (its first).
+        for (t, txn, prev_epoch_segments) in [("t", 3u64, true), ("x", 1, false)] {
+            let key = super::super::segment_key(&store, t, txn);
+            let b = rt
+                .block_on(async { store.inner.get(&key).await?.bytes().await })
+                .unwrap();
+            let seg = crate::segment::Segment::from_slice(&b).unwrap();
+            let h = seg.header();
+            assert_eq!(
+                (h.epoch, h.first_txn, h.last_txn, h.row_count),
+                (2, txn, txn, 0)
+            );
+            assert_eq!(h.prev_xxh3 != Some(0), prev_epoch_segments);
+            // Applied here, with the upload mark at it.
+            let mark = crate::wal::retention::read_upload_mark(
+                &dir.path().join(t).join(crate::table::files::WAL_DIR),
+            );
+            assert_eq!((mark.txn, mark.epoch), (txn, 2));
+            let r = crate::table::TableReader::open(dir.path(), t).unwrap();
+            assert_eq!(r.state().unwrap().txn, txn);
+        }
+        // The old primary: its next segment of t, its first of x, and any
+        // new announcement are all refused.
+        let mut w = SegmentWriter::new(7, "t", &schema).unwrap();
+        w.push_aborted(3).unwrap();
+        let seg = w.finish(Compression::None).unwrap();
+        assert!(matches!(
+            put(super::super::segment_key(&store, "t", 3), seg.into_bytes()),
+            Err(object_store::Error::AlreadyExists { .. })
+        ));
+        let mut w = SegmentWriter::new(8, "x", &schema).unwrap();
+        w.push_aborted(1).unwrap();
+        let seg = w.finish(Compression::None).unwrap();
+        assert!(matches!(
+            put(super::super::segment_key(&store, "x", 1), seg.into_bytes()),
+            Err(object_store::Error::AlreadyExists { .. })
+        ));
+        match announce("y", 9, &mut next) {
+            Err(catalog::AnnounceError::Fenced(m)) => assert!(m.contains("epoch 2"), "{m}"),
+            other => panic!("expected the old primary fenced, got {other:?}"),
+        }
+    }
 }

@@ -441,6 +441,55 @@ impl Replica {
         )))
     }
 
+    /// [`Replica::start_epoch`] for a table announced with `schema` whose
+    /// chain is still empty (its first segment has not landed): the
+    /// epoch-start segment takes txn 1, and the table is created here from
+    /// it. `Ok(None)` when another writer's first segment took the key: use
+    /// [`Replica::start_epoch`] then.
+    pub fn start_epoch_new(
+        &mut self,
+        table: &str,
+        table_id: u64,
+        schema: &Schema,
+        epoch: u64,
+    ) -> Result<Option<(u64, u64)>, ReplicationError> {
+        use object_store::{PutMode, PutPayload};
+        let bad = |source| ReplicationError::BadObject {
+            key: table.to_string(),
+            source,
+        };
+        let mut sw = crate::segment::SegmentWriter::new(table_id, table, schema).map_err(bad)?;
+        sw.push_aborted(1).map_err(bad)?;
+        let link = crate::segment::Link {
+            epoch,
+            prev_xxh3: 0,
+        };
+        let enc = sw
+            .finish_linked(link, crate::segment::Compression::None)
+            .map_err(bad)?;
+        let xxh3 = enc.checksum();
+        let key = segment_key(&self.store, table, 1);
+        let put = self.store.inner.put_opts(
+            &key,
+            PutPayload::from(enc.into_bytes()),
+            PutMode::Create.into(),
+        );
+        match self.rt.block_on(put) {
+            Ok(_) => {
+                let r = self.sync_table_next(table)?;
+                if r.txn != 1 {
+                    return Err(ReplicationError::Io(format!(
+                        "table {table}: the epoch-start segment {key} landed but the table is at txn {}",
+                        r.txn
+                    )));
+                }
+                Ok(Some((1, xxh3)))
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The local tables (opened so far).
     pub fn table_names(&self) -> Vec<String> {
         self.tables.keys().cloned().collect()
@@ -691,11 +740,15 @@ fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, statu
         // key per round (404 when there is none).
         while let Some(n) = announced_next {
             match replica.rt.block_on(super::catalog::read(&replica.store, n)) {
-                Ok(Some(a)) => {
+                Ok(Some(super::catalog::Entry::Table(a))) => {
                     if !tables.contains(&a.table) {
                         info!(table = %a.table, "new table announced");
                         tables.push(a.table);
                     }
+                    announced_next = Some(n + 1);
+                }
+                Ok(Some(super::catalog::Entry::Epoch(e))) => {
+                    info!(epoch = e, "a new primary took over the store's history");
                     announced_next = Some(n + 1);
                 }
                 Ok(None) => break,

@@ -162,7 +162,10 @@ impl NodeStatus {
         let st = self.state();
         let ready = st.switching.is_none()
             && st.fenced.is_none()
-            && (st.role == Role::Replica || st.writable);
+            && match st.role {
+                Role::Replica => st.replica.is_some(),
+                Role::Primary => st.writable,
+            };
         json!({
             "role": st.role.name(),
             "epoch": st.epoch,

@@ -701,7 +701,7 @@ async fn step(
         table_id: t.handle.table_id(),
         link: t.link,
         // A table's first segment: replicas learn of the table first.
-        announce: (first == 1).then(|| announce_at.clone()),
+        announce: (first == 1).then(|| (announce_at.clone(), t.handle.schema())),
         stop: stop.clone(),
         backoff_max: opts.retry_backoff_max,
         status: status.clone(),
@@ -1013,8 +1013,12 @@ struct UploadCtx {
     table_id: u64,
     /// The link of the segment being uploaded.
     link: Link,
-    /// Announce the table (`catalog/`) before the segment, at this position.
-    announce: Option<Arc<tokio::sync::Mutex<Option<u64>>>>,
+    /// Announce the table (`catalog/`) before the segment, at this
+    /// position, with this schema.
+    announce: Option<(
+        Arc<tokio::sync::Mutex<Option<u64>>>,
+        Arc<crate::table::Schema>,
+    )>,
     stop: Arc<AtomicBool>,
     backoff_max: Duration,
     status: Arc<UploadStatus>,
@@ -1037,17 +1041,20 @@ async fn upload(
         // A table's first segment: the announcement first, then the PUT;
         // either failing is retried with the same backoff.
         let err = if !announced {
+            let (at, schema) = ctx.announce.as_ref().expect("not announced yet");
             let a = super::catalog::Announcement {
                 table: ctx.table.clone(),
                 table_id: ctx.table_id,
+                epoch: ctx.link.epoch,
+                schema: Some((**schema).clone()),
             };
-            let at = ctx.announce.as_ref().expect("not announced yet");
             match super::catalog::announce(&ctx.store, &a, &mut *at.lock().await).await {
                 Ok(()) => {
                     announced = true;
                     continue;
                 }
-                Err(e) => e,
+                Err(super::catalog::AnnounceError::Fenced(why)) => return Outcome::Fenced(why),
+                Err(super::catalog::AnnounceError::Failed(e)) => e,
             }
         } else {
             let payload = PutPayload::from(bytes.clone());

@@ -351,8 +351,8 @@ async fn wait_uploaded(
             Some(true) => continue,
             Some(false) => format!(
                 "the rows were committed on this node (table {table} txn {txn}) but this node was \
-                 superseded by a new primary before they reached the object store: they are NOT \
-                 acknowledged and the new primary does not have them (see /status, fenced)"
+                 superseded by a new primary before they were known to be in the object store: they \
+                 are NOT acknowledged, and the new primary may not have them (see /status, fenced)"
             ),
             None => format!(
                 "the rows were committed on this node (table {table} txn {txn}) but are not in the \
