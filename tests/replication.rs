@@ -703,7 +703,8 @@ fn unplanned_failover(conn: &str) {
         );
     }
     eventually(Duration::from_secs(30), || {
-        (txn_of(&b.status(), "applied_txn") == 3).then_some(())
+        (txn_of(&b.status(), "applied_txn") == 3 && txn_of(&a.status(), "uploaded_txn") == 3)
+            .then_some(())
     });
     let line = format!(
         "cpu,host=lost usage_user=1.0 {}\n",
@@ -1054,6 +1055,7 @@ fn a_paused_primary_is_fenced_before_it_extends_the_history() {
         421
     );
     let committed = txn_of(&a.status(), "committed_txn");
+    let fenced = lifecycle(&a)["fenced"].clone();
     if committed > 3 {
         assert_eq!(
             fenced["unshipped"],

@@ -816,9 +816,12 @@ impl Database {
     /// Refuses writes for good (a newer primary superseded this node) and
     /// wakes requests waiting for uploads that will not happen.
     pub fn fence(&self, why: impl Into<String>) {
-        self.refuse_writes(why);
+        let why = why.into();
+        self.refuse_writes(why.clone());
         self.fenced.store(true, Ordering::Release);
         for h in self.tables.handles() {
+            // Commits prepared before the refusal are refused on the shard.
+            h.suspended.store(Some(Arc::new(why.clone())));
             h.wake_upload_waiters();
         }
     }

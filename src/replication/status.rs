@@ -156,10 +156,29 @@ impl NodeStatus {
         f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
+    /// The role part, with a fenced node's unshipped txns as they are now
+    /// (a commit in flight when it was fenced may land after).
+    fn current(&self) -> RoleState {
+        let mut st = self.state();
+        if let (Some(f), Some(c)) = (&mut st.fenced, &self.catalog) {
+            f.unshipped = c
+                .handles()
+                .into_iter()
+                .filter(|h| h.is_replicated() && h.uploaded_txn() < h.written_txn())
+                .map(|h| Unshipped {
+                    table: h.name.clone(),
+                    first_txn: h.uploaded_txn() + 1,
+                    last_txn: h.written_txn(),
+                })
+                .collect();
+        }
+        st
+    }
+
     /// `GET /lifecycle`: the role, a switch in flight, and whether the node
     /// is ready for what its role serves.
     pub fn lifecycle_json(&self) -> Value {
-        let st = self.state();
+        let st = self.current();
         let ready = st.switching.is_none()
             && st.fenced.is_none()
             && match st.role {
@@ -199,7 +218,7 @@ impl NodeStatus {
 
     /// `GET /status`.
     pub fn status_json(&self) -> Value {
-        let st = self.state();
+        let st = self.current();
         let mut tables = serde_json::Map::new();
         match st.role {
             Role::Primary => {

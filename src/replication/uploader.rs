@@ -339,6 +339,8 @@ async fn run(
             .or_else(|| tables.values().find_map(|t| t.fenced.clone()));
         if let Some(why) = found {
             error!("{why}; uploads stopped, writes refused, unshipped txns stay in the WAL");
+            // Writes are refused before anything can see the uploads stopped.
+            (owner.on_fenced)(why.clone());
             for t in tables.values_mut() {
                 if let Some(f) = t.in_flight.take() {
                     f.task.abort();
@@ -346,7 +348,6 @@ async fn run(
                 t.phase = Phase::Stopped;
                 status.update(&t.handle.name, |s| s.stopped = Some(why.clone()));
             }
-            (owner.on_fenced)(why);
             break;
         }
         let stopping = stop.load(Ordering::Acquire);
@@ -405,6 +406,9 @@ async fn run(
                 &announce_at,
             )
             .await;
+        }
+        if tables.values().any(|t| t.fenced.is_some()) {
+            continue; // handled at the top of the loop, without sleeping
         }
         if let Some(deadline) = stop_deadline {
             if !busy {
@@ -527,8 +531,10 @@ async fn step(
                 }
                 Err(LocateError::Fatal(why)) => return t.stop(status, why),
                 Err(LocateError::Fenced(why)) => {
-                    t.fenced = Some(why.clone());
-                    return t.stop(status, why);
+                    // The run loop refuses writes, then marks every table.
+                    t.fenced = Some(why);
+                    t.phase = Phase::Stopped;
+                    return false;
                 }
                 Err(LocateError::Transient(e)) => {
                     warn!(table = %name, error = %e, "cannot read the table's position in the object store; retrying");
@@ -586,8 +592,10 @@ async fn step(
                 return false;
             }
             Outcome::Fenced(why) => {
-                t.fenced = Some(why.clone());
-                return t.stop(status, why);
+                // The run loop refuses writes, then marks every table.
+                t.fenced = Some(why);
+                t.phase = Phase::Stopped;
+                return false;
             }
             Outcome::Fatal(why) => {
                 error!(table = %name, "{why}");
