@@ -678,16 +678,7 @@ fn fence(db: &Database, status: &NodeStatus, why: String) {
 
 /// Per replicated table, the committed txns not in the store.
 fn unshipped(db: &Database) -> Vec<Unshipped> {
-    db.catalog()
-        .handles()
-        .into_iter()
-        .filter(|h| h.is_replicated() && h.uploaded_txn() < h.written_txn())
-        .map(|h| Unshipped {
-            table: h.name.clone(),
-            first_txn: h.uploaded_txn() + 1,
-            last_txn: h.written_txn(),
-        })
-        .collect()
+    super::status::unshipped(&db.catalog())
 }
 
 fn describe(u: &[Unshipped]) -> String {

@@ -376,6 +376,53 @@ impl Replica {
         Ok(seg.checksum())
     }
 
+    /// Creates the key of txn `txn` of `table` with an epoch-start segment:
+    /// one empty txn of `epoch`, linked to `prev_xxh3`, with `schema` in
+    /// its header. Its checksum, or `None` when another writer took the key.
+    fn put_epoch_start(
+        &mut self,
+        (table, table_id, schema): (&str, u64, &Schema),
+        txn: u64,
+        prev_xxh3: u64,
+        epoch: u64,
+    ) -> Result<Option<u64>, ReplicationError> {
+        use object_store::{PutMode, PutPayload};
+        let bad = |source| ReplicationError::BadObject {
+            key: table.to_string(),
+            source,
+        };
+        let mut sw = crate::segment::SegmentWriter::new(table_id, table, schema).map_err(bad)?;
+        sw.push_aborted(txn).map_err(bad)?;
+        let link = crate::segment::Link { epoch, prev_xxh3 };
+        let enc = sw
+            .finish_linked(link, crate::segment::Compression::None)
+            .map_err(bad)?;
+        let xxh3 = enc.checksum();
+        let key = segment_key(&self.store, table, txn);
+        let put = self.store.inner.put_opts(
+            &key,
+            PutPayload::from(enc.into_bytes()),
+            PutMode::Create.into(),
+        );
+        match self.rt.block_on(put) {
+            Ok(_) => {
+                let r = self.sync_table_next(table)?;
+                if r.txn != txn {
+                    return Err(ReplicationError::Io(format!(
+                        "table {table}: the epoch-start segment {key} landed but the table is at txn {}",
+                        r.txn
+                    )));
+                }
+                Ok(Some(xxh3))
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                info!(table, key = %key, "another writer's segment took the key first");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Opens epoch `epoch` in `table`'s chain (a promotion): applies what
     /// the store holds, then creates the key right after it with a segment
     /// of one empty txn, of `epoch`, linked to the chain's last segment,
@@ -389,7 +436,6 @@ impl Replica {
         epoch: u64,
         tries_max: usize,
     ) -> Result<(u64, u64), ReplicationError> {
-        use object_store::{PutMode, PutPayload};
         for _ in 0..tries_max.max(1) {
             self.sync_table(table)?;
             let txn = self.applied_txn(table)?;
@@ -398,42 +444,10 @@ impl Replica {
                 .tables
                 .get(table)
                 .ok_or_else(|| ReplicationError::Io(format!("table {table} is not here")))?;
-            let bad = |source| ReplicationError::BadObject {
-                key: table.to_string(),
-                source,
-            };
-            let mut sw =
-                crate::segment::SegmentWriter::new(w.table_id(), table, w.schema()).map_err(bad)?;
-            sw.push_aborted(txn + 1).map_err(bad)?;
-            let link = crate::segment::Link {
-                epoch,
-                prev_xxh3: prev,
-            };
-            let enc = sw
-                .finish_linked(link, crate::segment::Compression::None)
-                .map_err(bad)?;
-            let xxh3 = enc.checksum();
-            let key = segment_key(&self.store, table, txn + 1);
-            let put = self.store.inner.put_opts(
-                &key,
-                PutPayload::from(enc.into_bytes()),
-                PutMode::Create.into(),
-            );
-            match self.rt.block_on(put) {
-                Ok(_) => {
-                    let r = self.sync_table_next(table)?;
-                    if r.txn != txn + 1 {
-                        return Err(ReplicationError::Io(format!(
-                            "table {table}: the epoch-start segment {key} landed but the table is at txn {}",
-                            r.txn
-                        )));
-                    }
-                    return Ok((txn + 1, xxh3));
-                }
-                Err(object_store::Error::AlreadyExists { .. }) => {
-                    info!(table, key = %key, "the previous primary's segment took the key first; applying it and trying the next one");
-                }
-                Err(e) => return Err(e.into()),
+            let (id, schema) = (w.table_id(), w.schema().clone());
+            // Taken: the previous primary's segment, applied next round.
+            if let Some(xxh3) = self.put_epoch_start((table, id, &schema), txn + 1, prev, epoch)? {
+                return Ok((txn + 1, xxh3));
             }
         }
         Err(ReplicationError::Io(format!(
@@ -453,41 +467,9 @@ impl Replica {
         schema: &Schema,
         epoch: u64,
     ) -> Result<Option<(u64, u64)>, ReplicationError> {
-        use object_store::{PutMode, PutPayload};
-        let bad = |source| ReplicationError::BadObject {
-            key: table.to_string(),
-            source,
-        };
-        let mut sw = crate::segment::SegmentWriter::new(table_id, table, schema).map_err(bad)?;
-        sw.push_aborted(1).map_err(bad)?;
-        let link = crate::segment::Link {
-            epoch,
-            prev_xxh3: 0,
-        };
-        let enc = sw
-            .finish_linked(link, crate::segment::Compression::None)
-            .map_err(bad)?;
-        let xxh3 = enc.checksum();
-        let key = segment_key(&self.store, table, 1);
-        let put = self.store.inner.put_opts(
-            &key,
-            PutPayload::from(enc.into_bytes()),
-            PutMode::Create.into(),
-        );
-        match self.rt.block_on(put) {
-            Ok(_) => {
-                let r = self.sync_table_next(table)?;
-                if r.txn != 1 {
-                    return Err(ReplicationError::Io(format!(
-                        "table {table}: the epoch-start segment {key} landed but the table is at txn {}",
-                        r.txn
-                    )));
-                }
-                Ok(Some((1, xxh3)))
-            }
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self
+            .put_epoch_start((table, table_id, schema), 1, 0, epoch)?
+            .map(|xxh3| (1, xxh3)))
     }
 
     /// The local tables (opened so far).

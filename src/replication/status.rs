@@ -53,6 +53,20 @@ pub struct Unshipped {
     pub last_txn: u64,
 }
 
+/// Per replicated table of `catalog`, the committed txns not in the store.
+pub fn unshipped(catalog: &Catalog) -> Vec<Unshipped> {
+    catalog
+        .handles()
+        .into_iter()
+        .filter(|h| h.is_replicated() && h.uploaded_txn() < h.written_txn())
+        .map(|h| Unshipped {
+            table: h.name.clone(),
+            first_txn: h.uploaded_txn() + 1,
+            last_txn: h.written_txn(),
+        })
+        .collect()
+}
+
 /// Why and when this node stopped being the primary without a switch.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Fenced {
@@ -161,16 +175,7 @@ impl NodeStatus {
     fn current(&self) -> RoleState {
         let mut st = self.state();
         if let (Some(f), Some(c)) = (&mut st.fenced, &self.catalog) {
-            f.unshipped = c
-                .handles()
-                .into_iter()
-                .filter(|h| h.is_replicated() && h.uploaded_txn() < h.written_txn())
-                .map(|h| Unshipped {
-                    table: h.name.clone(),
-                    first_txn: h.uploaded_txn() + 1,
-                    last_txn: h.written_txn(),
-                })
-                .collect();
+            f.unshipped = unshipped(c);
         }
         st
     }

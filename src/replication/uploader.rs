@@ -1015,6 +1015,9 @@ async fn fetch(store: &Store, key: &object_store::path::Path) -> Result<(Segment
     Ok((seg, len))
 }
 
+/// Where the next table announcement goes (learned with one listing).
+type AnnounceAt = Arc<tokio::sync::Mutex<Option<u64>>>;
+
 struct UploadCtx {
     store: Store,
     table: String,
@@ -1023,10 +1026,7 @@ struct UploadCtx {
     link: Link,
     /// Announce the table (`catalog/`) before the segment, at this
     /// position, with this schema.
-    announce: Option<(
-        Arc<tokio::sync::Mutex<Option<u64>>>,
-        Arc<crate::table::Schema>,
-    )>,
+    announce: Option<(AnnounceAt, Arc<crate::table::Schema>)>,
     stop: Arc<AtomicBool>,
     backoff_max: Duration,
     status: Arc<UploadStatus>,
