@@ -28,7 +28,9 @@ pub use format::{
     reseal, Compression, Preamble, SegmentError, ACCEPTED_VERSIONS, FORMAT_VERSION, MAGIC,
     PREAMBLE_BYTES, SEGMENT_BYTES_MAX,
 };
-pub use reader::{apply_segment, diagnose_body, ApplyReport, BlockCheck, Segment, SegmentInfo};
+pub use reader::{
+    apply_segment, diagnose_body, ApplyReport, BlockCheck, Segment, SegmentInfo, APPLY_STEP_BYTES,
+};
 pub use writer::{BufferPool, EncodedSegment, Link, SegmentWriter, FIRST_EPOCH};
 
 use rkyv::{Archive, Serialize};

@@ -635,6 +635,31 @@ pub struct ApplyReport {
     pub columns_added: Vec<String>,
 }
 
+/// Whether `views`, applied in order after rows up to timestamp `after`,
+/// only append: each txn's designated timestamps (column `ts`) ascend and
+/// none is older than a row before it.
+fn appends_only(views: &[(u64, codec::BatchView<'_>, usize)], ts: usize, mut after: i64) -> bool {
+    for (_, v, _) in views {
+        if v.rows == 0 {
+            continue;
+        }
+        let Some(codec::ViewValues::Fixed(b)) = v.columns.get(ts).map(|c| &c.values) else {
+            return false;
+        };
+        for t in b.chunks_exact(8) {
+            let t = i64::from_le_bytes(t.try_into().expect("8 bytes"));
+            if t < after {
+                return false;
+            }
+            after = t;
+        }
+    }
+    true
+}
+
+/// Payload bytes applied in one step by [`apply_segment`].
+pub const APPLY_STEP_BYTES: usize = 4 << 20;
+
 /// Applies `seg` into `writer`'s table: schema changes first (columns
 /// added in order), then every txn above the table's txn, each checked
 /// against the schema before anything changes. Version 2 payloads are
@@ -715,7 +740,7 @@ pub fn apply_segment(writer: &mut TableWriter, seg: &Segment) -> Result<ApplyRep
             let txn = r.txn;
             if r.payload_len == 0 {
                 // Aborted on the primary: its number, no rows.
-                views.push((txn, codec::BatchView::empty()));
+                views.push((txn, codec::BatchView::empty(), 0));
                 continue;
             }
             let v = codec::view(payload, &target)
@@ -735,13 +760,46 @@ pub fn apply_segment(writer: &mut TableWriter, seg: &Segment) -> Result<ApplyRep
                     v.columns.len()
                 )));
             }
-            views.push((txn, v));
+            views.push((txn, v, payload.len()));
         }
         add_columns(writer, &mut report)?;
         report.applied_txns = views.len() as u64;
-        report.rows = views.iter().map(|(_, v)| v.rows as u64).sum();
-        let refs: Vec<(u64, &codec::BatchView<'_>)> = views.iter().map(|(t, v)| (*t, v)).collect();
-        writer.apply_views(&refs)?;
+        report.rows = views.iter().map(|(_, v, _)| v.rows as u64).sum();
+        let refs: Vec<(u64, &codec::BatchView<'_>)> =
+            views.iter().map(|(t, v, _)| (*t, v)).collect();
+        // In steps of whole txns of about APPLY_STEP_BYTES: one step's
+        // staging buffers stay in cache and their memory is reused by the
+        // next, where one step for a large segment would fault in fresh
+        // pages for all of it. Readers may see a step's txns before the
+        // rest of the segment's (each txn whole); the replica's durable
+        // position stays at segment boundaries (it checkpoints between
+        // segments).
+        // Only when every row appends (no out-of-order merge): a merge
+        // rewrites the partition, which one step does once and many steps
+        // would do many times.
+        let newest = writer
+            .state()
+            .partitions
+            .iter()
+            .filter(|p| p.rows > 0)
+            .map(|p| p.max_ts)
+            .max()
+            .unwrap_or(i64::MIN);
+        let step_bytes = match writer.schema().timestamp {
+            Some(ts) if appends_only(&views, ts, newest) => APPLY_STEP_BYTES,
+            _ => usize::MAX,
+        };
+        let mut start = 0;
+        while start < refs.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < refs.len() && (end == start || bytes < step_bytes) {
+                bytes += views[end].2;
+                end += 1;
+            }
+            writer.apply_views(&refs[start..end])?;
+            start = end;
+        }
         return Ok(report);
     }
     let batches = seg.batches()?;
