@@ -309,17 +309,6 @@ impl Node {
     fn switch_to_replica(&self, stage: Duration) -> Result<String, String> {
         let db = self.db()?;
         let st = self.0.status.state();
-        if let Some(f) = &st.fenced {
-            if !f.unshipped.is_empty() {
-                return Err(format!(
-                    "this node was fenced holding txns the store never received ({}): its tables \
-                     differ from the new primary's, so it cannot follow it. Re-ingest those rows \
-                     into the new primary, then rebuild this node as a replica from an empty data \
-                     directory",
-                    describe(&f.unshipped)
-                ));
-            }
-        }
         let fenced = db.is_fenced();
         db.drain_commits("this node is switching to replica: send writes to the primary");
         self.0.status.update(|s| s.writable = false);
