@@ -236,7 +236,9 @@ impl KeepAlive {
             assert!(n > 0, "server closed the connection");
             self.buf.extend_from_slice(&tmp[..n]);
         }
-        if status != 204 {
+        // 421: a node that does not take writes now (a role switch); the
+        // caller moves on.
+        if status != 204 && status != 421 {
             eprintln!(
                 "HTTP {status}: {}",
                 String::from_utf8_lossy(&self.buf[end..end + len])

@@ -553,6 +553,8 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
                     None if config.ack_after_upload => Duration::ZERO,
                     None => defaults.segment_age_max,
                 },
+                // Commits wait for it: not background work then.
+                background: !config.ack_after_upload,
                 uploads_in_flight_max: args.uploads_in_flight_max.max(1),
                 compression: if args.segment_compression == "lz4" {
                     basalt::segment::Compression::Lz4

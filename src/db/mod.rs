@@ -189,9 +189,12 @@ pub struct TableHandle {
     /// also those prepared before the database began refusing.
     suspended: arc_swap::ArcSwapOption<String>,
     /// Wakes requests waiting for their txns to be in the store
-    /// (`--ack-after upload`): notified when the uploaded txn advances, and
+    /// (`--ack-after upload`): notified when the stored txn advances, and
     /// when the node is fenced.
     uploaded_changed: tokio::sync::Notify,
+    /// Every txn up to this one is in the object store: set as soon as a
+    /// PUT lands (`uploaded_txn` follows once the upload mark is written).
+    stored_txn: AtomicU64,
 }
 
 impl TableHandle {
@@ -232,6 +235,7 @@ impl TableHandle {
             upload_changed: Condvar::new(),
             upload_wake,
             uploaded_changed: tokio::sync::Notify::new(),
+            stored_txn: AtomicU64::new(uploaded),
             suspended: arc_swap::ArcSwapOption::empty(),
         }
     }
@@ -290,6 +294,13 @@ impl TableHandle {
     pub fn set_uploaded(&self, txn: u64) {
         self.uploaded_txn.fetch_max(txn, Ordering::AcqRel);
         self.lock_aborted().retain(|t| *t > txn);
+        self.set_stored(txn);
+    }
+
+    /// Every txn up to `txn` is in the object store (a PUT landed; its
+    /// upload mark may not be written yet): wakes requests waiting for it.
+    pub fn set_stored(&self, txn: u64) {
+        self.stored_txn.fetch_max(txn, Ordering::AcqRel);
         self.uploaded_changed.notify_waiters();
     }
 
@@ -301,7 +312,7 @@ impl TableHandle {
         loop {
             // Registered before the check: a change in between still wakes it.
             let changed = self.uploaded_changed.notified();
-            if self.uploaded_txn() >= txn {
+            if self.stored_txn.load(Ordering::Acquire) >= txn {
                 return true;
             }
             if give_up() {

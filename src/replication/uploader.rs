@@ -70,6 +70,10 @@ pub struct UploadOptions {
     /// the next epoch (one GET): the longest an idle fenced primary keeps
     /// taking writes. A busy one learns sooner, at its next upload.
     pub ownership_check_interval: Duration,
+    /// Uploading is background work (a lower CPU priority than the
+    /// shards). Off when commits wait for their upload (`--ack-after
+    /// upload`): then it is on the commit path.
+    pub background: bool,
 }
 
 impl Default for UploadOptions {
@@ -82,6 +86,7 @@ impl Default for UploadOptions {
             compression: Compression::None,
             shutdown_flush_max: Duration::from_secs(10),
             ownership_check_interval: Duration::from_secs(1),
+            background: true,
         }
     }
 }
@@ -199,14 +204,21 @@ impl Uploader {
     ) -> std::io::Result<Uploader> {
         let status = Arc::new(UploadStatus::default());
         // Its blocking pool writes `fs::` objects: background work too.
+        let background = opts.background;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .on_thread_start(lower_priority)
+            .on_thread_start(move || {
+                if background {
+                    lower_priority()
+                }
+            })
             .build()?;
         let st = status.clone();
         let wake = catalog.upload_wake();
         let thread = super::Background::spawn_woken("basalt-uploader", wake, move |stop| {
-            lower_priority();
+            if background {
+                lower_priority();
+            }
             rt.block_on(run(catalog, store, opts, owner, stop, st));
         })?;
         Ok(Uploader {
@@ -558,6 +570,9 @@ async fn step(
             .unwrap_or_else(|e| Outcome::Fatal(e.to_string()));
         match outcome {
             Outcome::Uploaded { last, bytes } => {
+                // Requests waiting for their txns to be stored go now, not
+                // after the mark's write.
+                t.handle.set_stored(last);
                 t.link.prev_xxh3 = f.xxh3;
                 if t.mark_uploaded(last) {
                     t.tail.remove_released(t.handle.wal_release_txn());
