@@ -290,7 +290,7 @@ fn a_large_segment_applies_in_steps_to_the_same_bytes() {
         let mut batches = Vec::new();
         let rows = 20_000;
         let mut t = 0u64;
-        while seg.data_bytes() < 3 * step {
+        while seg.data_bytes() < 2 * step {
             // Out of order: every other txn goes back into the one before.
             let first = if out_of_order && t % 2 == 1 {
                 (t - 1) * rows as u64 + 1

@@ -658,7 +658,7 @@ fn appends_only(views: &[(u64, codec::BatchView<'_>, usize)], ts: usize, mut aft
 }
 
 /// Payload bytes applied in one step by [`apply_segment`].
-pub const APPLY_STEP_BYTES: usize = 4 << 20;
+pub const APPLY_STEP_BYTES: usize = 8 << 20;
 
 /// Applies `seg` into `writer`'s table: schema changes first (columns
 /// added in order), then every txn above the table's txn, each checked
@@ -767,10 +767,13 @@ pub fn apply_segment(writer: &mut TableWriter, seg: &Segment) -> Result<ApplyRep
         report.rows = views.iter().map(|(_, v, _)| v.rows as u64).sum();
         let refs: Vec<(u64, &codec::BatchView<'_>)> =
             views.iter().map(|(t, v, _)| (*t, v)).collect();
-        // In steps of whole txns of about APPLY_STEP_BYTES: one step's
-        // staging buffers stay in cache and their memory is reused by the
-        // next, where one step for a large segment would fault in fresh
-        // pages for all of it. Readers may see a step's txns before the
+        // In steps of whole txns of about APPLY_STEP_BYTES: the allocator
+        // reuses one step's staging memory for the next, where one step
+        // for a large segment maps fresh pages (glibc maps allocations over
+        // 32 MiB afresh every time) and faults on all of them: a 64 MiB
+        // segment applied at 0.65-0.7 GiB/s in one step, 1.6-1.7 GiB/s in
+        // 8 or 16 MiB steps, 1.0 GiB/s in 1 MiB steps (per-step costs);
+        // benches/segment.rs. Readers may see a step's txns before the
         // rest of the segment's (each txn whole); the replica's durable
         // position stays at segment boundaries (it checkpoints between
         // segments).
