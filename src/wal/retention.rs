@@ -166,12 +166,22 @@ pub fn record_aborted(wal_dir: &Path, txn: u64) -> std::io::Result<()> {
         .create(true)
         .append(true)
         .open(&path)?;
-    if new || f.metadata()?.len() < ABORTED_HEADER_BYTES as u64 {
+    let len = f.metadata()?.len();
+    if new || len < ABORTED_HEADER_BYTES as u64 {
         f.set_len(0)?;
         let mut h = [0u8; ABORTED_HEADER_BYTES];
         h[..8].copy_from_slice(ABORTED_MAGIC);
         h[8..12].copy_from_slice(&VERSION.to_le_bytes());
         f.write_all(&h)?;
+    } else {
+        // A torn last entry (a crash mid-append) is cut first: an entry
+        // appended after it would be read misaligned, and with it every
+        // later one, so recovery would replay txns that replicas got empty.
+        let entries = (len - ABORTED_HEADER_BYTES as u64) / ABORTED_ENTRY_BYTES as u64;
+        let whole = ABORTED_HEADER_BYTES as u64 + entries * ABORTED_ENTRY_BYTES as u64;
+        if whole != len {
+            f.set_len(whole)?;
+        }
     }
     f.write_all(&aborted_entry(txn))?;
     f.sync_data()?;
@@ -228,9 +238,13 @@ mod aborted_tests {
         b.truncate(b.len() - 3);
         fs::write(&path, &b).expect("write");
         assert_eq!(read_aborted(dir.path()), vec![7]);
+        // The next entry after a torn one is read back (it used to be read
+        // misaligned and dropped).
+        record_aborted(dir.path(), 8).expect("record");
+        assert_eq!(read_aborted(dir.path()), vec![7, 8]);
         clear_aborted_upto(dir.path(), 6);
         assert!(path.exists());
-        clear_aborted_upto(dir.path(), 7);
+        clear_aborted_upto(dir.path(), 8);
         assert!(!path.exists());
     }
 }
