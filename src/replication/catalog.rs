@@ -221,11 +221,17 @@ pub async fn announce(
     a: &Announcement,
     next: &mut Option<u64>,
 ) -> Result<(), AnnounceError> {
+    // After a listing the search starts AT the last entry, not after it:
+    // that entry is then read, so a marker of a later epoch at the end of
+    // the chain fences this announcer instead of being stepped over.
     let mut seq = match *next {
         Some(s) => s,
-        None => next_seq(store)
+        None => seqs(store)
             .await
-            .map_err(|e| AnnounceError::Failed(format!("listing {CATALOG_PREFIX}/: {e}")))?,
+            .map_err(|e| AnnounceError::Failed(format!("listing {CATALOG_PREFIX}/: {e}")))?
+            .last()
+            .copied()
+            .unwrap_or(0),
     };
     let entry = Entry::Table(a.clone());
     for _ in 0..TRIES_MAX {
@@ -251,6 +257,14 @@ pub async fn announce(
                             "this node held epoch {} and was superseded: {k} marks the start of \
                              epoch {e}",
                             a.epoch
+                        )))
+                    }
+                    // A later primary's announcement: past its marker.
+                    Some(Entry::Table(t)) if t.epoch > a.epoch => {
+                        return Err(AnnounceError::Fenced(format!(
+                            "this node held epoch {} and was superseded: {k} was announced by the \
+                             primary of epoch {}",
+                            a.epoch, t.epoch
                         )))
                     }
                     _ => seq += 1,
@@ -352,10 +366,13 @@ mod tests {
                 Some(Entry::Table(a("z")))
             );
             assert_eq!(put_at(&store, 3, &marker).await.unwrap(), None);
-            let mut stale = Some(3);
-            match announce(&store, &a("w"), &mut stale).await {
-                Err(AnnounceError::Fenced(m)) => assert!(m.contains("epoch 2"), "{m}"),
-                other => panic!("expected fenced, got {other:?}"),
+            // With a stale position, and with none (it lists the chain
+            // first): the marker at its end is read either way.
+            for mut start in [Some(3), None] {
+                match announce(&store, &a("w"), &mut start).await {
+                    Err(AnnounceError::Fenced(m)) => assert!(m.contains("epoch 2"), "{m}"),
+                    other => panic!("expected fenced, got {other:?}"),
+                }
             }
             assert_eq!(
                 read(&store, 4).await.unwrap(),

@@ -490,12 +490,19 @@ impl Node {
             .block_on(catalog::seqs(&cfg.store))
             .map_err(|e| format!("listing the catalog: {e}"))?;
         for &seq in &seqs {
-            if let Some(catalog::Entry::Table(a)) =
-                replica.block_on(catalog::read(&cfg.store, seq))?
-            {
-                if opened.insert(a.table.clone()) {
-                    self.open_epoch_in(replica, &a.table, Some(&a), c.epoch)?;
+            match replica.block_on(catalog::read(&cfg.store, seq))? {
+                Some(catalog::Entry::Table(a)) => {
+                    if opened.insert(a.table.clone()) {
+                        self.open_epoch_in(replica, &a.table, Some(&a), c.epoch)?;
+                    }
                 }
+                Some(catalog::Entry::Epoch(e)) if e > c.epoch => {
+                    return Err(format!(
+                        "epoch {e} was started while this node was opening epoch {}",
+                        c.epoch
+                    ))
+                }
+                _ => {}
             }
         }
         let marker = catalog::Entry::Epoch(c.epoch);
