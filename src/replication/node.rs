@@ -491,10 +491,8 @@ impl Node {
             .map_err(|e| format!("listing the catalog: {e}"))?;
         for &seq in &seqs {
             match replica.block_on(catalog::read(&cfg.store, seq))? {
-                Some(catalog::Entry::Table(a)) => {
-                    if opened.insert(a.table.clone()) {
-                        self.open_epoch_in(replica, &a.table, Some(&a), c.epoch)?;
-                    }
+                Some(catalog::Entry::Table(a)) if opened.insert(a.table.clone()) => {
+                    self.open_epoch_in(replica, &a.table, Some(&a), c.epoch)?;
                 }
                 Some(catalog::Entry::Epoch(e)) if e > c.epoch => {
                     return Err(format!(
