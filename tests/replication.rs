@@ -424,28 +424,24 @@ fn a_second_primary_on_the_same_store_is_refused() {
 /// Runs `basalt serve` as a primary on `conn`, expecting it to refuse to
 /// start; returns what it printed on stderr.
 fn refused_start(dir: &Path, conn: &str) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--ilp",
-            "127.0.0.1:0",
-            "--pg",
-            "off",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--object-store", conn])
-        .env("BASALT_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = serve_primary(dir, conn).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         !out.status.success() && !stdout.contains("basalt serving"),
         "a second primary started: {stdout}"
     );
     String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// `basalt serve` as a primary of `conn` on ephemeral ports, PostgreSQL off.
+fn serve_primary(dir: &Path, conn: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"));
+    c.args(["serve", "--http", "127.0.0.1:0", "--ilp", "127.0.0.1:0"])
+        .args(["--pg", "off", "--object-store", conn])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("BASALT_LOG", "warn");
+    c
 }
 
 /// Two primaries started at once on one fresh store: each claims epoch 1
@@ -456,20 +452,7 @@ fn two_primaries_at_once_never_fork_the_history() {
     let dir = tempfile::tempdir().unwrap();
     let conn = format!("fs::root={};", dir.path().join("store").display());
     let spawn = |d: &Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
-            .args([
-                "serve",
-                "--http",
-                "127.0.0.1:0",
-                "--ilp",
-                "127.0.0.1:0",
-                "--pg",
-                "off",
-            ])
-            .arg("--data-dir")
-            .arg(d)
-            .args(["--object-store", &conn])
-            .env("BASALT_LOG", "warn")
+        serve_primary(d, &conn)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
