@@ -33,20 +33,38 @@ impl ServerProcess {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_basalt"));
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--http", "127.0.0.1:0", "--ilp", "127.0.0.1:0"])
-            .args(["--pg", "127.0.0.1:0"])
-            .args(extra)
-            .env("BASALT_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
+        let command = || {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_basalt"));
+            cmd.arg("serve")
+                .arg("--data-dir")
+                .arg(data_dir)
+                .args(["--http", "127.0.0.1:0", "--ilp", "127.0.0.1:0"])
+                .args(["--pg", "127.0.0.1:0"])
+                .args(extra)
+                .env("BASALT_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            cmd
+        };
+        // Port 0 is resolved by binding and releasing a probe socket; a
+        // test running beside this one (a store server, another node) can
+        // take the port before the node binds it for good. Such a start is
+        // tried again; any other failure repeats and is reported.
+        for _ in 0..2 {
+            if let Ok(s) = Self::try_spawn(command(), data_dir) {
+                return s;
+            }
         }
-        Self::spawn(cmd, data_dir)
+        Self::spawn(command(), data_dir)
+    }
+
+    /// [`ServerProcess::spawn`] that returns the failure instead of panicking.
+    fn try_spawn(cmd: Command, data_dir: &Path) -> Result<ServerProcess, String> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::spawn(cmd, data_dir)))
+            .map_err(|_| "basalt serve did not start".to_string())
     }
 
     /// Spawns a prepared command and waits for its "basalt serving" line.
