@@ -27,6 +27,11 @@ use object_store::ObjectStoreExt;
 
 const BATCH: u64 = 500;
 
+/// The connection string of a shared-filesystem store under `dir`.
+fn fs_conn(dir: &Path) -> String {
+    format!("fs::root={};", dir.join("store").display())
+}
+
 /// The connection string of bucket `basalt` on `moto`, under `root`.
 fn s3_conn(moto: &servers::ServerGuard, root: &str) -> String {
     format!(
@@ -295,7 +300,7 @@ fn primary_to_replica_through_azurite() {
 fn kill9_of_primary_and_replica_during_replication_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (pdir, rdir) = (dir.path().join("primary"), dir.path().join("replica"));
-    let conn = format!("fs::root={};", dir.path().join("store").display());
+    let conn = fs_conn(dir.path());
     // Small, frequent segments: the kills land between and during uploads.
     let up = ["--segment-age-ms", "20", "--segment-bytes-max", "65536"];
     let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
@@ -377,7 +382,7 @@ fn kill9_of_primary_and_replica_during_replication_loses_and_duplicates_nothing(
 #[test]
 fn a_second_primary_on_the_same_store_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let conn = format!("fs::root={};", dir.path().join("store").display());
+    let conn = fs_conn(dir.path());
     let a = primary(&dir.path().join("a"), Some(&conn), &[]);
     for b in 0..3 {
         assert_eq!(
@@ -450,7 +455,7 @@ fn serve_primary(dir: &Path, conn: &str) -> std::process::Command {
 #[test]
 fn two_primaries_at_once_never_fork_the_history() {
     let dir = tempfile::tempdir().unwrap();
-    let conn = format!("fs::root={};", dir.path().join("store").display());
+    let conn = fs_conn(dir.path());
     let spawn = |d: &Path| {
         serve_primary(d, &conn)
             .stdout(std::process::Stdio::piped())
@@ -576,7 +581,7 @@ fn a_replica_refuses_a_corrupt_object_and_says_which() {
 fn replication_turned_on_late_refuses_to_ship_a_partial_history() {
     let dir = tempfile::tempdir().unwrap();
     let pdir = dir.path().join("p");
-    let conn = format!("fs::root={};", dir.path().join("store").display());
+    let conn = fs_conn(dir.path());
     for round in 0..2 {
         let p = primary(&pdir, Some("off"), &[]);
         for b in 0..3 {
@@ -789,7 +794,7 @@ fn unplanned_failover(conn: &str) {
 #[test]
 fn unplanned_failover_on_fs() {
     let dir = tempfile::tempdir().unwrap();
-    unplanned_failover(&format!("fs::root={};", dir.path().join("store").display()));
+    unplanned_failover(&fs_conn(dir.path()));
 }
 
 #[test]
@@ -814,28 +819,6 @@ fn planned_switchover(conn: &str) {
     let c = ServerProcess::start_replica(&cdir, conn);
     let addrs = [a.http, b.http];
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (stop, addr) = (stop.clone(), c.http);
-        std::thread::spawn(move || {
-            let (mut seen, mut reads) = (0u64, 0u64);
-            while !stop.load(Ordering::Acquire) {
-                // The table appears once its first segment arrived.
-                let tables = exec(
-                    addr,
-                    "select count(*) from information_schema.tables where table_name = 'sw'",
-                );
-                if tables["dataset"][0][0].as_u64() != Some(1) {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                }
-                let r = exec(addr, "select count(*) from sw");
-                let n = r["dataset"][0][0].as_u64().expect("a count");
-                assert!(n >= seen, "the follower's count went back: {n} < {seen}");
-                (seen, reads) = (n, reads + 1);
-            }
-            reads
-        })
-    };
     // (id of the first row, rows) of every acknowledged request, and when.
     let acked: Arc<Mutex<Vec<(u64, std::time::Instant, usize)>>> = Default::default();
     let writer = {
@@ -855,7 +838,6 @@ fn planned_switchover(conn: &str) {
                     421 => {
                         refused += 1;
                         target = 1 - target;
-                        std::thread::sleep(Duration::from_millis(2));
                     }
                     s => panic!("write answered {s}: {}", String::from_utf8_lossy(&r.body)),
                 }
@@ -865,6 +847,27 @@ fn planned_switchover(conn: &str) {
     };
     let acks = |node: usize| acked.lock().unwrap().iter().filter(|a| a.2 == node).count();
     eventually(Duration::from_secs(30), || (acks(0) >= 30).then_some(()));
+    // The follower reads from once it has the table until the end.
+    eventually(Duration::from_secs(30), || {
+        let t = exec(
+            c.http,
+            "select count(*) from information_schema.tables where table_name = 'sw'",
+        );
+        (t["dataset"][0][0].as_u64() == Some(1)).then_some(())
+    });
+    let reader = {
+        let (stop, addr) = (stop.clone(), c.http);
+        std::thread::spawn(move || {
+            let (mut seen, mut reads) = (0u64, 0u64);
+            while !stop.load(Ordering::Acquire) {
+                let r = exec(addr, "select count(*) from sw");
+                let n = r["dataset"][0][0].as_u64().expect("a count");
+                assert!(n >= seen, "the follower's count went back: {n} < {seen}");
+                (seen, reads) = (n, reads + 1);
+            }
+            reads
+        })
+    };
     let down = switch(&a, "REPLICA");
     assert_eq!(down["ok"], true, "{down}");
     // Over PostgreSQL wire this time.
@@ -970,7 +973,7 @@ fn psql(addr: std::net::SocketAddr, sql: &str) -> String {
 #[test]
 fn planned_switchover_on_fs() {
     let dir = tempfile::tempdir().unwrap();
-    planned_switchover(&format!("fs::root={};", dir.path().join("store").display()));
+    planned_switchover(&fs_conn(dir.path()));
 }
 
 #[test]
@@ -987,7 +990,7 @@ fn planned_switchover_on_s3_moto() {
 #[test]
 fn a_paused_primary_is_fenced_before_it_extends_the_history() {
     let dir = tempfile::tempdir().unwrap();
-    let conn = format!("fs::root={};", dir.path().join("store").display());
+    let conn = fs_conn(dir.path());
     let (adir, bdir) = (dir.path().join("a"), dir.path().join("b"));
     let a = primary(&adir, Some(&conn), &[]);
     let b = ServerProcess::start_replica(&bdir, &conn);
@@ -1127,7 +1130,7 @@ fn ack_after_upload(conn: &str) {
 #[test]
 fn ack_after_upload_loses_no_acknowledged_row_on_fs() {
     let dir = tempfile::tempdir().unwrap();
-    ack_after_upload(&format!("fs::root={};", dir.path().join("store").display()));
+    ack_after_upload(&fs_conn(dir.path()));
 }
 
 #[test]

@@ -184,10 +184,9 @@ pub struct TableHandle {
     upload_changed: Condvar,
     /// The uploader's wake: notified when the written txn advances.
     upload_wake: Arc<tokio::sync::Notify>,
-    /// Set while the node lets go of its tables (a switch to replica): the
-    /// shards refuse commits that arrive from then on with this reason,
-    /// also those prepared before the database began refusing.
-    suspended: arc_swap::ArcSwapOption<String>,
+    /// Why the database refuses writes (shared with it): the shards check
+    /// it too, so a commit prepared before the refusal is refused there.
+    refusal: Refusal,
     /// Wakes requests waiting for their txns to be in the store
     /// (`--ack-after upload`): notified when the stored txn advances, and
     /// when the node is fenced.
@@ -195,6 +194,9 @@ pub struct TableHandle {
     /// Every txn up to this one is in the object store: set as soon as a
     /// PUT lands (`uploaded_txn` follows once the upload mark is written).
     stored_txn: AtomicU64,
+    /// The uploader stopped uploading this table for good (an operator
+    /// must act): what waits for its uploads gives up.
+    upload_stopped: AtomicBool,
 }
 
 impl TableHandle {
@@ -205,6 +207,7 @@ impl TableHandle {
         resolved: u64,
         opts: &DbOptions,
         upload_wake: Arc<tokio::sync::Notify>,
+        refusal: Refusal,
     ) -> TableHandle {
         let replicated = opts.retain_wal_for_upload && schema.timestamp.is_some();
         let dir = writer.dir().to_path_buf();
@@ -236,7 +239,8 @@ impl TableHandle {
             upload_wake,
             uploaded_changed: tokio::sync::Notify::new(),
             stored_txn: AtomicU64::new(uploaded),
-            suspended: arc_swap::ArcSwapOption::empty(),
+            upload_stopped: AtomicBool::new(false),
+            refusal,
         }
     }
 
@@ -304,10 +308,10 @@ impl TableHandle {
         self.uploaded_changed.notify_waiters();
     }
 
-    /// Waits until `txn` is in the object store; `false` when `give_up`
-    /// says so first (checked at every change of the uploaded txn and when
-    /// [`TableHandle::wake_upload_waiters`] is called). Works on any
-    /// executor.
+    /// Waits until `txn` is in the object store; `false` when the table's
+    /// upload stopped or `give_up` says so first (checked at every change
+    /// of the stored txn and when [`TableHandle::wake_upload_waiters`] is
+    /// called). Works on any executor.
     pub async fn wait_uploaded(&self, txn: u64, give_up: impl Fn() -> bool) -> bool {
         loop {
             // Registered before the check: a change in between still wakes it.
@@ -315,11 +319,18 @@ impl TableHandle {
             if self.stored_txn.load(Ordering::Acquire) >= txn {
                 return true;
             }
-            if give_up() {
+            if self.upload_stopped.load(Ordering::Acquire) || give_up() {
                 return false;
             }
             changed.await;
         }
+    }
+
+    /// The uploader stopped uploading this table for good: wakes what
+    /// waits for its uploads, to give up.
+    pub fn set_upload_stopped(&self) {
+        self.upload_stopped.store(true, Ordering::Release);
+        self.uploaded_changed.notify_waiters();
     }
 
     /// Wakes every [`TableHandle::wait_uploaded`] to look again.
@@ -422,7 +433,7 @@ impl TableHandle {
     pub(crate) fn refusal(&self) -> Option<DbError> {
         if !self.failed.load(Ordering::Acquire) {
             return self
-                .suspended
+                .refusal
                 .load()
                 .as_ref()
                 .map(|why| DbError::NotPrimary(why.to_string()));
@@ -523,7 +534,14 @@ pub struct Catalog {
     tables: Arc<Mutex<HashMap<String, Arc<TableHandle>>>>,
     /// Wakes the uploader: a table was created, or one's written txn advanced.
     upload_wake: Arc<tokio::sync::Notify>,
+    /// Why writes are refused now (`None`: admitted): checked by every
+    /// commit and table creation before anything is written, and by the
+    /// shards before they write a commit.
+    refusal: Refusal,
 }
+
+/// A shared reason to refuse writes (`None`: admitted).
+type Refusal = Arc<arc_swap::ArcSwapOption<String>>;
 
 impl Catalog {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TableHandle>>> {
@@ -587,9 +605,6 @@ pub struct Database {
     /// A replica's node: tables belong to replication. Starts as
     /// `opts.read_only`; a role switch flips it.
     read_only: AtomicBool,
-    /// Why writes are refused now (`None`: admitted). Checked by every
-    /// commit and table creation before anything is written.
-    refusal: arc_swap::ArcSwapOption<String>,
     /// Superseded by a newer primary: committed txns not yet in the store
     /// never will be (from this node).
     fenced: AtomicBool,
@@ -645,6 +660,7 @@ impl Database {
             .map_err(|e| TableError::io(&opts.data_dir)(e))?;
         let mut tables = HashMap::new();
         let upload_wake = Arc::new(tokio::sync::Notify::new());
+        let refusal = Refusal::default();
         let mut recovery = Vec::new();
         let recovered = if opts.read_only {
             Vec::new()
@@ -663,6 +679,7 @@ impl Database {
                 resolved,
                 &opts,
                 upload_wake.clone(),
+                refusal.clone(),
             ));
             applier_tx
                 .send(ApplyMsg::AddTable {
@@ -684,7 +701,6 @@ impl Database {
         };
         let mut db = Database {
             read_only: AtomicBool::new(opts.read_only),
-            refusal: arc_swap::ArcSwapOption::empty(),
             fenced: AtomicBool::new(false),
             opts,
             _lock: lock,
@@ -693,6 +709,7 @@ impl Database {
             tables: Catalog {
                 tables: Arc::new(Mutex::new(tables)),
                 upload_wake,
+                refusal,
             },
             shards: Vec::new(),
             shard_stats: Vec::new(),
@@ -809,18 +826,15 @@ impl Database {
     /// Refuses every new commit and table creation with `why` (HTTP 421)
     /// until [`Database::admit_writes`]. Commits already prepared finish.
     pub fn refuse_writes(&self, why: impl Into<String>) {
-        self.refusal.store(Some(Arc::new(why.into())));
+        self.tables.refusal.store(Some(Arc::new(why.into())));
     }
 
     /// Admits writes again (see [`Database::refuse_writes`]), unless the
     /// node was fenced: that lasts until it lets go of its tables
     /// ([`Database::become_replica`]).
     pub fn admit_writes(&self) {
-        for h in self.tables.handles() {
-            h.suspended.store(None);
-        }
         if !self.is_fenced() {
-            self.refusal.store(None);
+            self.tables.refusal.store(None);
         }
     }
 
@@ -831,8 +845,6 @@ impl Database {
         self.refuse_writes(why.clone());
         self.fenced.store(true, Ordering::Release);
         for h in self.tables.handles() {
-            // Commits prepared before the refusal are refused on the shard.
-            h.suspended.store(Some(Arc::new(why.clone())));
             h.wake_upload_waiters();
         }
     }
@@ -847,7 +859,8 @@ impl Database {
         if self.is_read_only() {
             return Some(DbError::ReadOnly);
         }
-        self.refusal
+        self.tables
+            .refusal
             .load()
             .as_ref()
             .map(|why| DbError::NotPrimary(why.to_string()))
@@ -875,6 +888,7 @@ impl Database {
                 report.resolved_txn,
                 &self.opts,
                 self.tables.upload_wake(),
+                self.tables.refusal.clone(),
             ));
             applier
                 .send(ApplyMsg::AddTable {
@@ -900,13 +914,11 @@ impl Database {
     /// queued on a shard is written (acknowledged or failed): afterwards no
     /// table's written txn moves. The first step of a switch to replica.
     pub fn drain_commits(&self, why: &str) {
+        // Commits prepared before the refusal but not yet on a shard are
+        // refused there too (the shards read the same refusal): nothing
+        // slips past the barrier.
         self.refuse_writes(why);
         let handles: Vec<Arc<TableHandle>> = self.tables().values().cloned().collect();
-        for h in &handles {
-            // Commits prepared before the refusal but not yet on a shard
-            // are refused there too: nothing slips past the barrier.
-            h.suspended.store(Some(Arc::new(why.to_string())));
-        }
         for h in &handles {
             for shard in &self.shards {
                 // Commits queued before this message are written first;
@@ -960,7 +972,7 @@ impl Database {
         self.read_only.store(true, Ordering::Release);
         // A replica takes no writes whatever: the fence has done its work.
         self.fenced.store(false, Ordering::Release);
-        self.refusal.store(None);
+        self.tables.refusal.store(None);
         Ok(())
     }
 
@@ -981,6 +993,7 @@ impl Database {
             0,
             &self.opts,
             self.tables.upload_wake(),
+            self.tables.refusal.clone(),
         ));
         self.applier_tx
             .as_ref()

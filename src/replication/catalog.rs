@@ -329,14 +329,7 @@ mod tests {
 
     #[test]
     fn the_chain_grows_one_key_per_table_and_a_repeat_is_found() {
-        let store = crate::store::StoreConfig::parse("memory::")
-            .unwrap()
-            .build()
-            .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (store, rt) = crate::store::memory_for_tests();
         rt.block_on(async {
             let a = |t: &str| Announcement {
                 table: t.into(),

@@ -216,14 +216,7 @@ mod tests {
 
     #[test]
     fn only_one_node_claims_an_epoch_and_the_owner_learns_it_was_superseded() {
-        let store = crate::store::StoreConfig::parse("memory::")
-            .unwrap()
-            .build()
-            .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (store, rt) = crate::store::memory_for_tests();
         rt.block_on(async {
             let c = |e: u64, n: &str| Claim {
                 epoch: e,

@@ -152,7 +152,7 @@ impl Node {
         }
         let held = match (local, latest) {
             (Some(c), Err(e)) => {
-                warn!(epoch = c.epoch, error = %e, "cannot reach the object store to confirm this node still owns its history; writes stay refused until it answers (retried every second)");
+                warn!(epoch = c.epoch, error = %e, "cannot reach the object store to confirm this node still owns its history; writes stay refused until it answers (asked again every ownership check interval)");
                 db.refuse_writes(format!(
                     "the node is starting and cannot reach the object store to confirm it still \
                      owns the history ({e}); writes are refused until it does"
@@ -165,7 +165,8 @@ impl Node {
                 std::thread::Builder::new()
                     .name("basalt-confirm".into())
                     .spawn(move || loop {
-                        std::thread::sleep(Duration::from_secs(1));
+                        // The retry cadence of the ownership check.
+                        std::thread::sleep(me.0.cfg.upload.ownership_check_interval);
                         if me.0.db.get().and_then(Weak::upgrade).is_none() {
                             return; // shut down
                         }
@@ -324,56 +325,18 @@ impl Node {
                     describe(&behind)
                 ));
             }
-        } else {
-            // Every committed txn into the store first.
-            let deadline = Instant::now() + stage;
-            loop {
-                let handles = db.catalog().handles();
-                let behind: Vec<_> = handles
-                    .iter()
-                    .filter(|h| h.is_replicated() && h.uploaded_txn() < h.written_txn())
-                    .collect();
-                if behind.is_empty() {
-                    break;
-                }
-                let stopped = st
-                    .upload
-                    .as_ref()
-                    .and_then(|u| u.tables().into_values().find_map(|t| t.stopped));
-                let why = if let Some(s) = stopped {
-                    Some(format!("upload stopped: {s}"))
-                } else if Instant::now() >= deadline {
-                    Some(format!(
-                        "the store did not receive every committed txn within {stage:?} ({} behind)",
-                        describe(
-                            &behind
-                                .iter()
-                                .map(|h| Unshipped {
-                                    table: h.name.clone(),
-                                    first_txn: h.uploaded_txn() + 1,
-                                    last_txn: h.written_txn(),
-                                })
-                                .collect::<Vec<_>>()
-                        )
-                    ))
+        } else if let Err(why) = self.wait_stored(&db, &st, stage) {
+            db.admit_writes(); // not if it was fenced meanwhile
+            let writable = db.write_refusal().is_none();
+            self.0.status.update(|s| s.writable = writable);
+            return Err(format!(
+                "{why}; the node stays primary{}",
+                if writable {
+                    " and takes writes"
                 } else {
-                    None
-                };
-                if let Some(why) = why {
-                    db.admit_writes(); // not if it was fenced meanwhile
-                    let writable = db.write_refusal().is_none();
-                    self.0.status.update(|s| s.writable = writable);
-                    return Err(format!(
-                        "{why}; the node stays primary{}",
-                        if writable {
-                            " and takes writes"
-                        } else {
-                            " (fenced: no writes)"
-                        }
-                    ));
+                    " (fenced: no writes)"
                 }
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            ));
         }
         let u = self.work().uploader.take();
         drop(u);
@@ -390,6 +353,38 @@ impl Node {
         } else {
             "every committed txn is in the store; following it as a replica".into()
         })
+    }
+
+    /// Waits, at most `stage`, until the store holds every committed txn
+    /// of every replicated table (woken by each upload that lands).
+    fn wait_stored(&self, db: &Database, st: &RoleState, stage: Duration) -> Result<(), String> {
+        let rt = runtime()?;
+        let deadline = Instant::now() + stage;
+        for h in db.catalog().handles() {
+            if !h.is_replicated() {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = h.wait_uploaded(h.written_txn(), || db.is_fenced());
+            match rt.block_on(async { tokio::time::timeout(left, wait).await }) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let why = st
+                        .upload
+                        .as_ref()
+                        .and_then(|u| u.tables().get(&h.name).and_then(|t| t.stopped.clone()))
+                        .unwrap_or_else(|| "this node was fenced".into());
+                    return Err(format!("upload of table {} stopped: {why}", h.name));
+                }
+                Err(_) => {
+                    return Err(format!(
+                    "the store did not receive every committed txn within {stage:?} ({} behind)",
+                    describe(&unshipped(db))
+                ))
+                }
+            }
+        }
+        Ok(())
     }
 
     fn switch_to_primary(&self, stage: Duration) -> Result<String, String> {
@@ -710,12 +705,8 @@ mod tests {
     /// the catalog: every next move of the old primary fails.
     #[test]
     fn a_promotion_fences_every_table_including_one_announced_without_segments() {
-        let store = crate::store::StoreConfig::parse("memory::")
-            .unwrap()
-            .build()
-            .unwrap();
+        let (store, rt) = crate::store::memory_for_tests();
         let dir = tempfile::tempdir().unwrap();
-        let rt = runtime().unwrap();
         let schema = crate::gen::CpuGenerator::default().schema().clone();
         let put = |key: object_store::path::Path, b: bytes::Bytes| {
             rt.block_on(

@@ -357,8 +357,7 @@ async fn run(
                 if let Some(f) = t.in_flight.take() {
                     f.task.abort();
                 }
-                t.phase = Phase::Stopped;
-                status.update(&t.handle.name, |s| s.stopped = Some(why.clone()));
+                t.halt(&status, why.clone());
             }
             break;
         }
@@ -612,12 +611,7 @@ async fn step(
                 t.phase = Phase::Stopped;
                 return false;
             }
-            Outcome::Fatal(why) => {
-                error!(table = %name, "{why}");
-                status.update(&name, |s| s.stopped = Some(why));
-                t.phase = Phase::Stopped;
-                return false;
-            }
+            Outcome::Fatal(why) => return t.stop(status, why),
         }
     }
 
@@ -887,8 +881,14 @@ impl TableUpload {
 
     fn stop(&mut self, status: &UploadStatus, why: String) -> bool {
         error!(table = %self.handle.name, "{why}");
+        self.halt(status, why)
+    }
+
+    /// [`TableUpload::stop`] without the log line (the caller logged why).
+    fn halt(&mut self, status: &UploadStatus, why: String) -> bool {
         status.update(&self.handle.name, |s| s.stopped = Some(why));
         self.phase = Phase::Stopped;
+        self.handle.set_upload_stopped();
         false
     }
 }

@@ -338,21 +338,28 @@ async fn wait_uploaded(
     env: ShardEnv,
 ) -> Option<Answer> {
     let limit = state.config.ack_upload_timeout;
+    // One limit for the whole request, however many tables it wrote.
+    let deadline = std::time::Instant::now() + limit;
     for (table, _, txn) in &report.tables {
         let Some(h) = db.table(table).filter(|h| h.is_replicated()) else {
             continue; // local only: nothing to upload
         };
         let wait = async { Some(h.wait_uploaded(*txn, || db.is_fenced()).await) };
         let timer = async {
-            crate::io::sleep(env.stack, limit).await;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            crate::io::sleep(env.stack, left).await;
             None
         };
         let msg = match futures_lite::future::or(wait, timer).await {
             Some(true) => continue,
-            Some(false) => format!(
+            Some(false) if db.is_fenced() => format!(
                 "the rows were committed on this node (table {table} txn {txn}) but this node was \
                  superseded by a new primary before they were known to be in the object store: they \
                  are NOT acknowledged, and the new primary may not have them (see /status, fenced)"
+            ),
+            Some(false) => format!(
+                "the rows were committed on this node (table {table} txn {txn}) but the upload of \
+                 table {table} stopped (see /status): they are NOT acknowledged"
             ),
             None => format!(
                 "the rows were committed on this node (table {table} txn {txn}) but are not in the \

@@ -407,3 +407,17 @@ impl Store {
 
 #[cfg(test)]
 mod tests;
+
+/// A fresh in-memory store and a runtime to drive it (unit tests).
+#[cfg(test)]
+pub(crate) fn memory_for_tests() -> (Store, tokio::runtime::Runtime) {
+    let store = StoreConfig::parse("memory::")
+        .expect("memory store")
+        .build()
+        .expect("memory store");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    (store, rt)
+}
