@@ -203,6 +203,26 @@ struct ServeArgs {
         default_value_t = 4
     )]
     uploads_in_flight_max: usize,
+    /// Primary: take a snapshot (QuestDB: backup) of every replicated table
+    /// into the object store this often: `30m`, `6h`, `1d`, ... or `off`
+    /// (only `BACKUP DATABASE` takes one). New replicas start from the
+    /// newest snapshot; `basalt restore` starts from one (docs/backup.md).
+    #[arg(long, global = true, env = "BASALT_SNAPSHOT_INTERVAL", default_value = "off")]
+    snapshot_interval: String,
+    /// Primary: keep what restores any moment of this window (`7d`, `12h`,
+    /// ...), delete older snapshots and the segments no kept snapshot needs;
+    /// `off` keeps everything (the store grows forever).
+    #[arg(long, global = true, env = "BASALT_RETENTION", default_value = "off")]
+    retention: String,
+    /// With --retention: keep at least this many snapshots, whatever their age.
+    #[arg(long, global = true, env = "BASALT_RETENTION_SNAPSHOTS", default_value_t = 2)]
+    retention_snapshots: usize,
+    /// With --retention: nothing is deleted until it has been unneeded this
+    /// long (a snapshot: a newer one has been complete that long), so a
+    /// bootstrap or restore that started from it can finish. Longer than
+    /// your slowest bootstrap.
+    #[arg(long, global = true, env = "BASALT_RETENTION_GRACE", default_value = "1h")]
+    retention_grace: String,
     /// Replica: how often each table's next segment is looked for (one GET
     /// of the key it must have per table; new tables are listed once a
     /// second, each table's keys every 10 s to find gaps). [default by
@@ -212,6 +232,32 @@ struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// Snapshots and retention, from their options.
+    fn backup(&self) -> Result<basalt::replication::node::BackupOptions, String> {
+        use basalt::replication::snapshot::{parse_duration, Retention};
+        let interval = parse_duration(&self.snapshot_interval)
+            .map_err(|e| format!("--snapshot-interval: {e}"))?;
+        if interval.is_some_and(|d| d < Duration::from_secs(1)) {
+            return Err("--snapshot-interval must be at least 1s (or off)".into());
+        }
+        let window = parse_duration(&self.retention).map_err(|e| format!("--retention: {e}"))?;
+        let grace = parse_duration(&self.retention_grace)
+            .map_err(|e| format!("--retention-grace: {e}"))?
+            .ok_or("--retention-grace cannot be off: deleting what a bootstrap is reading loses it")?;
+        if window.is_some() && self.retention_snapshots == 0 {
+            return Err("--retention-snapshots must be at least 1: the newest snapshot is what new nodes start from".into());
+        }
+        Ok(basalt::replication::node::BackupOptions {
+            interval,
+            retention: window.map(|window| Retention {
+                window,
+                keep_min: self.retention_snapshots,
+                grace,
+            }),
+            ..Default::default()
+        })
+    }
+
     fn config(&self) -> Result<basalt::server::ServerConfig, String> {
         let addr = |what: &str, s: &str| {
             use std::net::ToSocketAddrs;
@@ -349,6 +395,26 @@ enum Command {
         /// Segment file.
         file: PathBuf,
     },
+    /// Build a data directory from the object store as it was at a point in
+    /// time: the newest snapshot at or before it, then the segments after
+    /// it up to the point (every txn committed at or before it, nothing
+    /// after). Without --to-time or --to-txn: everything the store holds.
+    /// Every object is verified; a killed restore resumes when run again
+    /// with the same arguments. Serve the result with `basalt serve`
+    /// (docs/backup.md says how it may rejoin the store).
+    Restore {
+        /// Restore to this moment: RFC 3339 (`2026-12-03T10:15:00Z`) or µs
+        /// since the Unix epoch. Commit time on the primary.
+        #[arg(long)]
+        to_time: Option<String>,
+        /// Restore TABLE to txn N (repeatable); other tables to --to-time,
+        /// or to everything the store holds.
+        #[arg(long, value_name = "TABLE=N")]
+        to_txn: Vec<String>,
+    },
+    /// List the snapshots in the object store and the range of moments it
+    /// can restore.
+    Backups,
     /// Test support: ingest acknowledged batches forever, printing `ack <id>`
     /// after each durable commit (the crash test kills it with SIGKILL).
     #[command(hide = true)]
@@ -390,6 +456,10 @@ fn main() -> ExitCode {
         } => scan(&cli.node, &table, &columns, from_us, to_us, limit).map_err(|e| e.to_string()),
         Command::Tables => tables(&cli.node).map_err(|e| e.to_string()),
         Command::Inspect { file } => inspect(&file),
+        Command::Restore { to_time, to_txn } => {
+            restore::restore(&cli.node, to_time.as_deref(), &to_txn)
+        }
+        Command::Backups => restore::backups(&cli.node),
         Command::Ingest {
             file,
             precision,
@@ -434,6 +504,10 @@ const CONFIG_KEYS: &[&str] = &[
     "uploads_in_flight_max",
     "segment_compression",
     "replica_poll_ms",
+    "snapshot_interval",
+    "retention",
+    "retention_snapshots",
+    "retention_grace",
 ];
 
 /// Parses the command line, then fills options given neither as flags nor
@@ -579,6 +653,7 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
                     upload,
                     replica,
                     node_name: basalt::replication::node::default_node_name(&node.data_dir),
+                    backup: args.backup()?,
                 },
                 status.clone(),
             );
@@ -988,4 +1063,151 @@ fn crash_child(
         }
     });
     Ok(())
+}
+
+/// `basalt restore` and `basalt backups`.
+mod restore {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use basalt::replication::restore::{self as r, fmt_time, Target};
+    use basalt::replication::snapshot::Progress;
+
+    use super::NodeArgs;
+
+    fn store(node: &NodeArgs) -> Result<basalt::store::Store, String> {
+        if node.object_store.is_none() {
+            return Err("--object-store is required: the store to restore from".into());
+        }
+        node.store()?
+            .ok_or("--object-store off: there is nothing to restore from")?
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn restore(node: &NodeArgs, to_time: Option<&str>, to_txn: &[String]) -> Result<(), String> {
+        let store = store(node)?;
+        let mut target = Target {
+            time_us: to_time.map(r::parse_time).transpose()?,
+            ..Default::default()
+        };
+        for t in to_txn {
+            let (table, n) = r::parse_txn(t)?;
+            target.txns.insert(table, n);
+        }
+        let progress = Arc::new(Progress::default());
+        let total = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let shown = {
+            let (p, t, d) = (progress.clone(), total.clone(), done.clone());
+            std::thread::spawn(move || show_progress(&p, &t, &d))
+        };
+        let started = Instant::now();
+        let res = r::restore(&store, &node.data_dir, &target, &progress, &total);
+        done.store(true, Ordering::Release);
+        let _ = shown.join();
+        let rep = res?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "restored {} into {} from {} in {secs:.1} s: {} objects, {:.1} MB ({:.1} MB/s)",
+            if target == Target::default() { "latest".to_string() } else { format!("{target:?}") },
+            node.data_dir.display(),
+            rep.snapshot.map_or_else(|| "the segments alone".to_string(), |s| format!("snapshot {s} and the segments after it")),
+            rep.objects,
+            rep.bytes as f64 / 1e6,
+            rep.bytes as f64 / 1e6 / secs.max(1e-9),
+        );
+        for (t, txn) in &rep.tables {
+            println!("  {t}: txn {txn}");
+        }
+        Ok(())
+    }
+
+    /// A progress bar on a terminal, a log line every 2 s otherwise.
+    fn show_progress(p: &Progress, total: &AtomicU64, done: &AtomicBool) {
+        let tty = std::io::stderr().is_terminal();
+        let started = Instant::now();
+        let mut last_log = Instant::now();
+        while !done.load(Ordering::Acquire) {
+            std::thread::park_timeout(Duration::from_millis(200));
+            let bytes = p.bytes.load(Ordering::Relaxed);
+            let objects = p.objects.load(Ordering::Relaxed);
+            let total = total.load(Ordering::Relaxed).max(bytes);
+            let secs = started.elapsed().as_secs_f64();
+            let rate = bytes as f64 / secs.max(1e-3);
+            let eta = if rate > 0.0 && total > 0 {
+                format!("{:.0} s", (total - bytes) as f64 / rate)
+            } else {
+                "?".into()
+            };
+            let pct = if total > 0 { bytes as f64 * 100.0 / total as f64 } else { 0.0 };
+            if tty {
+                let width = 30;
+                let filled = (pct / 100.0 * width as f64) as usize;
+                eprint!(
+                    "\r[{}{}] {pct:5.1}% {:.1}/{:.1} MB, {objects} objects, {:.1} MB/s, ETA {eta}   ",
+                    "#".repeat(filled.min(width)),
+                    " ".repeat(width - filled.min(width)),
+                    bytes as f64 / 1e6,
+                    total as f64 / 1e6,
+                    rate / 1e6
+                );
+            } else if last_log.elapsed() >= Duration::from_secs(2) {
+                last_log = Instant::now();
+                tracing::info!(
+                    bytes,
+                    total_bytes = total,
+                    objects,
+                    mb_per_s = format!("{:.1}", rate / 1e6),
+                    eta = %eta,
+                    "restore progress"
+                );
+            }
+        }
+        if tty {
+            eprintln!();
+        }
+    }
+
+    pub fn backups(node: &NodeArgs) -> Result<(), String> {
+        let store = store(node)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let s = rt.block_on(r::summary(&store))?;
+        println!("store {}", store.config);
+        if s.snapshots.is_empty() {
+            println!("no snapshots (BACKUP DATABASE or --snapshot-interval takes them)");
+        }
+        for m in &s.snapshots {
+            println!(
+                "snapshot {:>6}  cut {}  completed {}  epoch {}  tables {}  {:.1} MB  {}",
+                m.seq,
+                fmt_time(m.cut_us),
+                fmt_time(m.completed_us),
+                m.epoch,
+                m.tables.len(),
+                m.bytes() as f64 / 1e6,
+                m.tables
+                    .iter()
+                    .map(|t| format!("{}@{}", t.name, t.txn))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        for (t, c) in &s.chains {
+            println!(
+                "table {t}: segments hold txns {}..={} ({} segments, newest commit {})",
+                c.first_txn,
+                c.last_txn,
+                c.segments.len(),
+                fmt_time(c.last_commit_us)
+            );
+        }
+        println!("{}", s.range_text());
+        Ok(())
+    }
 }

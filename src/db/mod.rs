@@ -170,6 +170,9 @@ pub struct TableHandle {
     written: Mutex<(u64, std::collections::BTreeMap<u64, u64>)>,
     /// The table's sequencer: next txn to hand out.
     next_txn: AtomicU64,
+    /// The commit time of the last txn handed out (µs): commit times never
+    /// go back within a table, so a point in time is a prefix of its txns.
+    last_commit_us: Mutex<i64>,
     /// Last checkpointed txn: WAL records up to it are no longer needed.
     durable_txn: AtomicU64,
     status: Mutex<ApplyStatus>,
@@ -226,6 +229,7 @@ impl TableHandle {
             aborted: Mutex::new(Default::default()),
             written: Mutex::new((resolved, Default::default())),
             next_txn: AtomicU64::new(resolved + 1),
+            last_commit_us: Mutex::new(i64::MIN),
             durable_txn: AtomicU64::new(resolved),
             status: Mutex::new(ApplyStatus {
                 resolved,
@@ -281,6 +285,18 @@ impl TableHandle {
     /// a designated timestamp; local-only tables never replicate).
     pub fn is_replicated(&self) -> bool {
         self.replicated
+    }
+
+    /// Hands out `n` txns and their commit time: txn numbers and commit
+    /// times grow together (a later txn is never committed earlier, even if
+    /// the clock steps back), which is what restoring to a point in time
+    /// relies on (docs/backup.md).
+    pub(crate) fn sequence(&self, n: u64) -> (u64, i64) {
+        let mut last = self.last_commit_us.lock().unwrap_or_else(|p| p.into_inner());
+        let first = self.next_txn.fetch_add(n, Ordering::SeqCst);
+        let t = now_us().max(*last);
+        *last = t;
+        (first, t)
     }
 
     /// Txns handed out so far (some may still be in flight).

@@ -16,7 +16,7 @@ use crate::table::files::WAL_DIR;
 use crate::wal::format::{self, RecordHeader, FLAG_GROUP_END};
 use crate::wal::WalWriter;
 
-use super::{now_us, ApplyMsg, DbError, TableHandle};
+use super::{ApplyMsg, DbError, TableHandle};
 
 /// A commit on its way to a shard.
 pub struct CommitRequest {
@@ -213,8 +213,7 @@ async fn commit_table<E: Engine>(
     };
     // The sequencer: one atomic add gives this group its contiguous txn range.
     let n = reqs.len() as u64;
-    let first_txn = table.next_txn.fetch_add(n, Ordering::SeqCst);
-    let commit_time_us = now_us();
+    let (first_txn, commit_time_us) = table.sequence(n);
     buf.clear();
     for (i, r) in reqs.iter().enumerate() {
         let h = RecordHeader {

@@ -19,6 +19,8 @@ pub mod catalog;
 pub mod epoch;
 pub mod node;
 pub mod replica;
+pub mod restore;
+pub mod snapshot;
 pub mod status;
 pub mod uploader;
 

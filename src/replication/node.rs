@@ -44,6 +44,29 @@ pub struct NodeConfig {
     pub replica: ReplicaOptions,
     /// Names this node in the epoch claims it makes.
     pub node_name: String,
+    /// Snapshots and retention (the primary's).
+    pub backup: BackupOptions,
+}
+
+/// When the primary takes snapshots and what it keeps (docs/backup.md).
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    /// Take a snapshot this often; `None`: only on `BACKUP DATABASE`.
+    pub interval: Option<Duration>,
+    /// Delete what this no longer needs; `None`: keep everything.
+    pub retention: Option<super::snapshot::Retention>,
+    /// How long a snapshot waits for the store to hold its txns.
+    pub wait: Duration,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            interval: None,
+            retention: None,
+            wait: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Role switches as the SQL front sees them.
@@ -53,6 +76,9 @@ pub trait RoleControl: Send + Sync {
     fn switch_role(&self, to: Role, stage_timeout: Duration) -> Result<RoleState, String>;
     /// The role and what goes with it, now.
     fn role_state(&self) -> RoleState;
+    /// Takes a snapshot now (`BACKUP DATABASE`); returns once it is
+    /// complete in the store.
+    fn backup(&self) -> Result<super::snapshot::SnapshotReport, String>;
 }
 
 /// How errors of an unreachable store begin (retried, not fatal).
@@ -75,12 +101,16 @@ struct Inner {
     db: OnceLock<Weak<Database>>,
     work: Mutex<Work>,
     status: Arc<NodeStatus>,
+    /// One snapshot or retention pass at a time.
+    backup_lock: Mutex<()>,
 }
 
 #[derive(Default)]
 struct Work {
     uploader: Option<Uploader>,
     follower: Option<ReplicaRunner>,
+    /// Scheduled snapshots and retention (primary).
+    backups: Option<super::Background>,
 }
 
 impl Node {
@@ -90,6 +120,7 @@ impl Node {
             db: OnceLock::new(),
             work: Mutex::new(Work::default()),
             status,
+            backup_lock: Mutex::new(()),
         }))
     }
 
@@ -265,6 +296,7 @@ impl Node {
             .map_err(|e| format!("cannot start the uploader: {e}"))?;
         let up = u.status.clone();
         self.work().uploader = Some(u);
+        self.start_backups();
         // Admits nothing if the uploader found this node fenced already.
         db.admit_writes();
         self.0.status.update(|s| {
@@ -338,7 +370,11 @@ impl Node {
                 }
             ));
         }
-        let u = self.work().uploader.take();
+        let (u, b) = {
+            let mut w = self.work();
+            (w.uploader.take(), w.backups.take())
+        };
+        drop(b);
         drop(u);
         if let Err(e) = db.become_replica(stage) {
             let why = format!(
@@ -571,6 +607,116 @@ impl Node {
             .map_err(|e| format!("writing {}: {e}", wal_dir.display()))
     }
 
+    /// Takes a snapshot now, if this node is a primary that may write.
+    fn snapshot_now(&self) -> Result<super::snapshot::SnapshotReport, String> {
+        let _one = self.0.backup_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let db = self.db()?;
+        let st = self.0.status.state();
+        if st.role != Role::Primary || st.switching.is_some() {
+            return Err(format!(
+                "snapshots are taken by the primary; this node is {}{}",
+                st.role.name(),
+                if st.switching.is_some() { " (switching)" } else { "" }
+            ));
+        }
+        if let Some(f) = &st.fenced {
+            return Err(format!("this node is fenced ({}): the new primary takes snapshots", f.reason));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("basalt-snapshot")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        let stats = self.0.status.backup.clone();
+        let cfg = &self.0.cfg;
+        let r = rt.block_on(super::snapshot::take(
+            &db,
+            &cfg.store,
+            st.epoch,
+            cfg.backup.wait,
+            &stats,
+        ));
+        if let Err(e) = &r {
+            stats
+                .snapshot_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            error!(error = %e, "snapshot failed");
+        }
+        r
+    }
+
+    /// One retention pass, if configured.
+    fn retention_pass(&self) -> Result<(), String> {
+        let Some(r) = &self.0.cfg.backup.retention else {
+            return Ok(());
+        };
+        let _one = self.0.backup_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.0.status.state().role != Role::Primary {
+            return Ok(());
+        }
+        let stats = self.0.status.backup.clone();
+        let rt = runtime()?;
+        let res = rt.block_on(super::snapshot::enforce(&self.0.cfg.store, r, &stats));
+        if let Err(e) = &res {
+            stats
+                .retention_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            error!(error = %e, "retention pass failed; nothing it had not deleted is lost, it runs again");
+        }
+        res.map(|_| ())
+    }
+
+    /// Starts the thread that takes scheduled snapshots and runs retention.
+    fn start_backups(&self) {
+        let b = &self.0.cfg.backup;
+        if b.interval.is_none() && b.retention.is_none() {
+            return;
+        }
+        let me = self.clone();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let w = wake.clone();
+        let bg = super::Background::spawn_woken("basalt-backup", wake, move |stop| {
+            let Ok(rt) = runtime() else { return };
+            let cfg = &me.0.cfg.backup;
+            // Retention looks again at least once a minute.
+            let tick = cfg
+                .interval
+                .unwrap_or(Duration::from_secs(60))
+                .min(Duration::from_secs(60))
+                .max(Duration::from_millis(10));
+            let last = rt
+                .block_on(super::snapshot::newest(&me.0.cfg.store))
+                .ok()
+                .flatten()
+                .map(|m| m.completed_us);
+            let mut due = cfg.interval.map(|i| {
+                let base = last.unwrap_or_else(now_us);
+                base.saturating_add(i.as_micros() as i64)
+            });
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                if let (Some(d), Some(i)) = (due, cfg.interval) {
+                    if now_us() >= d {
+                        let _ = me.snapshot_now();
+                        due = Some(now_us().saturating_add(i.as_micros() as i64));
+                    }
+                }
+                let _ = me.retention_pass();
+                let wait = match due {
+                    Some(d) => Duration::from_micros((d - now_us()).max(0) as u64).min(tick),
+                    None => tick,
+                };
+                rt.block_on(async {
+                    let _ = tokio::time::timeout(wait, w.notified()).await;
+                });
+            }
+        });
+        match bg {
+            Ok(bg) => self.work().backups = Some(bg),
+            Err(e) => error!(error = %e, "cannot start the snapshot thread; scheduled snapshots and retention are off"),
+        }
+    }
+
     fn run_switch(&self, to: Role, stage: Duration) {
         let started_us = now_us();
         let t0 = Instant::now();
@@ -637,6 +783,10 @@ impl RoleControl for Node {
 
     fn role_state(&self) -> RoleState {
         self.0.status.state()
+    }
+
+    fn backup(&self) -> Result<super::snapshot::SnapshotReport, String> {
+        self.snapshot_now()
     }
 }
 
@@ -760,6 +910,7 @@ mod tests {
                 upload: UploadOptions::default(),
                 replica: ReplicaOptions::default(),
                 node_name: "b".into(),
+                backup: Default::default(),
             },
             status,
         );

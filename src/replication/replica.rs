@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use super::{first_txn_of, segment_key, table_prefix};
 use crate::db::now_us;
-use crate::segment::{apply_segment, Segment, SegmentError};
+use crate::segment::{apply_segment_until, Segment, SegmentError};
 use crate::store::Store;
 use crate::table::{ColumnType, PartitionBy, Schema, TableError, TableWriter};
 
@@ -37,6 +37,12 @@ pub enum ReplicationError {
         table: String,
         applied: u64,
         next_key: String,
+    },
+    #[error("table {table}: the store no longer holds txn {}: its oldest segment starts at txn {oldest} (retention removed the rest); the table is rebuilt from the newest snapshot", applied + 1)]
+    BehindRetention {
+        table: String,
+        applied: u64,
+        oldest: u64,
     },
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
@@ -196,6 +202,11 @@ impl Replica {
         table: &str,
         report: &mut SyncReport,
     ) -> Result<(), ReplicationError> {
+        // A table this run has not applied a segment of may sit inside one
+        // (built from a snapshot): a listing finds it.
+        if !self.links.contains_key(table) {
+            return self.sync_into(table, report);
+        }
         report.txn = self.applied_txn(table)?;
         loop {
             let first = report.txn + 1;
@@ -211,14 +222,34 @@ impl Replica {
         let applied = self.applied_txn(table)?;
         let prefix = table_prefix(&self.store, table);
         let after = segment_key(&self.store, table, applied);
-        let keys = self.rt.block_on(self.store.list_after(&prefix, &after))?;
+        let mut keys = self.rt.block_on(self.store.list_after(&prefix, &after))?;
         report.txn = applied;
+        if keys.first().and_then(first_txn_of) != Some(applied + 1) && !keys.is_empty() {
+            // The table sits inside a segment (built from a snapshot at a
+            // txn no segment ends at), or retention removed what it needs.
+            if let Some(key) = self.containing(table, applied + 1)? {
+                keys.insert(0, key);
+            } else if applied > 0 || keys.first().and_then(first_txn_of) != Some(1) {
+                let oldest = keys.first().and_then(first_txn_of).unwrap_or(0);
+                let all = self.rt.block_on(
+                    self.store
+                        .list_after(&prefix, &segment_key(&self.store, table, 0)),
+                )?;
+                if all.first().and_then(first_txn_of) == Some(oldest) {
+                    return Err(ReplicationError::BehindRetention {
+                        table: table.to_string(),
+                        applied,
+                        oldest,
+                    });
+                }
+            }
+        }
         for key in keys {
             let first = first_txn_of(&key).ok_or_else(|| ReplicationError::Misplaced {
                 key: key.to_string(),
                 why: "the name is not <first txn, 20 digits>.seg".into(),
             })?;
-            if first != report.txn + 1 {
+            if first > report.txn + 1 {
                 return Err(ReplicationError::Gap {
                     table: table.to_string(),
                     applied: report.txn,
@@ -234,6 +265,29 @@ impl Replica {
             self.apply_fetched(table, &key, first, seg, report)?;
         }
         Ok(())
+    }
+
+    /// The key of the segment of `table` that holds `txn` without starting
+    /// at it: one listing of the table and, when the candidate is not
+    /// followed by the key of `txn + 1`..., one GET to check it reaches `txn`.
+    fn containing(&self, table: &str, txn: u64) -> Result<Option<ObjectPath>, ReplicationError> {
+        let prefix = table_prefix(&self.store, table);
+        let keys = self.rt.block_on(
+            self.store
+                .list_after(&prefix, &segment_key(&self.store, table, 0)),
+        )?;
+        let Some(i) = keys
+            .iter()
+            .rposition(|k| first_txn_of(k).is_some_and(|f| f < txn))
+        else {
+            return Ok(None);
+        };
+        // It reaches `txn` if the next key starts after it (or there is none
+        // and the segment is long enough: checked when it is applied).
+        match keys.get(i + 1).and_then(first_txn_of) {
+            Some(next) if next <= txn => Ok(None),
+            _ => Ok(Some(keys[i].clone())),
+        }
     }
 
     /// Downloads and verifies one object; `None` if there is none.
@@ -269,6 +323,30 @@ impl Replica {
         key: &ObjectPath,
         first: u64,
         seg: Segment,
+        report: &mut SyncReport,
+    ) -> Result<(), ReplicationError> {
+        self.apply_fetched_inner(table, key, first, seg, u64::MAX, report)
+    }
+
+    fn apply_fetched_until(
+        &mut self,
+        table: &str,
+        key: &ObjectPath,
+        first: u64,
+        seg: Segment,
+        until: u64,
+    ) -> Result<(), ReplicationError> {
+        let mut report = SyncReport::default();
+        self.apply_fetched_inner(table, key, first, seg, until, &mut report)
+    }
+
+    fn apply_fetched_inner(
+        &mut self,
+        table: &str,
+        key: &ObjectPath,
+        first: u64,
+        seg: Segment,
+        until: u64,
         report: &mut SyncReport,
     ) -> Result<(), ReplicationError> {
         let bad = |source| ReplicationError::BadObject {
@@ -321,7 +399,7 @@ impl Replica {
             self.tables.insert(table.to_string(), w);
         }
         let w = self.tables.get_mut(table).expect("opened or created above");
-        let r = apply_segment(w, &seg).map_err(bad)?;
+        let r = apply_segment_until(w, &seg, until).map_err(bad)?;
         report.segments += 1;
         report.txns += r.applied_txns;
         report.rows += r.rows;
@@ -472,6 +550,159 @@ impl Replica {
             .map(|xxh3| (1, xxh3)))
     }
 
+    /// Builds, from the newest snapshot in the store, every table of it
+    /// this replica does not have (a new node starts there instead of
+    /// replaying every segment since txn 1); the segments after it follow.
+    /// Returns the snapshot used, if any.
+    pub fn bootstrap(&mut self) -> Result<Option<u64>, ReplicationError> {
+        let Some(m) = self
+            .rt
+            .block_on(super::snapshot::newest(&self.store))
+            .map_err(ReplicationError::Io)?
+        else {
+            return Ok(None);
+        };
+        let mut built = 0;
+        let progress = super::snapshot::Progress::default();
+        let started = Instant::now();
+        for t in &m.tables {
+            if self.data_dir.join(&t.name).exists() {
+                continue;
+            }
+            self.rt
+                .block_on(super::snapshot::materialize(
+                    &self.store,
+                    &self.data_dir,
+                    t,
+                    false,
+                    &progress,
+                ))
+                .map_err(ReplicationError::Io)?;
+            built += 1;
+        }
+        if built > 0 {
+            info!(
+                snapshot = m.seq,
+                tables = built,
+                bytes = progress.bytes.load(Ordering::Relaxed),
+                millis = started.elapsed().as_millis() as u64,
+                "bootstrapped from a snapshot; applying the segments after it"
+            );
+        }
+        Ok(Some(m.seq))
+    }
+
+    /// Rebuilds `table` from the newest snapshot that holds it past txn
+    /// `past` (the table fell behind what the store keeps). Its files are
+    /// replaced whole; queries that had them mapped keep reading the old
+    /// ones.
+    pub fn rebuild_table(&mut self, table: &str, past: u64) -> Result<u64, ReplicationError> {
+        let m = self
+            .rt
+            .block_on(super::snapshot::newest(&self.store))
+            .map_err(ReplicationError::Io)?;
+        let Some(t) = m.as_ref().and_then(|m| m.table(table)).filter(|t| t.txn >= past) else {
+            return Err(ReplicationError::Io(format!(
+                "table {table}: the store holds neither the segments after this replica's txn                  nor a snapshot reaching txn {past}; remove the table here to rebuild it"
+            )));
+        };
+        if let Some(w) = self.tables.get(table) {
+            if w.table_id() != t.table_id {
+                return Err(ReplicationError::Io(format!(
+                    "table {table}: the snapshot holds table id {:016x}, this replica {:016x}",
+                    t.table_id,
+                    w.table_id()
+                )));
+            }
+        }
+        // Let go of the writer first: its files are about to be replaced.
+        self.tables.remove(table);
+        self.links.remove(table);
+        let progress = super::snapshot::Progress::default();
+        self.rt
+            .block_on(super::snapshot::materialize(
+                &self.store,
+                &self.data_dir,
+                t,
+                true,
+                &progress,
+            ))
+            .map_err(ReplicationError::Io)?;
+        let w = TableWriter::open(&self.data_dir, table)?;
+        self.tables.insert(table.to_string(), w);
+        warn!(table, txn = t.txn, "table rebuilt from a snapshot: it had fallen behind what the store keeps");
+        Ok(t.txn)
+    }
+
+    /// Applies `table`'s segments after its txn up to `stop` (a restore):
+    /// the txns up to `stop.txn`, and while their commit times are at most
+    /// `stop.time_us`. Each segment is checkpointed once applied, so a
+    /// killed restore resumes where it stopped. Returns the table's txn.
+    pub fn apply_until(
+        &mut self,
+        table: &str,
+        stop: Stop,
+        progress: &super::snapshot::Progress,
+    ) -> Result<u64, ReplicationError> {
+        let mut applied = self.applied_txn(table)?;
+        let prefix = table_prefix(&self.store, table);
+        let mut keys = self.rt.block_on(
+            self.store
+                .list_after(&prefix, &segment_key(&self.store, table, applied)),
+        )?;
+        if keys.first().and_then(first_txn_of) != Some(applied + 1) {
+            if let Some(k) = self.containing(table, applied + 1)? {
+                keys.insert(0, k);
+            }
+        }
+        for key in keys {
+            if applied >= stop.txn {
+                break;
+            }
+            let first = first_txn_of(&key).ok_or_else(|| ReplicationError::Misplaced {
+                key: key.to_string(),
+                why: "the name is not <first txn, 20 digits>.seg".into(),
+            })?;
+            if first > applied + 1 {
+                return Err(ReplicationError::Gap {
+                    table: table.to_string(),
+                    applied,
+                    next_key: key.to_string(),
+                });
+            }
+            let seg = self.fetch(&key)?.ok_or_else(|| ReplicationError::Misplaced {
+                key: key.to_string(),
+                why: "listed, but gone when fetched".into(),
+            })?;
+            let h = seg.header();
+            // The last txn to apply: before the first one committed after
+            // the point (commit times grow with txns; aborted ones carry 0).
+            let mut until = stop.txn;
+            for (i, t) in h.commit_times_us.iter().enumerate() {
+                let txn = h.first_txn + i as u64;
+                if txn > applied && *t > stop.time_us {
+                    until = until.min(txn - 1);
+                    break;
+                }
+            }
+            let len = seg.len() as u64;
+            let last_txn = h.last_txn;
+            if until > applied {
+                self.apply_fetched_until(table, &key, first, seg, until)?;
+                if let Some(w) = self.tables.get_mut(table) {
+                    w.checkpoint()?;
+                    applied = w.state().txn;
+                }
+            }
+            progress.bytes.fetch_add(len, Ordering::Relaxed);
+            progress.objects.fetch_add(1, Ordering::Relaxed);
+            if until < last_txn {
+                break;
+            }
+        }
+        Ok(applied)
+    }
+
     /// The local tables (opened so far).
     pub fn table_names(&self) -> Vec<String> {
         self.tables.keys().cloned().collect()
@@ -518,6 +749,20 @@ fn create_from_header(data_dir: &Path, seg: &Segment) -> Result<TableWriter, Seg
     Ok(TableWriter::create_with_id(
         data_dir, &h.table, &schema, h.table_id,
     )?)
+}
+
+/// Where a restore stops: the last txn, and the latest commit time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stop {
+    pub txn: u64,
+    pub time_us: i64,
+}
+
+impl Stop {
+    pub const LATEST: Stop = Stop {
+        txn: u64::MAX,
+        time_us: i64::MAX,
+    };
 }
 
 /// How a replica node follows the store.
@@ -630,6 +875,13 @@ impl ReplicaRunner {
     ) -> Result<ReplicaRunner, ReplicationError> {
         let mut replica = Replica::new(store, data_dir)?;
         replica.checkpoint_interval = Some(opts.checkpoint_interval);
+        // Tables this node does not have start from the newest snapshot
+        // (before anything serves queries). A store that cannot be read now
+        // is not fatal: a table found later without a snapshot replays its
+        // segments, or is rebuilt when they are gone.
+        if let Err(e) = replica.bootstrap() {
+            warn!(error = %e, "cannot bootstrap from the newest snapshot; tables replay their segments instead");
+        }
         // Recovery of local tables (cutting files back to the last
         // checkpoint) happens now, before anything serves queries: a query
         // maps column files, and a file cut under a map would fault.
@@ -766,6 +1018,18 @@ fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, statu
                             s.rows_applied += r.rows;
                         }
                     });
+                }
+                Err(ReplicationError::BehindRetention { applied, .. }) => {
+                    warn!(table = %t, applied, "the store no longer holds the segments this table needs next; rebuilding it from the newest snapshot");
+                    if let Err(e) = replica.rebuild_table(t, applied + 1) {
+                        ok = false;
+                        let msg = e.to_string();
+                        if logged.get(t) != Some(&msg) {
+                            error!(table = %t, error = %msg, "cannot rebuild the table; retrying");
+                            logged.insert(t.clone(), msg.clone());
+                        }
+                        status.update(t, |s| s.last_error = Some(msg));
+                    }
                 }
                 Err(e) => {
                     ok = false;

@@ -669,6 +669,17 @@ pub const APPLY_STEP_BYTES: usize = 8 << 20;
 /// does nothing. (The link to the previous segment is the caller's to
 /// check: it knows what it applied before.)
 pub fn apply_segment(writer: &mut TableWriter, seg: &Segment) -> Result<ApplyReport, SegmentError> {
+    apply_segment_until(writer, seg, u64::MAX)
+}
+
+/// [`apply_segment`] of the segment's txns up to `until` only (a restore
+/// to a point inside it). Columns the segment adds after `until` are not
+/// added: the table gets the schema its last applied txn was written with.
+pub fn apply_segment_until(
+    writer: &mut TableWriter,
+    seg: &Segment,
+    until: u64,
+) -> Result<ApplyReport, SegmentError> {
     let h = seg.header();
     let table_name = writer
         .dir()
@@ -683,7 +694,7 @@ pub fn apply_segment(writer: &mut TableWriter, seg: &Segment) -> Result<ApplyRep
         });
     }
     let table_txn = writer.state().txn;
-    let (first, last) = (h.first_txn, h.last_txn);
+    let (first, last) = (h.first_txn, h.last_txn.min(until));
     let mut report = ApplyReport::default();
     if last <= table_txn {
         return Ok(report);
@@ -696,8 +707,22 @@ pub fn apply_segment(writer: &mut TableWriter, seg: &Segment) -> Result<ApplyRep
             missing_from: table_txn + 1,
         });
     }
-    // Schema: the table's columns must be a prefix of the segment's.
-    let types = column_types(&h.columns)?;
+    // Schema: the table's columns must be a prefix of the segment's. Cut
+    // inside the segment, only the columns the applied txns were written
+    // with (or that the table has) count.
+    let mut types = column_types(&h.columns)?;
+    let mut columns_used = h.columns.len();
+    if last < h.last_txn {
+        let version = seg
+            .records()
+            .filter(|(r, _)| r.txn > table_txn && r.txn <= last)
+            .map(|(r, _)| u32::from(r.schema_version))
+            .max()
+            .unwrap_or(0)
+            .max(writer.schema().version);
+        columns_used = h.columns.iter().filter(|c| c.added_in <= version).count();
+        types.truncate(columns_used);
+    }
     let have = writer.schema().columns.len();
     if have > types.len() {
         return Err(SegmentError::Schema(format!(
@@ -717,7 +742,7 @@ pub fn apply_segment(writer: &mut TableWriter, seg: &Segment) -> Result<ApplyRep
     // The schema after the segment's changes, built and checked first:
     // nothing changes in the table unless every txn fits it.
     let mut target = writer.schema().clone();
-    for (i, d) in h.columns.iter().enumerate().skip(have) {
+    for (i, d) in h.columns.iter().enumerate().take(columns_used).skip(have) {
         target = target.with_column(&d.name, types[i])?;
         let added_in = target.columns[i].added_in;
         if added_in != d.added_in {
@@ -728,7 +753,7 @@ pub fn apply_segment(writer: &mut TableWriter, seg: &Segment) -> Result<ApplyRep
         }
     }
     let add_columns = |writer: &mut TableWriter, report: &mut ApplyReport| {
-        for (i, d) in h.columns.iter().enumerate().skip(have) {
+        for (i, d) in h.columns.iter().enumerate().take(columns_used).skip(have) {
             writer.add_column(&d.name, types[i])?;
             report.columns_added.push(d.name.clone());
         }
@@ -736,7 +761,10 @@ pub fn apply_segment(writer: &mut TableWriter, seg: &Segment) -> Result<ApplyRep
     };
     if seg.preamble().version >= 2 {
         let mut views = Vec::with_capacity(h.txn_count());
-        for (r, payload) in seg.records().filter(|(r, _)| r.txn > table_txn) {
+        for (r, payload) in seg
+            .records()
+            .filter(|(r, _)| r.txn > table_txn && r.txn <= last)
+        {
             let txn = r.txn;
             if r.payload_len == 0 {
                 // Aborted on the primary: its number, no rows.
@@ -808,7 +836,7 @@ pub fn apply_segment(writer: &mut TableWriter, seg: &Segment) -> Result<ApplyRep
     let batches = seg.batches()?;
     let todo: Vec<(u64, &Batch)> = batches
         .iter()
-        .filter(|(t, _)| *t > table_txn)
+        .filter(|(t, _)| *t > table_txn && *t <= last)
         .map(|(t, b)| (*t, b))
         .collect();
     for (txn, b) in &todo {

@@ -39,6 +39,8 @@ pub enum Ddl {
     },
     /// `SWITCH STATUS`.
     SwitchStatus,
+    /// `BACKUP DATABASE` (QuestDB's): a snapshot into the object store.
+    BackupDatabase,
 }
 
 /// The tag of a session command that basalt accepts and ignores: each
@@ -161,6 +163,15 @@ pub fn parse(sql: &str) -> Result<Option<Ddl>, SqlError> {
     let mut t = Tokens { sql, tokens, at: 0 };
     if t.keyword("SWITCH") {
         return switch(&mut t).map(Some);
+    }
+    if t.keyword("BACKUP") {
+        if !t.keyword("DATABASE") {
+            return Err(t.error(
+                "only BACKUP DATABASE is supported (a snapshot holds every replicated table)",
+            ));
+        }
+        t.end()?;
+        return Ok(Some(Ddl::BackupDatabase));
     }
     if t.keyword("CREATE") {
         create_table(&mut t).map(Some)

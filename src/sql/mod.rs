@@ -263,6 +263,47 @@ fn role_schema() -> SchemaRef {
     ]))
 }
 
+/// The columns of [`backup_rows`].
+fn backup_schema() -> SchemaRef {
+    use datafusion::arrow::datatypes::{Field, Schema};
+    Arc::new(Schema::new(vec![
+        Field::new("snapshot", DataType::Int64, false),
+        Field::new("manifest", DataType::Utf8, false),
+        Field::new("tables", DataType::Int64, false),
+        Field::new("rows", DataType::Int64, false),
+        Field::new("parts_uploaded", DataType::Int64, false),
+        Field::new("bytes_uploaded", DataType::Int64, false),
+        Field::new("parts_reused", DataType::Int64, false),
+        Field::new("bytes_reused", DataType::Int64, false),
+        Field::new("millis", DataType::Float64, false),
+    ]))
+}
+
+/// The one row `BACKUP DATABASE` answers with, once the snapshot is complete.
+fn backup_rows(r: &crate::replication::snapshot::SnapshotReport) -> Result<Output, SqlError> {
+    use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::record_batch::RecordBatch;
+    let schema = backup_schema();
+    let n = |v: u64| -> ArrayRef { Arc::new(Int64Array::from(vec![v as i64])) };
+    let cols: Vec<ArrayRef> = vec![
+        n(r.seq),
+        Arc::new(StringArray::from(vec![r.key.clone()])),
+        n(r.tables),
+        n(r.rows),
+        n(r.parts_uploaded),
+        n(r.bytes_uploaded),
+        n(r.parts_reused),
+        n(r.bytes_reused),
+        Arc::new(Float64Array::from(vec![r.millis])),
+    ];
+    let batch =
+        RecordBatch::try_new(schema.clone(), cols).map_err(|e| SqlError::new(e.to_string(), 0))?;
+    let stream =
+        datafusion::physical_plan::memory::MemoryStream::try_new(vec![batch], schema, None)
+            .map_err(|e| SqlError::new(e.to_string(), 0))?;
+    Ok(Output::Rows(Box::pin(stream)))
+}
+
 /// The one row `SWITCH ROLE` and `SWITCH STATUS` answer with.
 fn role_rows(st: &crate::replication::RoleState) -> Result<Output, SqlError> {
     use datafusion::arrow::array::{
@@ -409,6 +450,15 @@ impl SqlEngine {
                     return role_rows(&st);
                 }
                 ddl::Ddl::SwitchStatus => return role_rows(&self.control()?.role_state()),
+                ddl::Ddl::BackupDatabase => {
+                    let c = self.control()?.clone();
+                    // Uploads and waits on the store: off the async path.
+                    let r = tokio::task::spawn_blocking(move || c.backup())
+                        .await
+                        .map_err(|e| SqlError::new(format!("BACKUP DATABASE: {e}"), 0))?
+                        .map_err(|e| SqlError::new(format!("BACKUP DATABASE failed: {e}"), 0))?;
+                    return backup_rows(&r);
+                }
                 _ => {}
             }
             // File creation, fsyncs and waits on the shards: off the
@@ -450,8 +500,12 @@ impl SqlEngine {
     ) -> Result<(Vec<Option<DataType>>, SchemaRef), SqlError> {
         check_size(sql)?;
         let empty = || Arc::new(datafusion::arrow::datatypes::Schema::empty());
-        if let Some(ddl::Ddl::SwitchRole { .. } | ddl::Ddl::SwitchStatus) = ddl::parse(sql)? {
-            return Ok((Vec::new(), role_schema()));
+        match ddl::parse(sql)? {
+            Some(ddl::Ddl::SwitchRole { .. } | ddl::Ddl::SwitchStatus) => {
+                return Ok((Vec::new(), role_schema()))
+            }
+            Some(ddl::Ddl::BackupDatabase) => return Ok((Vec::new(), backup_schema())),
+            _ => {}
         }
         if ddl::parse(sql)?.is_some() || ddl::session_command(sql).is_some() {
             return Ok((Vec::new(), empty()));
@@ -493,7 +547,7 @@ impl SqlEngine {
     fn control(&self) -> Result<&Arc<dyn crate::replication::RoleControl>, SqlError> {
         self.control.as_ref().ok_or_else(|| {
             SqlError::new(
-                "replication is off (--object-store off): this node has no role to switch",
+                "replication is off (--object-store off): this node has no role to switch and no store to back up to",
                 0,
             )
         })
@@ -553,8 +607,8 @@ impl SqlEngine {
                 }
             }
             // Answered with rows by `execute`.
-            ddl::Ddl::SwitchRole { .. } | ddl::Ddl::SwitchStatus => {
-                Err(SqlError::new("SWITCH is answered with rows", 0))
+            ddl::Ddl::SwitchRole { .. } | ddl::Ddl::SwitchStatus | ddl::Ddl::BackupDatabase => {
+                Err(SqlError::new("SWITCH and BACKUP are answered with rows", 0))
             }
         }
     }

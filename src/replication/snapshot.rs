@@ -1,0 +1,1311 @@
+//! Snapshots (QuestDB calls them backups): a consistent copy of every
+//! replicated table's files at a txn the store already holds, in the object
+//! store, so that a new node starts from it instead of replaying the whole
+//! segment chain, and a point in time is restored from it plus segments.
+//!
+//! ```text
+//! snapshots/manifests/<seq, 20 digits>                          one per snapshot, written last
+//! snapshots/parts/<table id, 16 hex>/<partition>/<rows, 20 digits>-<columns, 4 digits>.part
+//! snapshots/parts/<table id, 16 hex>/_sym/<part checksum, 16 hex>.part
+//! ```
+//!
+//! A part bundles the files of one partition version (or a table's symbol
+//! dictionaries) cut to the rows the snapshot counts. A partition's files
+//! are a function of its table, its row count and its column count (rows
+//! only ever append to a partition; an out-of-order merge rewrites it into
+//! a new version with more rows; docs/format.md), so a partition unchanged
+//! since the last snapshot has the same key and is never uploaded again.
+//! Dictionaries are keyed by their checksum. Every object is created once
+//! (conditional create); the manifest names the parts with their checksums
+//! and comes last, so a half-uploaded snapshot is never visible.
+//! Layouts byte by byte: docs/format.md, "Snapshots".
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, PutMode, PutPayload};
+use tracing::{info, warn};
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+use crate::db::{now_us, Database, TableHandle};
+use crate::store::Store;
+use crate::table::files::{self, MappedFile};
+use crate::table::state::{self, TableState};
+use crate::table::{ColumnType, Schema, TableError};
+
+/// Everything snapshots write lives under this prefix.
+pub const SNAPSHOTS_PREFIX: &str = "snapshots";
+const MANIFESTS: &str = "manifests";
+const PARTS: &str = "parts";
+/// Directory (in a part key) of a table's symbol dictionaries.
+const SYMBOLS: &str = "_sym";
+
+const MANIFEST_MAGIC: &[u8; 8] = b"BSLTSNAP";
+const PART_MAGIC: &[u8; 8] = b"BSLTPART";
+const VERSION: u32 = 1;
+/// A manifest names at most this many tables, a part this many files.
+const TABLES_MAX: u32 = 100_000;
+const PART_FILES_MAX: u32 = 3 * 2048;
+/// Parts uploaded or downloaded at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// One object of a snapshot, as its manifest names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartRef {
+    /// Key under the store's root (`snapshots/parts/...`).
+    pub key: String,
+    /// The object's length in bytes.
+    pub bytes: u64,
+    /// The part's checksum: the xxh3-64 at the end of its header, which
+    /// covers every file's own xxh3.
+    pub xxh3: u64,
+}
+
+/// One table in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableSnapshot {
+    pub name: String,
+    pub table_id: u64,
+    /// The table's txn in the snapshot: its files hold txns `1..=txn`.
+    pub txn: u64,
+    /// The bytes of its `_meta` file.
+    pub meta: Vec<u8>,
+    /// The bytes of its `_txn` (and `_ckpt`) file at `txn`.
+    pub state: Vec<u8>,
+    /// The symbol dictionaries.
+    pub symbols: PartRef,
+    /// One per partition, in the order of `state`.
+    pub partitions: Vec<PartRef>,
+}
+
+/// A snapshot's manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub seq: u64,
+    /// Epoch of the primary that took it.
+    pub epoch: u64,
+    /// When the primary started reading the tables (its clock, µs).
+    pub started_us: i64,
+    /// When it had read every table's state: every txn in the snapshot was
+    /// committed before this (the earliest point in time it restores).
+    pub cut_us: i64,
+    /// When the parts were all in the store (just before the manifest).
+    pub completed_us: i64,
+    pub tables: Vec<TableSnapshot>,
+}
+
+impl Manifest {
+    pub fn table(&self, name: &str) -> Option<&TableSnapshot> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// Bytes of every part it names.
+    pub fn bytes(&self) -> u64 {
+        self.parts().map(|p| p.bytes).sum()
+    }
+
+    pub fn parts(&self) -> impl Iterator<Item = &PartRef> {
+        self.tables
+            .iter()
+            .flat_map(|t| std::iter::once(&t.symbols).chain(&t.partitions))
+    }
+}
+
+// ---------------------------------------------------------------- encoding
+
+fn put_u32(b: &mut Vec<u8>, v: u32) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+fn put_u64(b: &mut Vec<u8>, v: u64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
+    put_u32(b, v.len() as u32);
+    b.extend_from_slice(v);
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or_else(|| format!("truncated at byte {} (needs {n} more)", self.at))?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<String, String> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| format!("a name before byte {} is not UTF-8", self.at))
+    }
+}
+
+/// The manifest's bytes (docs/format.md, "Snapshot manifest").
+pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(MANIFEST_MAGIC);
+    put_u32(&mut b, VERSION);
+    put_u32(&mut b, m.tables.len() as u32);
+    put_u64(&mut b, m.seq);
+    put_u64(&mut b, m.epoch);
+    put_u64(&mut b, m.started_us as u64);
+    put_u64(&mut b, m.cut_us as u64);
+    put_u64(&mut b, m.completed_us as u64);
+    for t in &m.tables {
+        put_bytes(&mut b, t.name.as_bytes());
+        put_u64(&mut b, t.table_id);
+        put_u64(&mut b, t.txn);
+        put_bytes(&mut b, &t.meta);
+        put_bytes(&mut b, &t.state);
+        put_u32(&mut b, t.partitions.len() as u32 + 1);
+        for p in std::iter::once(&t.symbols).chain(&t.partitions) {
+            put_bytes(&mut b, p.key.as_bytes());
+            put_u64(&mut b, p.bytes);
+            put_u64(&mut b, p.xxh3);
+        }
+    }
+    let sum = xxh3_64(&b);
+    put_u64(&mut b, sum);
+    b
+}
+
+/// Decodes and checks a manifest: checksum first, then every length.
+pub fn decode_manifest(b: &[u8]) -> Result<Manifest, String> {
+    if b.len() < 56 + 8 {
+        return Err(format!("{} bytes is too short for a snapshot manifest", b.len()));
+    }
+    let (body, sum) = b.split_at(b.len() - 8);
+    if xxh3_64(body) != u64::from_le_bytes(sum.try_into().expect("8")) {
+        return Err("its checksum does not match (damaged or not a manifest)".into());
+    }
+    let mut r = Reader { b: body, at: 0 };
+    if r.take(8)? != MANIFEST_MAGIC {
+        return Err("it does not start with BSLTSNAP".into());
+    }
+    let v = r.u32()?;
+    if v != VERSION {
+        return Err(format!("manifest version {v}; this build reads version {VERSION}"));
+    }
+    let n = r.u32()?;
+    if n > TABLES_MAX {
+        return Err(format!("{n} tables (at most {TABLES_MAX})"));
+    }
+    let seq = r.u64()?;
+    let epoch = r.u64()?;
+    let started_us = r.u64()? as i64;
+    let cut_us = r.u64()? as i64;
+    let completed_us = r.u64()? as i64;
+    let mut tables = Vec::new();
+    for _ in 0..n {
+        let name = r.string()?;
+        crate::table::schema::validate_name("table", &name).map_err(|e| e.to_string())?;
+        let table_id = r.u64()?;
+        let txn = r.u64()?;
+        let meta = r.bytes()?.to_vec();
+        let st = r.bytes()?.to_vec();
+        let parts = r.u32()?;
+        if parts == 0 || parts as usize > r.b.len() {
+            return Err(format!("table {name}: {parts} parts"));
+        }
+        let mut refs = Vec::with_capacity(parts as usize);
+        for _ in 0..parts {
+            let key = r.string()?;
+            let bytes = r.u64()?;
+            let xxh3 = r.u64()?;
+            if !key.starts_with("snapshots/parts/") || key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+                return Err(format!("table {name}: part key {key:?} is not under snapshots/parts/"));
+            }
+            refs.push(PartRef { key, bytes, xxh3 });
+        }
+        let symbols = refs.remove(0);
+        tables.push(TableSnapshot {
+            name,
+            table_id,
+            txn,
+            meta,
+            state: st,
+            symbols,
+            partitions: refs,
+        });
+    }
+    if r.at != body.len() {
+        return Err(format!("{} bytes after the last table", body.len() - r.at));
+    }
+    Ok(Manifest {
+        seq,
+        epoch,
+        started_us,
+        cut_us,
+        completed_us,
+        tables,
+    })
+}
+
+/// One file inside a part: its name (relative to the directory it goes
+/// into) and its bytes, in pieces (mapped file ranges, no copy).
+struct PartFile {
+    name: String,
+    pieces: Vec<Bytes>,
+}
+
+impl PartFile {
+    fn len(&self) -> u64 {
+        self.pieces.iter().map(|p| p.len() as u64).sum()
+    }
+    fn xxh3(&self) -> u64 {
+        let mut h = Xxh3::new();
+        for p in &self.pieces {
+            h.update(p);
+        }
+        h.digest()
+    }
+}
+
+/// A part's header (ending with its checksum) for `files`.
+fn part_header(files: &[(String, u64, u64)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(PART_MAGIC);
+    put_u32(&mut b, VERSION);
+    put_u32(&mut b, files.len() as u32);
+    for (name, len, sum) in files {
+        b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        b.extend_from_slice(name.as_bytes());
+        put_u64(&mut b, *len);
+        put_u64(&mut b, *sum);
+    }
+    let sum = xxh3_64(&b);
+    put_u64(&mut b, sum);
+    b
+}
+
+/// A part ready to upload: its header, then every file's pieces.
+struct BuiltPart {
+    payload: Vec<Bytes>,
+    bytes: u64,
+    xxh3: u64,
+}
+
+fn build_part(files: Vec<PartFile>) -> BuiltPart {
+    let list: Vec<(String, u64, u64)> = files
+        .iter()
+        .map(|f| (f.name.clone(), f.len(), f.xxh3()))
+        .collect();
+    let header = part_header(&list);
+    let xxh3 = u64::from_le_bytes(header[header.len() - 8..].try_into().expect("8"));
+    let mut payload = vec![Bytes::from(header)];
+    for f in files {
+        payload.extend(f.pieces.into_iter().filter(|p| !p.is_empty()));
+    }
+    let bytes = payload.iter().map(|p| p.len() as u64).sum();
+    BuiltPart {
+        payload,
+        bytes,
+        xxh3,
+    }
+}
+
+/// Checks a downloaded part against its manifest entry and returns its
+/// files (name, bytes), every one verified against its own xxh3.
+pub fn decode_part<'a>(b: &'a [u8], want: &PartRef) -> Result<Vec<(String, &'a [u8])>, String> {
+    if b.len() as u64 != want.bytes {
+        return Err(format!(
+            "{} bytes, the manifest says {}",
+            b.len(),
+            want.bytes
+        ));
+    }
+    let mut r = Reader { b, at: 0 };
+    if r.take(8)? != PART_MAGIC {
+        return Err("it does not start with BSLTPART".into());
+    }
+    let v = r.u32()?;
+    if v != VERSION {
+        return Err(format!("part version {v}; this build reads version {VERSION}"));
+    }
+    let n = r.u32()?;
+    if n > PART_FILES_MAX {
+        return Err(format!("{n} files (at most {PART_FILES_MAX})"));
+    }
+    let mut list = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let len = r.u16()? as usize;
+        let name = std::str::from_utf8(r.take(len)?)
+            .map_err(|_| "a file name is not UTF-8".to_string())?
+            .to_string();
+        list.push((name, r.u64()?, r.u64()?));
+    }
+    let header_end = r.at;
+    let sum = r.u64()?;
+    if xxh3_64(&b[..header_end]) != sum {
+        return Err("its header checksum does not match".into());
+    }
+    if sum != want.xxh3 {
+        return Err(format!(
+            "its checksum is {sum:016x}, the manifest says {:016x} (another object under this key)",
+            want.xxh3
+        ));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (name, len, fsum) in list {
+        let bytes = r
+            .take(usize::try_from(len).map_err(|_| "a file length overflows".to_string())?)
+            .map_err(|e| format!("file {name}: {e}"))?;
+        if xxh3_64(bytes) != fsum {
+            return Err(format!("file {name} does not match its checksum"));
+        }
+        out.push((name, bytes));
+    }
+    if r.at != b.len() {
+        return Err(format!("{} bytes after the last file", b.len() - r.at));
+    }
+    Ok(out)
+}
+
+// ------------------------------------------------------------------- keys
+
+fn manifest_key(store: &Store, seq: u64) -> ObjectPath {
+    store.path(&[SNAPSHOTS_PREFIX, MANIFESTS, &format!("{seq:020}")])
+}
+
+fn full_key(store: &Store, rel: &str) -> ObjectPath {
+    let parts: Vec<&str> = rel.split('/').collect();
+    store.path(&parts)
+}
+
+fn seq_of(key: &ObjectPath) -> Option<u64> {
+    let name = key.filename()?;
+    (name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| name.parse().ok())
+        .flatten()
+}
+
+/// The sequence numbers of every manifest, oldest first: one listing.
+pub async fn manifest_seqs(store: &Store) -> Result<Vec<u64>, String> {
+    let prefix = store.path(&[SNAPSHOTS_PREFIX, MANIFESTS]);
+    let keys = store
+        .list_after(&prefix, &store.path(&[SNAPSHOTS_PREFIX, MANIFESTS, "0"]))
+        .await
+        .map_err(|e| format!("listing {prefix}: {e}"))?;
+    let mut s: Vec<u64> = keys.iter().filter_map(seq_of).collect();
+    s.sort_unstable();
+    Ok(s)
+}
+
+/// Reads and checks manifest `seq`.
+pub async fn read_manifest(store: &Store, seq: u64) -> Result<Manifest, String> {
+    let k = manifest_key(store, seq);
+    let bytes = store
+        .inner
+        .get(&k)
+        .await
+        .map_err(|e| format!("reading {k}: {e}"))?
+        .bytes()
+        .await
+        .map_err(|e| format!("reading {k}: {e}"))?;
+    let m = decode_manifest(&bytes).map_err(|e| format!("snapshot manifest {k}: {e}"))?;
+    if m.seq != seq {
+        return Err(format!("snapshot manifest {k} says it is number {}", m.seq));
+    }
+    Ok(m)
+}
+
+/// The newest snapshot, if any.
+pub async fn newest(store: &Store) -> Result<Option<Manifest>, String> {
+    match manifest_seqs(store).await?.last() {
+        Some(&s) => read_manifest(store, s).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+// ----------------------------------------------------------- taking one
+
+/// Counters of snapshots and retention, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct BackupStats {
+    pub snapshots_taken: AtomicU64,
+    pub snapshot_failures: AtomicU64,
+    pub parts_uploaded: AtomicU64,
+    pub part_bytes_uploaded: AtomicU64,
+    pub parts_reused: AtomicU64,
+    /// Newest snapshot's sequence number + 1 (0: none taken by this node).
+    pub last_seq_plus_one: AtomicU64,
+    pub last_completed_us: AtomicU64,
+    pub deleted_snapshots: AtomicU64,
+    pub deleted_parts: AtomicU64,
+    pub deleted_segments: AtomicU64,
+    pub deleted_bytes: AtomicU64,
+    pub retention_failures: AtomicU64,
+}
+
+/// What one snapshot did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SnapshotReport {
+    pub seq: u64,
+    pub key: String,
+    pub tables: u64,
+    pub rows: u64,
+    pub parts_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub parts_reused: u64,
+    pub bytes_reused: u64,
+    pub millis: f64,
+}
+
+/// A table's files at one txn, mapped: what a snapshot uploads.
+struct Cut {
+    handle: Arc<TableHandle>,
+    meta: Vec<u8>,
+    schema: Schema,
+    state: TableState,
+    /// Files of the symbol dictionaries.
+    symbols: Vec<PartFile>,
+    /// Per partition: its files.
+    partitions: Vec<Vec<PartFile>>,
+}
+
+fn mapped(path: &Path) -> Result<Bytes, TableError> {
+    let m: MappedFile = files::map(path)?;
+    Ok(Bytes::from_owner(m))
+}
+
+/// `len` bytes of a mapped file; a file shorter than that is corrupt.
+fn head(path: &Path, file: &Bytes, len: u64) -> Result<Bytes, TableError> {
+    if (file.len() as u64) < len {
+        return Err(TableError::Corrupt {
+            file: path.to_path_buf(),
+            why: format!("needs {len} bytes, file has {}", file.len()),
+        });
+    }
+    Ok(file.slice(..len as usize))
+}
+
+/// A bitmap of `rows` bits: the bytes covering them, with the bits past the
+/// last row cleared (a later append may have set them in the file).
+fn bitmap(path: &Path, file: &Bytes, rows: u64) -> Result<Vec<Bytes>, TableError> {
+    let len = rows.div_ceil(8);
+    let all = head(path, file, len)?;
+    if rows % 8 == 0 || len == 0 {
+        return Ok(vec![all]);
+    }
+    let last = all[len as usize - 1] & ((1u8 << (rows % 8)) - 1);
+    Ok(vec![all.slice(..len as usize - 1), Bytes::from(vec![last])])
+}
+
+/// The files of one column's values for `rows` rows in `dir`.
+fn column_files(
+    dir: &Path,
+    name: &str,
+    ty: ColumnType,
+    rows: u64,
+    with_validity: bool,
+) -> Result<Vec<PartFile>, TableError> {
+    let mut out = Vec::new();
+    let dpath = dir.join(files::data_file(name));
+    let data = mapped(&dpath)?;
+    match ty {
+        ColumnType::Varchar => {
+            let opath = dir.join(files::offsets_file(name));
+            let offs = head(&opath, &mapped(&opath)?, (rows + 1) * 8)?;
+            let end_at = rows as usize * 8;
+            let end = u64::from_le_bytes(offs[end_at..end_at + 8].try_into().expect("8"));
+            out.push(PartFile {
+                name: files::data_file(name),
+                pieces: vec![head(&dpath, &data, end)?],
+            });
+            out.push(PartFile {
+                name: files::offsets_file(name),
+                pieces: vec![offs],
+            });
+        }
+        ColumnType::Boolean => out.push(PartFile {
+            name: files::data_file(name),
+            pieces: bitmap(&dpath, &data, rows)?,
+        }),
+        ty => {
+            let w = ty.width().expect("fixed-width type") as u64;
+            out.push(PartFile {
+                name: files::data_file(name),
+                pieces: vec![head(&dpath, &data, rows * w)?],
+            });
+        }
+    }
+    if with_validity {
+        let vpath = dir.join(files::validity_file(name));
+        out.push(PartFile {
+            name: files::validity_file(name),
+            pieces: bitmap(&vpath, &mapped(&vpath)?, rows)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The files a part of partition `p` (or, with `None`, the dictionaries)
+/// must hold, in order: what restore accepts.
+fn expected_files(schema: &Schema, columns: Option<u32>) -> Vec<String> {
+    let mut out = Vec::new();
+    match columns {
+        None => {
+            for c in schema.columns.iter().filter(|c| c.ty == ColumnType::Symbol) {
+                out.push(files::data_file(&c.name));
+                out.push(files::offsets_file(&c.name));
+            }
+        }
+        Some(n) => {
+            for c in schema.columns.iter().take(n as usize) {
+                out.push(files::data_file(&c.name));
+                if c.ty == ColumnType::Varchar {
+                    out.push(files::offsets_file(&c.name));
+                }
+                out.push(files::validity_file(&c.name));
+            }
+        }
+    }
+    out
+}
+
+/// Maps table `h`'s files at its current `_txn`. A partition version merged
+/// away meanwhile, or a column added meanwhile, means reading again.
+fn cut_table(h: &Arc<TableHandle>) -> Result<Cut, String> {
+    let dir = h.dir().to_path_buf();
+    let mut last = String::new();
+    for _ in 0..16 {
+        match try_cut(h, &dir) {
+            Ok(Some(c)) => return Ok(c),
+            Ok(None) => last = "its schema changed while it was read".into(),
+            Err(TableError::Io { source, path }) if source.kind() == std::io::ErrorKind::NotFound => {
+                last = format!("{} vanished while it was read", path.display());
+            }
+            Err(e) => return Err(format!("table {}: {e}", h.name)),
+        }
+    }
+    Err(format!("table {}: no consistent cut after 16 tries: {last}", h.name))
+}
+
+fn try_cut(h: &Arc<TableHandle>, dir: &Path) -> Result<Option<Cut>, TableError> {
+    let meta_path = dir.join(files::META_FILE);
+    let meta = files::read_file(&meta_path)?;
+    let (schema, id) = state::decode_meta(&meta_path, &meta)?;
+    let txn_path = dir.join(files::TXN_FILE);
+    let state = state::decode_txn(&txn_path, &files::read_file(&txn_path)?)?;
+    // `_meta` is replaced before any txn counts a column it adds.
+    let again = files::read_file(&meta_path)?;
+    if again != meta
+        || id != h.table_id()
+        || state.partitions.iter().any(|p| p.columns as usize > schema.columns.len())
+    {
+        return Ok(None);
+    }
+    let sym_dir = dir.join(files::SYMBOL_DIR);
+    let mut symbols = Vec::new();
+    for (i, c) in schema.columns.iter().enumerate() {
+        if c.ty != ColumnType::Symbol {
+            continue;
+        }
+        let count = state.symbol_count(i);
+        let opath = sym_dir.join(files::offsets_file(&c.name));
+        let offs = head(&opath, &mapped(&opath)?, (count + 1) * 8)?;
+        let at = count as usize * 8;
+        let end = u64::from_le_bytes(offs[at..at + 8].try_into().expect("8"));
+        let dpath = sym_dir.join(files::data_file(&c.name));
+        symbols.push(PartFile {
+            name: files::data_file(&c.name),
+            pieces: vec![head(&dpath, &mapped(&dpath)?, end)?],
+        });
+        symbols.push(PartFile {
+            name: files::offsets_file(&c.name),
+            pieces: vec![offs],
+        });
+    }
+    let mut partitions = Vec::with_capacity(state.partitions.len());
+    for p in &state.partitions {
+        let pdir = dir.join(files::partition_dir(
+            &schema.partition_by.partition_name(p.floor),
+            p.version,
+        ));
+        let mut fs = Vec::new();
+        for c in schema.columns.iter().take(p.columns as usize) {
+            fs.extend(column_files(&pdir, &c.name, c.ty, p.rows, true)?);
+        }
+        partitions.push(fs);
+    }
+    Ok(Some(Cut {
+        handle: h.clone(),
+        meta,
+        schema,
+        state,
+        symbols,
+        partitions,
+    }))
+}
+
+fn partition_key(table_id: u64, schema: &Schema, p: &state::PartitionState) -> String {
+    format!(
+        "{SNAPSHOTS_PREFIX}/{PARTS}/{table_id:016x}/{}/{:020}-{:04}.part",
+        schema.partition_by.partition_name(p.floor),
+        p.rows,
+        p.columns
+    )
+}
+
+/// Takes a snapshot of every replicated table of `db` into `store`: maps
+/// each table's files at its current txn (ingestion goes on), uploads the
+/// parts the newest snapshot does not already have, waits until the store
+/// holds every table's segments up to the snapshot's txn (bounded by
+/// `wait`), and writes the manifest last.
+pub async fn take(
+    db: &Database,
+    store: &Store,
+    epoch: u64,
+    wait: Duration,
+    stats: &BackupStats,
+) -> Result<SnapshotReport, String> {
+    let started = Instant::now();
+    let started_us = now_us();
+    let previous = newest(store).await?;
+    let known: BTreeMap<&str, &PartRef> = previous
+        .iter()
+        .flat_map(|m| m.parts())
+        .map(|p| (p.key.as_str(), p))
+        .collect();
+    let mut handles: Vec<Arc<TableHandle>> = db
+        .catalog()
+        .handles()
+        .into_iter()
+        .filter(|h| h.is_replicated() && !h.is_dropped())
+        .collect();
+    handles.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut cuts = Vec::with_capacity(handles.len());
+    for h in &handles {
+        // Reads two small files and maps the rest: quick, no I/O of the data.
+        cuts.push(cut_table(h)?);
+    }
+    let cut_us = now_us();
+    let mut report = SnapshotReport::default();
+    let mut tables = Vec::with_capacity(cuts.len());
+    let mut uploads: Vec<(String, BuiltPart)> = Vec::new();
+    for c in cuts {
+        let id = c.handle.table_id();
+        let sym = build_part(c.symbols);
+        let sym_key = format!("{SNAPSHOTS_PREFIX}/{PARTS}/{id:016x}/{SYMBOLS}/{:016x}.part", sym.xxh3);
+        let mut refs = Vec::new();
+        let mut consider = |key: String, built: Option<BuiltPart>, refs: &mut Vec<PartRef>| {
+            if let Some(p) = known.get(key.as_str()) {
+                report.parts_reused += 1;
+                report.bytes_reused += p.bytes;
+                refs.push((*p).clone());
+                return;
+            }
+            let b = built.expect("built when not known");
+            refs.push(PartRef {
+                key: key.clone(),
+                bytes: b.bytes,
+                xxh3: b.xxh3,
+            });
+            uploads.push((key, b));
+        };
+        consider(sym_key, Some(sym), &mut refs);
+        for (p, fs) in c.state.partitions.iter().zip(c.partitions) {
+            let key = partition_key(id, &c.schema, p);
+            let built = (!known.contains_key(key.as_str())).then(|| build_part(fs));
+            consider(key, built, &mut refs);
+        }
+        report.rows += c.state.row_count();
+        let symbols = refs.remove(0);
+        tables.push((
+            c.handle.clone(),
+            TableSnapshot {
+                name: c.handle.name.clone(),
+                table_id: id,
+                txn: c.state.txn,
+                meta: c.meta,
+                state: state::encode_txn(&c.state),
+                symbols,
+                partitions: refs,
+            },
+        ));
+    }
+    // Upload, a few at once; a key already there (an earlier attempt that
+    // died before its manifest) is read back and must be the same part.
+    let results: Vec<Result<u64, String>> = futures_util::stream::iter(uploads.into_iter().map(
+        |(key, part)| async move {
+            let k = full_key(store, &key);
+            let payload: PutPayload = part.payload.into_iter().collect();
+            match store.inner.put_opts(&k, payload, PutMode::Create.into()).await {
+                Ok(_) => Ok(part.bytes),
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    let got = store
+                        .inner
+                        .get(&k)
+                        .await
+                        .map_err(|e| format!("reading {k}: {e}"))?
+                        .bytes()
+                        .await
+                        .map_err(|e| format!("reading {k}: {e}"))?;
+                    let want = PartRef {
+                        key,
+                        bytes: part.bytes,
+                        xxh3: part.xxh3,
+                    };
+                    decode_part(&got, &want)
+                        .map(|_| 0)
+                        .map_err(|e| format!("snapshot part {k} is already in the store, but differs: {e}"))
+                }
+                Err(e) => Err(format!("uploading {k}: {e}")),
+            }
+        },
+    ))
+    .buffer_unordered(PARTS_IN_FLIGHT)
+    .collect()
+    .await;
+    for r in results {
+        let b = r?;
+        if b > 0 {
+            report.parts_uploaded += 1;
+            report.bytes_uploaded += b;
+        }
+    }
+    // The snapshot may only name txns the store holds: a node bootstrapped
+    // from it continues with the segments after them.
+    for (h, t) in &tables {
+        let stored = tokio::time::timeout(wait, h.wait_uploaded(t.txn, || false)).await;
+        if stored != Ok(true) {
+            return Err(format!(
+                "table {}: txn {} did not reach the store within {} ms (its upload is {}); \
+                 the parts are uploaded, the snapshot is not written",
+                t.name,
+                t.txn,
+                wait.as_millis(),
+                if stored.is_ok() { "stopped" } else { "behind" }
+            ));
+        }
+    }
+    let mut m = Manifest {
+        seq: previous.as_ref().map_or(0, |m| m.seq + 1),
+        epoch,
+        started_us,
+        cut_us,
+        completed_us: now_us(),
+        tables: tables.into_iter().map(|(_, t)| t).collect(),
+    };
+    report.tables = m.tables.len() as u64;
+    // Conditional create: a taken number (another node's snapshot) means the next.
+    let mut seq = manifest_seqs(store).await?.last().map_or(0, |s| s + 1).max(m.seq);
+    loop {
+        m.seq = seq;
+        let k = manifest_key(store, seq);
+        let put = store
+            .inner
+            .put_opts(&k, PutPayload::from(encode_manifest(&m)), PutMode::Create.into())
+            .await;
+        match put {
+            Ok(_) => {
+                report.key = k.to_string();
+                break;
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => seq += 1,
+            Err(e) => return Err(format!("writing {k}: {e}")),
+        }
+    }
+    report.seq = seq;
+    report.millis = started.elapsed().as_secs_f64() * 1e3;
+    stats.snapshots_taken.fetch_add(1, Ordering::Relaxed);
+    stats.parts_uploaded.fetch_add(report.parts_uploaded, Ordering::Relaxed);
+    stats
+        .part_bytes_uploaded
+        .fetch_add(report.bytes_uploaded, Ordering::Relaxed);
+    stats.parts_reused.fetch_add(report.parts_reused, Ordering::Relaxed);
+    stats.last_seq_plus_one.store(seq + 1, Ordering::Relaxed);
+    stats
+        .last_completed_us
+        .store(m.completed_us as u64, Ordering::Relaxed);
+    info!(
+        snapshot = seq,
+        tables = report.tables,
+        parts_uploaded = report.parts_uploaded,
+        bytes_uploaded = report.bytes_uploaded,
+        parts_reused = report.parts_reused,
+        millis = format!("{:.1}", report.millis),
+        "snapshot complete"
+    );
+    Ok(report)
+}
+
+// ---------------------------------------------------------- materializing
+
+/// Downloads and verifies part `p`, naming the object in every error.
+async fn fetch_part(store: &Store, p: &PartRef) -> Result<Bytes, String> {
+    let k = full_key(store, &p.key);
+    let got = store
+        .inner
+        .get(&k)
+        .await
+        .map_err(|e| format!("snapshot part {k}: {e}"))?
+        .bytes()
+        .await
+        .map_err(|e| format!("snapshot part {k}: {e}"))?;
+    decode_part(&got, p).map_err(|e| format!("snapshot part {k} is refused: {e}"))?;
+    Ok(got)
+}
+
+/// Progress of a bootstrap or restore: bytes and objects so far.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes: AtomicU64,
+    pub objects: AtomicU64,
+}
+
+/// Builds table `t` of a snapshot under `data_dir` from its parts: in
+/// `.create-<name>/`, every file and directory fsynced, then renamed into
+/// place (replacing an existing copy of the table when `replace`), so the
+/// table exists whole or not at all.
+pub async fn materialize(
+    store: &Store,
+    data_dir: &Path,
+    t: &TableSnapshot,
+    replace: bool,
+    progress: &Progress,
+) -> Result<(), String> {
+    let meta_path = PathBuf::from(format!("snapshot table {} _meta", t.name));
+    let (schema, id) = state::decode_meta(&meta_path, &t.meta).map_err(|e| e.to_string())?;
+    if id != t.table_id {
+        return Err(format!("snapshot table {}: its _meta names table id {id:016x}, the manifest {:016x}", t.name, t.table_id));
+    }
+    let st_path = PathBuf::from(format!("snapshot table {} _txn", t.name));
+    let st = state::decode_txn(&st_path, &t.state).map_err(|e| e.to_string())?;
+    if st.partitions.len() != t.partitions.len() || st.txn != t.txn {
+        return Err(format!(
+            "snapshot table {}: the manifest names {} parts for {} partitions (txn {} vs {})",
+            t.name,
+            t.partitions.len(),
+            st.partitions.len(),
+            t.txn,
+            st.txn
+        ));
+    }
+    let tmp = data_dir.join(format!(".create-{}", t.name));
+    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    }
+    let sym_dir = tmp.join(files::SYMBOL_DIR);
+    for d in [&tmp, &sym_dir, &tmp.join(files::WAL_DIR)] {
+        std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+    }
+    // Parts in order, a few downloads ahead of the writes (spawned: on a
+    // multi-threaded runtime they go on while a part is written).
+    let wanted: Vec<(Option<usize>, PartRef)> = std::iter::once((None, t.symbols.clone()))
+        .chain(t.partitions.iter().cloned().enumerate().map(|(i, p)| (Some(i), p)))
+        .collect();
+    let mut pending = std::collections::VecDeque::new();
+    let mut next = 0;
+    loop {
+        while pending.len() < PARTS_IN_FLIGHT && next < wanted.len() {
+            let (s, p) = (store.clone(), wanted[next].1.clone());
+            pending.push_back(tokio::spawn(async move { fetch_part(&s, &p).await }));
+            next += 1;
+        }
+        let Some(task) = pending.pop_front() else {
+            break;
+        };
+        let (i, p) = &wanted[next - pending.len() - 1];
+        let bytes = task
+            .await
+            .map_err(|e| format!("snapshot part {}: download task: {e}", p.key))??;
+        let k = full_key(store, &p.key);
+        let files_in = decode_part(&bytes, p).map_err(|e| format!("snapshot part {k}: {e}"))?;
+        let (dir, expected) = match i {
+            None => (sym_dir.clone(), expected_files(&schema, None)),
+            Some(i) => {
+                let ps = &st.partitions[*i];
+                (
+                    tmp.join(files::partition_dir(
+                        &schema.partition_by.partition_name(ps.floor),
+                        ps.version,
+                    )),
+                    expected_files(&schema, Some(ps.columns)),
+                )
+            }
+        };
+        let names: Vec<&str> = files_in.iter().map(|(n, _)| n.as_str()).collect();
+        if names != expected.iter().map(String::as_str).collect::<Vec<_>>() {
+            return Err(format!(
+                "snapshot part {k} holds files {names:?}, the table needs {expected:?}"
+            ));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        let mut sync = files::SyncSet::default();
+        for (name, b) in &files_in {
+            let path = dir.join(name);
+            let f = sync.open(path.clone()).map_err(|e| e.to_string())?;
+            files::write_at(f, &path, b, 0).map_err(|e| e.to_string())?;
+        }
+        sync.add_dir(dir.clone());
+        sync.sync().map_err(|e| e.to_string())?;
+        progress.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        progress.objects.fetch_add(1, Ordering::Relaxed);
+    }
+    {
+        files::durable_replace(&tmp, files::META_FILE, &t.meta).map_err(|e| e.to_string())?;
+        files::durable_replace(&tmp, files::CKPT_FILE, &t.state).map_err(|e| e.to_string())?;
+        files::durable_replace(&tmp, files::TXN_FILE, &t.state).map_err(|e| e.to_string())?;
+        files::fsync_dir(&tmp).map_err(|e| e.to_string())?;
+        let target = data_dir.join(&t.name);
+        if target.exists() {
+            if !replace {
+                return Err(format!("table {} is already in {}", t.name, data_dir.display()));
+            }
+            let old = data_dir.join(format!(".dropped-{}-{:016x}", t.name, t.table_id));
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+            }
+            std::fs::rename(&target, &old).map_err(|e| io(&target, e))?;
+            std::fs::rename(&tmp, &target).map_err(|e| io(&target, e))?;
+            files::fsync_dir(data_dir).map_err(|e| e.to_string())?;
+            std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+        } else {
+            std::fs::rename(&tmp, &target).map_err(|e| io(&target, e))?;
+            files::fsync_dir(data_dir).map_err(|e| e.to_string())?;
+        }
+    }
+    info!(table = %t.name, txn = t.txn, "table built from snapshot");
+    Ok(())
+}
+
+// --------------------------------------------------------------- retention
+
+/// What the primary keeps in the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Every moment of the last `window` stays restorable.
+    pub window: Duration,
+    /// At least this many snapshots are kept, whatever their age.
+    pub keep_min: usize,
+    /// Nothing is deleted until it has been unneeded this long: a snapshot
+    /// only once a newer one has been complete for `grace` (a bootstrap or
+    /// restore that started from it has that long to read it), an object
+    /// only once it is older than `grace` (a snapshot being uploaded by
+    /// another node is not yet named by a manifest).
+    pub grace: Duration,
+}
+
+/// What one retention pass deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub snapshots: u64,
+    pub parts: u64,
+    pub segments: u64,
+    pub bytes: u64,
+}
+
+/// Which snapshots `r` keeps at `now` (µs), given them oldest first.
+pub fn kept(manifests: &[Manifest], r: &Retention, now: i64) -> BTreeSet<u64> {
+    let window_start = now.saturating_sub(r.window.as_micros() as i64);
+    let grace = r.grace.as_micros() as i64;
+    let mut keep = BTreeSet::new();
+    let n = manifests.len();
+    for (i, m) in manifests.iter().enumerate() {
+        let newest_k = i + r.keep_min >= n;
+        let in_window = m.cut_us >= window_start;
+        // The base of the window's first moments: the newest one cut before it.
+        let base = manifests.get(i + 1).is_none_or(|next| next.cut_us > window_start);
+        // A newer snapshot complete for less than the grace: a bootstrap may
+        // still have picked this one as the newest.
+        let recent_successor = manifests
+            .get(i + 1)
+            .is_none_or(|next| next.completed_us > now.saturating_sub(grace));
+        if newest_k || in_window || base || recent_successor {
+            keep.insert(m.seq);
+        }
+    }
+    keep
+}
+
+/// Deletes what `r` no longer needs: snapshots outside it, parts no kept
+/// snapshot names, and segments wholly below every kept snapshot's txn of
+/// their table (the oldest kept snapshot restores them). Never a segment
+/// the live chain or a kept snapshot needs; never an object younger than
+/// the grace period.
+pub async fn enforce(
+    store: &Store,
+    r: &Retention,
+    stats: &BackupStats,
+) -> Result<RetentionReport, String> {
+    let now = now_us();
+    let seqs = manifest_seqs(store).await?;
+    let mut manifests = Vec::with_capacity(seqs.len());
+    for s in &seqs {
+        manifests.push(read_manifest(store, *s).await?);
+    }
+    let mut report = RetentionReport::default();
+    if manifests.is_empty() {
+        return Ok(report);
+    }
+    let keep = kept(&manifests, r, now);
+    let old_enough = |t: chrono::DateTime<chrono::Utc>| {
+        t.timestamp_micros() <= now.saturating_sub(r.grace.as_micros() as i64)
+    };
+    let oldest_kept = manifests
+        .iter()
+        .find(|m| keep.contains(&m.seq))
+        .expect("the newest is always kept")
+        .clone();
+    // Segments: per table of the oldest kept snapshot, those ending at or
+    // before its txn there. A segment ends where the next one starts.
+    for t in &oldest_kept.tables {
+        let prefix = super::table_prefix(store, &t.name);
+        let keys = store
+            .list_after(&prefix, &super::segment_key(store, &t.name, 0))
+            .await
+            .map_err(|e| format!("listing {prefix}: {e}"))?;
+        for w in keys.windows(2) {
+            let next_first = super::first_txn_of(&w[1]).unwrap_or(0);
+            if super::first_txn_of(&w[0]).is_none() || next_first == 0 || next_first > t.txn + 1 {
+                break;
+            }
+            let meta = match store.inner.head(&w[0]).await {
+                Ok(m) => m,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(format!("reading {}: {e}", w[0])),
+            };
+            if !old_enough(meta.last_modified) {
+                continue;
+            }
+            delete(store, &w[0]).await?;
+            report.segments += 1;
+            report.bytes += meta.size;
+        }
+    }
+    // Snapshots, then the parts no kept one names.
+    let mut named: BTreeSet<String> = BTreeSet::new();
+    for m in &manifests {
+        if keep.contains(&m.seq) {
+            named.extend(m.parts().map(|p| p.key.clone()));
+            continue;
+        }
+        let k = manifest_key(store, m.seq);
+        delete(store, &k).await?;
+        report.snapshots += 1;
+    }
+    let prefix = store.path(&[SNAPSHOTS_PREFIX, PARTS]);
+    let root = store.root.to_string();
+    let mut listing = store.inner.list(Some(&prefix));
+    let mut doomed = Vec::new();
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|e| format!("listing {prefix}: {e}"))?;
+        let full = meta.location.to_string();
+        let rel = full
+            .strip_prefix(&root)
+            .map(|s| s.trim_start_matches('/'))
+            .unwrap_or(&full)
+            .to_string();
+        if !named.contains(&rel) && old_enough(meta.last_modified) {
+            doomed.push((meta.location, meta.size));
+        }
+    }
+    for (k, size) in doomed {
+        delete(store, &k).await?;
+        report.parts += 1;
+        report.bytes += size;
+    }
+    stats
+        .deleted_snapshots
+        .fetch_add(report.snapshots, Ordering::Relaxed);
+    stats.deleted_parts.fetch_add(report.parts, Ordering::Relaxed);
+    stats
+        .deleted_segments
+        .fetch_add(report.segments, Ordering::Relaxed);
+    stats.deleted_bytes.fetch_add(report.bytes, Ordering::Relaxed);
+    if report != RetentionReport::default() {
+        info!(
+            snapshots = report.snapshots,
+            parts = report.parts,
+            segments = report.segments,
+            bytes = report.bytes,
+            "retention deleted what no kept snapshot or moment needs"
+        );
+    }
+    Ok(report)
+}
+
+async fn delete(store: &Store, k: &ObjectPath) -> Result<(), String> {
+    match store.inner.delete(k).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => {
+            warn!(key = %k, error = %e, "retention could not delete an object");
+            Err(format!("deleting {k}: {e}"))
+        }
+    }
+}
+
+/// Parses a duration like `90s`, `15m`, `6h`, `7d` (or a bare number of
+/// seconds); `off` is `None`.
+pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 15m, 6h, 7d, or off)"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "ms" => return Ok(Some(Duration::from_millis(n))),
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d or w)")),
+    };
+    n.checked_mul(secs)
+        .map(|s| Some(Duration::from_secs(s)))
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(seq: u64, cut_us: i64) -> Manifest {
+        Manifest {
+            seq,
+            epoch: 1,
+            started_us: cut_us - 5,
+            cut_us,
+            completed_us: cut_us + 10,
+            tables: vec![TableSnapshot {
+                name: "cpu".into(),
+                table_id: 7,
+                txn: seq * 10,
+                meta: vec![1, 2, 3],
+                state: vec![4, 5],
+                symbols: PartRef {
+                    key: "snapshots/parts/0000000000000007/_sym/00.part".into(),
+                    bytes: 20,
+                    xxh3: 9,
+                },
+                partitions: vec![PartRef {
+                    key: "snapshots/parts/0000000000000007/2024-01-01/x.part".into(),
+                    bytes: 100,
+                    xxh3: 11,
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn manifests_round_trip_and_refuse_damage() {
+        let m = manifest(3, 1_000_000);
+        let b = encode_manifest(&m);
+        assert_eq!(decode_manifest(&b).unwrap(), m);
+        for i in [0, 9, 20, b.len() / 2, b.len() - 1] {
+            let mut d = b.clone();
+            d[i] ^= 0x40;
+            assert!(decode_manifest(&d).is_err(), "flipped byte {i} accepted");
+        }
+        assert!(decode_manifest(&b[..b.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn parts_verify_every_file() {
+        let files = vec![
+            PartFile {
+                name: "a.d".into(),
+                pieces: vec![Bytes::from_static(b"hello "), Bytes::from_static(b"world")],
+            },
+            PartFile {
+                name: "a.v".into(),
+                pieces: vec![Bytes::from_static(&[0xff, 0x01])],
+            },
+        ];
+        let p = build_part(files);
+        let bytes: Vec<u8> = p.payload.iter().flat_map(|b| b.iter().copied()).collect();
+        let r = PartRef {
+            key: "k".into(),
+            bytes: p.bytes,
+            xxh3: p.xxh3,
+        };
+        let got = decode_part(&bytes, &r).unwrap();
+        assert_eq!(got[0], ("a.d".to_string(), &b"hello world"[..]));
+        assert_eq!(got[1].1, &[0xff, 0x01]);
+        let mut bad = bytes.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        let e = decode_part(&bad, &r).unwrap_err();
+        assert!(e.contains("a.v"), "{e}");
+        assert!(decode_part(&bytes[..n - 1], &r).is_err());
+    }
+
+    #[test]
+    fn bitmaps_drop_bits_past_the_last_row() {
+        let f = Bytes::from_static(&[0xff, 0xff]);
+        let b = bitmap(Path::new("x"), &f, 11).unwrap();
+        let all: Vec<u8> = b.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(all, vec![0xff, 0x07]);
+        assert!(bitmap(Path::new("x"), &f, 17).is_err());
+    }
+
+    #[test]
+    fn retention_keeps_the_window_its_base_and_the_newest() {
+        let h = 3_600_000_000i64;
+        let now = 100 * h;
+        // Snapshots every hour from 90 h to 99 h.
+        let ms: Vec<Manifest> = (0..10).map(|i| manifest(i, (90 + i as i64) * h)).collect();
+        let r = Retention {
+            window: Duration::from_secs(3 * 3600 + 1800),
+            keep_min: 2,
+            grace: Duration::from_secs(60),
+        };
+        // Window from 96.5 h: snapshots cut at 97, 98, 99 and the base (96).
+        let k = kept(&ms, &r, now);
+        assert_eq!(k.into_iter().collect::<Vec<_>>(), vec![6, 7, 8, 9]);
+        // A successor complete for less than the grace keeps its predecessor.
+        let mut ms2 = ms.clone();
+        ms2[5].completed_us = now - 1;
+        assert!(kept(&ms2, &r, now).contains(&4));
+        let r0 = Retention {
+            window: Duration::ZERO,
+            keep_min: 1,
+            grace: Duration::ZERO,
+        };
+        assert_eq!(kept(&ms, &r0, now).into_iter().collect::<Vec<_>>(), vec![9]);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("off").unwrap(), None);
+        assert_eq!(parse_duration("90s").unwrap(), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h").unwrap(), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7d").unwrap(), Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("250ms").unwrap(), Some(Duration::from_millis(250)));
+        assert!(parse_duration("7y").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}
