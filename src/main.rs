@@ -207,7 +207,12 @@ struct ServeArgs {
     /// into the object store this often: `30m`, `6h`, `1d`, ... or `off`
     /// (only `BACKUP DATABASE` takes one). New replicas start from the
     /// newest snapshot; `basalt restore` starts from one (docs/backup.md).
-    #[arg(long, global = true, env = "BASALT_SNAPSHOT_INTERVAL", default_value = "off")]
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_SNAPSHOT_INTERVAL",
+        default_value = "off"
+    )]
     snapshot_interval: String,
     /// Primary: keep what restores any moment of this window (`7d`, `12h`,
     /// ...), delete older snapshots and the segments no kept snapshot needs;
@@ -215,13 +220,23 @@ struct ServeArgs {
     #[arg(long, global = true, env = "BASALT_RETENTION", default_value = "off")]
     retention: String,
     /// With --retention: keep at least this many snapshots, whatever their age.
-    #[arg(long, global = true, env = "BASALT_RETENTION_SNAPSHOTS", default_value_t = 2)]
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_RETENTION_SNAPSHOTS",
+        default_value_t = 2
+    )]
     retention_snapshots: usize,
     /// With --retention: nothing is deleted until it has been unneeded this
     /// long (a snapshot: a newer one has been complete that long), so a
     /// bootstrap or restore that started from it can finish. Longer than
     /// your slowest bootstrap.
-    #[arg(long, global = true, env = "BASALT_RETENTION_GRACE", default_value = "1h")]
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_RETENTION_GRACE",
+        default_value = "1h"
+    )]
     retention_grace: String,
     /// Replica: how often each table's next segment is looked for (one GET
     /// of the key it must have per table; new tables are listed once a
@@ -243,7 +258,9 @@ impl ServeArgs {
         let window = parse_duration(&self.retention).map_err(|e| format!("--retention: {e}"))?;
         let grace = parse_duration(&self.retention_grace)
             .map_err(|e| format!("--retention-grace: {e}"))?
-            .ok_or("--retention-grace cannot be off: deleting what a bootstrap is reading loses it")?;
+            .ok_or(
+                "--retention-grace cannot be off: deleting what a bootstrap is reading loses it",
+            )?;
         if window.is_some() && self.retention_snapshots == 0 {
             return Err("--retention-snapshots must be at least 1: the newest snapshot is what new nodes start from".into());
         }
@@ -1087,7 +1104,11 @@ mod restore {
             .map_err(|e| e.to_string())
     }
 
-    pub fn restore(node: &NodeArgs, to_time: Option<&str>, to_txn: &[String]) -> Result<(), String> {
+    pub fn restore(
+        node: &NodeArgs,
+        to_time: Option<&str>,
+        to_txn: &[String],
+    ) -> Result<(), String> {
         let store = store(node)?;
         let mut target = Target {
             time_us: to_time.map(r::parse_time).transpose()?,
@@ -1112,9 +1133,16 @@ mod restore {
         let secs = started.elapsed().as_secs_f64();
         println!(
             "restored {} into {} from {} in {secs:.1} s: {} objects, {:.1} MB ({:.1} MB/s)",
-            if target == Target::default() { "latest".to_string() } else { format!("{target:?}") },
+            if target == Target::default() {
+                "latest".to_string()
+            } else {
+                format!("{target:?}")
+            },
             node.data_dir.display(),
-            rep.snapshot.map_or_else(|| "the segments alone".to_string(), |s| format!("snapshot {s} and the segments after it")),
+            rep.snapshot.map_or_else(
+                || "the segments alone".to_string(),
+                |s| format!("snapshot {s} and the segments after it")
+            ),
             rep.objects,
             rep.bytes as f64 / 1e6,
             rep.bytes as f64 / 1e6 / secs.max(1e-9),
@@ -1142,7 +1170,11 @@ mod restore {
             } else {
                 "?".into()
             };
-            let pct = if total > 0 { bytes as f64 * 100.0 / total as f64 } else { 0.0 };
+            let pct = if total > 0 {
+                bytes as f64 * 100.0 / total as f64
+            } else {
+                0.0
+            };
             if tty {
                 let width = 30;
                 let filled = (pct / 100.0 * width as f64) as usize;

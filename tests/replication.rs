@@ -1309,3 +1309,522 @@ fn a_partitioned_primary_is_fenced_when_healed_and_forks_nothing() {
         "batches 0..3 and 10 (with its extra row)"
     );
 }
+
+// ------------------------------------------------- snapshots and restore
+
+/// `BACKUP DATABASE` over /exec: the one row it answers with, as a map.
+fn backup(n: &ServerProcess) -> HashMap<String, serde_json::Value> {
+    let r = exec(n.http, "BACKUP DATABASE");
+    let cols: Vec<String> = r["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    cols.into_iter()
+        .zip(r["dataset"][0].as_array().unwrap().iter().cloned())
+        .collect()
+}
+
+/// `basalt <args>` to completion: (success, stdout, stderr).
+fn basalt(args: &[&str]) -> (bool, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .args(args)
+        .env("BASALT_LOG", "info")
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn restore_cmd(conn: &str, dir: &Path, extra: &[&str]) -> (bool, String, String) {
+    let d = dir.display().to_string();
+    let mut args = vec!["restore", "--object-store", conn, "--data-dir", &d];
+    args.extend(extra);
+    basalt(&args)
+}
+
+/// Posts `n` batches from `first` and waits until the store holds them.
+fn post_batches(p: &ServerProcess, first: u64, n: u64) {
+    for b in first..first + n {
+        let resp = http(p.http, "POST", "/write", &[], &batch_body(b));
+        assert_eq!(resp.status, 204, "{}", String::from_utf8_lossy(&resp.body));
+    }
+}
+
+fn wait_uploaded(p: &ServerProcess) -> u64 {
+    wait_uploaded_table(p, "cpu")
+}
+
+fn wait_uploaded_table(p: &ServerProcess, table: &str) -> u64 {
+    eventually(Duration::from_secs(60), || {
+        let s = p.status();
+        let t = &s["tables"][table];
+        let c = t["committed_txn"].as_u64().unwrap_or(0);
+        (c > 0 && t["uploaded_txn"].as_u64() == Some(c)).then_some(c)
+    })
+}
+
+/// A snapshot taken while four batches a second keep arriving; a new
+/// replica starts from it (it applies only the segments after it) and
+/// ends byte-identical to the primary, and equal by query.
+fn bootstrap_from_a_snapshot_under_ingestion(conn: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (pdir, rdir) = (dir.path().join("primary"), dir.path().join("replica"));
+    let p = primary(&pdir, Some(conn), &[]);
+    post_batches(&p, 0, 20);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, addr) = (stop.clone(), p.http);
+        std::thread::spawn(move || {
+            let mut b = 20;
+            while !stop.load(Ordering::Acquire) {
+                let resp = http(addr, "POST", "/write", &[], &batch_body(b));
+                assert_eq!(resp.status, 204);
+                b += 1;
+            }
+            b
+        })
+    };
+    // Wait until the writer has committed more, so the snapshot is cut
+    // while it writes.
+    eventually(Duration::from_secs(30), || {
+        (txn_of(&p.status(), "committed_txn") > 25).then_some(())
+    });
+    let b = backup(&p);
+    assert!(b["tables"].as_u64() == Some(1), "{b:?}");
+    assert!(b["parts_uploaded"].as_u64().unwrap() >= 2, "{b:?}");
+    assert!(b["rows"].as_u64().unwrap() >= 20 * BATCH, "{b:?}");
+    // And over PG wire: the second snapshot reuses the unchanged parts.
+    let pg = psql(p.pg.unwrap(), "BACKUP DATABASE");
+    assert!(pg.starts_with('1'), "snapshot number 1: {pg}");
+    stop.store(true, Ordering::Release);
+    let batches = writer.join().unwrap();
+    let total = wait_uploaded(&p);
+    assert!(total >= batches, "{total} txns for {batches} batches");
+
+    let r = ServerProcess::start_replica(&rdir, conn);
+    wait_replicated(&p, &r);
+    let rs = r.status();
+    let segments_applied = rs["tables"]["cpu"]["segments_applied"].as_u64().unwrap();
+    let segments_in_store = assert_chain(conn, total) as u64;
+    assert!(
+        segments_applied < segments_in_store,
+        "the replica applied {segments_applied} of {segments_in_store} segments: it started from the snapshot"
+    );
+    assert_eq!(cpu_rows(p.http), cpu_rows(r.http));
+    assert!(p.terminate().success());
+    assert!(r.terminate().success());
+    assert_same_tables(&pdir, &rdir);
+}
+
+#[test]
+fn bootstrap_from_a_snapshot_under_ingestion_on_fs() {
+    let dir = tempfile::tempdir().unwrap();
+    bootstrap_from_a_snapshot_under_ingestion(&fs_conn(dir.path()));
+}
+
+#[test]
+fn bootstrap_from_a_snapshot_under_ingestion_on_s3_moto() {
+    let moto = servers::moto("basalt");
+    bootstrap_from_a_snapshot_under_ingestion(&s3_conn(&moto, "snap"));
+}
+
+#[test]
+fn bootstrap_from_a_snapshot_under_ingestion_on_azurite() {
+    let az = servers::azurite("basalt");
+    let conn = format!(
+        "azblob::container=basalt;root=snap;account_name=devstoreaccount1;\
+         account_key=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;\
+         endpoint=http://127.0.0.1:{}/devstoreaccount1;",
+        az.port
+    );
+    bootstrap_from_a_snapshot_under_ingestion(&conn);
+}
+
+/// Rows of `cpu` in a data directory (it must have the table).
+fn rows_in(dir: &Path) -> u64 {
+    TableReader::open(dir, "cpu")
+        .unwrap()
+        .state()
+        .unwrap()
+        .row_count()
+}
+
+/// Rows of batches `0..n` (batch_body adds one row from batch 4 on).
+fn rows_of_batches(n: u64) -> u64 {
+    n * BATCH + n.saturating_sub(4)
+}
+
+/// Restores to moments between known batches, to a txn, and to the
+/// latest; a restore killed with SIGKILL completes when run again; a
+/// restored directory serves, and as a primary of the same store it is
+/// refused (it would fork the history).
+fn point_in_time_restore(conn: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = primary(&dir.path().join("primary"), Some(conn), &[]);
+    post_batches(&p, 0, 3);
+    wait_uploaded(&p);
+    backup(&p);
+    let t1 = basalt::db::now_us();
+    post_batches(&p, 3, 3);
+    let t2 = basalt::db::now_us();
+    post_batches(&p, 6, 3);
+    wait_uploaded(&p);
+    backup(&p);
+    post_batches(&p, 9, 3);
+    let total = wait_uploaded(&p);
+    assert_eq!(total, 12);
+
+    let (ok, out, err) = basalt(&["backups", "--object-store", conn]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("snapshot      0") && out.contains("snapshot      1"),
+        "{out}"
+    );
+    assert!(out.contains("segments hold txns 1..=12"), "{out}");
+
+    // Between batches 2 and 3: snapshot 0 alone.
+    let d1 = dir.path().join("r1");
+    let (ok, out, err) = restore_cmd(conn, &d1, &["--to-time", &t1.to_string()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("snapshot 0"), "{out}");
+    assert_eq!(rows_in(&d1), rows_of_batches(3));
+    // Between 5 and 6, as RFC 3339: snapshot 0, then segments up to txn 6.
+    let d2 = dir.path().join("r2");
+    let rfc = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(t2)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let (ok, _, err) = restore_cmd(conn, &d2, &["--to-time", &rfc]);
+    assert!(ok, "{err}");
+    assert_eq!(rows_in(&d2), rows_of_batches(6));
+    assert_eq!(
+        TableReader::open(&d2, "cpu").unwrap().state().unwrap().txn,
+        6
+    );
+    // By txn.
+    let d3 = dir.path().join("r3");
+    let (ok, _, err) = restore_cmd(conn, &d3, &["--to-txn", "cpu=8"]);
+    assert!(ok, "{err}");
+    assert_eq!(rows_in(&d3), rows_of_batches(8));
+    // Latest: snapshot 1 and the segments after it.
+    let d4 = dir.path().join("r4");
+    let (ok, out, err) = restore_cmd(conn, &d4, &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("snapshot 1"), "{out}");
+    assert_eq!(rows_in(&d4), rows_of_batches(12));
+
+    // Refusals: a txn past the store's, a moment in the future, a
+    // directory that is not empty.
+    let (ok, _, err) = restore_cmd(conn, &dir.path().join("r5"), &["--to-txn", "cpu=99"]);
+    assert!(!ok && err.contains("holds txns of cpu up to 12"), "{err}");
+    let future = (basalt::db::now_us() + 3_600_000_000).to_string();
+    let (ok, _, err) = restore_cmd(conn, &dir.path().join("r6"), &["--to-time", &future]);
+    assert!(!ok && err.contains("in the future"), "{err}");
+    let (ok, _, err) = restore_cmd(conn, &d4, &[]);
+    assert!(!ok && err.contains("not empty"), "{err}");
+
+    // The restored directory serves (standalone), and is refused as a
+    // second primary of the store it came from.
+    let s = ServerProcess::start(&d2, &["--object-store", "off"]);
+    assert_eq!(cpu_rows(s.http), rows_of_batches(6));
+    assert!(s.terminate().success());
+    let refused = refused_start(&d2, conn);
+    assert!(refused.contains("fork"), "{refused}");
+    assert!(p.terminate().success());
+}
+
+#[test]
+fn point_in_time_restore_on_fs() {
+    let dir = tempfile::tempdir().unwrap();
+    point_in_time_restore(&fs_conn(dir.path()));
+}
+
+#[test]
+fn point_in_time_restore_on_s3_moto() {
+    let moto = servers::moto("basalt");
+    point_in_time_restore(&s3_conn(&moto, "pitr"));
+}
+
+/// A restore killed with SIGKILL part way resumes when run again and ends
+/// with exactly the rows of the target.
+#[test]
+fn a_restore_killed_part_way_completes_when_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = fs_conn(dir.path());
+    // Many small segments: the restore applies and checkpoints each.
+    let p = primary(
+        &dir.path().join("primary"),
+        Some(&conn),
+        &["--segment-age-ms", "0"],
+    );
+    for b in 0..300 {
+        let line = format!("k,s=a v={b}i {}\n", 1_700_000_000_000_000_000u64 + b * 1000);
+        assert_eq!(
+            http(p.http, "POST", "/write", &[], line.as_bytes()).status,
+            204
+        );
+    }
+    let total = eventually(Duration::from_secs(60), || {
+        let s = p.status();
+        let c = s["tables"]["k"]["committed_txn"].as_u64().unwrap_or(0);
+        (c == 300 && s["tables"]["k"]["uploaded_txn"].as_u64() == Some(300)).then_some(c)
+    });
+    assert!(p.terminate().success());
+    let target = dir.path().join("restored");
+    let d = target.display().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .args([
+            "restore",
+            "--object-store",
+            &conn,
+            "--data-dir",
+            &d,
+            "--to-txn",
+            "k=250",
+        ])
+        .env("BASALT_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once the table has some txns, before it has them all.
+    let ckpt = |dir: &Path| {
+        std::fs::read(dir.join("k").join("_ckpt"))
+            .ok()
+            .and_then(|b| basalt::table::state::decode_txn(Path::new("_ckpt"), &b).ok())
+            .map_or(0, |s| s.txn)
+    };
+    eventually(Duration::from_secs(60), || {
+        (ckpt(&target) > 0).then_some(())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = ckpt(&target);
+    assert!(
+        at_kill < 250
+            && target
+                .join(basalt::replication::restore::MARKER_FILE)
+                .exists(),
+        "killed part way (at txn {at_kill} of 250)"
+    );
+    // Another target is refused in the half-restored directory.
+    let (ok, _, err) = restore_cmd(&conn, &target, &[]);
+    assert!(!ok && err.contains("unfinished restore"), "{err}");
+    let (ok, out, err) = restore_cmd(&conn, &target, &["--to-txn", "k=250"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("k: txn 250"), "{out}");
+    let scan = TableReader::open(&target, "k")
+        .unwrap()
+        .scan(&["v"], None)
+        .unwrap();
+    let got: Vec<i64> = (0..scan.row_count())
+        .map(|i| match scan.value(0, i) {
+            Value::Long(v) => v,
+            v => panic!("{v:?}"),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        (0..250).collect::<Vec<i64>>(),
+        "every row of txns 1..=250, once"
+    );
+    assert_eq!(total, 300);
+}
+
+/// Retention deletes old snapshots, their parts and the segments below the
+/// oldest kept snapshot (counted in /metrics); a new replica still
+/// converges, a replica stopped before and restarted after is rebuilt
+/// from the newest snapshot; a restore to before what is kept is refused
+/// with the restorable range; a damaged snapshot part is refused by name.
+#[test]
+fn retention_deletes_what_no_snapshot_needs_and_replicas_still_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = fs_conn(dir.path());
+    let (pdir, r1dir, r2dir) = (
+        dir.path().join("primary"),
+        dir.path().join("r1"),
+        dir.path().join("r2"),
+    );
+    let p = primary(
+        &pdir,
+        Some(&conn),
+        &[
+            "--retention",
+            "1ms",
+            "--retention-snapshots",
+            "1",
+            "--retention-grace",
+            "1ms",
+            "--snapshot-interval",
+            "1s",
+        ],
+    );
+    post_batches(&p, 0, 4);
+    let r1 = ServerProcess::start_replica(&r1dir, &conn);
+    wait_replicated(&p, &r1);
+    assert!(r1.terminate().success());
+    let t_early = basalt::db::now_us();
+    for round in 0..3 {
+        post_batches(&p, 4 + round * 4, 4);
+        wait_uploaded(&p);
+        backup(&p);
+    }
+    // Retention runs after each scheduled snapshot: segment 1 goes.
+    let metric = |name: &str| {
+        let m = String::from_utf8(http(p.http, "GET", "/metrics", &[], b"").body).unwrap();
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    eventually(Duration::from_secs(60), || {
+        (metric("basalt_retention_deleted_segments_total") > 0.0
+            && metric("basalt_retention_deleted_snapshots_total") > 0.0
+            && metric("basalt_retention_deleted_parts_total") > 0.0)
+            .then_some(())
+    });
+    let store_dir = dir.path().join("store");
+    assert!(
+        !store_dir
+            .join("tables/cpu/00000000000000000001.seg")
+            .exists(),
+        "the first segment was deleted"
+    );
+    let (ok, out, _) = basalt(&["backups", "--object-store", &conn]);
+    assert!(ok);
+    assert!(
+        !out.contains("snapshot      0 "),
+        "snapshot 0 deleted: {out}"
+    );
+    post_batches(&p, 16, 2);
+    let total = wait_uploaded(&p);
+    // A new replica: from the newest snapshot.
+    let r2 = ServerProcess::start_replica(&r2dir, &conn);
+    wait_replicated(&p, &r2);
+    // The replica stopped at txn 4 finds its next segments gone: rebuilt.
+    let r1 = ServerProcess::start_replica(&r1dir, &conn);
+    wait_replicated(&p, &r1);
+    assert_eq!(cpu_rows(r1.http), rows_of_batches(18));
+    // Before what is kept: refused, with the range.
+    let (ok, _, err) = restore_cmd(
+        &conn,
+        &dir.path().join("early"),
+        &["--to-time", &t_early.to_string()],
+    );
+    assert!(!ok && err.contains("restores any moment from"), "{err}");
+    assert!(p.terminate().success());
+    assert!(r1.terminate().success());
+    assert!(r2.terminate().success());
+    assert_same_tables(&pdir, &r1dir);
+    assert_same_tables(&pdir, &r2dir);
+    assert_eq!(rows_in(&pdir), rows_of_batches(18));
+    assert!(total >= 18);
+
+    // A damaged part: the restore names it and builds nothing from it.
+    let mut parts = Vec::new();
+    let mut stack = vec![store_dir.join("snapshots/parts")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap().path();
+            if e.is_dir() {
+                stack.push(e);
+            } else if e.extension().is_some_and(|x| x == "part")
+                && !e.to_string_lossy().contains("_sym")
+            {
+                parts.push(e);
+            }
+        }
+    }
+    let victim = parts
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x55;
+    std::fs::write(victim, &bytes).unwrap();
+    let (ok, _, err) = restore_cmd(&conn, &dir.path().join("bad"), &[]);
+    let name = victim.file_name().unwrap().to_string_lossy();
+    assert!(
+        !ok && err.contains(&*name) && err.contains("refused"),
+        "{err}"
+    );
+}
+
+/// A second snapshot after new rows in one partition of ten uploads that
+/// partition (and the dictionaries) only: the bytes it reports are the
+/// bytes that appeared in the store.
+#[test]
+fn a_second_snapshot_uploads_only_the_changed_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = fs_conn(dir.path());
+    let p = primary(&dir.path().join("primary"), Some(&conn), &[]);
+    let day_ns = 86_400_000_000_000u64;
+    let base = 1_700_006_400_000_000_000u64; // a midnight
+    let mut body = Vec::new();
+    for i in 0..20_000u64 {
+        let day = i % 10;
+        writeln!(
+            body,
+            "m,host=h{} v={i}i,x={}.5 {}",
+            i % 7,
+            i,
+            base + day * day_ns + i * 1000
+        )
+        .unwrap();
+    }
+    assert_eq!(http(p.http, "POST", "/write", &[], &body).status, 204);
+    wait_uploaded_table(&p, "m");
+    let parts_bytes = || {
+        let mut n = 0;
+        let mut stack = vec![dir.path().join("store/snapshots/parts")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten() {
+                let e = e.unwrap().path();
+                if e.is_dir() {
+                    stack.push(e);
+                } else {
+                    n += std::fs::metadata(&e).unwrap().len();
+                }
+            }
+        }
+        n
+    };
+    let first = backup(&p);
+    let first_bytes = first["bytes_uploaded"].as_u64().unwrap();
+    assert_eq!(first["parts_uploaded"].as_u64(), Some(11), "{first:?}");
+    assert_eq!(parts_bytes(), first_bytes);
+    // 1% more rows, all in the last day.
+    let mut body = Vec::new();
+    for i in 0..200u64 {
+        writeln!(
+            body,
+            "m,host=h{} v={i}i,x=1.5 {}",
+            i % 7,
+            base + 9 * day_ns + 500_000_000_000 + i
+        )
+        .unwrap();
+    }
+    assert_eq!(http(p.http, "POST", "/write", &[], &body).status, 204);
+    wait_uploaded_table(&p, "m");
+    let second = backup(&p);
+    let second_bytes = second["bytes_uploaded"].as_u64().unwrap();
+    assert_eq!(second["parts_reused"].as_u64(), Some(10), "{second:?}");
+    assert_eq!(
+        parts_bytes(),
+        first_bytes + second_bytes,
+        "the PUT bytes are what appeared in the store"
+    );
+    assert!(
+        second_bytes * 20 <= first_bytes * 3,
+        "incremental {second_bytes} bytes vs first {first_bytes}"
+    );
+    // A third with nothing new uploads nothing.
+    let third = backup(&p);
+    assert_eq!(third["bytes_uploaded"].as_u64(), Some(0), "{third:?}");
+    assert!(p.terminate().success());
+}

@@ -292,7 +292,10 @@ impl TableHandle {
     /// the clock steps back), which is what restoring to a point in time
     /// relies on (docs/backup.md).
     pub(crate) fn sequence(&self, n: u64) -> (u64, i64) {
-        let mut last = self.last_commit_us.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self
+            .last_commit_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let first = self.next_txn.fetch_add(n, Ordering::SeqCst);
         let t = now_us().max(*last);
         *last = t;

@@ -103,6 +103,8 @@ struct Inner {
     status: Arc<NodeStatus>,
     /// One snapshot or retention pass at a time.
     backup_lock: Mutex<()>,
+    /// Full blocks of partitions already uploaded (not hashed again).
+    blocks: super::snapshot::BlockCache,
 }
 
 #[derive(Default)]
@@ -121,6 +123,7 @@ impl Node {
             work: Mutex::new(Work::default()),
             status,
             backup_lock: Mutex::new(()),
+            blocks: Default::default(),
         }))
     }
 
@@ -616,11 +619,18 @@ impl Node {
             return Err(format!(
                 "snapshots are taken by the primary; this node is {}{}",
                 st.role.name(),
-                if st.switching.is_some() { " (switching)" } else { "" }
+                if st.switching.is_some() {
+                    " (switching)"
+                } else {
+                    ""
+                }
             ));
         }
         if let Some(f) = &st.fenced {
-            return Err(format!("this node is fenced ({}): the new primary takes snapshots", f.reason));
+            return Err(format!(
+                "this node is fenced ({}): the new primary takes snapshots",
+                f.reason
+            ));
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -636,6 +646,7 @@ impl Node {
             st.epoch,
             cfg.backup.wait,
             &stats,
+            &self.0.blocks,
         ));
         if let Err(e) = &r {
             stats
@@ -713,7 +724,9 @@ impl Node {
         });
         match bg {
             Ok(bg) => self.work().backups = Some(bg),
-            Err(e) => error!(error = %e, "cannot start the snapshot thread; scheduled snapshots and retention are off"),
+            Err(e) => {
+                error!(error = %e, "cannot start the snapshot thread; scheduled snapshots and retention are off")
+            }
         }
     }
 

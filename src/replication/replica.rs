@@ -601,7 +601,11 @@ impl Replica {
             .rt
             .block_on(super::snapshot::newest(&self.store))
             .map_err(ReplicationError::Io)?;
-        let Some(t) = m.as_ref().and_then(|m| m.table(table)).filter(|t| t.txn >= past) else {
+        let Some(t) = m
+            .as_ref()
+            .and_then(|m| m.table(table))
+            .filter(|t| t.txn >= past)
+        else {
             return Err(ReplicationError::Io(format!(
                 "table {table}: the store holds neither the segments after this replica's txn                  nor a snapshot reaching txn {past}; remove the table here to rebuild it"
             )));
@@ -630,7 +634,11 @@ impl Replica {
             .map_err(ReplicationError::Io)?;
         let w = TableWriter::open(&self.data_dir, table)?;
         self.tables.insert(table.to_string(), w);
-        warn!(table, txn = t.txn, "table rebuilt from a snapshot: it had fallen behind what the store keeps");
+        warn!(
+            table,
+            txn = t.txn,
+            "table rebuilt from a snapshot: it had fallen behind what the store keeps"
+        );
         Ok(t.txn)
     }
 
@@ -670,10 +678,12 @@ impl Replica {
                     next_key: key.to_string(),
                 });
             }
-            let seg = self.fetch(&key)?.ok_or_else(|| ReplicationError::Misplaced {
-                key: key.to_string(),
-                why: "listed, but gone when fetched".into(),
-            })?;
+            let seg = self
+                .fetch(&key)?
+                .ok_or_else(|| ReplicationError::Misplaced {
+                    key: key.to_string(),
+                    why: "listed, but gone when fetched".into(),
+                })?;
             let h = seg.header();
             // The last txn to apply: before the first one committed after
             // the point (commit times grow with txns; aborted ones carry 0).

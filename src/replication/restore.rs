@@ -75,8 +75,10 @@ pub fn parse_txn(s: &str) -> Result<(String, u64), String> {
 }
 
 pub fn fmt_time(us: i64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us)
-        .map_or_else(|| format!("{us} µs"), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us).map_or_else(
+        || format!("{us} µs"),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    )
 }
 
 /// One table's chain in the store.
@@ -110,7 +112,11 @@ impl Summary {
 
     /// The newest commit the store holds.
     pub fn latest_us(&self) -> i64 {
-        self.chains.values().map(|c| c.last_commit_us).max().unwrap_or(0)
+        self.chains
+            .values()
+            .map(|c| c.last_commit_us)
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn range_text(&self) -> String {
@@ -182,7 +188,11 @@ pub async fn summary(store: &Store) -> Result<Summary, String> {
 
 /// The snapshot a restore to `target` starts from (`None`: from txn 1),
 /// or why the store cannot restore it.
-pub fn choose_base<'a>(s: &'a Summary, target: &Target, now_us: i64) -> Result<Option<&'a Manifest>, String> {
+pub fn choose_base<'a>(
+    s: &'a Summary,
+    target: &Target,
+    now_us: i64,
+) -> Result<Option<&'a Manifest>, String> {
     if let Some(t) = target.time_us {
         if t > now_us {
             return Err(format!(
@@ -231,7 +241,10 @@ pub fn choose_base<'a>(s: &'a Summary, target: &Target, now_us: i64) -> Result<O
         "{} is before anything the store can restore (the segments of {} before the oldest \
          snapshot were removed by retention); {}",
         target.describe(),
-        cut.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+        cut.iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         s.range_text()
     ))
 }
@@ -257,7 +270,11 @@ pub fn restore(
     total: &std::sync::atomic::AtomicU64,
 ) -> Result<RestoreReport, String> {
     let marker = data_dir.join(MARKER_FILE);
-    let want = format!("basalt restore\nstore {}\ntarget {}\n", store.config, target.describe());
+    let want = format!(
+        "basalt restore\nstore {}\ntarget {}\n",
+        store.config,
+        target.describe()
+    );
     prepare_dir(data_dir, &marker, &want)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -271,10 +288,7 @@ pub fn restore(
     if let Some(m) = &base {
         for t in &m.tables {
             if !data_dir.join(&t.name).exists() {
-                estimate += std::iter::once(&t.symbols)
-                    .chain(&t.partitions)
-                    .map(|p| p.bytes)
-                    .sum::<u64>();
+                estimate += t.parts().map(|p| p.bytes).sum::<u64>();
             }
         }
     }
@@ -312,8 +326,7 @@ pub fn restore(
                     t.name, t.txn
                 ));
             }
-            replica
-                .block_on(snapshot::materialize(store, data_dir, t, false, progress))?;
+            replica.block_on(snapshot::materialize(store, data_dir, t, false, progress))?;
         }
     }
     for name in s.chains.keys() {

@@ -4,20 +4,20 @@
 //! segment chain, and a point in time is restored from it plus segments.
 //!
 //! ```text
-//! snapshots/manifests/<seq, 20 digits>                          one per snapshot, written last
-//! snapshots/parts/<table id, 16 hex>/<partition>/<rows, 20 digits>-<columns, 4 digits>.part
-//! snapshots/parts/<table id, 16 hex>/_sym/<part checksum, 16 hex>.part
+//! snapshots/manifests/<seq, 20 digits>                       one per snapshot, written last
+//! snapshots/parts/<table id, 16 hex>/<xxh3-128 of the part's header, 32 hex>.part
 //! ```
 //!
-//! A part bundles the files of one partition version (or a table's symbol
-//! dictionaries) cut to the rows the snapshot counts. A partition's files
-//! are a function of its table, its row count and its column count (rows
-//! only ever append to a partition; an out-of-order merge rewrites it into
-//! a new version with more rows; docs/format.md), so a partition unchanged
-//! since the last snapshot has the same key and is never uploaded again.
-//! Dictionaries are keyed by their checksum. Every object is created once
-//! (conditional create); the manifest names the parts with their checksums
-//! and comes last, so a half-uploaded snapshot is never visible.
+//! A part bundles one block of [`BLOCK_ROWS`] rows of a partition version:
+//! the bytes of every column file for those rows (or one block of entries
+//! of the table's symbol dictionaries). Rows only ever append to a
+//! partition version (an out-of-order merge writes a new version), so every
+//! full block of a partition stays byte for byte the same from one snapshot
+//! to the next: parts are keyed by their content, and a snapshot uploads
+//! only the blocks that changed, which after new rows is the last block of
+//! the partitions that got them. Every object is created once (conditional
+//! create); the manifest names the parts with their checksums and comes
+//! last, so a half-uploaded snapshot is never visible.
 //! Layouts byte by byte: docs/format.md, "Snapshots".
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,8 +43,6 @@ use crate::table::{ColumnType, Schema, TableError};
 pub const SNAPSHOTS_PREFIX: &str = "snapshots";
 const MANIFESTS: &str = "manifests";
 const PARTS: &str = "parts";
-/// Directory (in a part key) of a table's symbol dictionaries.
-const SYMBOLS: &str = "_sym";
 
 const MANIFEST_MAGIC: &[u8; 8] = b"BSLTSNAP";
 const PART_MAGIC: &[u8; 8] = b"BSLTPART";
@@ -53,7 +51,10 @@ const VERSION: u32 = 1;
 const TABLES_MAX: u32 = 100_000;
 const PART_FILES_MAX: u32 = 3 * 2048;
 /// Parts uploaded or downloaded at once.
-const PARTS_IN_FLIGHT: usize = 4;
+const PARTS_IN_FLIGHT: usize = 8;
+/// Rows (or dictionary entries) per part: a multiple of 8, so bitmaps split
+/// at byte boundaries. About 7 MiB of the reference table's rows.
+pub const BLOCK_ROWS: u64 = 128 * 1024;
 
 /// One object of a snapshot, as its manifest names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,10 +79,12 @@ pub struct TableSnapshot {
     pub meta: Vec<u8>,
     /// The bytes of its `_txn` (and `_ckpt`) file at `txn`.
     pub state: Vec<u8>,
-    /// The symbol dictionaries.
-    pub symbols: PartRef,
-    /// One per partition, in the order of `state`.
-    pub partitions: Vec<PartRef>,
+    /// Rows (dictionary entries) per part.
+    pub block_rows: u64,
+    /// The symbol dictionaries, block by block.
+    pub symbols: Vec<PartRef>,
+    /// Per partition (in the order of `state`), its blocks in row order.
+    pub partitions: Vec<Vec<PartRef>>,
 }
 
 /// A snapshot's manifest.
@@ -111,9 +114,13 @@ impl Manifest {
     }
 
     pub fn parts(&self) -> impl Iterator<Item = &PartRef> {
-        self.tables
-            .iter()
-            .flat_map(|t| std::iter::once(&t.symbols).chain(&t.partitions))
+        self.tables.iter().flat_map(TableSnapshot::parts)
+    }
+}
+
+impl TableSnapshot {
+    pub fn parts(&self) -> impl Iterator<Item = &PartRef> {
+        self.symbols.iter().chain(self.partitions.iter().flatten())
     }
 }
 
@@ -161,7 +168,8 @@ impl<'a> Reader<'a> {
     }
     fn string(&mut self) -> Result<String, String> {
         let b = self.bytes()?;
-        String::from_utf8(b.to_vec()).map_err(|_| format!("a name before byte {} is not UTF-8", self.at))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| format!("a name before byte {} is not UTF-8", self.at))
     }
 }
 
@@ -182,11 +190,15 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
         put_u64(&mut b, t.txn);
         put_bytes(&mut b, &t.meta);
         put_bytes(&mut b, &t.state);
+        put_u64(&mut b, t.block_rows);
         put_u32(&mut b, t.partitions.len() as u32 + 1);
-        for p in std::iter::once(&t.symbols).chain(&t.partitions) {
-            put_bytes(&mut b, p.key.as_bytes());
-            put_u64(&mut b, p.bytes);
-            put_u64(&mut b, p.xxh3);
+        for blocks in std::iter::once(&t.symbols).chain(&t.partitions) {
+            put_u32(&mut b, blocks.len() as u32);
+            for p in blocks {
+                put_bytes(&mut b, p.key.as_bytes());
+                put_u64(&mut b, p.bytes);
+                put_u64(&mut b, p.xxh3);
+            }
         }
     }
     let sum = xxh3_64(&b);
@@ -197,7 +209,10 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
 /// Decodes and checks a manifest: checksum first, then every length.
 pub fn decode_manifest(b: &[u8]) -> Result<Manifest, String> {
     if b.len() < 56 + 8 {
-        return Err(format!("{} bytes is too short for a snapshot manifest", b.len()));
+        return Err(format!(
+            "{} bytes is too short for a snapshot manifest",
+            b.len()
+        ));
     }
     let (body, sum) = b.split_at(b.len() - 8);
     if xxh3_64(body) != u64::from_le_bytes(sum.try_into().expect("8")) {
@@ -209,7 +224,9 @@ pub fn decode_manifest(b: &[u8]) -> Result<Manifest, String> {
     }
     let v = r.u32()?;
     if v != VERSION {
-        return Err(format!("manifest version {v}; this build reads version {VERSION}"));
+        return Err(format!(
+            "manifest version {v}; this build reads version {VERSION}"
+        ));
     }
     let n = r.u32()?;
     if n > TABLES_MAX {
@@ -228,29 +245,50 @@ pub fn decode_manifest(b: &[u8]) -> Result<Manifest, String> {
         let txn = r.u64()?;
         let meta = r.bytes()?.to_vec();
         let st = r.bytes()?.to_vec();
-        let parts = r.u32()?;
-        if parts == 0 || parts as usize > r.b.len() {
-            return Err(format!("table {name}: {parts} parts"));
+        let block_rows = r.u64()?;
+        if block_rows == 0 || !block_rows.is_multiple_of(8) {
+            return Err(format!(
+                "table {name}: {block_rows} rows per part (a multiple of 8 above 0)"
+            ));
         }
-        let mut refs = Vec::with_capacity(parts as usize);
-        for _ in 0..parts {
-            let key = r.string()?;
-            let bytes = r.u64()?;
-            let xxh3 = r.u64()?;
-            if !key.starts_with("snapshots/parts/") || key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-                return Err(format!("table {name}: part key {key:?} is not under snapshots/parts/"));
+        let groups = r.u32()?;
+        if groups == 0 || groups as usize > r.b.len() {
+            return Err(format!("table {name}: {groups} groups of parts"));
+        }
+        let mut all = Vec::with_capacity(groups as usize);
+        for _ in 0..groups {
+            let n = r.u32()?;
+            if n as usize > r.b.len() {
+                return Err(format!("table {name}: {n} parts"));
             }
-            refs.push(PartRef { key, bytes, xxh3 });
+            let mut refs = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let key = r.string()?;
+                let bytes = r.u64()?;
+                let xxh3 = r.u64()?;
+                if !key.starts_with("snapshots/parts/")
+                    || key
+                        .split('/')
+                        .any(|s| s.is_empty() || s == "." || s == "..")
+                {
+                    return Err(format!(
+                        "table {name}: part key {key:?} is not under snapshots/parts/"
+                    ));
+                }
+                refs.push(PartRef { key, bytes, xxh3 });
+            }
+            all.push(refs);
         }
-        let symbols = refs.remove(0);
+        let symbols = all.remove(0);
         tables.push(TableSnapshot {
             name,
             table_id,
             txn,
             meta,
             state: st,
+            block_rows,
             symbols,
-            partitions: refs,
+            partitions: all,
         });
     }
     if r.at != body.len() {
@@ -277,17 +315,17 @@ impl PartFile {
     fn len(&self) -> u64 {
         self.pieces.iter().map(|p| p.len() as u64).sum()
     }
-    fn xxh3(&self) -> u64 {
+    fn xxh3_128(&self) -> u128 {
         let mut h = Xxh3::new();
         for p in &self.pieces {
             h.update(p);
         }
-        h.digest()
+        h.digest128()
     }
 }
 
 /// A part's header (ending with its checksum) for `files`.
-fn part_header(files: &[(String, u64, u64)]) -> Vec<u8> {
+fn part_header(files: &[(String, u64, u128)]) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(PART_MAGIC);
     put_u32(&mut b, VERSION);
@@ -296,7 +334,7 @@ fn part_header(files: &[(String, u64, u64)]) -> Vec<u8> {
         b.extend_from_slice(&(name.len() as u16).to_le_bytes());
         b.extend_from_slice(name.as_bytes());
         put_u64(&mut b, *len);
-        put_u64(&mut b, *sum);
+        b.extend_from_slice(&sum.to_le_bytes());
     }
     let sum = xxh3_64(&b);
     put_u64(&mut b, sum);
@@ -308,15 +346,19 @@ struct BuiltPart {
     payload: Vec<Bytes>,
     bytes: u64,
     xxh3: u64,
+    /// xxh3-128 of the header (which holds every file's xxh3-128): the
+    /// part's content address.
+    address: u128,
 }
 
 fn build_part(files: Vec<PartFile>) -> BuiltPart {
-    let list: Vec<(String, u64, u64)> = files
+    let list: Vec<(String, u64, u128)> = files
         .iter()
-        .map(|f| (f.name.clone(), f.len(), f.xxh3()))
+        .map(|f| (f.name.clone(), f.len(), f.xxh3_128()))
         .collect();
     let header = part_header(&list);
     let xxh3 = u64::from_le_bytes(header[header.len() - 8..].try_into().expect("8"));
+    let address = xxhash_rust::xxh3::xxh3_128(&header);
     let mut payload = vec![Bytes::from(header)];
     for f in files {
         payload.extend(f.pieces.into_iter().filter(|p| !p.is_empty()));
@@ -326,6 +368,7 @@ fn build_part(files: Vec<PartFile>) -> BuiltPart {
         payload,
         bytes,
         xxh3,
+        address,
     }
 }
 
@@ -345,7 +388,9 @@ pub fn decode_part<'a>(b: &'a [u8], want: &PartRef) -> Result<Vec<(String, &'a [
     }
     let v = r.u32()?;
     if v != VERSION {
-        return Err(format!("part version {v}; this build reads version {VERSION}"));
+        return Err(format!(
+            "part version {v}; this build reads version {VERSION}"
+        ));
     }
     let n = r.u32()?;
     if n > PART_FILES_MAX {
@@ -357,7 +402,9 @@ pub fn decode_part<'a>(b: &'a [u8], want: &PartRef) -> Result<Vec<(String, &'a [
         let name = std::str::from_utf8(r.take(len)?)
             .map_err(|_| "a file name is not UTF-8".to_string())?
             .to_string();
-        list.push((name, r.u64()?, r.u64()?));
+        let flen = r.u64()?;
+        let sum = u128::from_le_bytes(r.take(16)?.try_into().expect("16"));
+        list.push((name, flen, sum));
     }
     let header_end = r.at;
     let sum = r.u64()?;
@@ -375,7 +422,7 @@ pub fn decode_part<'a>(b: &'a [u8], want: &PartRef) -> Result<Vec<(String, &'a [
         let bytes = r
             .take(usize::try_from(len).map_err(|_| "a file length overflows".to_string())?)
             .map_err(|e| format!("file {name}: {e}"))?;
-        if xxh3_64(bytes) != fsum {
+        if xxhash_rust::xxh3::xxh3_128(bytes) != fsum {
             return Err(format!("file {name} does not match its checksum"));
         }
         out.push((name, bytes));
@@ -476,16 +523,110 @@ pub struct SnapshotReport {
     pub millis: f64,
 }
 
-/// A table's files at one txn, mapped: what a snapshot uploads.
-struct Cut {
-    handle: Arc<TableHandle>,
-    meta: Vec<u8>,
-    schema: Schema,
-    state: TableState,
-    /// Files of the symbol dictionaries.
-    symbols: Vec<PartFile>,
-    /// Per partition: its files.
-    partitions: Vec<Vec<PartFile>>,
+/// One column's files in one partition version (or one dictionary),
+/// mapped whole: blocks are slices of them.
+struct ColumnMaps {
+    name: String,
+    ty: ColumnType,
+    data: Bytes,
+    /// Varchar and dictionaries: `count + 1` u64 offsets.
+    offsets: Option<Bytes>,
+    /// `None` for dictionaries.
+    validity: Option<Bytes>,
+}
+
+impl ColumnMaps {
+    /// Maps the files of a column with `rows` rows in `dir`, checking each
+    /// holds them.
+    fn map(
+        dir: &Path,
+        name: &str,
+        ty: ColumnType,
+        rows: u64,
+        dictionary: bool,
+    ) -> Result<ColumnMaps, TableError> {
+        let dpath = dir.join(files::data_file(name));
+        let data = mapped(&dpath)?;
+        let (data, offsets) = match ty {
+            ColumnType::Varchar => {
+                let opath = dir.join(files::offsets_file(name));
+                let offs = head(&opath, &mapped(&opath)?, (rows + 1) * 8)?;
+                let end = u64_at(&offs, rows);
+                (head(&dpath, &data, end)?, Some(offs))
+            }
+            ColumnType::Boolean => (head(&dpath, &data, rows.div_ceil(8))?, None),
+            ty => {
+                let w = ty.width().expect("fixed-width type") as u64;
+                (head(&dpath, &data, rows * w)?, None)
+            }
+        };
+        let validity = if dictionary {
+            None
+        } else {
+            let vpath = dir.join(files::validity_file(name));
+            Some(head(&vpath, &mapped(&vpath)?, rows.div_ceil(8))?)
+        };
+        Ok(ColumnMaps {
+            name: name.to_string(),
+            ty,
+            data,
+            offsets,
+            validity,
+        })
+    }
+
+    /// The files of rows `start..end` (a block: `start` a multiple of 8):
+    /// values, then (varchar) the end offset of each row, then validity.
+    fn block(&self, start: u64, end: u64) -> Vec<PartFile> {
+        let mut out = Vec::with_capacity(3);
+        match (&self.offsets, self.ty) {
+            (Some(offs), _) => {
+                let (from, to) = (u64_at(offs, start), u64_at(offs, end));
+                out.push(PartFile {
+                    name: files::data_file(&self.name),
+                    pieces: vec![self.data.slice(from as usize..to as usize)],
+                });
+                out.push(PartFile {
+                    name: files::offsets_file(&self.name),
+                    pieces: vec![offs.slice((start as usize + 1) * 8..(end as usize + 1) * 8)],
+                });
+            }
+            (None, ColumnType::Boolean) => out.push(PartFile {
+                name: files::data_file(&self.name),
+                pieces: bits(&self.data, start, end),
+            }),
+            (None, ty) => {
+                let w = ty.width().expect("fixed-width type");
+                out.push(PartFile {
+                    name: files::data_file(&self.name),
+                    pieces: vec![self.data.slice(start as usize * w..end as usize * w)],
+                });
+            }
+        }
+        if let Some(v) = &self.validity {
+            out.push(PartFile {
+                name: files::validity_file(&self.name),
+                pieces: bits(v, start, end),
+            });
+        }
+        out
+    }
+}
+
+fn u64_at(b: &[u8], i: u64) -> u64 {
+    let at = i as usize * 8;
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Bits `start..end` of a bitmap (`start` a multiple of 8), with the bits
+/// past `end` in the last byte cleared (a later append may have set them).
+fn bits(b: &Bytes, start: u64, end: u64) -> Vec<Bytes> {
+    let (from, to) = ((start / 8) as usize, end.div_ceil(8) as usize);
+    if end.is_multiple_of(8) || to == from {
+        return vec![b.slice(from..to)];
+    }
+    let last = b[to - 1] & ((1u8 << (end % 8)) - 1);
+    vec![b.slice(from..to - 1), Bytes::from(vec![last])]
 }
 
 fn mapped(path: &Path) -> Result<Bytes, TableError> {
@@ -504,68 +645,8 @@ fn head(path: &Path, file: &Bytes, len: u64) -> Result<Bytes, TableError> {
     Ok(file.slice(..len as usize))
 }
 
-/// A bitmap of `rows` bits: the bytes covering them, with the bits past the
-/// last row cleared (a later append may have set them in the file).
-fn bitmap(path: &Path, file: &Bytes, rows: u64) -> Result<Vec<Bytes>, TableError> {
-    let len = rows.div_ceil(8);
-    let all = head(path, file, len)?;
-    if rows % 8 == 0 || len == 0 {
-        return Ok(vec![all]);
-    }
-    let last = all[len as usize - 1] & ((1u8 << (rows % 8)) - 1);
-    Ok(vec![all.slice(..len as usize - 1), Bytes::from(vec![last])])
-}
-
-/// The files of one column's values for `rows` rows in `dir`.
-fn column_files(
-    dir: &Path,
-    name: &str,
-    ty: ColumnType,
-    rows: u64,
-    with_validity: bool,
-) -> Result<Vec<PartFile>, TableError> {
-    let mut out = Vec::new();
-    let dpath = dir.join(files::data_file(name));
-    let data = mapped(&dpath)?;
-    match ty {
-        ColumnType::Varchar => {
-            let opath = dir.join(files::offsets_file(name));
-            let offs = head(&opath, &mapped(&opath)?, (rows + 1) * 8)?;
-            let end_at = rows as usize * 8;
-            let end = u64::from_le_bytes(offs[end_at..end_at + 8].try_into().expect("8"));
-            out.push(PartFile {
-                name: files::data_file(name),
-                pieces: vec![head(&dpath, &data, end)?],
-            });
-            out.push(PartFile {
-                name: files::offsets_file(name),
-                pieces: vec![offs],
-            });
-        }
-        ColumnType::Boolean => out.push(PartFile {
-            name: files::data_file(name),
-            pieces: bitmap(&dpath, &data, rows)?,
-        }),
-        ty => {
-            let w = ty.width().expect("fixed-width type") as u64;
-            out.push(PartFile {
-                name: files::data_file(name),
-                pieces: vec![head(&dpath, &data, rows * w)?],
-            });
-        }
-    }
-    if with_validity {
-        let vpath = dir.join(files::validity_file(name));
-        out.push(PartFile {
-            name: files::validity_file(name),
-            pieces: bitmap(&vpath, &mapped(&vpath)?, rows)?,
-        });
-    }
-    Ok(out)
-}
-
-/// The files a part of partition `p` (or, with `None`, the dictionaries)
-/// must hold, in order: what restore accepts.
+/// The files each part of a partition with `columns` columns (or, with
+/// `None`, of the dictionaries) holds, in order: what restore accepts.
 fn expected_files(schema: &Schema, columns: Option<u32>) -> Vec<String> {
     let mut out = Vec::new();
     match columns {
@@ -588,6 +669,17 @@ fn expected_files(schema: &Schema, columns: Option<u32>) -> Vec<String> {
     out
 }
 
+/// A table's files at one txn, mapped: what a snapshot uploads.
+struct Cut {
+    handle: Arc<TableHandle>,
+    meta: Vec<u8>,
+    state: TableState,
+    /// Symbol columns: (count, dictionary files).
+    dictionaries: Vec<(u64, ColumnMaps)>,
+    /// Per partition: its columns' files.
+    partitions: Vec<Vec<ColumnMaps>>,
+}
+
 /// Maps table `h`'s files at its current `_txn`. A partition version merged
 /// away meanwhile, or a column added meanwhile, means reading again.
 fn cut_table(h: &Arc<TableHandle>) -> Result<Cut, String> {
@@ -597,13 +689,18 @@ fn cut_table(h: &Arc<TableHandle>) -> Result<Cut, String> {
         match try_cut(h, &dir) {
             Ok(Some(c)) => return Ok(c),
             Ok(None) => last = "its schema changed while it was read".into(),
-            Err(TableError::Io { source, path }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(TableError::Io { source, path })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 last = format!("{} vanished while it was read", path.display());
             }
             Err(e) => return Err(format!("table {}: {e}", h.name)),
         }
     }
-    Err(format!("table {}: no consistent cut after 16 tries: {last}", h.name))
+    Err(format!(
+        "table {}: no consistent cut after 16 tries: {last}",
+        h.name
+    ))
 }
 
 fn try_cut(h: &Arc<TableHandle>, dir: &Path) -> Result<Option<Cut>, TableError> {
@@ -616,30 +713,23 @@ fn try_cut(h: &Arc<TableHandle>, dir: &Path) -> Result<Option<Cut>, TableError> 
     let again = files::read_file(&meta_path)?;
     if again != meta
         || id != h.table_id()
-        || state.partitions.iter().any(|p| p.columns as usize > schema.columns.len())
+        || state
+            .partitions
+            .iter()
+            .any(|p| p.columns as usize > schema.columns.len())
     {
         return Ok(None);
     }
     let sym_dir = dir.join(files::SYMBOL_DIR);
-    let mut symbols = Vec::new();
+    let mut dictionaries = Vec::new();
     for (i, c) in schema.columns.iter().enumerate() {
-        if c.ty != ColumnType::Symbol {
-            continue;
+        if c.ty == ColumnType::Symbol {
+            let count = state.symbol_count(i);
+            dictionaries.push((
+                count,
+                ColumnMaps::map(&sym_dir, &c.name, ColumnType::Varchar, count, true)?,
+            ));
         }
-        let count = state.symbol_count(i);
-        let opath = sym_dir.join(files::offsets_file(&c.name));
-        let offs = head(&opath, &mapped(&opath)?, (count + 1) * 8)?;
-        let at = count as usize * 8;
-        let end = u64::from_le_bytes(offs[at..at + 8].try_into().expect("8"));
-        let dpath = sym_dir.join(files::data_file(&c.name));
-        symbols.push(PartFile {
-            name: files::data_file(&c.name),
-            pieces: vec![head(&dpath, &mapped(&dpath)?, end)?],
-        });
-        symbols.push(PartFile {
-            name: files::offsets_file(&c.name),
-            pieces: vec![offs],
-        });
     }
     let mut partitions = Vec::with_capacity(state.partitions.len());
     for p in &state.partitions {
@@ -647,42 +737,44 @@ fn try_cut(h: &Arc<TableHandle>, dir: &Path) -> Result<Option<Cut>, TableError> 
             &schema.partition_by.partition_name(p.floor),
             p.version,
         ));
-        let mut fs = Vec::new();
+        let mut cols = Vec::new();
         for c in schema.columns.iter().take(p.columns as usize) {
-            fs.extend(column_files(&pdir, &c.name, c.ty, p.rows, true)?);
+            cols.push(ColumnMaps::map(&pdir, &c.name, c.ty, p.rows, false)?);
         }
-        partitions.push(fs);
+        partitions.push(cols);
     }
     Ok(Some(Cut {
         handle: h.clone(),
         meta,
-        schema,
         state,
-        symbols,
+        dictionaries,
         partitions,
     }))
 }
 
-fn partition_key(table_id: u64, schema: &Schema, p: &state::PartitionState) -> String {
-    format!(
-        "{SNAPSHOTS_PREFIX}/{PARTS}/{table_id:016x}/{}/{:020}-{:04}.part",
-        schema.partition_by.partition_name(p.floor),
-        p.rows,
-        p.columns
-    )
-}
+/// A full block of a partition version: its bytes never change, so its
+/// part is known without hashing it again.
+type BlockId = (u64, i64, u64, u64, u32);
 
-/// Takes a snapshot of every replicated table of `db` into `store`: maps
-/// each table's files at its current txn (ingestion goes on), uploads the
-/// parts the newest snapshot does not already have, waits until the store
-/// holds every table's segments up to the snapshot's txn (bounded by
-/// `wait`), and writes the manifest last.
+/// Full blocks of partitions this node has uploaded (cleared when too big).
+#[derive(Default)]
+pub struct BlockCache(std::sync::Mutex<std::collections::HashMap<BlockId, PartRef>>);
+
+const BLOCK_CACHE_MAX: usize = 1 << 20;
+
+/// Takes a snapshot of every replicated table of `db` into `store`: waits
+/// until what was committed before it is applied, maps each table's files
+/// at its current txn (ingestion goes on), uploads the
+/// parts the store does not have yet, waits until the store holds every
+/// table's segments up to the snapshot's txn (bounded by `wait`), and
+/// writes the manifest last.
 pub async fn take(
     db: &Database,
     store: &Store,
     epoch: u64,
     wait: Duration,
     stats: &BackupStats,
+    cache: &BlockCache,
 ) -> Result<SnapshotReport, String> {
     let started = Instant::now();
     let started_us = now_us();
@@ -699,63 +791,114 @@ pub async fn take(
         .filter(|h| h.is_replicated() && !h.is_dropped())
         .collect();
     handles.sort_by(|a, b| a.name.cmp(&b.name));
+    // Everything committed before the snapshot was asked for is in it.
+    for h in &handles {
+        h.wait_applied(h.committed_txn(), wait).map_err(|e| {
+            format!(
+                "table {}: waiting for committed txns to be applied: {e}",
+                h.name
+            )
+        })?;
+    }
     let mut cuts = Vec::with_capacity(handles.len());
     for h in &handles {
-        // Reads two small files and maps the rest: quick, no I/O of the data.
+        // Reads two small files and maps the rest: quick, no data read.
         cuts.push(cut_table(h)?);
     }
     let cut_us = now_us();
     let mut report = SnapshotReport::default();
     let mut tables = Vec::with_capacity(cuts.len());
-    let mut uploads: Vec<(String, BuiltPart)> = Vec::new();
-    for c in cuts {
-        let id = c.handle.table_id();
-        let sym = build_part(c.symbols);
-        let sym_key = format!("{SNAPSHOTS_PREFIX}/{PARTS}/{id:016x}/{SYMBOLS}/{:016x}.part", sym.xxh3);
-        let mut refs = Vec::new();
-        let mut consider = |key: String, built: Option<BuiltPart>, refs: &mut Vec<PartRef>| {
-            if let Some(p) = known.get(key.as_str()) {
-                report.parts_reused += 1;
-                report.bytes_reused += p.bytes;
-                refs.push((*p).clone());
-                return;
+    let mut uploads: BTreeMap<String, BuiltPart> = BTreeMap::new();
+    let mut cached: Vec<(BlockId, PartRef)> = Vec::new();
+    {
+        let cache_map = cache.0.lock().unwrap_or_else(|p| p.into_inner());
+        for c in cuts {
+            let id = c.handle.table_id();
+            let mut place = |built: BuiltPart, report: &mut SnapshotReport| -> PartRef {
+                let key = format!(
+                    "{SNAPSHOTS_PREFIX}/{PARTS}/{id:016x}/{:032x}.part",
+                    built.address
+                );
+                let r = PartRef {
+                    key: key.clone(),
+                    bytes: built.bytes,
+                    xxh3: built.xxh3,
+                };
+                if known.contains_key(key.as_str()) {
+                    report.parts_reused += 1;
+                    report.bytes_reused += built.bytes;
+                } else {
+                    uploads.entry(key).or_insert(built);
+                }
+                r
+            };
+            // Dictionaries: block k holds entries k·B.. of every symbol column.
+            let most = c.dictionaries.iter().map(|(n, _)| *n).max().unwrap_or(0);
+            let mut symbols = Vec::new();
+            for k in 0..most.div_ceil(BLOCK_ROWS).max(1) {
+                let start = k * BLOCK_ROWS;
+                let mut fs = Vec::new();
+                for (count, maps) in &c.dictionaries {
+                    let (s, e) = (start.min(*count), (start + BLOCK_ROWS).min(*count));
+                    fs.extend(maps.block(s, e));
+                }
+                symbols.push(place(build_part(fs), &mut report));
             }
-            let b = built.expect("built when not known");
-            refs.push(PartRef {
-                key: key.clone(),
-                bytes: b.bytes,
-                xxh3: b.xxh3,
-            });
-            uploads.push((key, b));
-        };
-        consider(sym_key, Some(sym), &mut refs);
-        for (p, fs) in c.state.partitions.iter().zip(c.partitions) {
-            let key = partition_key(id, &c.schema, p);
-            let built = (!known.contains_key(key.as_str())).then(|| build_part(fs));
-            consider(key, built, &mut refs);
+            let mut partitions = Vec::with_capacity(c.partitions.len());
+            for (p, cols) in c.state.partitions.iter().zip(&c.partitions) {
+                let mut blocks = Vec::new();
+                for k in 0..p.rows.div_ceil(BLOCK_ROWS) {
+                    let (start, end) = (k * BLOCK_ROWS, ((k + 1) * BLOCK_ROWS).min(p.rows));
+                    let full = end - start == BLOCK_ROWS;
+                    let bid: BlockId = (id, p.floor, p.version, k, p.columns);
+                    if full {
+                        if let Some(r) = cache_map
+                            .get(&bid)
+                            .filter(|r| known.contains_key(r.key.as_str()))
+                        {
+                            report.parts_reused += 1;
+                            report.bytes_reused += r.bytes;
+                            blocks.push(r.clone());
+                            continue;
+                        }
+                    }
+                    let fs: Vec<PartFile> = cols.iter().flat_map(|m| m.block(start, end)).collect();
+                    let r = place(build_part(fs), &mut report);
+                    if full {
+                        cached.push((bid, r.clone()));
+                    }
+                    blocks.push(r);
+                }
+                partitions.push(blocks);
+            }
+            report.rows += c.state.row_count();
+            tables.push((
+                c.handle.clone(),
+                TableSnapshot {
+                    name: c.handle.name.clone(),
+                    table_id: id,
+                    txn: c.state.txn,
+                    meta: c.meta,
+                    state: state::encode_txn(&c.state),
+                    block_rows: BLOCK_ROWS,
+                    symbols,
+                    partitions,
+                },
+            ));
         }
-        report.rows += c.state.row_count();
-        let symbols = refs.remove(0);
-        tables.push((
-            c.handle.clone(),
-            TableSnapshot {
-                name: c.handle.name.clone(),
-                table_id: id,
-                txn: c.state.txn,
-                meta: c.meta,
-                state: state::encode_txn(&c.state),
-                symbols,
-                partitions: refs,
-            },
-        ));
     }
     // Upload, a few at once; a key already there (an earlier attempt that
-    // died before its manifest) is read back and must be the same part.
-    let results: Vec<Result<u64, String>> = futures_util::stream::iter(uploads.into_iter().map(
-        |(key, part)| async move {
+    // died before its manifest, or a part of an older snapshot) is read
+    // back and must be the same part.
+    let results: Vec<Result<u64, String>> =
+        futures_util::stream::iter(uploads.into_iter().map(|(key, part)| async move {
             let k = full_key(store, &key);
             let payload: PutPayload = part.payload.into_iter().collect();
-            match store.inner.put_opts(&k, payload, PutMode::Create.into()).await {
+            match store
+                .inner
+                .put_opts(&k, payload, PutMode::Create.into())
+                .await
+            {
                 Ok(_) => Ok(part.bytes),
                 Err(object_store::Error::AlreadyExists { .. }) => {
                     let got = store
@@ -771,23 +914,31 @@ pub async fn take(
                         bytes: part.bytes,
                         xxh3: part.xxh3,
                     };
-                    decode_part(&got, &want)
-                        .map(|_| 0)
-                        .map_err(|e| format!("snapshot part {k} is already in the store, but differs: {e}"))
+                    decode_part(&got, &want).map(|_| 0).map_err(|e| {
+                        format!("snapshot part {k} is already in the store, but differs: {e}")
+                    })
                 }
                 Err(e) => Err(format!("uploading {k}: {e}")),
             }
-        },
-    ))
-    .buffer_unordered(PARTS_IN_FLIGHT)
-    .collect()
-    .await;
+        }))
+        .buffer_unordered(PARTS_IN_FLIGHT)
+        .collect()
+        .await;
     for r in results {
         let b = r?;
         if b > 0 {
             report.parts_uploaded += 1;
             report.bytes_uploaded += b;
+        } else {
+            report.parts_reused += 1;
         }
+    }
+    {
+        let mut cache_map = cache.0.lock().unwrap_or_else(|p| p.into_inner());
+        if cache_map.len() + cached.len() > BLOCK_CACHE_MAX {
+            cache_map.clear();
+        }
+        cache_map.extend(cached);
     }
     // The snapshot may only name txns the store holds: a node bootstrapped
     // from it continues with the segments after them.
@@ -814,13 +965,21 @@ pub async fn take(
     };
     report.tables = m.tables.len() as u64;
     // Conditional create: a taken number (another node's snapshot) means the next.
-    let mut seq = manifest_seqs(store).await?.last().map_or(0, |s| s + 1).max(m.seq);
+    let mut seq = manifest_seqs(store)
+        .await?
+        .last()
+        .map_or(0, |s| s + 1)
+        .max(m.seq);
     loop {
         m.seq = seq;
         let k = manifest_key(store, seq);
         let put = store
             .inner
-            .put_opts(&k, PutPayload::from(encode_manifest(&m)), PutMode::Create.into())
+            .put_opts(
+                &k,
+                PutPayload::from(encode_manifest(&m)),
+                PutMode::Create.into(),
+            )
             .await;
         match put {
             Ok(_) => {
@@ -834,11 +993,15 @@ pub async fn take(
     report.seq = seq;
     report.millis = started.elapsed().as_secs_f64() * 1e3;
     stats.snapshots_taken.fetch_add(1, Ordering::Relaxed);
-    stats.parts_uploaded.fetch_add(report.parts_uploaded, Ordering::Relaxed);
+    stats
+        .parts_uploaded
+        .fetch_add(report.parts_uploaded, Ordering::Relaxed);
     stats
         .part_bytes_uploaded
         .fetch_add(report.bytes_uploaded, Ordering::Relaxed);
-    stats.parts_reused.fetch_add(report.parts_reused, Ordering::Relaxed);
+    stats
+        .parts_reused
+        .fetch_add(report.parts_reused, Ordering::Relaxed);
     stats.last_seq_plus_one.store(seq + 1, Ordering::Relaxed);
     stats
         .last_completed_us
@@ -893,18 +1056,25 @@ pub async fn materialize(
     let meta_path = PathBuf::from(format!("snapshot table {} _meta", t.name));
     let (schema, id) = state::decode_meta(&meta_path, &t.meta).map_err(|e| e.to_string())?;
     if id != t.table_id {
-        return Err(format!("snapshot table {}: its _meta names table id {id:016x}, the manifest {:016x}", t.name, t.table_id));
+        return Err(format!(
+            "snapshot table {}: its _meta names table id {id:016x}, the manifest {:016x}",
+            t.name, t.table_id
+        ));
     }
     let st_path = PathBuf::from(format!("snapshot table {} _txn", t.name));
     let st = state::decode_txn(&st_path, &t.state).map_err(|e| e.to_string())?;
-    if st.partitions.len() != t.partitions.len() || st.txn != t.txn {
+    let b = t.block_rows;
+    let blocks_ok = st.txn == t.txn
+        && st.partitions.len() == t.partitions.len()
+        && st
+            .partitions
+            .iter()
+            .zip(&t.partitions)
+            .all(|(p, parts)| p.rows.div_ceil(b) == parts.len() as u64);
+    if !blocks_ok || b == 0 || !b.is_multiple_of(8) {
         return Err(format!(
-            "snapshot table {}: the manifest names {} parts for {} partitions (txn {} vs {})",
-            t.name,
-            t.partitions.len(),
-            st.partitions.len(),
-            t.txn,
-            st.txn
+            "snapshot table {}: the manifest's parts do not match its partitions",
+            t.name
         ));
     }
     let tmp = data_dir.join(format!(".create-{}", t.name));
@@ -916,11 +1086,49 @@ pub async fn materialize(
     for d in [&tmp, &sym_dir, &tmp.join(files::WAL_DIR)] {
         std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
     }
-    // Parts in order, a few downloads ahead of the writes (spawned: on a
-    // multi-threaded runtime they go on while a part is written).
-    let wanted: Vec<(Option<usize>, PartRef)> = std::iter::once((None, t.symbols.clone()))
-        .chain(t.partitions.iter().cloned().enumerate().map(|(i, p)| (Some(i), p)))
-        .collect();
+    // Every part in order (the dictionaries, then each partition's blocks),
+    // a few downloads ahead of the writes (spawned: on a multi-threaded
+    // runtime they go on while a part is written).
+    let mut wanted: Vec<(Option<usize>, PartRef)> =
+        t.symbols.iter().map(|p| (None, p.clone())).collect();
+    for (i, parts) in t.partitions.iter().enumerate() {
+        wanted.extend(parts.iter().map(|p| (Some(i), p.clone())));
+    }
+    let mut writers: BTreeMap<PathBuf, std::fs::File> = BTreeMap::new();
+    let mut dirs: Vec<PathBuf> = vec![sym_dir.clone()];
+    // Varchar and dictionary offsets start with a 0 the parts leave out.
+    let open = |writers: &mut BTreeMap<PathBuf, std::fs::File>,
+                path: PathBuf,
+                offsets: bool|
+     -> Result<(), String> {
+        if let std::collections::btree_map::Entry::Vacant(v) = writers.entry(path) {
+            let path = v.key().clone();
+            let mut f = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
+            if offsets {
+                use std::io::Write;
+                f.write_all(&0u64.to_le_bytes()).map_err(|e| io(&path, e))?;
+            }
+            v.insert(f);
+        }
+        Ok(())
+    };
+    // Files every table needs even with no parts naming them yet.
+    for name in expected_files(&schema, None) {
+        open(&mut writers, sym_dir.join(&name), name.ends_with(".o"))?;
+    }
+    for (ps, parts) in st.partitions.iter().zip(&t.partitions) {
+        if parts.is_empty() {
+            let dir = tmp.join(files::partition_dir(
+                &schema.partition_by.partition_name(ps.floor),
+                ps.version,
+            ));
+            std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+            for name in expected_files(&schema, Some(ps.columns)) {
+                open(&mut writers, dir.join(&name), name.ends_with(".o"))?;
+            }
+            dirs.push(dir);
+        }
+    }
     let mut pending = std::collections::VecDeque::new();
     let mut next = 0;
     loop {
@@ -957,17 +1165,32 @@ pub async fn materialize(
                 "snapshot part {k} holds files {names:?}, the table needs {expected:?}"
             ));
         }
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-        let mut sync = files::SyncSet::default();
+        if !dirs.contains(&dir) {
+            std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+            dirs.push(dir.clone());
+        }
         for (name, b) in &files_in {
             let path = dir.join(name);
-            let f = sync.open(path.clone()).map_err(|e| e.to_string())?;
-            files::write_at(f, &path, b, 0).map_err(|e| e.to_string())?;
+            open(&mut writers, path.clone(), name.ends_with(".o"))?;
+            use std::io::Write;
+            writers
+                .get_mut(&path)
+                .expect("opened above")
+                .write_all(b)
+                .map_err(|e| io(&path, e))?;
         }
-        sync.add_dir(dir.clone());
-        sync.sync().map_err(|e| e.to_string())?;
-        progress.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        progress
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         progress.objects.fetch_add(1, Ordering::Relaxed);
+    }
+    for (path, f) in &writers {
+        f.sync_data().map_err(|e| io(path, e))?;
+    }
+    drop(writers);
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in &dirs {
+        files::fsync_dir(d).map_err(|e| e.to_string())?;
     }
     {
         files::durable_replace(&tmp, files::META_FILE, &t.meta).map_err(|e| e.to_string())?;
@@ -977,7 +1200,11 @@ pub async fn materialize(
         let target = data_dir.join(&t.name);
         if target.exists() {
             if !replace {
-                return Err(format!("table {} is already in {}", t.name, data_dir.display()));
+                return Err(format!(
+                    "table {} is already in {}",
+                    t.name,
+                    data_dir.display()
+                ));
             }
             let old = data_dir.join(format!(".dropped-{}-{:016x}", t.name, t.table_id));
             if old.exists() {
@@ -1032,7 +1259,9 @@ pub fn kept(manifests: &[Manifest], r: &Retention, now: i64) -> BTreeSet<u64> {
         let newest_k = i + r.keep_min >= n;
         let in_window = m.cut_us >= window_start;
         // The base of the window's first moments: the newest one cut before it.
-        let base = manifests.get(i + 1).is_none_or(|next| next.cut_us > window_start);
+        let base = manifests
+            .get(i + 1)
+            .is_none_or(|next| next.cut_us > window_start);
         // A newer snapshot complete for less than the grace: a bootstrap may
         // still have picked this one as the newest.
         let recent_successor = manifests
@@ -1135,11 +1364,15 @@ pub async fn enforce(
     stats
         .deleted_snapshots
         .fetch_add(report.snapshots, Ordering::Relaxed);
-    stats.deleted_parts.fetch_add(report.parts, Ordering::Relaxed);
+    stats
+        .deleted_parts
+        .fetch_add(report.parts, Ordering::Relaxed);
     stats
         .deleted_segments
         .fetch_add(report.segments, Ordering::Relaxed);
-    stats.deleted_bytes.fetch_add(report.bytes, Ordering::Relaxed);
+    stats
+        .deleted_bytes
+        .fetch_add(report.bytes, Ordering::Relaxed);
     if report != RetentionReport::default() {
         info!(
             snapshots = report.snapshots,
@@ -1182,7 +1415,11 @@ pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
         "h" => 3600,
         "d" => 86_400,
         "w" => 7 * 86_400,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d or w)")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (ms, s, m, h, d or w)"
+            ))
+        }
     };
     n.checked_mul(secs)
         .map(|s| Some(Duration::from_secs(s)))
@@ -1206,16 +1443,27 @@ mod tests {
                 txn: seq * 10,
                 meta: vec![1, 2, 3],
                 state: vec![4, 5],
-                symbols: PartRef {
-                    key: "snapshots/parts/0000000000000007/_sym/00.part".into(),
+                block_rows: BLOCK_ROWS,
+                symbols: vec![PartRef {
+                    key: "snapshots/parts/0000000000000007/00.part".into(),
                     bytes: 20,
                     xxh3: 9,
-                },
-                partitions: vec![PartRef {
-                    key: "snapshots/parts/0000000000000007/2024-01-01/x.part".into(),
-                    bytes: 100,
-                    xxh3: 11,
                 }],
+                partitions: vec![
+                    vec![],
+                    vec![
+                        PartRef {
+                            key: "snapshots/parts/0000000000000007/01.part".into(),
+                            bytes: 100,
+                            xxh3: 11,
+                        },
+                        PartRef {
+                            key: "snapshots/parts/0000000000000007/02.part".into(),
+                            bytes: 50,
+                            xxh3: 12,
+                        },
+                    ],
+                ],
             }],
         }
     }
@@ -1265,11 +1513,16 @@ mod tests {
 
     #[test]
     fn bitmaps_drop_bits_past_the_last_row() {
-        let f = Bytes::from_static(&[0xff, 0xff]);
-        let b = bitmap(Path::new("x"), &f, 11).unwrap();
-        let all: Vec<u8> = b.iter().flat_map(|b| b.iter().copied()).collect();
-        assert_eq!(all, vec![0xff, 0x07]);
-        assert!(bitmap(Path::new("x"), &f, 17).is_err());
+        let f = Bytes::from_static(&[0xff, 0xff, 0xff]);
+        let all = |v: Vec<Bytes>| {
+            v.iter()
+                .flat_map(|b| b.iter().copied())
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(all(bits(&f, 0, 11)), vec![0xff, 0x07]);
+        assert_eq!(all(bits(&f, 8, 16)), vec![0xff]);
+        assert_eq!(all(bits(&f, 16, 17)), vec![0x01]);
+        assert!(head(Path::new("x"), &f, 4).is_err());
     }
 
     #[test]
@@ -1301,10 +1554,22 @@ mod tests {
     #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("off").unwrap(), None);
-        assert_eq!(parse_duration("90s").unwrap(), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2h").unwrap(), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("7d").unwrap(), Some(Duration::from_secs(7 * 86400)));
-        assert_eq!(parse_duration("250ms").unwrap(), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_duration("90s").unwrap(),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_duration("2h").unwrap(),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Some(Duration::from_secs(7 * 86400))
+        );
+        assert_eq!(
+            parse_duration("250ms").unwrap(),
+            Some(Duration::from_millis(250))
+        );
         assert!(parse_duration("7y").is_err());
         assert!(parse_duration("").is_err());
     }

@@ -318,16 +318,56 @@ impl NodeStatus {
             use std::sync::atomic::Ordering::Relaxed;
             let b = &self.backup;
             for (name, help, v) in [
-                ("basalt_snapshots_taken_total", "Snapshots this node completed (BACKUP DATABASE and --snapshot-interval).", &b.snapshots_taken),
-                ("basalt_snapshot_failures_total", "Snapshots that failed (see the log).", &b.snapshot_failures),
-                ("basalt_snapshot_parts_uploaded_total", "Snapshot parts uploaded.", &b.parts_uploaded),
-                ("basalt_snapshot_part_bytes_uploaded_total", "Bytes of snapshot parts uploaded.", &b.part_bytes_uploaded),
-                ("basalt_snapshot_parts_reused_total", "Snapshot parts an earlier snapshot had already uploaded.", &b.parts_reused),
-                ("basalt_retention_deleted_snapshots_total", "Snapshot manifests deleted by retention.", &b.deleted_snapshots),
-                ("basalt_retention_deleted_parts_total", "Snapshot parts deleted by retention.", &b.deleted_parts),
-                ("basalt_retention_deleted_segments_total", "Segments deleted by retention.", &b.deleted_segments),
-                ("basalt_retention_deleted_bytes_total", "Bytes of objects deleted by retention.", &b.deleted_bytes),
-                ("basalt_retention_failures_total", "Retention passes that failed (see the log).", &b.retention_failures),
+                (
+                    "basalt_snapshots_taken_total",
+                    "Snapshots this node completed (BACKUP DATABASE and --snapshot-interval).",
+                    &b.snapshots_taken,
+                ),
+                (
+                    "basalt_snapshot_failures_total",
+                    "Snapshots that failed (see the log).",
+                    &b.snapshot_failures,
+                ),
+                (
+                    "basalt_snapshot_parts_uploaded_total",
+                    "Snapshot parts uploaded.",
+                    &b.parts_uploaded,
+                ),
+                (
+                    "basalt_snapshot_part_bytes_uploaded_total",
+                    "Bytes of snapshot parts uploaded.",
+                    &b.part_bytes_uploaded,
+                ),
+                (
+                    "basalt_snapshot_parts_reused_total",
+                    "Snapshot parts an earlier snapshot had already uploaded.",
+                    &b.parts_reused,
+                ),
+                (
+                    "basalt_retention_deleted_snapshots_total",
+                    "Snapshot manifests deleted by retention.",
+                    &b.deleted_snapshots,
+                ),
+                (
+                    "basalt_retention_deleted_parts_total",
+                    "Snapshot parts deleted by retention.",
+                    &b.deleted_parts,
+                ),
+                (
+                    "basalt_retention_deleted_segments_total",
+                    "Segments deleted by retention.",
+                    &b.deleted_segments,
+                ),
+                (
+                    "basalt_retention_deleted_bytes_total",
+                    "Bytes of objects deleted by retention.",
+                    &b.deleted_bytes,
+                ),
+                (
+                    "basalt_retention_failures_total",
+                    "Retention passes that failed (see the log).",
+                    &b.retention_failures,
+                ),
             ] {
                 m.counter(name, help, &[], v.load(Relaxed) as f64);
             }

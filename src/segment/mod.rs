@@ -29,7 +29,8 @@ pub use format::{
     PREAMBLE_BYTES, SEGMENT_BYTES_MAX,
 };
 pub use reader::{
-    apply_segment, apply_segment_until, diagnose_body, ApplyReport, BlockCheck, Segment, SegmentInfo, APPLY_STEP_BYTES,
+    apply_segment, apply_segment_until, diagnose_body, ApplyReport, BlockCheck, Segment,
+    SegmentInfo, APPLY_STEP_BYTES,
 };
 pub use writer::{BufferPool, EncodedSegment, Link, SegmentWriter, FIRST_EPOCH};
 

@@ -139,11 +139,11 @@ impl Tokens<'_> {
     }
 }
 
-/// `Some` when `sql` is a basalt statement (`CREATE`, `DROP`), parsed or
+/// `Some` when `sql` is a basalt statement (`CREATE`, `DROP`, `SWITCH`, `BACKUP`), parsed or
 /// with a positioned error; `None` for anything else.
 pub fn parse(sql: &str) -> Result<Option<Ddl>, SqlError> {
     let first = sql.split_whitespace().next().unwrap_or("");
-    if !["create", "drop", "switch"]
+    if !["create", "drop", "switch", "backup"]
         .iter()
         .any(|k| first.eq_ignore_ascii_case(k))
     {
