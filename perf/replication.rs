@@ -8,6 +8,8 @@
 //! cargo bench --bench replication -- ingest    # ingest with replication on vs off
 //! cargo bench --bench replication -- catchup   # replica catch-up from a backlog
 //! cargo bench --bench replication -- failover  # role switches and --ack-after upload
+//! cargo bench --bench replication -- backup    # snapshots, bootstrap vs replay, restore
+//! PERF_BACKUP_ROWS=10000000  rows of the reference table for `backup` (default 10M)
 //! PERF_SWITCH_ROUNDS=10  planned switchovers per store (default 10)
 //! PERF_LAG_SECS=20       seconds of steady load per lag run (default 20)
 //! PERF_LAG_RATE=100000   rows per second (default 100k)
@@ -371,6 +373,193 @@ fn catchup(base: &Path, rows: u64, conn: &str, what: &str) {
     );
 }
 
+/// GETs every key in `keys`, 8 at a time (as restore and bootstrap do):
+/// the store's raw download rate in MB/s, and the bytes.
+fn raw_get(conn: &str, keys: &[object_store::path::Path]) -> (f64, u64) {
+    use futures_util::StreamExt;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = StoreConfig::parse(conn)
+        .expect("conn")
+        .build()
+        .expect("store");
+    let t = Instant::now();
+    let bytes: u64 = rt.block_on(async {
+        futures_util::stream::iter(keys.iter().map(|k| {
+            let s = store.clone();
+            async move {
+                s.inner
+                    .get(k)
+                    .await
+                    .expect("get")
+                    .bytes()
+                    .await
+                    .expect("body")
+                    .len() as u64
+            }
+        }))
+        .buffer_unordered(8)
+        .fold(0u64, |a, b| async move { a + b })
+        .await
+    });
+    (bytes as f64 / 1e6 / t.elapsed().as_secs_f64(), bytes)
+}
+
+/// Every key under `parts` of the store.
+fn keys_under(conn: &str, parts: &[&str]) -> Vec<object_store::path::Path> {
+    use futures_util::TryStreamExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = StoreConfig::parse(conn)
+        .expect("conn")
+        .build()
+        .expect("store");
+    let prefix = store.path(parts);
+    rt.block_on(async {
+        store
+            .inner
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .try_collect::<Vec<_>>()
+            .await
+    })
+    .expect("list")
+}
+
+/// `BACKUP DATABASE`, timed; its row as (bytes uploaded, parts uploaded, parts reused).
+fn backup_now(addr: std::net::SocketAddr) -> (f64, u64, u64, u64) {
+    let t = Instant::now();
+    let j = exec(addr, "BACKUP DATABASE");
+    let secs = t.elapsed().as_secs_f64();
+    let cols: Vec<&str> = j["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or(""))
+        .collect();
+    let v = |n: &str| {
+        let i = cols.iter().position(|c| *c == n).expect("column");
+        j["dataset"][0][i].as_u64().unwrap_or(0)
+    };
+    (
+        secs,
+        v("bytes_uploaded"),
+        v("parts_uploaded"),
+        v("parts_reused"),
+    )
+}
+
+/// Snapshots of `rows` rows of the reference table (first, then after 1%
+/// more rows), a new replica replaying the whole chain vs one bootstrapped
+/// from the snapshot, and `basalt restore`, each against the store's raw
+/// GET rate for the same objects in the same run.
+fn backup_run(base: &Path, rows: u64, conn: &str, what: &str) {
+    println!(
+        "
+snapshots, bootstrap and restore of {rows} rows ({what})"
+    );
+    let dir = base.join(format!("backup-{what}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let gen = CpuGenerator::default();
+    let names = vec!["cpu".to_string()];
+    let p = node::start(&dir.join("primary"), &["--object-store", conn]);
+    let send = |first: u64, n: u64| {
+        use std::io::Write;
+        let mut c = std::net::TcpStream::connect(p.ilp).expect("connect");
+        let mut at = first;
+        while at < first + n {
+            let k = (first + n - at).min(100_000);
+            c.write_all(&ilp_text(&gen, "cpu", at, k)).expect("send");
+            at += k;
+        }
+    };
+    send(0, rows);
+    wait_visible(&p.dir, &names, rows);
+    node::wait_uploaded(&p, &names);
+    let (_, seg_bytes) = store_counts(&p);
+
+    // A replica replaying the whole chain (there is no snapshot yet).
+    let t = Instant::now();
+    let r1 = node::start(
+        &dir.join("replay"),
+        &["--role", "replica", "--object-store", conn],
+    );
+    wait_visible(&r1.dir, &names, rows);
+    let replay = t.elapsed().as_secs_f64();
+    drop(r1);
+    let segs = keys_under(conn, &["tables", "cpu"]);
+    let (seg_get, _) = raw_get(conn, &segs);
+    println!(
+        "  replay of the chain: {replay:.2} s ({} segments, {:.1} MB: {:.1} MB/s; raw GET of the same objects {seg_get:.1} MB/s)",
+        segs.len(),
+        seg_bytes as f64 / 1e6,
+        seg_bytes as f64 / 1e6 / replay
+    );
+
+    let (s1, b1, n1, _) = backup_now(p.http);
+    println!(
+        "  first snapshot: {s1:.2} s, {n1} parts, {:.1} MB uploaded ({:.1} MB/s)",
+        b1 as f64 / 1e6,
+        b1 as f64 / 1e6 / s1
+    );
+    let extra = rows / 100;
+    send(rows, extra);
+    wait_visible(&p.dir, &names, rows + extra);
+    node::wait_uploaded(&p, &names);
+    let (s2, b2, n2, r2) = backup_now(p.http);
+    println!(
+        "  incremental snapshot after 1% more rows: {s2:.2} s, {n2} parts ({r2} reused), {:.2} MB = {:.2}% of the first (target <= 5%)",
+        b2 as f64 / 1e6,
+        b2 as f64 * 100.0 / b1.max(1) as f64
+    );
+    let parts = keys_under(conn, &["snapshots", "parts"]);
+    let (part_get, part_bytes) = raw_get(conn, &parts);
+    println!(
+        "  raw GET of every snapshot part: {:.1} MB at {part_get:.1} MB/s",
+        part_bytes as f64 / 1e6
+    );
+
+    // A replica bootstrapped from the newest snapshot.
+    let t = Instant::now();
+    let r2 = node::start(
+        &dir.join("bootstrap"),
+        &["--role", "replica", "--object-store", conn],
+    );
+    wait_visible(&r2.dir, &names, rows + extra);
+    let boot = t.elapsed().as_secs_f64();
+    drop(r2);
+    println!(
+        "  bootstrap from the snapshot: {boot:.2} s = {:.1} MB/s of parts ({:.0}% of raw GET); replay / bootstrap = {:.1}x (target >= 5x)",
+        part_bytes as f64 / 1e6 / boot,
+        part_bytes as f64 / 1e6 / boot * 100.0 / part_get,
+        replay / boot
+    );
+
+    // basalt restore of the latest state.
+    let out = dir.join("restored");
+    let t = Instant::now();
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .args(["restore", "--object-store", conn, "--data-dir"])
+        .arg(&out)
+        .env("BASALT_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("basalt restore");
+    assert!(st.success(), "basalt restore failed");
+    let took = t.elapsed().as_secs_f64();
+    assert_eq!(visible_rows(&out, &names), rows + extra);
+    println!(
+        "  restore (latest): {took:.2} s = {:.1} MB/s of parts ({:.0}% of raw GET; target >= 50%)",
+        part_bytes as f64 / 1e6 / took,
+        part_bytes as f64 / 1e6 / took * 100.0 / part_get
+    );
+}
+
 /// `GET /exec?query=sql` on `addr`.
 fn exec(addr: std::net::SocketAddr, sql: &str) -> serde_json::Value {
     let mut q = form_urlencoded::Serializer::new(String::new());
@@ -640,7 +829,7 @@ fn main() {
         base.display(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let moto = if matches!(what, "all" | "lag" | "catchup" | "failover") {
+    let moto = if matches!(what, "all" | "lag" | "catchup" | "failover" | "backup") {
         moto()
     } else {
         None
@@ -711,6 +900,15 @@ fn main() {
                 &|n| s3_conn(port, &format!("failover-{n}")),
                 rounds,
             );
+        }
+    }
+    if what == "all" || what == "backup" {
+        let n = env("PERF_BACKUP_ROWS", 10_000_000);
+        let store = base.join("backup-store");
+        let _ = std::fs::remove_dir_all(&store);
+        backup_run(&base, n, &format!("fs::root={};", store.display()), "fs");
+        if let Some(m) = &moto {
+            backup_run(&base, n, &s3_conn(m.port, "backup"), "s3");
         }
     }
     if what == "all" || what == "catchup" {

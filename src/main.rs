@@ -602,6 +602,24 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
     if args.segment_bytes_max.is_some_and(|b| b < 1024) {
         return Err("--segment-bytes-max must be at least 1024".into());
     }
+    let backup = args.backup()?;
+    let marker = node
+        .data_dir
+        .join(basalt::replication::restore::MARKER_FILE);
+    if marker.exists() {
+        return Err(format!(
+            "{} holds an unfinished restore ({} exists): run the same `basalt restore` again to \
+             finish it, or remove the directory",
+            node.data_dir.display(),
+            marker.display()
+        ));
+    }
+    if store_config.is_none() && (backup.interval.is_some() || backup.retention.is_some()) {
+        return Err(
+            "--snapshot-interval and --retention need an object store (--object-store is off)"
+                .into(),
+        );
+    }
     // SIGTERM and SIGINT are taken by this thread only (sigwait below): block
     // them before any other thread starts, so every thread inherits the mask.
     let signals = block_shutdown_signals();
@@ -670,7 +688,7 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
                     upload,
                     replica,
                     node_name: basalt::replication::node::default_node_name(&node.data_dir),
-                    backup: args.backup()?,
+                    backup: backup.clone(),
                 },
                 status.clone(),
             );

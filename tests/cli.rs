@@ -135,6 +135,64 @@ fn bad_input_gets_a_clear_error_and_a_failing_exit_code() {
         stderr(&o)
     );
 
+    // Snapshot and retention options: bad values named, nonsense refused.
+    for (args, want) in [
+        (
+            &["serve", "--snapshot-interval", "6 hours"][..],
+            "--snapshot-interval: \"6 hours\": unknown unit",
+        ),
+        (
+            &["serve", "--snapshot-interval", "0s"][..],
+            "--snapshot-interval must be at least 1s",
+        ),
+        (
+            &["serve", "--retention", "7d", "--retention-grace", "off"][..],
+            "--retention-grace cannot be off",
+        ),
+        (
+            &["serve", "--retention", "7d", "--retention-snapshots", "0"][..],
+            "--retention-snapshots must be at least 1",
+        ),
+        (
+            &[
+                "serve",
+                "--object-store",
+                "off",
+                "--snapshot-interval",
+                "1h",
+            ][..],
+            "need an object store",
+        ),
+        (
+            &["restore", "--data-dir", "x"][..],
+            "--object-store is required",
+        ),
+        (
+            &[
+                "restore",
+                "--object-store",
+                "fs::root=/nonexistent-basalt;",
+                "--to-time",
+                "yesterday",
+            ][..],
+            "neither RFC 3339",
+        ),
+        (
+            &[
+                "restore",
+                "--object-store",
+                "fs::root=/nonexistent-basalt;",
+                "--to-txn",
+                "cpu",
+            ][..],
+            "is not TABLE=N",
+        ),
+    ] {
+        let o = basalt(&data, args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+
     let o = Command::new(env!("CARGO_BIN_EXE_basalt"))
         .arg("--help")
         .output()
@@ -148,6 +206,10 @@ fn bad_input_gets_a_clear_error_and_a_failing_exit_code() {
         "demo",
         "scan",
         "tables",
+        "restore",
+        "backups",
+        "--snapshot-interval",
+        "--retention",
     ] {
         assert!(
             help.contains(flag),

@@ -78,8 +78,109 @@ fn wal_seed() -> Vec<u8> {
     f
 }
 
+/// Seeds of `metadata_decode`: the decoder byte, then a real encoding.
+fn metadata_seeds() -> Vec<(String, Vec<u8>)> {
+    use basalt::replication::snapshot::{self, Manifest, PartRef, TableSnapshot};
+    use basalt::replication::{catalog, epoch};
+    use basalt::table::state::{self, PartitionState, TableState};
+    let schema = all_types();
+    let meta = state::encode_meta(&schema, 0x1234);
+    let st = TableState {
+        txn: 7,
+        partitions: vec![PartitionState {
+            floor: 1_704_067_200_000_000,
+            version: 2,
+            rows: 3,
+            min_ts: 1_704_067_200_000_001,
+            max_ts: 1_704_067_200_000_009,
+            columns: 10,
+        }],
+        symbol_counts: vec![(8, 2)],
+    };
+    let txn = state::encode_txn(&st);
+    let part = snapshot::encode_part(&[("a.d", b"values"), ("a.v", &[0x07])]);
+    let manifest = snapshot::encode_manifest(&Manifest {
+        seq: 3,
+        epoch: 2,
+        started_us: 1,
+        cut_us: 2,
+        completed_us: 3,
+        tables: vec![TableSnapshot {
+            name: "t".into(),
+            table_id: 0x1234,
+            txn: 7,
+            meta: meta.clone(),
+            state: txn.clone(),
+            block_rows: snapshot::BLOCK_ROWS,
+            symbols: vec![PartRef {
+                key: "snapshots/parts/0000000000001234/00.part".into(),
+                bytes: 9,
+                xxh3: 1,
+            }],
+            partitions: vec![vec![PartRef {
+                key: "snapshots/parts/0000000000001234/01.part".into(),
+                bytes: part.len() as u64,
+                xxh3: 2,
+            }]],
+        }],
+    });
+    let entry = catalog::encode(&catalog::Entry::Table(catalog::Announcement {
+        table: "t".into(),
+        table_id: 0x1234,
+        epoch: 2,
+        schema: Some(schema.clone()),
+    }));
+    let claim = epoch::encode(&epoch::Claim {
+        epoch: 2,
+        node: "host:/data".into(),
+        claimed_at_us: 5,
+    });
+    [
+        ("meta", 0u8, meta),
+        ("txn", 1, txn),
+        ("manifest", 2, manifest),
+        ("part", 3, part),
+        ("catalog_entry", 4, entry),
+        ("epoch_claim", 5, claim),
+    ]
+    .into_iter()
+    .map(|(n, k, b)| {
+        let mut v = vec![k];
+        v.extend(b);
+        (n.to_string(), v)
+    })
+    .collect()
+}
+
 #[test]
 fn committed_fuzz_seeds_are_valid_encodings() {
+    let write = std::env::var_os("BASALT_WRITE_SEEDS").is_some();
+    std::fs::create_dir_all(corpus("metadata_decode")).unwrap();
+    for (name, bytes) in metadata_seeds() {
+        let path = corpus("metadata_decode").join(&name);
+        if write {
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let seed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let b = &seed[1..];
+        let ok = match seed[0] {
+            0 => basalt::table::state::decode_meta(std::path::Path::new("_meta"), b).is_ok(),
+            1 => basalt::table::state::decode_txn(std::path::Path::new("_txn"), b).is_ok(),
+            2 => basalt::replication::snapshot::decode_manifest(b).is_ok(),
+            3 => {
+                let at = basalt::replication::snapshot::part_checksum_at(b).unwrap();
+                let want = basalt::replication::snapshot::PartRef {
+                    key: "k".into(),
+                    bytes: b.len() as u64,
+                    xxh3: u64::from_le_bytes(b[at..at + 8].try_into().unwrap()),
+                };
+                basalt::replication::snapshot::decode_part(b, &want).is_ok()
+            }
+            4 => basalt::replication::catalog::decode(b).is_some(),
+            _ => basalt::replication::epoch::decode(b).is_some(),
+        };
+        assert!(ok, "seed {name} does not decode");
+    }
     let write = std::env::var_os("BASALT_WRITE_SEEDS").is_some();
     for (name, bytes) in payload_seeds() {
         let path = corpus("wal_payload").join(&name);

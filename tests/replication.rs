@@ -1610,8 +1610,23 @@ fn a_restore_killed_part_way_completes_when_run_again() {
                 .exists(),
         "killed part way (at txn {at_kill} of 250)"
     );
-    // Another target is refused in the half-restored directory.
+    // Another target is refused in the half-restored directory, and so is
+    // serving it.
     let (ok, _, err) = restore_cmd(&conn, &target, &[]);
+    assert!(!ok && err.contains("unfinished restore"), "{err}");
+    let (ok, _, err) = basalt(&[
+        "serve",
+        "--data-dir",
+        &d,
+        "--object-store",
+        "off",
+        "--http",
+        "127.0.0.1:0",
+        "--ilp",
+        "127.0.0.1:0",
+        "--pg",
+        "off",
+    ]);
     assert!(!ok && err.contains("unfinished restore"), "{err}");
     let (ok, out, err) = restore_cmd(&conn, &target, &["--to-txn", "k=250"]);
     assert!(ok, "{err}");

@@ -302,6 +302,15 @@ impl TableHandle {
         (first, t)
     }
 
+    /// The commit time of the last txn handed out in this run (µs;
+    /// `i64::MIN` before the first).
+    pub fn last_commit_us(&self) -> i64 {
+        *self
+            .last_commit_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Txns handed out so far (some may still be in flight).
     pub fn committed_txn(&self) -> u64 {
         self.next_txn.load(Ordering::Acquire).saturating_sub(1)

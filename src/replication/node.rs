@@ -663,12 +663,18 @@ impl Node {
             return Ok(());
         };
         let _one = self.0.backup_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self.0.status.state().role != Role::Primary {
+        let st = self.0.status.state();
+        if st.role != Role::Primary || st.switching.is_some() || st.fenced.is_some() {
             return Ok(());
         }
         let stats = self.0.status.backup.clone();
         let rt = runtime()?;
-        let res = rt.block_on(super::snapshot::enforce(&self.0.cfg.store, r, &stats));
+        let res = rt.block_on(super::snapshot::enforce(
+            &self.0.cfg.store,
+            r,
+            &stats,
+            st.epoch,
+        ));
         if let Err(e) = &res {
             stats
                 .retention_failures

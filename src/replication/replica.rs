@@ -44,6 +44,8 @@ pub enum ReplicationError {
         applied: u64,
         oldest: u64,
     },
+    #[error("table {table}: the store holds only the end of its chain (from txn {oldest}) and no snapshot of it: it was dropped on the primary before the newest snapshot; not replicated")]
+    Dropped { table: String, oldest: u64 },
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
     #[error(transparent)]
@@ -80,6 +82,9 @@ pub struct Replica {
     /// Per table, the last segment applied in this run: its last txn,
     /// checksum and epoch. The next segment must link to it (one history).
     links: BTreeMap<String, (u64, u64, u64)>,
+    /// Tables this run has listed once: their next segment starts right
+    /// after their txn (a table built from a snapshot may sit inside one).
+    aligned: std::collections::BTreeSet<String>,
     /// Set once queries may be reading the tables: local tables are no
     /// longer opened (recovery) from then on.
     pub serving: bool,
@@ -101,6 +106,7 @@ impl Replica {
             checkpoint_interval: None,
             last_checkpoint: BTreeMap::new(),
             links: BTreeMap::new(),
+            aligned: Default::default(),
             serving: false,
         })
     }
@@ -202,9 +208,9 @@ impl Replica {
         table: &str,
         report: &mut SyncReport,
     ) -> Result<(), ReplicationError> {
-        // A table this run has not applied a segment of may sit inside one
-        // (built from a snapshot): a listing finds it.
-        if !self.links.contains_key(table) {
+        // A table this run has not listed may sit inside a segment (built
+        // from a snapshot): a listing finds it.
+        if !self.aligned.contains(table) {
             return self.sync_into(table, report);
         }
         report.txn = self.applied_txn(table)?;
@@ -224,12 +230,17 @@ impl Replica {
         let after = segment_key(&self.store, table, applied);
         let mut keys = self.rt.block_on(self.store.list_after(&prefix, &after))?;
         report.txn = applied;
-        if keys.first().and_then(first_txn_of) != Some(applied + 1) && !keys.is_empty() {
-            // The table sits inside a segment (built from a snapshot at a
-            // txn no segment ends at), or retention removed what it needs.
+        let aligned = self.aligned.contains(table);
+        if keys.first().and_then(first_txn_of) != Some(applied + 1)
+            && (!keys.is_empty() || (applied > 0 && !aligned))
+        {
+            // The table may sit inside a segment (built from a snapshot at
+            // a txn no segment ends at), or retention removed what it needs.
             if let Some(key) = self.containing(table, applied + 1)? {
                 keys.insert(0, key);
-            } else if applied > 0 || keys.first().and_then(first_txn_of) != Some(1) {
+            } else if !keys.is_empty()
+                && (applied > 0 || keys.first().and_then(first_txn_of) != Some(1))
+            {
                 let oldest = keys.first().and_then(first_txn_of).unwrap_or(0);
                 let all = self.rt.block_on(
                     self.store
@@ -244,6 +255,8 @@ impl Replica {
                 }
             }
         }
+        // From here on the next segment starts right after the table's txn.
+        self.aligned.insert(table.to_string());
         for key in keys {
             let first = first_txn_of(&key).ok_or_else(|| ReplicationError::Misplaced {
                 key: key.to_string(),
@@ -596,11 +609,22 @@ impl Replica {
     /// `past` (the table fell behind what the store keeps). Its files are
     /// replaced whole; queries that had them mapped keep reading the old
     /// ones.
-    pub fn rebuild_table(&mut self, table: &str, past: u64) -> Result<u64, ReplicationError> {
+    pub fn rebuild_table(
+        &mut self,
+        table: &str,
+        past: u64,
+        oldest: u64,
+    ) -> Result<u64, ReplicationError> {
         let m = self
             .rt
             .block_on(super::snapshot::newest(&self.store))
             .map_err(ReplicationError::Io)?;
+        if m.as_ref().is_some_and(|m| m.table(table).is_none()) {
+            return Err(ReplicationError::Dropped {
+                table: table.to_string(),
+                oldest,
+            });
+        }
         let Some(t) = m
             .as_ref()
             .and_then(|m| m.table(table))
@@ -622,6 +646,7 @@ impl Replica {
         // Let go of the writer first: its files are about to be replaced.
         self.tables.remove(table);
         self.links.remove(table);
+        self.aligned.remove(table);
         let progress = super::snapshot::Progress::default();
         self.rt
             .block_on(super::snapshot::materialize(
@@ -923,6 +948,9 @@ fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, statu
     let mut last_discover: Option<Instant> = None;
     let mut last_list: Option<Instant> = None;
     let mut logged: BTreeMap<String, String> = BTreeMap::new();
+    // Tables dropped on the primary whose chain retention trimmed: nothing
+    // to follow until the replica restarts.
+    let mut ignored: std::collections::BTreeSet<String> = Default::default();
     // The next table announcement to look for (`catalog/`): known after
     // the first listing of the announcements, which precedes the first
     // listing of the tables so that no table falls between the two.
@@ -1009,6 +1037,9 @@ fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, statu
             if stop.load(Ordering::Acquire) {
                 break;
             }
+            if ignored.contains(t) {
+                continue;
+            }
             let r = if listed {
                 replica.sync_table(t)
             } else {
@@ -1029,9 +1060,15 @@ fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, statu
                         }
                     });
                 }
-                Err(ReplicationError::BehindRetention { applied, .. }) => {
+                Err(ReplicationError::BehindRetention {
+                    applied, oldest, ..
+                }) => {
                     warn!(table = %t, applied, "the store no longer holds the segments this table needs next; rebuilding it from the newest snapshot");
-                    if let Err(e) = replica.rebuild_table(t, applied + 1) {
+                    let rebuilt = replica.rebuild_table(t, applied + 1, oldest);
+                    if let Err(e @ ReplicationError::Dropped { .. }) = &rebuilt {
+                        warn!(table = %t, "{e}");
+                        ignored.insert(t.clone());
+                    } else if let Err(e) = rebuilt {
                         ok = false;
                         let msg = e.to_string();
                         if logged.get(t) != Some(&msg) {
@@ -1066,4 +1103,58 @@ fn follow(replica: &mut Replica, opts: &ReplicaOptions, stop: &AtomicBool, statu
         error!(error = %e, "checkpoint at shutdown failed; the next start downloads again what came after the last one");
     }
     info!("replica stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::{Compression, Link, SegmentWriter};
+    use object_store::{PutMode, PutPayload};
+
+    /// A table built from a snapshot whose txn falls inside the chain's
+    /// last segment, on a table that gets no new segment: the rest of that
+    /// segment is applied at the first sync, and a promotion can open the
+    /// next epoch after it.
+    #[test]
+    fn a_table_inside_the_last_segment_catches_up_and_can_be_promoted() {
+        let (store, rt) = crate::store::memory_for_tests();
+        let dir = tempfile::tempdir().unwrap();
+        let gen = crate::gen::CpuGenerator::default();
+        let schema = gen.schema().clone();
+        let mut w = SegmentWriter::new(7, "t", &schema).unwrap();
+        for txn in 1..=10u64 {
+            w.push(txn, 1_000 + txn as i64, gen.batch(txn * 10, 10, 0))
+                .unwrap();
+        }
+        let seg = w
+            .finish_linked(
+                Link {
+                    epoch: 1,
+                    prev_xxh3: 0,
+                },
+                Compression::None,
+            )
+            .unwrap();
+        let bytes = seg.into_bytes();
+        rt.block_on(store.inner.put_opts(
+            &segment_key(&store, "t", 1),
+            PutPayload::from(bytes.clone()),
+            PutMode::Create.into(),
+        ))
+        .unwrap();
+        // What a snapshot at txn 5 would have built.
+        {
+            let mut t = TableWriter::create_with_id(dir.path(), "t", &schema, 7).unwrap();
+            let s = Segment::from_slice(&bytes).unwrap();
+            apply_segment_until(&mut t, &s, 5).unwrap();
+            t.checkpoint().unwrap();
+            assert_eq!(t.state().txn, 5);
+        }
+        let mut r = Replica::new(store.clone(), dir.path()).unwrap();
+        let got = r.sync_table_next("t").unwrap();
+        assert_eq!(got.txn, 10, "the rest of the segment holding txn 6");
+        assert_eq!(got.rows, 50);
+        let (txn, _) = r.start_epoch("t", 2, 4).unwrap();
+        assert_eq!(txn, 11);
+    }
 }

@@ -329,7 +329,15 @@ pub fn restore(
             replica.block_on(snapshot::materialize(store, data_dir, t, false, progress))?;
         }
     }
-    for name in s.chains.keys() {
+    for (name, chain) in &s.chains {
+        let in_base = base.as_ref().is_some_and(|m| m.table(name).is_some());
+        if !in_base && chain.first_txn > 1 && !data_dir.join(name).exists() {
+            // Not in the base snapshot and its chain trimmed by retention:
+            // dropped before the base (retention only trims tables every
+            // kept snapshot holds).
+            tracing::warn!(table = %name, first_txn = chain.first_txn, "not restored: the table was dropped before the snapshot the restore starts from");
+            continue;
+        }
         let txn = replica
             .apply_until(name, target.stop(name), progress)
             .map_err(|e| e.to_string())?;

@@ -372,6 +372,38 @@ fn build_part(files: Vec<PartFile>) -> BuiltPart {
     }
 }
 
+/// A part holding `files` (name, bytes), as a snapshot writes it (tests,
+/// fuzz seeds); returns its bytes.
+pub fn encode_part(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let built = build_part(
+        files
+            .iter()
+            .map(|(n, b)| PartFile {
+                name: n.to_string(),
+                pieces: vec![Bytes::copy_from_slice(b)],
+            })
+            .collect(),
+    );
+    built
+        .payload
+        .iter()
+        .flat_map(|b| b.iter().copied())
+        .collect()
+}
+
+/// Where a part's header checksum is, if its header parses: fuzzing
+/// rewrites it so that inputs get past the checksum.
+pub fn part_checksum_at(b: &[u8]) -> Option<usize> {
+    let mut r = Reader { b, at: 0 };
+    r.take(12).ok()?;
+    let n = r.u32().ok()?.min(PART_FILES_MAX);
+    for _ in 0..n {
+        let len = r.u16().ok()? as usize;
+        r.take(len + 8 + 16).ok()?;
+    }
+    (r.at + 8 <= b.len()).then_some(r.at)
+}
+
 /// Checks a downloaded part against its manifest entry and returns its
 /// files (name, bytes), every one verified against its own xxh3.
 pub fn decode_part<'a>(b: &'a [u8], want: &PartRef) -> Result<Vec<(String, &'a [u8])>, String> {
@@ -482,11 +514,20 @@ pub async fn read_manifest(store: &Store, seq: u64) -> Result<Manifest, String> 
 }
 
 /// The newest snapshot, if any.
+/// The newest readable snapshot, if any. A manifest that cannot be read
+/// (damaged, or a different version) is skipped with a warning: the one
+/// before it still serves.
 pub async fn newest(store: &Store) -> Result<Option<Manifest>, String> {
-    match manifest_seqs(store).await?.last() {
-        Some(&s) => read_manifest(store, s).await.map(Some),
-        None => Ok(None),
+    for s in manifest_seqs(store).await?.into_iter().rev() {
+        match read_manifest(store, s).await {
+            Ok(m) => return Ok(Some(m)),
+            Err(e) if e.starts_with("snapshot manifest") => {
+                warn!(error = %e, "skipping an unreadable snapshot manifest");
+            }
+            Err(e) => return Err(e),
+        }
     }
+    Ok(None)
 }
 
 // ----------------------------------------------------------- taking one
@@ -762,11 +803,63 @@ pub struct BlockCache(std::sync::Mutex<std::collections::HashMap<BlockId, PartRe
 
 const BLOCK_CACHE_MAX: usize = 1 << 20;
 
-/// Takes a snapshot of every replicated table of `db` into `store`: waits
-/// until what was committed before it is applied, maps each table's files
-/// at its current txn (ingestion goes on), uploads the
-/// parts the store does not have yet, waits until the store holds every
-/// table's segments up to the snapshot's txn (bounded by `wait`), and
+/// Uploads `part` at `key` with a conditional create: the bytes put (0 when
+/// the same part was there already). A damaged object at the key (it does
+/// not verify as this part) is deleted and put again.
+async fn put_part(store: &Store, key: String, part: BuiltPart) -> Result<u64, String> {
+    let k = full_key(store, &key);
+    let want = PartRef {
+        key,
+        bytes: part.bytes,
+        xxh3: part.xxh3,
+    };
+    for attempt in 0..2 {
+        let payload: PutPayload = part.payload.iter().cloned().collect();
+        match store
+            .inner
+            .put_opts(&k, payload, PutMode::Create.into())
+            .await
+        {
+            Ok(_) => return Ok(part.bytes),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let got = store
+                    .inner
+                    .get(&k)
+                    .await
+                    .map_err(|e| format!("reading {k}: {e}"))?
+                    .bytes()
+                    .await
+                    .map_err(|e| format!("reading {k}: {e}"))?;
+                match decode_part(&got, &want) {
+                    Ok(_) => return Ok(0),
+                    Err(e) if attempt == 0 => {
+                        warn!(key = %k, error = %e, "a snapshot part in the store is damaged; replacing it");
+                        store
+                            .inner
+                            .delete(&k)
+                            .await
+                            .map_err(|e| format!("deleting damaged {k}: {e}"))?;
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "snapshot part {k} is in the store, but differs: {e}"
+                        ))
+                    }
+                }
+            }
+            Err(e) => return Err(format!("uploading {k}: {e}")),
+        }
+    }
+    Err(format!("snapshot part {k} could not be replaced"))
+}
+
+/// Takes a snapshot of every replicated table of `db` into `store`, one
+/// table at a time: waits until what was committed before it is applied,
+/// maps the table's files at its current txn (ingestion goes on), uploads
+/// the parts the store does not have yet and lets go of the files. Then
+/// waits until the store holds every table's segments up to its txn in the
+/// snapshot (bounded by `wait`; a table whose upload stopped is left out,
+/// with a warning), checks the node still owns the store's history, and
 /// writes the manifest last.
 pub async fn take(
     db: &Database,
@@ -779,11 +872,26 @@ pub async fn take(
     let started = Instant::now();
     let started_us = now_us();
     let previous = newest(store).await?;
-    let known: BTreeMap<&str, &PartRef> = previous
-        .iter()
-        .flat_map(|m| m.parts())
-        .map(|p| (p.key.as_str(), p))
-        .collect();
+    // The previous snapshot's parts, if they are still there whole (a HEAD
+    // each): a part lost since is uploaded again.
+    let mut known: BTreeMap<String, PartRef> = BTreeMap::new();
+    if let Some(m) = &previous {
+        let refs: Vec<PartRef> = m.parts().cloned().collect();
+        let checked: Vec<(PartRef, bool)> = futures_util::stream::iter(refs.into_iter().map(|p| async move {
+            let ok = matches!(store.inner.head(&full_key(store, &p.key)).await, Ok(h) if h.size == p.bytes);
+            (p, ok)
+        }))
+        .buffer_unordered(PARTS_IN_FLIGHT * 2)
+        .collect()
+        .await;
+        for (p, ok) in checked {
+            if ok {
+                known.insert(p.key.clone(), p);
+            } else {
+                warn!(key = %p.key, "a part of the previous snapshot is missing or has another size; uploading it again");
+            }
+        }
+    }
     let mut handles: Vec<Arc<TableHandle>> = db
         .catalog()
         .handles()
@@ -791,185 +899,95 @@ pub async fn take(
         .filter(|h| h.is_replicated() && !h.is_dropped())
         .collect();
     handles.sort_by(|a, b| a.name.cmp(&b.name));
-    // Everything committed before the snapshot was asked for is in it.
+    let mut report = SnapshotReport::default();
+    let mut tables = Vec::with_capacity(handles.len());
+    let mut cut_us = now_us();
     for h in &handles {
+        // Everything committed before the snapshot was asked for is in it.
         h.wait_applied(h.committed_txn(), wait).map_err(|e| {
             format!(
                 "table {}: waiting for committed txns to be applied: {e}",
                 h.name
             )
         })?;
-    }
-    let mut cuts = Vec::with_capacity(handles.len());
-    for h in &handles {
-        // Reads two small files and maps the rest: quick, no data read.
-        cuts.push(cut_table(h)?);
-    }
-    let cut_us = now_us();
-    let mut report = SnapshotReport::default();
-    let mut tables = Vec::with_capacity(cuts.len());
-    let mut uploads: BTreeMap<String, BuiltPart> = BTreeMap::new();
-    let mut cached: Vec<(BlockId, PartRef)> = Vec::new();
-    {
-        let cache_map = cache.0.lock().unwrap_or_else(|p| p.into_inner());
-        for c in cuts {
-            let id = c.handle.table_id();
-            let mut place = |built: BuiltPart, report: &mut SnapshotReport| -> PartRef {
-                let key = format!(
-                    "{SNAPSHOTS_PREFIX}/{PARTS}/{id:016x}/{:032x}.part",
-                    built.address
-                );
-                let r = PartRef {
-                    key: key.clone(),
-                    bytes: built.bytes,
-                    xxh3: built.xxh3,
-                };
-                if known.contains_key(key.as_str()) {
-                    report.parts_reused += 1;
-                    report.bytes_reused += built.bytes;
-                } else {
-                    uploads.entry(key).or_insert(built);
-                }
-                r
-            };
-            // Dictionaries: block k holds entries k·B.. of every symbol column.
-            let most = c.dictionaries.iter().map(|(n, _)| *n).max().unwrap_or(0);
-            let mut symbols = Vec::new();
-            for k in 0..most.div_ceil(BLOCK_ROWS).max(1) {
-                let start = k * BLOCK_ROWS;
-                let mut fs = Vec::new();
-                for (count, maps) in &c.dictionaries {
-                    let (s, e) = (start.min(*count), (start + BLOCK_ROWS).min(*count));
-                    fs.extend(maps.block(s, e));
-                }
-                symbols.push(place(build_part(fs), &mut report));
-            }
-            let mut partitions = Vec::with_capacity(c.partitions.len());
-            for (p, cols) in c.state.partitions.iter().zip(&c.partitions) {
-                let mut blocks = Vec::new();
-                for k in 0..p.rows.div_ceil(BLOCK_ROWS) {
-                    let (start, end) = (k * BLOCK_ROWS, ((k + 1) * BLOCK_ROWS).min(p.rows));
-                    let full = end - start == BLOCK_ROWS;
-                    let bid: BlockId = (id, p.floor, p.version, k, p.columns);
-                    if full {
-                        if let Some(r) = cache_map
-                            .get(&bid)
-                            .filter(|r| known.contains_key(r.key.as_str()))
-                        {
-                            report.parts_reused += 1;
-                            report.bytes_reused += r.bytes;
-                            blocks.push(r.clone());
-                            continue;
-                        }
-                    }
-                    let fs: Vec<PartFile> = cols.iter().flat_map(|m| m.block(start, end)).collect();
-                    let r = place(build_part(fs), &mut report);
-                    if full {
-                        cached.push((bid, r.clone()));
-                    }
-                    blocks.push(r);
-                }
-                partitions.push(blocks);
-            }
-            report.rows += c.state.row_count();
-            tables.push((
-                c.handle.clone(),
-                TableSnapshot {
-                    name: c.handle.name.clone(),
-                    table_id: id,
-                    txn: c.state.txn,
-                    meta: c.meta,
-                    state: state::encode_txn(&c.state),
-                    block_rows: BLOCK_ROWS,
-                    symbols,
-                    partitions,
-                },
-            ));
-        }
-    }
-    // Upload, a few at once; a key already there (an earlier attempt that
-    // died before its manifest, or a part of an older snapshot) is read
-    // back and must be the same part.
-    let results: Vec<Result<u64, String>> =
-        futures_util::stream::iter(uploads.into_iter().map(|(key, part)| async move {
-            let k = full_key(store, &key);
-            let payload: PutPayload = part.payload.into_iter().collect();
-            match store
-                .inner
-                .put_opts(&k, payload, PutMode::Create.into())
-                .await
-            {
-                Ok(_) => Ok(part.bytes),
-                Err(object_store::Error::AlreadyExists { .. }) => {
-                    let got = store
-                        .inner
-                        .get(&k)
-                        .await
-                        .map_err(|e| format!("reading {k}: {e}"))?
-                        .bytes()
-                        .await
-                        .map_err(|e| format!("reading {k}: {e}"))?;
-                    let want = PartRef {
-                        key,
-                        bytes: part.bytes,
-                        xxh3: part.xxh3,
-                    };
-                    decode_part(&got, &want).map(|_| 0).map_err(|e| {
-                        format!("snapshot part {k} is already in the store, but differs: {e}")
-                    })
-                }
-                Err(e) => Err(format!("uploading {k}: {e}")),
-            }
-        }))
+        let c = cut_table(h)?;
+        // Every txn in the cut was committed before this (commit times
+        // never go back, and may run ahead of a clock that stepped back).
+        cut_us = now_us().max(h.last_commit_us()).max(cut_us);
+        let (t, uploads) = plan_table(&c, &known, cache, &mut report);
+        let results: Vec<Result<u64, String>> = futures_util::stream::iter(
+            uploads
+                .into_iter()
+                .map(|(key, part)| put_part(store, key, part)),
+        )
         .buffer_unordered(PARTS_IN_FLIGHT)
         .collect()
         .await;
-    for r in results {
-        let b = r?;
-        if b > 0 {
-            report.parts_uploaded += 1;
-            report.bytes_uploaded += b;
-        } else {
-            report.parts_reused += 1;
+        for r in results {
+            let b = r?;
+            if b > 0 {
+                report.parts_uploaded += 1;
+                report.bytes_uploaded += b;
+            } else {
+                report.parts_reused += 1;
+            }
         }
-    }
-    {
-        let mut cache_map = cache.0.lock().unwrap_or_else(|p| p.into_inner());
-        if cache_map.len() + cached.len() > BLOCK_CACHE_MAX {
-            cache_map.clear();
-        }
-        cache_map.extend(cached);
+        report.rows += c.state.row_count();
+        // The maps go here: one table's files are mapped at a time.
+        drop(c);
+        tables.push((h.clone(), t));
     }
     // The snapshot may only name txns the store holds: a node bootstrapped
     // from it continues with the segments after them.
-    for (h, t) in &tables {
-        let stored = tokio::time::timeout(wait, h.wait_uploaded(t.txn, || false)).await;
-        if stored != Ok(true) {
-            return Err(format!(
-                "table {}: txn {} did not reach the store within {} ms (its upload is {}); \
-                 the parts are uploaded, the snapshot is not written",
-                t.name,
-                t.txn,
-                wait.as_millis(),
-                if stored.is_ok() { "stopped" } else { "behind" }
-            ));
+    let waits = tables.iter().map(|(h, t)| async move {
+        (
+            tokio::time::timeout(wait, h.wait_uploaded(t.txn, || false)).await,
+            h,
+            t,
+        )
+    });
+    let mut left_out = Vec::new();
+    for (stored, h, t) in futures_util::future::join_all(waits).await {
+        match stored {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!(table = %h.name, "the table's upload stopped (see /status): it is left out of the snapshot");
+                left_out.push(t.name.clone());
+            }
+            Err(_) => {
+                return Err(format!(
+                    "table {}: txn {} did not reach the store within {} ms; the parts are \
+                     uploaded, the snapshot is not written",
+                    t.name,
+                    t.txn,
+                    wait.as_millis()
+                ))
+            }
         }
     }
     let mut m = Manifest {
-        seq: previous.as_ref().map_or(0, |m| m.seq + 1),
+        seq: 0,
         epoch,
         started_us,
         cut_us,
         completed_us: now_us(),
-        tables: tables.into_iter().map(|(_, t)| t).collect(),
+        tables: tables
+            .into_iter()
+            .map(|(_, t)| t)
+            .filter(|t| !left_out.contains(&t.name))
+            .collect(),
     };
     report.tables = m.tables.len() as u64;
+    // A primary superseded meanwhile writes no manifest: its tables may
+    // already differ from the new primary's history.
+    if let Some(by) = super::epoch::superseded(store, epoch).await? {
+        return Err(format!(
+            "this node was superseded (epoch {} claimed by {}): the snapshot is not written",
+            by.epoch, by.node
+        ));
+    }
     // Conditional create: a taken number (another node's snapshot) means the next.
-    let mut seq = manifest_seqs(store)
-        .await?
-        .last()
-        .map_or(0, |s| s + 1)
-        .max(m.seq);
+    let mut seq = manifest_seqs(store).await?.last().map_or(0, |s| s + 1);
     loop {
         m.seq = seq;
         let k = manifest_key(store, seq);
@@ -1016,6 +1034,88 @@ pub async fn take(
         "snapshot complete"
     );
     Ok(report)
+}
+
+/// The manifest entry of a cut table and the parts to upload for it: the
+/// parts `known` (in the store already) are named, not uploaded; full
+/// blocks in `cache` are not hashed again.
+fn plan_table(
+    c: &Cut,
+    known: &BTreeMap<String, PartRef>,
+    cache: &BlockCache,
+    report: &mut SnapshotReport,
+) -> (TableSnapshot, BTreeMap<String, BuiltPart>) {
+    let id = c.handle.table_id();
+    let mut uploads: BTreeMap<String, BuiltPart> = BTreeMap::new();
+    let mut cache_map = cache.0.lock().unwrap_or_else(|p| p.into_inner());
+    let mut place = |built: BuiltPart, report: &mut SnapshotReport| -> PartRef {
+        let key = format!(
+            "{SNAPSHOTS_PREFIX}/{PARTS}/{id:016x}/{:032x}.part",
+            built.address
+        );
+        let r = PartRef {
+            key: key.clone(),
+            bytes: built.bytes,
+            xxh3: built.xxh3,
+        };
+        if known.contains_key(&key) {
+            report.parts_reused += 1;
+            report.bytes_reused += built.bytes;
+        } else {
+            uploads.entry(key).or_insert(built);
+        }
+        r
+    };
+    // Dictionaries: block k holds entries k·B.. of every symbol column.
+    let most = c.dictionaries.iter().map(|(n, _)| *n).max().unwrap_or(0);
+    let mut symbols = Vec::new();
+    for k in 0..most.div_ceil(BLOCK_ROWS).max(1) {
+        let start = k * BLOCK_ROWS;
+        let mut fs = Vec::new();
+        for (count, maps) in &c.dictionaries {
+            let (s, e) = (start.min(*count), (start + BLOCK_ROWS).min(*count));
+            fs.extend(maps.block(s, e));
+        }
+        symbols.push(place(build_part(fs), report));
+    }
+    let mut partitions = Vec::with_capacity(c.partitions.len());
+    for (p, cols) in c.state.partitions.iter().zip(&c.partitions) {
+        let mut blocks = Vec::new();
+        for k in 0..p.rows.div_ceil(BLOCK_ROWS) {
+            let (start, end) = (k * BLOCK_ROWS, ((k + 1) * BLOCK_ROWS).min(p.rows));
+            let full = end - start == BLOCK_ROWS;
+            let bid: BlockId = (id, p.floor, p.version, k, p.columns);
+            if full {
+                if let Some(r) = cache_map.get(&bid).filter(|r| known.contains_key(&r.key)) {
+                    report.parts_reused += 1;
+                    report.bytes_reused += r.bytes;
+                    blocks.push(r.clone());
+                    continue;
+                }
+            }
+            let fs: Vec<PartFile> = cols.iter().flat_map(|m| m.block(start, end)).collect();
+            let r = place(build_part(fs), report);
+            if full {
+                if cache_map.len() >= BLOCK_CACHE_MAX {
+                    cache_map.clear();
+                }
+                cache_map.insert(bid, r.clone());
+            }
+            blocks.push(r);
+        }
+        partitions.push(blocks);
+    }
+    let t = TableSnapshot {
+        name: c.handle.name.clone(),
+        table_id: id,
+        txn: c.state.txn,
+        meta: c.meta.clone(),
+        state: state::encode_txn(&c.state),
+        block_rows: BLOCK_ROWS,
+        symbols,
+        partitions,
+    };
+    (t, uploads)
 }
 
 // ---------------------------------------------------------- materializing
@@ -1129,6 +1229,16 @@ pub async fn materialize(
             dirs.push(dir);
         }
     }
+    // A group's files are synced and closed when the next group starts:
+    // open files stay bounded by one partition's.
+    let flush = |writers: &mut BTreeMap<PathBuf, std::fs::File>| -> Result<(), String> {
+        for (path, f) in writers.iter() {
+            f.sync_data().map_err(|e| io(path, e))?;
+        }
+        writers.clear();
+        Ok(())
+    };
+    let mut group: Option<Option<usize>> = None;
     let mut pending = std::collections::VecDeque::new();
     let mut next = 0;
     loop {
@@ -1146,6 +1256,10 @@ pub async fn materialize(
             .map_err(|e| format!("snapshot part {}: download task: {e}", p.key))??;
         let k = full_key(store, &p.key);
         let files_in = decode_part(&bytes, p).map_err(|e| format!("snapshot part {k}: {e}"))?;
+        if group != Some(*i) {
+            flush(&mut writers)?;
+            group = Some(*i);
+        }
         let (dir, expected) = match i {
             None => (sym_dir.clone(), expected_files(&schema, None)),
             Some(i) => {
@@ -1184,10 +1298,7 @@ pub async fn materialize(
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         progress.objects.fetch_add(1, Ordering::Relaxed);
     }
-    for (path, f) in &writers {
-        f.sync_data().map_err(|e| io(path, e))?;
-    }
-    drop(writers);
+    flush(&mut writers)?;
     dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
     for d in &dirs {
         files::fsync_dir(d).map_err(|e| e.to_string())?;
@@ -1206,14 +1317,12 @@ pub async fn materialize(
                     data_dir.display()
                 ));
             }
-            let old = data_dir.join(format!(".dropped-{}-{:016x}", t.name, t.table_id));
-            if old.exists() {
-                std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
-            }
-            std::fs::rename(&target, &old).map_err(|e| io(&target, e))?;
-            std::fs::rename(&tmp, &target).map_err(|e| io(&target, e))?;
+            // One atomic exchange: a crash leaves the old table or the new
+            // one in place, never neither (the other is in `.create-*`,
+            // removed at the next open).
+            exchange(&tmp, &target).map_err(|e| io(&target, e))?;
             files::fsync_dir(data_dir).map_err(|e| e.to_string())?;
-            std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+            std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
         } else {
             std::fs::rename(&tmp, &target).map_err(|e| io(&target, e))?;
             files::fsync_dir(data_dir).map_err(|e| e.to_string())?;
@@ -1221,6 +1330,31 @@ pub async fn materialize(
     }
     info!(table = %t.name, txn = t.txn, "table built from snapshot");
     Ok(())
+}
+
+/// Swaps two paths atomically (`renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("a path holds a NUL byte"))
+    };
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 // --------------------------------------------------------------- retention
@@ -1251,8 +1385,12 @@ pub struct RetentionReport {
 
 /// Which snapshots `r` keeps at `now` (µs), given them oldest first.
 pub fn kept(manifests: &[Manifest], r: &Retention, now: i64) -> BTreeSet<u64> {
-    let window_start = now.saturating_sub(r.window.as_micros() as i64);
     let grace = r.grace.as_micros() as i64;
+    // The window reaches back a grace period further: a restore that
+    // picked the window's base a moment ago keeps it while it runs.
+    let window_start = now
+        .saturating_sub(r.window.as_micros() as i64)
+        .saturating_sub(grace);
     let mut keep = BTreeSet::new();
     let n = manifests.len();
     for (i, m) in manifests.iter().enumerate() {
@@ -1283,12 +1421,29 @@ pub async fn enforce(
     store: &Store,
     r: &Retention,
     stats: &BackupStats,
+    epoch: u64,
 ) -> Result<RetentionReport, String> {
     let now = now_us();
+    // Only the holder of the newest epoch deletes anything.
+    if let Some(by) = super::epoch::superseded(store, epoch).await? {
+        return Err(format!(
+            "this node was superseded (epoch {} claimed by {}): retention deletes nothing",
+            by.epoch, by.node
+        ));
+    }
     let seqs = manifest_seqs(store).await?;
     let mut manifests = Vec::with_capacity(seqs.len());
+    let mut unreadable = BTreeSet::new();
     for s in &seqs {
-        manifests.push(read_manifest(store, *s).await?);
+        match read_manifest(store, *s).await {
+            Ok(m) => manifests.push(m),
+            // Not deleted, and the parts it might name are not either.
+            Err(e) if e.starts_with("snapshot manifest") => {
+                warn!(error = %e, "retention skips an unreadable snapshot manifest and deletes no part while it is there");
+                unreadable.insert(*s);
+            }
+            Err(e) => return Err(e),
+        }
     }
     let mut report = RetentionReport::default();
     if manifests.is_empty() {
@@ -1298,17 +1453,44 @@ pub async fn enforce(
     let old_enough = |t: chrono::DateTime<chrono::Utc>| {
         t.timestamp_micros() <= now.saturating_sub(r.grace.as_micros() as i64)
     };
-    let oldest_kept = manifests
-        .iter()
-        .find(|m| keep.contains(&m.seq))
-        .expect("the newest is always kept")
-        .clone();
-    // Segments: per table of the oldest kept snapshot, those ending at or
-    // before its txn there. A segment ends where the next one starts.
-    for t in &oldest_kept.tables {
-        let prefix = super::table_prefix(store, &t.name);
+    let kept_ms: Vec<&Manifest> = manifests.iter().filter(|m| keep.contains(&m.seq)).collect();
+    let newest_kept = *kept_ms.last().expect("the newest is always kept");
+    // Segments go only once the window's first moment is restorable from a
+    // kept snapshot (else the segments are the only way back there).
+    let window_start = now.saturating_sub(r.window.as_micros() as i64);
+    let window_based = kept_ms.iter().any(|m| m.cut_us <= window_start);
+    // Per table of the newest kept snapshot: the least txn any kept
+    // snapshot holds of it (0, keep everything, when one lacks it or holds
+    // a table of that name with another id: a restore from that one
+    // replays this table's chain from txn 1).
+    let trims: Vec<(&str, u64)> = if window_based {
+        newest_kept
+            .tables
+            .iter()
+            .map(|t| {
+                let least = kept_ms
+                    .iter()
+                    .map(|m| {
+                        m.table(&t.name)
+                            .filter(|x| x.table_id == t.table_id)
+                            .map_or(0, |x| x.txn)
+                    })
+                    .min()
+                    .unwrap_or(0);
+                (t.name.as_str(), least)
+            })
+            .filter(|(_, least)| *least > 0)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // Segments ending at or before that txn go. A segment ends where the
+    // next one starts.
+    for &(name, least) in &trims {
+        let t = TrimTarget { name, txn: least };
+        let prefix = super::table_prefix(store, t.name);
         let keys = store
-            .list_after(&prefix, &super::segment_key(store, &t.name, 0))
+            .list_after(&prefix, &super::segment_key(store, t.name, 0))
             .await
             .map_err(|e| format!("listing {prefix}: {e}"))?;
         for w in keys.windows(2) {
@@ -1331,6 +1513,11 @@ pub async fn enforce(
     }
     // Snapshots, then the parts no kept one names.
     let mut named: BTreeSet<String> = BTreeSet::new();
+    if !unreadable.is_empty() {
+        // Cannot tell which parts those name: delete none.
+        report_done(stats, &report);
+        return Ok(report);
+    }
     for m in &manifests {
         if keep.contains(&m.seq) {
             named.extend(m.parts().map(|p| p.key.clone()));
@@ -1383,6 +1570,27 @@ pub async fn enforce(
         );
     }
     Ok(report)
+}
+
+/// A table's segments to trim: those ending at or before `txn`.
+struct TrimTarget<'a> {
+    name: &'a str,
+    txn: u64,
+}
+
+fn report_done(stats: &BackupStats, report: &RetentionReport) {
+    stats
+        .deleted_snapshots
+        .fetch_add(report.snapshots, Ordering::Relaxed);
+    stats
+        .deleted_parts
+        .fetch_add(report.parts, Ordering::Relaxed);
+    stats
+        .deleted_segments
+        .fetch_add(report.segments, Ordering::Relaxed);
+    stats
+        .deleted_bytes
+        .fetch_add(report.bytes, Ordering::Relaxed);
 }
 
 async fn delete(store: &Store, k: &ObjectPath) -> Result<(), String> {
@@ -1549,6 +1757,130 @@ mod tests {
             grace: Duration::ZERO,
         };
         assert_eq!(kept(&ms, &r0, now).into_iter().collect::<Vec<_>>(), vec![9]);
+    }
+
+    /// Segments go only below what every kept snapshot holds, and only
+    /// once a kept snapshot restores the window's first moment; parts no
+    /// kept manifest names go; a superseded node deletes nothing.
+    #[test]
+    fn retention_deletes_only_what_no_kept_snapshot_or_moment_needs() {
+        let h = 3_600_000_000i64;
+        let run = |window_h: u64, m1_has_t: bool, superseded: bool| -> Vec<String> {
+            let (store, rt) = crate::store::memory_for_tests();
+            let put = |k: ObjectPath| {
+                rt.block_on(store.inner.put(&k, PutPayload::from(vec![1u8; 10])))
+                    .unwrap();
+            };
+            for first in [1u64, 11, 21, 31] {
+                put(super::super::segment_key(&store, "t", first));
+            }
+            for p in ["a", "b", "orphan"] {
+                put(full_key(
+                    &store,
+                    &format!("snapshots/parts/0000000000000007/{p}.part"),
+                ));
+            }
+            let now = now_us();
+            let part = |p: &str| PartRef {
+                key: format!("snapshots/parts/0000000000000007/{p}.part"),
+                bytes: 10,
+                xxh3: 0,
+            };
+            let table = |txn: u64, p: &str| TableSnapshot {
+                name: "t".into(),
+                table_id: 7,
+                txn,
+                meta: vec![],
+                state: vec![],
+                block_rows: BLOCK_ROWS,
+                symbols: vec![part(p)],
+                partitions: vec![],
+            };
+            let ms = [
+                (0u64, now - 10 * h, vec![table(15, "a")]),
+                (
+                    1,
+                    now - h,
+                    if m1_has_t {
+                        vec![table(25, "b")]
+                    } else {
+                        vec![]
+                    },
+                ),
+            ];
+            for (seq, cut, tables) in ms {
+                let m = Manifest {
+                    seq,
+                    epoch: 1,
+                    started_us: cut,
+                    cut_us: cut,
+                    completed_us: cut,
+                    tables,
+                };
+                rt.block_on(store.inner.put(
+                    &manifest_key(&store, seq),
+                    PutPayload::from(encode_manifest(&m)),
+                ))
+                .unwrap();
+            }
+            if superseded {
+                let c = super::super::epoch::Claim {
+                    epoch: 2,
+                    node: "x".into(),
+                    claimed_at_us: 1,
+                };
+                rt.block_on(super::super::epoch::claim(&store, &c)).unwrap();
+            }
+            let r = Retention {
+                window: Duration::from_secs(window_h * 3600),
+                keep_min: 1,
+                grace: Duration::ZERO,
+            };
+            let res = rt.block_on(enforce(&store, &r, &BackupStats::default(), 1));
+            assert_eq!(res.is_err(), superseded, "{res:?}");
+            let mut keys: Vec<String> = rt
+                .block_on(store.list_after(&store.path(&["tables"]), &store.path(&["tables", "0"])))
+                .unwrap()
+                .iter()
+                .filter_map(|k| k.filename().map(str::to_string))
+                .collect();
+            keys.extend(
+                rt.block_on(store.list_after(
+                    &store.path(&[SNAPSHOTS_PREFIX, PARTS]),
+                    &store.path(&[SNAPSHOTS_PREFIX, PARTS, "0"]),
+                ))
+                .unwrap()
+                .iter()
+                .filter_map(|k| k.filename().map(str::to_string)),
+            );
+            keys
+        };
+        let seg = |n: u64| format!("{n:020}.seg");
+        // A 3 h window: snapshot 0 is its base, both kept; below txn 15 goes.
+        assert_eq!(
+            run(3, true, false),
+            vec![seg(11), seg(21), seg(31), "a.part".into(), "b.part".into()]
+        );
+        // A 30-day window no snapshot reaches back to: no segment goes.
+        assert_eq!(
+            run(24 * 30, true, false),
+            vec![
+                seg(1),
+                seg(11),
+                seg(21),
+                seg(31),
+                "a.part".into(),
+                "b.part".into()
+            ]
+        );
+        // A kept snapshot without the table: a restore from it replays the
+        // table from txn 1, so no segment goes.
+        assert_eq!(
+            run(3, false, false)[..4],
+            [seg(1), seg(11), seg(21), seg(31)]
+        );
+        // Superseded: nothing at all.
+        assert_eq!(run(3, true, true).len(), 7);
     }
 
     #[test]
