@@ -78,6 +78,17 @@ impl<'a> Cursor<'a> {
     fn u8(&mut self) -> Result<u8, TableError> {
         Ok(self.take(1)?[0])
     }
+    /// `n` reserved bytes, which must be zero.
+    fn zero(&mut self, n: usize) -> Result<(), TableError> {
+        let at = self.pos;
+        if self.take(n)?.iter().any(|b| *b != 0) {
+            return Err(corrupt(
+                self.file,
+                format!("reserved bytes at offset {at} are not zero"),
+            ));
+        }
+        Ok(())
+    }
     fn u32(&mut self) -> Result<u32, TableError> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
@@ -171,8 +182,14 @@ pub fn decode_meta(file: &Path, buf: &[u8]) -> Result<(Schema, u64), TableError>
     let partition_by = PartitionBy::from_tag(partition_by)
         .ok_or_else(|| corrupt(file, format!("unknown partition scheme {partition_by}")))?;
     let has_ts = c.u8()?;
-    c.take(2)?;
+    c.zero(2)?;
     let ts = c.u32()? as usize;
+    if has_ts > 1 || (has_ts == 0 && ts != 0) {
+        return Err(corrupt(
+            file,
+            format!("designated timestamp flag {has_ts} with column {ts}"),
+        ));
+    }
     let table_id = c.u64()?;
     let version = c.u32()?;
     let mut columns = Vec::with_capacity(count.min(super::schema::COLUMNS_MAX));
@@ -238,7 +255,7 @@ pub fn decode_txn(file: &Path, buf: &[u8]) -> Result<TableState, TableError> {
     let partitions = c.u32()? as usize;
     let txn = c.u64()?;
     let symbols = c.u32()? as usize;
-    c.u32()?;
+    c.zero(4)?;
     let need = partitions * PARTITION_RECORD_BYTES + symbols * SYMBOL_RECORD_BYTES;
     if c.buf.len() - c.pos != need {
         return Err(corrupt(
@@ -260,7 +277,7 @@ pub fn decode_txn(file: &Path, buf: &[u8]) -> Result<TableState, TableError> {
             max_ts: c.i64()?,
             columns: c.u32()?,
         };
-        c.u32()?;
+        c.zero(4)?;
         state.partitions.push(p);
     }
     if state
@@ -275,7 +292,7 @@ pub fn decode_txn(file: &Path, buf: &[u8]) -> Result<TableState, TableError> {
     }
     for _ in 0..symbols {
         let col = c.u32()?;
-        c.u32()?;
+        c.zero(4)?;
         let n = c.u64()?;
         if n > i32::MAX as u64 {
             return Err(corrupt(
@@ -291,6 +308,43 @@ pub fn decode_txn(file: &Path, buf: &[u8]) -> Result<TableState, TableError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `metadata_decode` fuzz target (seed
+    /// `regression-txn-reserved-bytes`): reserved bytes that are not zero
+    /// were accepted, so two different files decoded to the same state.
+    #[test]
+    fn reserved_bytes_must_be_zero() {
+        let reseal = |b: &mut Vec<u8>| {
+            let n = b.len() - 8;
+            let sum = xxhash_rust::xxh3::xxh3_64(&b[..n]);
+            b[n..].copy_from_slice(&sum.to_le_bytes());
+        };
+        let state = TableState {
+            txn: 7,
+            partitions: vec![PartitionState {
+                floor: 0,
+                version: 1,
+                rows: 3,
+                min_ts: 1,
+                max_ts: 2,
+                columns: 4,
+            }],
+            symbol_counts: vec![(0, 5)],
+        };
+        let good = encode_txn(&state);
+        // The header's, a partition's and a symbol entry's reserved u32.
+        for at in [28, 32 + 44, 32 + 48 + 4] {
+            let mut b = good.clone();
+            b[at] = 1;
+            reseal(&mut b);
+            let e = decode_txn(Path::new("_txn"), &b).unwrap_err();
+            assert!(e.to_string().contains("reserved"), "{e}");
+        }
+        let mut m = encode_meta(&Schema::reference_cpu(), 1);
+        m[18] = 1;
+        reseal(&mut m);
+        assert!(decode_meta(Path::new("_meta"), &m).is_err());
+    }
 
     #[test]
     fn meta_and_txn_round_trip_and_detect_damage() {
