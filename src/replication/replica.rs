@@ -582,14 +582,7 @@ impl Replica {
             if self.data_dir.join(&t.name).exists() {
                 continue;
             }
-            self.rt
-                .block_on(super::snapshot::materialize(
-                    &self.store,
-                    &self.data_dir,
-                    t,
-                    false,
-                    &progress,
-                ))
+            super::snapshot::materialize_blocking(&self.store, &self.data_dir, t, false, &progress)
                 .map_err(ReplicationError::Io)?;
             built += 1;
         }
@@ -648,14 +641,7 @@ impl Replica {
         self.links.remove(table);
         self.aligned.remove(table);
         let progress = super::snapshot::Progress::default();
-        self.rt
-            .block_on(super::snapshot::materialize(
-                &self.store,
-                &self.data_dir,
-                t,
-                true,
-                &progress,
-            ))
+        super::snapshot::materialize_blocking(&self.store, &self.data_dir, t, true, &progress)
             .map_err(ReplicationError::Io)?;
         let w = TableWriter::open(&self.data_dir, table)?;
         self.tables.insert(table.to_string(), w);

@@ -1357,6 +1357,30 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     }
 }
 
+/// [`materialize`] on a runtime of its own with two worker threads, so
+/// downloads go on while parts are written, and with a store of its own
+/// (a cloud store's pooled connections belong to the runtime that opened
+/// them).
+pub fn materialize_blocking(
+    store: &Store,
+    data_dir: &Path,
+    t: &TableSnapshot,
+    replace: bool,
+    progress: &Progress,
+) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("basalt-restore")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let own = match store.config.kind {
+        crate::store::StoreKind::Memory => store.clone(),
+        _ => store.config.build().map_err(|e| e.to_string())?,
+    };
+    rt.block_on(materialize(&own, data_dir, t, replace, progress))
+}
+
 // --------------------------------------------------------------- retention
 
 /// What the primary keeps in the store.
