@@ -97,6 +97,12 @@ struct NodeArgs {
     /// REPLICA` changes it without a restart (docs/failover.md).
     #[arg(long, global = true, env = "BASALT_ROLE", default_value = "primary", value_parser = ["primary", "replica"])]
     role: String,
+    /// Where snapshots (backups) go and are read from, if not the
+    /// replication store (--object-store): a connection string of the same
+    /// forms. Give the same one to the primary, its replicas (they
+    /// bootstrap from it), `basalt restore` and `basalt backups`.
+    #[arg(long, global = true, env = "BASALT_BACKUP_OBJECT_STORE")]
+    backup_object_store: Option<String>,
 }
 
 /// Options of `serve`. Like every option, each can also be set in the
@@ -332,6 +338,18 @@ impl NodeArgs {
         })
     }
 
+    /// The store snapshots go to, when it is not the replication store.
+    fn backup_store(&self) -> Result<Option<basalt::store::Store>, String> {
+        let Some(conn) = &self.backup_object_store else {
+            return Ok(None);
+        };
+        basalt::store::StoreConfig::parse(conn)
+            .map_err(|e| format!("--backup-object-store: {e}"))?
+            .build()
+            .map(Some)
+            .map_err(|e| format!("--backup-object-store: {e}"))
+    }
+
     /// The object store to replicate through; `None` when `off`.
     fn store(&self) -> Result<Option<basalt::store::StoreConfig>, String> {
         let conn = match self.object_store.as_deref() {
@@ -522,6 +540,7 @@ const CONFIG_KEYS: &[&str] = &[
     "segment_compression",
     "replica_poll_ms",
     "snapshot_interval",
+    "backup_object_store",
     "retention",
     "retention_snapshots",
     "retention_grace",
@@ -602,7 +621,11 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
     if args.segment_bytes_max.is_some_and(|b| b < 1024) {
         return Err("--segment-bytes-max must be at least 1024".into());
     }
-    let backup = args.backup()?;
+    let mut backup = args.backup()?;
+    backup.store = node.backup_store()?;
+    if store_config.is_none() && backup.store.is_some() {
+        return Err("--backup-object-store needs --object-store: snapshots name txns of the replication store's history".into());
+    }
     let marker = node
         .data_dir
         .join(basalt::replication::restore::MARKER_FILE);
@@ -679,6 +702,7 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
                 }),
                 // Apply on a pinned core, like a primary's shards.
                 core: Some(shards.saturating_sub(1)),
+                snapshots: backup.store.clone(),
                 ..defaults
             };
             let n = Node::new(
@@ -1127,7 +1151,6 @@ mod restore {
         to_time: Option<&str>,
         to_txn: &[String],
     ) -> Result<(), String> {
-        let store = store(node)?;
         let mut target = Target {
             time_us: to_time.map(r::parse_time).transpose()?,
             ..Default::default()
@@ -1136,6 +1159,8 @@ mod restore {
             let (table, n) = r::parse_txn(t)?;
             target.txns.insert(table, n);
         }
+        let store = store(node)?;
+        let snapshots = node.backup_store()?.unwrap_or_else(|| store.clone());
         let progress = Arc::new(Progress::default());
         let total = Arc::new(AtomicU64::new(0));
         let done = Arc::new(AtomicBool::new(false));
@@ -1144,7 +1169,14 @@ mod restore {
             std::thread::spawn(move || show_progress(&p, &t, &d))
         };
         let started = Instant::now();
-        let res = r::restore(&store, &node.data_dir, &target, &progress, &total);
+        let res = r::restore(
+            &store,
+            &snapshots,
+            &node.data_dir,
+            &target,
+            &progress,
+            &total,
+        );
         done.store(true, Ordering::Release);
         let _ = shown.join();
         let rep = res?;
@@ -1227,8 +1259,12 @@ mod restore {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let s = rt.block_on(r::summary(&store))?;
+        let snapshots = node.backup_store()?.unwrap_or_else(|| store.clone());
+        let s = rt.block_on(r::summary(&store, &snapshots))?;
         println!("store {}", store.config);
+        if snapshots.config != store.config {
+            println!("snapshots in {}", snapshots.config);
+        }
         if s.snapshots.is_empty() {
             println!("no snapshots (BACKUP DATABASE or --snapshot-interval takes them)");
         }

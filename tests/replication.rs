@@ -1549,6 +1549,18 @@ fn point_in_time_restore_on_s3_moto() {
     point_in_time_restore(&s3_conn(&moto, "pitr"));
 }
 
+#[test]
+fn point_in_time_restore_on_azurite() {
+    let az = servers::azurite("basalt");
+    let conn = format!(
+        "azblob::container=basalt;root=pitr;account_name=devstoreaccount1;\
+         account_key=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;\
+         endpoint=http://127.0.0.1:{}/devstoreaccount1;",
+        az.port
+    );
+    point_in_time_restore(&conn);
+}
+
 /// A restore killed with SIGKILL part way resumes when run again and ends
 /// with exactly the rows of the target.
 #[test]
@@ -1842,4 +1854,65 @@ fn a_second_snapshot_uploads_only_the_changed_partition() {
     let third = backup(&p);
     assert_eq!(third["bytes_uploaded"].as_u64(), Some(0), "{third:?}");
     assert!(p.terminate().success());
+}
+
+/// `--backup-object-store`: snapshots go to their own store; a replica
+/// given it starts from them, `basalt restore` and `basalt backups` read
+/// them there.
+#[test]
+fn snapshots_in_a_separate_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = fs_conn(dir.path());
+    let backups = format!("fs::root={};", dir.path().join("backups").display());
+    let both = ["--object-store", &conn, "--backup-object-store", &backups];
+    let pdir = dir.path().join("primary");
+    let p = primary(&pdir, None, &both);
+    post_batches(&p, 0, 6);
+    wait_uploaded(&p);
+    let b = backup(&p);
+    assert_eq!(b["tables"].as_u64(), Some(1), "{b:?}");
+    assert!(dir
+        .path()
+        .join("backups/snapshots/manifests")
+        .join(format!("{:020}", 0))
+        .exists());
+    assert!(
+        !dir.path().join("store/snapshots").exists(),
+        "nothing under the replication store"
+    );
+    post_batches(&p, 6, 2);
+    let total = wait_uploaded(&p);
+
+    let rdir = dir.path().join("replica");
+    let mut args = vec!["--role", "replica", "--replica-poll-ms", "20"];
+    args.extend(both);
+    let r = ServerProcess::start(&rdir, &args);
+    wait_replicated(&p, &r);
+    let applied = r.status()["tables"]["cpu"]["segments_applied"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (applied as usize) < assert_chain(&conn, total),
+        "bootstrapped from the separate store"
+    );
+
+    let out = dir.path().join("restored");
+    let (ok, out_text, err) = restore_cmd(&conn, &out, &["--backup-object-store", &backups]);
+    assert!(ok, "{err}");
+    assert!(out_text.contains("snapshot 0"), "{out_text}");
+    assert_eq!(rows_in(&out), rows_of_batches(8));
+    let (ok, list, _) = basalt(&[
+        "backups",
+        "--object-store",
+        &conn,
+        "--backup-object-store",
+        &backups,
+    ]);
+    assert!(
+        ok && list.contains("snapshots in fs::root=") && list.contains("snapshot      0"),
+        "{list}"
+    );
+    assert!(p.terminate().success());
+    assert!(r.terminate().success());
+    assert_same_tables(&pdir, &rdir);
 }

@@ -57,6 +57,9 @@ pub struct BackupOptions {
     pub retention: Option<super::snapshot::Retention>,
     /// How long a snapshot waits for the store to hold its txns.
     pub wait: Duration,
+    /// Where snapshots go (`--backup-object-store`); `None`: the
+    /// replication store, under `snapshots/`.
+    pub store: Option<Store>,
 }
 
 impl Default for BackupOptions {
@@ -65,6 +68,7 @@ impl Default for BackupOptions {
             interval: None,
             retention: None,
             wait: Duration::from_secs(60),
+            store: None,
         }
     }
 }
@@ -642,6 +646,7 @@ impl Node {
         let cfg = &self.0.cfg;
         let r = rt.block_on(super::snapshot::take(
             &db,
+            cfg.backup.store.as_ref().unwrap_or(&cfg.store),
             &cfg.store,
             st.epoch,
             cfg.backup.wait,
@@ -669,8 +674,10 @@ impl Node {
         }
         let stats = self.0.status.backup.clone();
         let rt = runtime()?;
+        let cfg = &self.0.cfg;
         let res = rt.block_on(super::snapshot::enforce(
-            &self.0.cfg.store,
+            cfg.backup.store.as_ref().unwrap_or(&cfg.store),
+            &cfg.store,
             r,
             &stats,
             st.epoch,
@@ -702,8 +709,9 @@ impl Node {
                 .unwrap_or(Duration::from_secs(60))
                 .min(Duration::from_secs(60))
                 .max(Duration::from_millis(10));
+            let snaps = me.0.cfg.backup.store.as_ref().unwrap_or(&me.0.cfg.store);
             let last = rt
-                .block_on(super::snapshot::newest(&me.0.cfg.store))
+                .block_on(super::snapshot::newest(snaps))
                 .ok()
                 .flatten()
                 .map(|m| m.completed_us);

@@ -70,6 +70,9 @@ pub struct SyncReport {
 /// A read-only copy of the tables a primary uploads.
 pub struct Replica {
     store: Store,
+    /// Where snapshots are read from (the replication store unless
+    /// `--backup-object-store` names another).
+    pub snapshots: Store,
     data_dir: PathBuf,
     rt: tokio::runtime::Runtime,
     tables: BTreeMap<String, TableWriter>,
@@ -99,6 +102,7 @@ impl Replica {
             .build()
             .map_err(|e| ReplicationError::Io(format!("tokio runtime: {e}")))?;
         Ok(Replica {
+            snapshots: store.clone(),
             store,
             data_dir: data_dir.to_path_buf(),
             rt,
@@ -570,7 +574,7 @@ impl Replica {
     pub fn bootstrap(&mut self) -> Result<Option<u64>, ReplicationError> {
         let Some(m) = self
             .rt
-            .block_on(super::snapshot::newest(&self.store))
+            .block_on(super::snapshot::newest(&self.snapshots))
             .map_err(ReplicationError::Io)?
         else {
             return Ok(None);
@@ -582,8 +586,14 @@ impl Replica {
             if self.data_dir.join(&t.name).exists() {
                 continue;
             }
-            super::snapshot::materialize_blocking(&self.store, &self.data_dir, t, false, &progress)
-                .map_err(ReplicationError::Io)?;
+            super::snapshot::materialize_blocking(
+                &self.snapshots,
+                &self.data_dir,
+                t,
+                false,
+                &progress,
+            )
+            .map_err(ReplicationError::Io)?;
             built += 1;
         }
         if built > 0 {
@@ -610,7 +620,7 @@ impl Replica {
     ) -> Result<u64, ReplicationError> {
         let m = self
             .rt
-            .block_on(super::snapshot::newest(&self.store))
+            .block_on(super::snapshot::newest(&self.snapshots))
             .map_err(ReplicationError::Io)?;
         if m.as_ref().is_some_and(|m| m.table(table).is_none()) {
             return Err(ReplicationError::Dropped {
@@ -641,7 +651,7 @@ impl Replica {
         self.links.remove(table);
         self.aligned.remove(table);
         let progress = super::snapshot::Progress::default();
-        super::snapshot::materialize_blocking(&self.store, &self.data_dir, t, true, &progress)
+        super::snapshot::materialize_blocking(&self.snapshots, &self.data_dir, t, true, &progress)
             .map_err(ReplicationError::Io)?;
         let w = TableWriter::open(&self.data_dir, table)?;
         self.tables.insert(table.to_string(), w);
@@ -805,6 +815,9 @@ pub struct ReplicaOptions {
     /// The core the replica's apply thread is pinned to (modulo the
     /// cores), like a primary's shards; `None` leaves it unpinned.
     pub core: Option<usize>,
+    /// Where snapshots are (`--backup-object-store`); `None`: the store
+    /// followed.
+    pub snapshots: Option<Store>,
 }
 
 impl Default for ReplicaOptions {
@@ -815,6 +828,7 @@ impl Default for ReplicaOptions {
             list_interval: Duration::from_secs(10),
             checkpoint_interval: Duration::from_secs(1),
             core: None,
+            snapshots: None,
         }
     }
 }
@@ -896,6 +910,9 @@ impl ReplicaRunner {
     ) -> Result<ReplicaRunner, ReplicationError> {
         let mut replica = Replica::new(store, data_dir)?;
         replica.checkpoint_interval = Some(opts.checkpoint_interval);
+        if let Some(s) = &opts.snapshots {
+            replica.snapshots = s.clone();
+        }
         // Tables this node does not have start from the newest snapshot
         // (before anything serves queries). A store that cannot be read now
         // is not fatal: a table found later without a snapshot replays its

@@ -129,12 +129,19 @@ impl Summary {
     }
 }
 
-/// Reads every manifest and every table's chain: one listing per table,
-/// one GET of each table's newest segment.
-pub async fn summary(store: &Store) -> Result<Summary, String> {
+/// Reads every manifest (in `snapshots`) and every table's chain (in
+/// `store`): one listing per table, one GET of each table's newest segment.
+/// An unreadable manifest is skipped with a warning.
+pub async fn summary(store: &Store, snapshots: &Store) -> Result<Summary, String> {
     let mut out = Summary::default();
-    for s in snapshot::manifest_seqs(store).await? {
-        out.snapshots.push(snapshot::read_manifest(store, s).await?);
+    for s in snapshot::manifest_seqs(snapshots).await? {
+        match snapshot::read_manifest(snapshots, s).await {
+            Ok(m) => out.snapshots.push(m),
+            Err(e) if e.starts_with("snapshot manifest") => {
+                tracing::warn!(error = %e, "skipping an unreadable snapshot manifest");
+            }
+            Err(e) => return Err(e),
+        }
     }
     let prefix = store.path(&[TABLES_PREFIX]);
     let listing = store
@@ -260,10 +267,12 @@ pub struct RestoreReport {
 }
 
 /// Restores into `data_dir` (empty, or holding a killed restore of the
-/// same target): builds the base snapshot's tables, then applies segments
+/// same target) from the chains in `store` and the snapshots in
+/// `snapshots` (the same store, or a separate one): builds the base snapshot's tables, then applies segments
 /// up to the target, each checkpointed, so a rerun resumes.
 pub fn restore(
     store: &Store,
+    snapshots: &Store,
     data_dir: &Path,
     target: &Target,
     progress: &Progress,
@@ -280,7 +289,7 @@ pub fn restore(
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    let s = rt.block_on(summary(store))?;
+    let s = rt.block_on(summary(store, snapshots))?;
     let base = choose_base(&s, target, crate::db::now_us())?.cloned();
     drop(rt);
     // What is left to download, for the progress line.
@@ -326,7 +335,7 @@ pub fn restore(
                     t.name, t.txn
                 ));
             }
-            replica.block_on(snapshot::materialize(store, data_dir, t, false, progress))?;
+            snapshot::materialize_blocking(snapshots, data_dir, t, false, progress)?;
         }
     }
     for (name, chain) in &s.chains {

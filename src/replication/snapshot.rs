@@ -853,7 +853,8 @@ async fn put_part(store: &Store, key: String, part: BuiltPart) -> Result<u64, St
     Err(format!("snapshot part {k} could not be replaced"))
 }
 
-/// Takes a snapshot of every replicated table of `db` into `store`, one
+/// Takes a snapshot of every replicated table of `db` into `store` (the
+/// replication store `history`, or a separate one), one
 /// table at a time: waits until what was committed before it is applied,
 /// maps the table's files at its current txn (ingestion goes on), uploads
 /// the parts the store does not have yet and lets go of the files. Then
@@ -864,6 +865,7 @@ async fn put_part(store: &Store, key: String, part: BuiltPart) -> Result<u64, St
 pub async fn take(
     db: &Database,
     store: &Store,
+    history: &Store,
     epoch: u64,
     wait: Duration,
     stats: &BackupStats,
@@ -980,7 +982,7 @@ pub async fn take(
     report.tables = m.tables.len() as u64;
     // A primary superseded meanwhile writes no manifest: its tables may
     // already differ from the new primary's history.
-    if let Some(by) = super::epoch::superseded(store, epoch).await? {
+    if let Some(by) = super::epoch::superseded(history, epoch).await? {
         return Err(format!(
             "this node was superseded (epoch {} claimed by {}): the snapshot is not written",
             by.epoch, by.node
@@ -1436,20 +1438,22 @@ pub fn kept(manifests: &[Manifest], r: &Retention, now: i64) -> BTreeSet<u64> {
     keep
 }
 
-/// Deletes what `r` no longer needs: snapshots outside it, parts no kept
+/// Deletes what `r` no longer needs (snapshots and parts in `store`,
+/// segments in the replication store `history`): snapshots outside it, parts no kept
 /// snapshot names, and segments wholly below every kept snapshot's txn of
 /// their table (the oldest kept snapshot restores them). Never a segment
 /// the live chain or a kept snapshot needs; never an object younger than
 /// the grace period.
 pub async fn enforce(
     store: &Store,
+    history: &Store,
     r: &Retention,
     stats: &BackupStats,
     epoch: u64,
 ) -> Result<RetentionReport, String> {
     let now = now_us();
     // Only the holder of the newest epoch deletes anything.
-    if let Some(by) = super::epoch::superseded(store, epoch).await? {
+    if let Some(by) = super::epoch::superseded(history, epoch).await? {
         return Err(format!(
             "this node was superseded (epoch {} claimed by {}): retention deletes nothing",
             by.epoch, by.node
@@ -1512,9 +1516,9 @@ pub async fn enforce(
     // next one starts.
     for &(name, least) in &trims {
         let t = TrimTarget { name, txn: least };
-        let prefix = super::table_prefix(store, t.name);
-        let keys = store
-            .list_after(&prefix, &super::segment_key(store, t.name, 0))
+        let prefix = super::table_prefix(history, t.name);
+        let keys = history
+            .list_after(&prefix, &super::segment_key(history, t.name, 0))
             .await
             .map_err(|e| format!("listing {prefix}: {e}"))?;
         for w in keys.windows(2) {
@@ -1522,7 +1526,7 @@ pub async fn enforce(
             if super::first_txn_of(&w[0]).is_none() || next_first == 0 || next_first > t.txn + 1 {
                 break;
             }
-            let meta = match store.inner.head(&w[0]).await {
+            let meta = match history.inner.head(&w[0]).await {
                 Ok(m) => m,
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => return Err(format!("reading {}: {e}", w[0])),
@@ -1530,7 +1534,7 @@ pub async fn enforce(
             if !old_enough(meta.last_modified) {
                 continue;
             }
-            delete(store, &w[0]).await?;
+            delete(history, &w[0]).await?;
             report.segments += 1;
             report.bytes += meta.size;
         }
@@ -1860,7 +1864,7 @@ mod tests {
                 keep_min: 1,
                 grace: Duration::ZERO,
             };
-            let res = rt.block_on(enforce(&store, &r, &BackupStats::default(), 1));
+            let res = rt.block_on(enforce(&store, &store, &r, &BackupStats::default(), 1));
             assert_eq!(res.is_err(), superseded, "{res:?}");
             let mut keys: Vec<String> = rt
                 .block_on(store.list_after(&store.path(&["tables"]), &store.path(&["tables", "0"])))
