@@ -1708,10 +1708,14 @@ fn retention_deletes_what_no_snapshot_needs_and_replicas_still_converge() {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
+    // Scheduled snapshots (every second) come on top of the three taken
+    // by hand, and retention deleted segments, snapshots and parts.
     eventually(Duration::from_secs(60), || {
-        (metric("basalt_retention_deleted_segments_total") > 0.0
+        (metric("basalt_snapshots_taken_total") > 4.0
+            && metric("basalt_retention_deleted_segments_total") > 0.0
             && metric("basalt_retention_deleted_snapshots_total") > 0.0
-            && metric("basalt_retention_deleted_parts_total") > 0.0)
+            && metric("basalt_retention_deleted_parts_total") > 0.0
+            && metric("basalt_retention_deleted_bytes_total") > 0.0)
             .then_some(())
     });
     let store_dir = dir.path().join("store");

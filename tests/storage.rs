@@ -461,3 +461,21 @@ fn null_rows_store_zero_bytes_whatever_the_batch_carried(engine: &EngineChoice) 
     assert_eq!(std::fs::read(part.join("s.d")).unwrap(), b"a");
     assert_eq!(std::fs::read(part.join("v.v")).unwrap(), vec![0b01]);
 }
+
+/// Commit times never go back within a table, also when the floor (the
+/// newest commit time in the store at a start or a promotion) is ahead of
+/// this node's clock.
+#[test]
+fn commit_times_never_go_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), &EngineChoice::Portable);
+    let gen = CpuGenerator::default();
+    let t = db.create_table("cpu", gen.schema()).unwrap();
+    let ahead = basalt::db::now_us() + 3_600_000_000;
+    t.raise_commit_floor(ahead);
+    commit_and_wait(&db, &t, gen.batch(0, 5, 0));
+    assert_eq!(t.last_commit_us(), ahead, "the floor, not the clock");
+    t.raise_commit_floor(0);
+    commit_and_wait(&db, &t, gen.batch(5, 5, 0));
+    assert_eq!(t.last_commit_us(), ahead, "a lower floor changes nothing");
+}

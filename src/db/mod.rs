@@ -302,6 +302,18 @@ impl TableHandle {
         (first, t)
     }
 
+    /// Commit times from now on are at least `us` (the newest commit time
+    /// in the store when this node starts or becomes the primary: commit
+    /// times never go back across a restart or a failover either, whatever
+    /// the clocks do).
+    pub fn raise_commit_floor(&self, us: i64) {
+        let mut last = self
+            .last_commit_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *last = (*last).max(us);
+    }
+
     /// The commit time of the last txn handed out in this run (µs;
     /// `i64::MIN` before the first).
     pub fn last_commit_us(&self) -> i64 {

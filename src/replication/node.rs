@@ -290,6 +290,37 @@ impl Node {
     /// Starts uploading as the holder of `held`, then admits writes.
     fn start_uploading(&self, db: &Arc<Database>, held: u64) -> Result<(), String> {
         let cfg = &self.0.cfg;
+        // Commit times go on from the newest in the store, not back from
+        // it, whatever this node's clock says (point-in-time restore).
+        if let Ok(rt) = runtime() {
+            let handles: Vec<_> = db
+                .catalog()
+                .handles()
+                .into_iter()
+                .filter(|h| h.is_replicated())
+                .collect();
+            let newest = rt.block_on(async {
+                use futures_util::StreamExt;
+                futures_util::stream::iter(handles.iter().map(|h| async move {
+                    (
+                        h,
+                        super::restore::newest_commit_us(&cfg.store, &h.name).await,
+                    )
+                }))
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await
+            });
+            for (h, r) in newest {
+                match r {
+                    Ok(Some(us)) => h.raise_commit_floor(us),
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(table = %h.name, error = %e, "cannot read the newest commit time in the store; commit times follow this node's clock")
+                    }
+                }
+            }
+        }
         let (weak, status) = (Arc::downgrade(db), self.0.status.clone());
         let owner = Owner {
             epoch: held,

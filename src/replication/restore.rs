@@ -193,6 +193,32 @@ pub async fn summary(store: &Store, snapshots: &Store) -> Result<Summary, String
     Ok(out)
 }
 
+/// The newest commit time in `table`'s chain in the store (its newest
+/// segment's), if it has segments: one listing and one GET.
+pub async fn newest_commit_us(store: &Store, table: &str) -> Result<Option<i64>, String> {
+    let tp = table_prefix(store, table);
+    let keys = store
+        .list_after(&tp, &super::segment_key(store, table, 0))
+        .await
+        .map_err(|e| format!("listing {tp}: {e}"))?;
+    let Some(key) = keys.iter().rev().find(|k| first_txn_of(k).is_some()) else {
+        return Ok(None);
+    };
+    let bytes = store
+        .inner
+        .get(key)
+        .await
+        .map_err(|e| format!("reading {key}: {e}"))?
+        .bytes()
+        .await
+        .map_err(|e| format!("reading {key}: {e}"))?;
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(&bytes);
+    let seg =
+        crate::segment::Segment::from_aligned(aligned).map_err(|e| format!("object {key}: {e}"))?;
+    Ok(seg.header().commit_times_us.iter().copied().max())
+}
+
 /// The snapshot a restore to `target` starts from (`None`: from txn 1),
 /// or why the store cannot restore it.
 pub fn choose_base<'a>(
