@@ -262,23 +262,7 @@ impl Replica {
         // From here on the next segment starts right after the table's txn.
         self.aligned.insert(table.to_string());
         for key in keys {
-            let first = first_txn_of(&key).ok_or_else(|| ReplicationError::Misplaced {
-                key: key.to_string(),
-                why: "the name is not <first txn, 20 digits>.seg".into(),
-            })?;
-            if first > report.txn + 1 {
-                return Err(ReplicationError::Gap {
-                    table: table.to_string(),
-                    applied: report.txn,
-                    next_key: key.to_string(),
-                });
-            }
-            let seg = self
-                .fetch(&key)?
-                .ok_or_else(|| ReplicationError::Misplaced {
-                    key: key.to_string(),
-                    why: "listed, but gone when fetched".into(),
-                })?;
+            let (first, seg) = self.fetch_listed(table, &key, report.txn)?;
             self.apply_fetched(table, &key, first, seg, report)?;
         }
         Ok(())
@@ -305,6 +289,35 @@ impl Replica {
             Some(next) if next <= txn => Ok(None),
             _ => Ok(Some(keys[i].clone())),
         }
+    }
+
+    /// The listed segment `key` of `table`, which sits at `applied`: its
+    /// first txn (at most `applied + 1`, else the chain has a gap) and the
+    /// verified segment.
+    fn fetch_listed(
+        &self,
+        table: &str,
+        key: &ObjectPath,
+        applied: u64,
+    ) -> Result<(u64, Segment), ReplicationError> {
+        let first = first_txn_of(key).ok_or_else(|| ReplicationError::Misplaced {
+            key: key.to_string(),
+            why: "the name is not <first txn, 20 digits>.seg".into(),
+        })?;
+        if first > applied + 1 {
+            return Err(ReplicationError::Gap {
+                table: table.to_string(),
+                applied,
+                next_key: key.to_string(),
+            });
+        }
+        let seg = self
+            .fetch(key)?
+            .ok_or_else(|| ReplicationError::Misplaced {
+                key: key.to_string(),
+                why: "listed, but gone when fetched".into(),
+            })?;
+        Ok((first, seg))
     }
 
     /// Downloads and verifies one object; `None` if there is none.
@@ -688,23 +701,7 @@ impl Replica {
             if applied >= stop.txn {
                 break;
             }
-            let first = first_txn_of(&key).ok_or_else(|| ReplicationError::Misplaced {
-                key: key.to_string(),
-                why: "the name is not <first txn, 20 digits>.seg".into(),
-            })?;
-            if first > applied + 1 {
-                return Err(ReplicationError::Gap {
-                    table: table.to_string(),
-                    applied,
-                    next_key: key.to_string(),
-                });
-            }
-            let seg = self
-                .fetch(&key)?
-                .ok_or_else(|| ReplicationError::Misplaced {
-                    key: key.to_string(),
-                    why: "listed, but gone when fetched".into(),
-                })?;
+            let (first, seg) = self.fetch_listed(table, &key, applied)?;
             let h = seg.header();
             // The last txn to apply: before the first one committed after
             // the point (commit times grow with txns; aborted ones carry 0).

@@ -167,18 +167,7 @@ pub async fn summary(store: &Store, snapshots: &Store) -> Result<Summary, String
             continue;
         };
         let key = super::segment_key(store, &table, last_first);
-        let bytes = store
-            .inner
-            .get(&key)
-            .await
-            .map_err(|e| format!("reading {key}: {e}"))?
-            .bytes()
-            .await
-            .map_err(|e| format!("reading {key}: {e}"))?;
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-        aligned.extend_from_slice(&bytes);
-        let seg = crate::segment::Segment::from_aligned(aligned)
-            .map_err(|e| format!("object {key}: {e}"))?;
+        let seg = fetch_segment(store, &key).await?;
         let h = seg.header();
         out.chains.insert(
             table,
@@ -204,6 +193,15 @@ pub async fn newest_commit_us(store: &Store, table: &str) -> Result<Option<i64>,
     let Some(key) = keys.iter().rev().find(|k| first_txn_of(k).is_some()) else {
         return Ok(None);
     };
+    let seg = fetch_segment(store, key).await?;
+    Ok(seg.header().commit_times_us.iter().copied().max())
+}
+
+/// Downloads and verifies the segment at `key`.
+async fn fetch_segment(
+    store: &Store,
+    key: &object_store::path::Path,
+) -> Result<crate::segment::Segment, String> {
     let bytes = store
         .inner
         .get(key)
@@ -214,9 +212,7 @@ pub async fn newest_commit_us(store: &Store, table: &str) -> Result<Option<i64>,
         .map_err(|e| format!("reading {key}: {e}"))?;
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(&bytes);
-    let seg =
-        crate::segment::Segment::from_aligned(aligned).map_err(|e| format!("object {key}: {e}"))?;
-    Ok(seg.header().commit_times_us.iter().copied().max())
+    crate::segment::Segment::from_aligned(aligned).map_err(|e| format!("object {key}: {e}"))
 }
 
 /// The snapshot a restore to `target` starts from (`None`: from txn 1),

@@ -166,6 +166,26 @@ impl<'a> Reader<'a> {
         let n = self.u32()? as usize;
         self.take(n)
     }
+    /// Magic, version and a count (of tables, of files) at most `max`.
+    fn envelope(&mut self, magic: &[u8; 8], what: &str, max: u32) -> Result<u32, String> {
+        if self.take(8)? != magic {
+            return Err(format!(
+                "it does not start with {}",
+                String::from_utf8_lossy(magic)
+            ));
+        }
+        let v = self.u32()?;
+        if v != VERSION {
+            return Err(format!(
+                "{what} version {v}; this build reads version {VERSION}"
+            ));
+        }
+        let n = self.u32()?;
+        if n > max {
+            return Err(format!("{what}: {n} entries (at most {max})"));
+        }
+        Ok(n)
+    }
     fn string(&mut self) -> Result<String, String> {
         let b = self.bytes()?;
         String::from_utf8(b.to_vec())
@@ -219,19 +239,7 @@ pub fn decode_manifest(b: &[u8]) -> Result<Manifest, String> {
         return Err("its checksum does not match (damaged or not a manifest)".into());
     }
     let mut r = Reader { b: body, at: 0 };
-    if r.take(8)? != MANIFEST_MAGIC {
-        return Err("it does not start with BSLTSNAP".into());
-    }
-    let v = r.u32()?;
-    if v != VERSION {
-        return Err(format!(
-            "manifest version {v}; this build reads version {VERSION}"
-        ));
-    }
-    let n = r.u32()?;
-    if n > TABLES_MAX {
-        return Err(format!("{n} tables (at most {TABLES_MAX})"));
-    }
+    let n = r.envelope(MANIFEST_MAGIC, "manifest", TABLES_MAX)?;
     let seq = r.u64()?;
     let epoch = r.u64()?;
     let started_us = r.u64()? as i64;
@@ -415,19 +423,7 @@ pub fn decode_part<'a>(b: &'a [u8], want: &PartRef) -> Result<Vec<(String, &'a [
         ));
     }
     let mut r = Reader { b, at: 0 };
-    if r.take(8)? != PART_MAGIC {
-        return Err("it does not start with BSLTPART".into());
-    }
-    let v = r.u32()?;
-    if v != VERSION {
-        return Err(format!(
-            "part version {v}; this build reads version {VERSION}"
-        ));
-    }
-    let n = r.u32()?;
-    if n > PART_FILES_MAX {
-        return Err(format!("{n} files (at most {PART_FILES_MAX})"));
-    }
+    let n = r.envelope(PART_MAGIC, "part", PART_FILES_MAX)?;
     let mut list = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let len = r.u16()? as usize;

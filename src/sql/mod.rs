@@ -263,6 +263,19 @@ fn role_schema() -> SchemaRef {
     ]))
 }
 
+/// Rows of one record batch of `cols` as a statement's answer.
+fn one_row(
+    schema: SchemaRef,
+    cols: Vec<datafusion::arrow::array::ArrayRef>,
+) -> Result<Output, SqlError> {
+    let batch = datafusion::arrow::record_batch::RecordBatch::try_new(schema.clone(), cols)
+        .map_err(|e| SqlError::new(e.to_string(), 0))?;
+    let stream =
+        datafusion::physical_plan::memory::MemoryStream::try_new(vec![batch], schema, None)
+            .map_err(|e| SqlError::new(e.to_string(), 0))?;
+    Ok(Output::Rows(Box::pin(stream)))
+}
+
 /// The columns of [`backup_rows`].
 fn backup_schema() -> SchemaRef {
     use datafusion::arrow::datatypes::{Field, Schema};
@@ -282,7 +295,6 @@ fn backup_schema() -> SchemaRef {
 /// The one row `BACKUP DATABASE` answers with, once the snapshot is complete.
 fn backup_rows(r: &crate::replication::snapshot::SnapshotReport) -> Result<Output, SqlError> {
     use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
-    use datafusion::arrow::record_batch::RecordBatch;
     let schema = backup_schema();
     let n = |v: u64| -> ArrayRef { Arc::new(Int64Array::from(vec![v as i64])) };
     let cols: Vec<ArrayRef> = vec![
@@ -296,12 +308,7 @@ fn backup_rows(r: &crate::replication::snapshot::SnapshotReport) -> Result<Outpu
         n(r.bytes_reused),
         Arc::new(Float64Array::from(vec![r.millis])),
     ];
-    let batch =
-        RecordBatch::try_new(schema.clone(), cols).map_err(|e| SqlError::new(e.to_string(), 0))?;
-    let stream =
-        datafusion::physical_plan::memory::MemoryStream::try_new(vec![batch], schema, None)
-            .map_err(|e| SqlError::new(e.to_string(), 0))?;
-    Ok(Output::Rows(Box::pin(stream)))
+    one_row(schema, cols)
 }
 
 /// The one row `SWITCH ROLE` and `SWITCH STATUS` answer with.
@@ -309,7 +316,6 @@ fn role_rows(st: &crate::replication::RoleState) -> Result<Output, SqlError> {
     use datafusion::arrow::array::{
         ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMicrosecondArray,
     };
-    use datafusion::arrow::record_batch::RecordBatch;
     let schema = role_schema();
     let last = st.last_switch.as_ref().map(|s| {
         format!(
@@ -330,12 +336,7 @@ fn role_rows(st: &crate::replication::RoleState) -> Result<Output, SqlError> {
         Arc::new(StringArray::from(vec![last])),
         Arc::new(TimestampMicrosecondArray::from(vec![crate::db::now_us()])),
     ];
-    let batch =
-        RecordBatch::try_new(schema.clone(), cols).map_err(|e| SqlError::new(e.to_string(), 0))?;
-    let stream =
-        datafusion::physical_plan::memory::MemoryStream::try_new(vec![batch], schema, None)
-            .map_err(|e| SqlError::new(e.to_string(), 0))?;
-    Ok(Output::Rows(Box::pin(stream)))
+    one_row(schema, cols)
 }
 
 /// Plans and runs SQL against one data directory.
