@@ -311,13 +311,16 @@ impl Replica {
                 next_key: key.to_string(),
             });
         }
-        let seg = self
-            .fetch(key)?
-            .ok_or_else(|| ReplicationError::Misplaced {
-                key: key.to_string(),
-                why: "listed, but gone when fetched".into(),
-            })?;
+        let seg = self.fetch_present(key)?;
         Ok((first, seg))
+    }
+
+    /// [`Replica::fetch`] of a key a listing just showed.
+    fn fetch_present(&self, key: &ObjectPath) -> Result<Segment, ReplicationError> {
+        self.fetch(key)?.ok_or_else(|| ReplicationError::Misplaced {
+            key: key.to_string(),
+            why: "listed, but gone when fetched".into(),
+        })
     }
 
     /// Downloads and verifies one object; `None` if there is none.
@@ -466,12 +469,7 @@ impl Replica {
                 applied: txn,
                 next_key: "no segment holding it".into(),
             })?;
-        let seg = self
-            .fetch(key)?
-            .ok_or_else(|| ReplicationError::Misplaced {
-                key: key.to_string(),
-                why: "listed, but gone when fetched".into(),
-            })?;
+        let seg = self.fetch_present(key)?;
         if seg.header().last_txn != txn {
             return Err(ReplicationError::Misplaced {
                 key: key.to_string(),

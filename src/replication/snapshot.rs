@@ -1572,18 +1572,7 @@ pub async fn enforce(
         report.parts += 1;
         report.bytes += size;
     }
-    stats
-        .deleted_snapshots
-        .fetch_add(report.snapshots, Ordering::Relaxed);
-    stats
-        .deleted_parts
-        .fetch_add(report.parts, Ordering::Relaxed);
-    stats
-        .deleted_segments
-        .fetch_add(report.segments, Ordering::Relaxed);
-    stats
-        .deleted_bytes
-        .fetch_add(report.bytes, Ordering::Relaxed);
+    report_done(stats, &report);
     if report != RetentionReport::default() {
         info!(
             snapshots = report.snapshots,
