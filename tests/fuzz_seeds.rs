@@ -78,6 +78,29 @@ fn wal_seed() -> Vec<u8> {
     f
 }
 
+/// A `_wal/_aborted` file listing txns 3 and 9, as the shards write it.
+fn aborted_seed() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    for t in [3, 9] {
+        basalt::wal::retention::record_aborted(dir.path(), t).unwrap();
+    }
+    std::fs::read(dir.path().join(basalt::wal::retention::ABORTED_FILE)).unwrap()
+}
+
+/// A `_wal/_uploaded` mark, as the uploader writes it.
+fn upload_mark_seed() -> Vec<u8> {
+    use basalt::wal::retention::{write_upload_mark, UploadMark, UPLOAD_MARK_FILE};
+    let dir = tempfile::tempdir().unwrap();
+    let m = UploadMark {
+        txn: 41,
+        store_id: 7,
+        segment_xxh3: Some(99),
+        epoch: 2,
+    };
+    write_upload_mark(dir.path(), m).unwrap();
+    std::fs::read(dir.path().join(UPLOAD_MARK_FILE)).unwrap()
+}
+
 /// Seeds of `metadata_decode`: the decoder byte, then a real encoding.
 fn metadata_seeds() -> Vec<(String, Vec<u8>)> {
     use basalt::replication::snapshot::{self, Manifest, PartRef, TableSnapshot};
@@ -142,6 +165,8 @@ fn metadata_seeds() -> Vec<(String, Vec<u8>)> {
         ("part", 3, part),
         ("catalog_entry", 4, entry),
         ("epoch_claim", 5, claim),
+        ("aborted", 6, aborted_seed()),
+        ("upload_mark", 7, upload_mark_seed()),
     ]
     .into_iter()
     .map(|(n, k, b)| {
@@ -177,7 +202,10 @@ fn committed_fuzz_seeds_are_valid_encodings() {
                 basalt::replication::snapshot::decode_part(b, &want).is_ok()
             }
             4 => basalt::replication::catalog::decode(b).is_some(),
-            _ => basalt::replication::epoch::decode(b).is_some(),
+            5 => basalt::replication::epoch::decode(b).is_some(),
+            6 => basalt::wal::retention::decode_aborted(b).is_ok_and(|t| t == [3, 9]),
+            7 => basalt::wal::retention::decode_upload_mark(b).is_some_and(|m| m.txn == 41),
+            _ => false,
         };
         assert!(ok, "seed {name} does not decode");
     }

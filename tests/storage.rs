@@ -479,3 +479,39 @@ fn commit_times_never_go_back() {
     commit_and_wait(&db, &t, gen.batch(5, 5, 0));
     assert_eq!(t.last_commit_us(), ahead, "a lower floor changes nothing");
 }
+
+/// A damaged `_wal/_aborted` list keeps the table closed with an error
+/// naming the file: opening it would replay txns that replicas received
+/// empty.
+#[test]
+fn a_damaged_aborted_list_refuses_the_open_and_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open(dir.path(), &EngineChoice::Portable);
+        let gen = CpuGenerator::default();
+        let t = db.create_table("cpu", gen.schema()).unwrap();
+        commit_and_wait(&db, &t, gen.batch(0, 5, 0));
+        db.close();
+    }
+    let wal = dir.path().join("cpu").join("_wal");
+    for txn in [1, 2] {
+        basalt::wal::retention::record_aborted(&wal, txn).unwrap();
+    }
+    let path = wal.join(basalt::wal::retention::ABORTED_FILE);
+    let mut b = std::fs::read(&path).unwrap();
+    b[20] ^= 1; // the first of two entries
+    std::fs::write(&path, &b).unwrap();
+    let e = Database::open(DbOptions {
+        data_dir: dir.path().to_path_buf(),
+        engine: EngineChoice::Portable,
+        shards: 1,
+        ..DbOptions::default()
+    })
+    .err()
+    .expect("the open is refused")
+    .to_string();
+    assert!(
+        e.contains("_aborted") && e.contains("does not verify"),
+        "{e}"
+    );
+}

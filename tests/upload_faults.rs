@@ -335,7 +335,7 @@ fn an_aborted_commit_travels_as_an_empty_txn_and_is_never_replayed() {
     assert!(b.iter().all(Result::is_ok) && last > aborted);
     t.wait_applied(last, Duration::from_secs(30)).unwrap();
     assert_eq!(
-        basalt::wal::retention::read_aborted(&pdir.join("cpu").join("_wal")),
+        basalt::wal::retention::read_aborted(&pdir.join("cpu").join("_wal")).unwrap(),
         vec![aborted]
     );
     eventually(Duration::from_secs(30), || {

@@ -1,6 +1,7 @@
 //! Any bytes given to the decoders of basalt's metadata: the table files
 //! `_meta` and `_txn`/`_ckpt`, snapshot manifests and parts, catalog
-//! entries and epoch claims. A decoded value or an error, never a panic,
+//! entries, epoch claims, and the WAL's `_aborted` list and `_uploaded`
+//! mark. A decoded value or an error, never a panic,
 //! UB or an allocation sized by a length field. The first byte picks the
 //! decoder; each input is tried as given and with its checksum made to
 //! match, which takes it past the checksum into the length checks.
@@ -11,6 +12,7 @@ use std::path::Path;
 use basalt::replication::snapshot::{self, PartRef};
 use basalt::replication::{catalog, epoch};
 use basalt::table::state;
+use basalt::wal::retention;
 use libfuzzer_sys::fuzz_target;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -26,7 +28,7 @@ fn resealed(b: &[u8]) -> Vec<u8> {
 }
 
 fn decode(kind: u8, b: &[u8]) {
-    match kind % 6 {
+    match kind % 8 {
         0 => {
             if let Ok((schema, id)) = state::decode_meta(Path::new("_meta"), b) {
                 // What decodes must encode back to the same bytes.
@@ -61,8 +63,17 @@ fn decode(kind: u8, b: &[u8]) {
         4 => {
             let _ = catalog::decode(b);
         }
-        _ => {
+        5 => {
             let _ = epoch::decode(b);
+        }
+        6 => {
+            if let Ok(txns) = retention::decode_aborted(b) {
+                // Every listed txn is one whole, verified 16-byte entry.
+                assert!(txns.len() * 16 + 16 <= b.len().max(16));
+            }
+        }
+        _ => {
+            let _ = retention::decode_upload_mark(b);
         }
     }
 }
@@ -72,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     decode(kind, rest);
-    if kind % 6 != 3 {
+    if !matches!(kind % 8, 3 | 6) {
         decode(kind, &resealed(rest));
     }
 });

@@ -1343,8 +1343,16 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
     let recovered = wal::recover_table_wal(&wal_dir, committed)?;
     // Txns whose commit failed on a replicated table are never replayed
     // (replicas got them empty).
-    let aborted: std::collections::BTreeSet<u64> =
-        wal::retention::read_aborted(&wal_dir).into_iter().collect();
+    let aborted: std::collections::BTreeSet<u64> = wal::retention::read_aborted(&wal_dir)
+        .map_err(|why| TableError::Corrupt {
+            file: wal_dir.join(wal::retention::ABORTED_FILE),
+            why: format!(
+                "{why}: the txns it lists must not be replayed (replicas got them empty); \
+                 restore the file or rebuild this node from the object store"
+            ),
+        })?
+        .into_iter()
+        .collect();
     let schema = writer.schema().clone();
     let mut chunk: Vec<(u64, Batch)> = Vec::new();
     let mut rows = 0;

@@ -52,7 +52,9 @@ fn encode(m: UploadMark) -> [u8; MARK_BYTES] {
     b
 }
 
-fn decode(b: &[u8]) -> Option<UploadMark> {
+/// Decodes an upload mark's bytes (version 1 or 2); `None` when they are
+/// not a whole, verified mark.
+pub fn decode_upload_mark(b: &[u8]) -> Option<UploadMark> {
     if b.len() < 12 || &b[..8] != MAGIC {
         return None;
     }
@@ -80,7 +82,7 @@ fn decode(b: &[u8]) -> Option<UploadMark> {
 pub fn read_upload_mark(wal_dir: &Path) -> UploadMark {
     let path = wal_dir.join(UPLOAD_MARK_FILE);
     match fs::read(&path) {
-        Ok(b) => decode(&b).unwrap_or_else(|| {
+        Ok(b) => decode_upload_mark(&b).unwrap_or_else(|| {
             warn!(path = %path.display(), "upload mark unreadable; keeping all WAL for the uploader");
             UploadMark::default()
         }),
@@ -142,6 +144,11 @@ mod tests {
 /// File name of the aborted-txn list inside a table's `_wal` directory.
 pub const ABORTED_FILE: &str = "_aborted";
 const ABORTED_MAGIC: &[u8; 8] = b"BSLTABRT";
+/// Version written in the `_aborted` header. Builds before this one wrote
+/// the upload mark's version constant there (1, later 2) over the same
+/// layout; both are read.
+const ABORTED_VERSION: u32 = 2;
+const ABORTED_VERSIONS: [u32; 2] = [1, 2];
 const ABORTED_HEADER_BYTES: usize = 16;
 const ABORTED_ENTRY_BYTES: usize = 16;
 
@@ -171,7 +178,7 @@ pub fn record_aborted(wal_dir: &Path, txn: u64) -> std::io::Result<()> {
         f.set_len(0)?;
         let mut h = [0u8; ABORTED_HEADER_BYTES];
         h[..8].copy_from_slice(ABORTED_MAGIC);
-        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        h[8..12].copy_from_slice(&ABORTED_VERSION.to_le_bytes());
         f.write_all(&h)?;
     } else {
         // A torn last entry (a crash mid-append) is cut first: an entry
@@ -191,22 +198,59 @@ pub fn record_aborted(wal_dir: &Path, txn: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The txns recorded as aborted (entries that do not verify, such as a torn
-/// last one, are skipped: their abort was never relied on).
-pub fn read_aborted(wal_dir: &Path) -> Vec<u64> {
-    let Ok(b) = fs::read(wal_dir.join(ABORTED_FILE)) else {
-        return Vec::new();
-    };
-    if b.len() < ABORTED_HEADER_BYTES || &b[..8] != ABORTED_MAGIC {
-        return Vec::new();
+/// The txns a `_aborted` file's bytes record. A file shorter than its
+/// header is one whose creation was interrupted before its first entry was
+/// synced: nothing in it was relied on. The last entry may be torn (a
+/// crash mid-append; that abort was never relied on) and is skipped; any
+/// other damage (a bad header, version or reserved bytes, an entry that
+/// does not verify before the last) is an error: skipping it could replay
+/// a txn replicas received empty.
+pub fn decode_aborted(b: &[u8]) -> Result<Vec<u64>, String> {
+    if b.len() < ABORTED_HEADER_BYTES {
+        return Ok(Vec::new());
     }
-    b[ABORTED_HEADER_BYTES..]
-        .chunks_exact(ABORTED_ENTRY_BYTES)
-        .filter(|e| {
-            aborted_entry(u64::from_le_bytes(e[..8].try_into().expect("8 bytes")))[..] == e[..]
-        })
-        .map(|e| u64::from_le_bytes(e[..8].try_into().expect("8 bytes")))
-        .collect()
+    if &b[..8] != ABORTED_MAGIC {
+        return Err("it does not start with BSLTABRT".into());
+    }
+    let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+    if !ABORTED_VERSIONS.contains(&version) {
+        return Err(format!(
+            "version {version}; this build reads versions {ABORTED_VERSIONS:?}"
+        ));
+    }
+    if b[12..16] != [0; 4] {
+        return Err("reserved header bytes are not zero".into());
+    }
+    let entries: Vec<&[u8]> = b[ABORTED_HEADER_BYTES..]
+        .chunks(ABORTED_ENTRY_BYTES)
+        .collect();
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let whole = e.len() == ABORTED_ENTRY_BYTES;
+        let txn = whole.then(|| u64::from_le_bytes(e[..8].try_into().expect("8 bytes")));
+        match txn {
+            Some(t) if aborted_entry(t)[..] == e[..] => out.push(t),
+            _ if i + 1 == entries.len() => {} // torn last entry
+            _ => {
+                return Err(format!(
+                    "entry {i} (at byte {}) does not verify, and entries follow it",
+                    ABORTED_HEADER_BYTES + i * ABORTED_ENTRY_BYTES
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The txns recorded as aborted in `wal_dir` (none without the file); an
+/// error names the file when it is damaged (see [`decode_aborted`]).
+pub fn read_aborted(wal_dir: &Path) -> Result<Vec<u64>, String> {
+    let path = wal_dir.join(ABORTED_FILE);
+    match fs::read(&path) {
+        Ok(b) => decode_aborted(&b).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 /// Drops the list once every txn in it is at or below `txn` (uploaded and
@@ -216,7 +260,8 @@ pub fn clear_aborted_upto(wal_dir: &Path, txn: u64) {
     if !path.exists() {
         return;
     }
-    if read_aborted(wal_dir).iter().all(|t| *t <= txn) {
+    // A damaged list is kept: recovery refuses it, and says why.
+    if read_aborted(wal_dir).is_ok_and(|l| l.iter().all(|t| *t <= txn)) {
         let _ = fs::remove_file(path);
     }
 }
@@ -228,23 +273,59 @@ mod aborted_tests {
     #[test]
     fn aborted_txns_are_recorded_read_back_and_cleared() {
         let dir = tempfile::tempdir().expect("temp dir");
-        assert!(read_aborted(dir.path()).is_empty());
+        assert!(read_aborted(dir.path()).unwrap().is_empty());
         record_aborted(dir.path(), 7).expect("record");
         record_aborted(dir.path(), 9).expect("record");
-        assert_eq!(read_aborted(dir.path()), vec![7, 9]);
+        assert_eq!(read_aborted(dir.path()).unwrap(), vec![7, 9]);
         // A torn last entry is ignored.
         let path = dir.path().join(ABORTED_FILE);
         let mut b = fs::read(&path).expect("read");
         b.truncate(b.len() - 3);
         fs::write(&path, &b).expect("write");
-        assert_eq!(read_aborted(dir.path()), vec![7]);
+        assert_eq!(read_aborted(dir.path()).unwrap(), vec![7]);
         // The next entry after a torn one is read back (it used to be read
         // misaligned and dropped).
         record_aborted(dir.path(), 8).expect("record");
-        assert_eq!(read_aborted(dir.path()), vec![7, 8]);
+        assert_eq!(read_aborted(dir.path()).unwrap(), vec![7, 8]);
         clear_aborted_upto(dir.path(), 6);
         assert!(path.exists());
         clear_aborted_upto(dir.path(), 8);
         assert!(!path.exists());
+    }
+
+    /// Damage other than a torn last entry is an error, never a shorter
+    /// list: a txn dropped from it would be replayed by recovery although
+    /// replicas received it empty.
+    #[test]
+    fn a_damaged_aborted_list_is_an_error_not_a_shorter_list() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for t in [3, 4, 5] {
+            record_aborted(dir.path(), t).expect("record");
+        }
+        let good = fs::read(dir.path().join(ABORTED_FILE)).expect("read");
+        assert_eq!(decode_aborted(&good).unwrap(), vec![3, 4, 5]);
+        assert_eq!(
+            u32::from_le_bytes(good[8..12].try_into().unwrap()),
+            ABORTED_VERSION
+        );
+        let damaged = |at: usize| {
+            let mut b = good.clone();
+            b[at] ^= 0x10;
+            decode_aborted(&b)
+        };
+        assert!(damaged(0).unwrap_err().contains("BSLTABRT"));
+        assert!(damaged(8).unwrap_err().contains("version"));
+        assert!(damaged(13).unwrap_err().contains("reserved"));
+        let e = damaged(16 + 16 + 2).unwrap_err();
+        assert!(e.contains("entry 1"), "{e}");
+        // The last entry damaged reads as torn: that abort was never relied on.
+        assert_eq!(damaged(16 + 32 + 2).unwrap(), vec![3, 4]);
+        // A header cut short: created, nothing synced in it.
+        assert_eq!(decode_aborted(&good[..10]).unwrap(), Vec::<u64>::new());
+        // Read through the directory, the error names the file.
+        let mut b = good.clone();
+        b[20] ^= 1;
+        fs::write(dir.path().join(ABORTED_FILE), &b).unwrap();
+        assert!(read_aborted(dir.path()).unwrap_err().contains("_aborted"));
     }
 }
