@@ -10,6 +10,8 @@
 //! cargo bench --bench replication -- failover  # role switches and --ack-after upload
 //! cargo bench --bench replication -- backup    # snapshots, bootstrap vs replay, restore
 //! PERF_BACKUP_ROWS=10000000  rows of the reference table for `backup` (default 10M)
+//! cargo bench --bench replication -- soak      # kill -9 cycles of primary and replica (moto)
+//! PERF_SOAK_CYCLES=100   kill -9 cycles for `soak` (default 100)
 //! PERF_SWITCH_ROUNDS=10  planned switchovers per store (default 10)
 //! PERF_LAG_SECS=20       seconds of steady load per lag run (default 20)
 //! PERF_LAG_RATE=100000   rows per second (default 100k)
@@ -583,6 +585,166 @@ snapshots, bootstrap and restore of {rows} rows ({what})"
     );
 }
 
+/// POSTs `body` to /write on a fresh connection: true only on a 204 (the
+/// rows are durable); any error or other status is false.
+fn post_acked(addr: std::net::SocketAddr, body: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let head = format!(
+        "POST /write HTTP/1.1\r\nHost: basalt\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if s.write_all(head.as_bytes()).is_err() || s.write_all(body).is_err() {
+        return false;
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    resp.starts_with(b"HTTP/1.1 204")
+}
+
+/// SIGKILL, reaped; the handle is not dropped (its SIGTERM would go to a
+/// pid that may be reused).
+fn kill9(mut s: Server) {
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    std::mem::forget(s);
+}
+
+/// `cycles` kill -9s, alternately of the primary and the replica, each
+/// restarted, under two writers posting 50-row batches to the primary,
+/// replicating through moto: acknowledged batches lost or duplicated on
+/// the primary, and whether the replica ends equal to it.
+fn soak(base: &Path, conn: &str, cycles: u64) {
+    println!(
+        "
+soak: {cycles} kill -9 cycles of primary and replica under ingest (s3 moto)"
+    );
+    let dir = base.join("soak");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (pdir, rdir) = (dir.join("primary"), dir.join("replica"));
+    let pargs = [
+        "--object-store",
+        conn,
+        "--segment-age-ms",
+        "20",
+        "--segment-bytes-max",
+        "65536",
+    ];
+    let rargs = [
+        "--role",
+        "replica",
+        "--object-store",
+        conn,
+        "--replica-poll-ms",
+        "10",
+    ];
+    let mut p = node::start(&pdir, &pargs);
+    let mut r = node::start(&rdir, &rargs);
+    let addr = Arc::new(Mutex::new(p.http));
+    let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let (addr, acked, stop) = (addr.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let gen = CpuGenerator::default();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = w * 1_000_000_000 + n;
+                    let mut body = Vec::new();
+                    for j in 0..50 {
+                        gen.ilp_line(&mut body, "cpu", id * 50 + j);
+                    }
+                    let a = *addr.lock().unwrap();
+                    if post_acked(a, &body) {
+                        acked.lock().unwrap().push(id);
+                        n += 1;
+                    } else {
+                        // Down or restarting: the same batch id again later
+                        // (an unacknowledged batch may or may not be there).
+                        n += 1;
+                        std::thread::park_timeout(Duration::from_millis(5));
+                    }
+                }
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    for cycle in 0..cycles {
+        // Progress before each kill: five more acknowledged batches.
+        let want = acked.lock().unwrap().len() + 5;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked.lock().unwrap().len() < want {
+            assert!(Instant::now() < deadline, "no progress in cycle {cycle}");
+            std::thread::park_timeout(Duration::from_millis(2));
+        }
+        if cycle % 2 == 0 {
+            kill9(p);
+            p = node::start(&pdir, &pargs);
+            *addr.lock().unwrap() = p.http;
+        } else {
+            kill9(r);
+            r = node::start(&rdir, &rargs);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let took = t0.elapsed().as_secs_f64();
+    // Everything acknowledged is replicated.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (ps, rs) = (get_json(p.http, "/status"), get_json(r.http, "/status"));
+        let c = ps["tables"]["cpu"]["committed_txn"].as_u64().unwrap_or(0);
+        let u = ps["tables"]["cpu"]["uploaded_txn"].as_u64().unwrap_or(0);
+        let a = rs["tables"]["cpu"]["applied_txn"].as_u64().unwrap_or(0);
+        if c > 0 && u == c && a == c {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not replicated: {ps} {rs}");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+    drop(p);
+    drop(r);
+    let ids = |d: &Path| {
+        let scan = basalt::table::TableReader::open(d, "cpu")
+            .expect("table")
+            .scan(&["requests"], None)
+            .expect("scan");
+        let mut seen = std::collections::HashMap::<u64, u64>::new();
+        for row in 0..scan.row_count() {
+            if let basalt::batch::Value::Long(v) = scan.columns[0].value(row) {
+                *seen.entry(v as u64 / 50).or_default() += 1;
+            }
+        }
+        (seen, scan.row_count())
+    };
+    let (seen, rows) = ids(&pdir);
+    let (rseen, rrows) = ids(&rdir);
+    let acked = acked.lock().unwrap().clone();
+    let lost = acked.iter().filter(|id| !seen.contains_key(id)).count();
+    let twice = seen.values().filter(|n| **n > 50).count();
+    let partial = seen.values().filter(|n| **n % 50 != 0).count();
+    println!(
+        "  {cycles} cycles in {took:.0} s ({} primary, {} replica kills): {} batches acknowledged, {rows} rows on the primary",
+        cycles.div_ceil(2),
+        cycles / 2,
+        acked.len()
+    );
+    println!(
+        "  acknowledged batches lost: {lost} (target 0); batches twice: {twice} (target 0); partial batches: {partial}"
+    );
+    println!(
+        "  replica: {rrows} rows, {} batches, equal to the primary: {}",
+        rseen.len(),
+        rseen == seen
+    );
+}
+
 /// `GET /exec?query=sql` on `addr`.
 fn exec(addr: std::net::SocketAddr, sql: &str) -> serde_json::Value {
     let mut q = form_urlencoded::Serializer::new(String::new());
@@ -852,7 +1014,10 @@ fn main() {
         base.display(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let moto = if matches!(what, "all" | "lag" | "catchup" | "failover" | "backup") {
+    let moto = if matches!(
+        what,
+        "all" | "lag" | "catchup" | "failover" | "backup" | "soak"
+    ) {
         moto()
     } else {
         None
@@ -932,6 +1097,16 @@ fn main() {
         backup_run(&base, n, &format!("fs::root={};", store.display()), "fs");
         if let Some(m) = &moto {
             backup_run(&base, n, &s3_conn(m.port, "backup"), "s3");
+        }
+    }
+    if what == "soak" {
+        match &moto {
+            Some(m) => soak(
+                &base,
+                &s3_conn(m.port, "soak"),
+                env("PERF_SOAK_CYCLES", 100),
+            ),
+            None => println!("soak needs moto_server"),
         }
     }
     if what == "all" || what == "catchup" {
