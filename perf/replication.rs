@@ -66,16 +66,30 @@ fn s3_conn(port: u16, root: &str) -> String {
     format!("s3::bucket=basalt;root={root};region=us-east-1;endpoint=http://127.0.0.1:{port};access_key_id=t;secret_access_key=t;allow_http=true;")
 }
 
-/// PUT 256 KiB then GET it back, `n` times: the store's own round trip.
-fn store_yardstick(conn: &str, n: usize) -> Histogram<u64> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+/// A runtime (two worker threads when `multi`) and a store built for it
+/// (a cloud store's pooled connections belong to one runtime).
+fn store_on_runtime(conn: &str, multi: bool) -> (tokio::runtime::Runtime, basalt::store::Store) {
+    let rt = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .expect("runtime");
     let store = StoreConfig::parse(conn)
         .expect("conn")
         .build()
         .expect("store");
+    (rt, store)
+}
+
+/// PUT 256 KiB then GET it back, `n` times: the store's own round trip.
+fn store_yardstick(conn: &str, n: usize) -> Histogram<u64> {
+    let (rt, store) = store_on_runtime(conn, false);
     let body = bytes::Bytes::from(vec![7u8; 256 * 1024]);
     let mut h = Histogram::<u64>::new(3).expect("histogram");
     for i in 0..n {
@@ -379,15 +393,7 @@ fn catchup(base: &Path, rows: u64, conn: &str, what: &str) {
 /// the store's raw download rate in MB/s, and the bytes.
 fn raw_get(conn: &str, keys: &[object_store::path::Path]) -> (f64, u64) {
     use futures_util::StreamExt;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let store = StoreConfig::parse(conn)
-        .expect("conn")
-        .build()
-        .expect("store");
+    let (rt, store) = store_on_runtime(conn, true);
     let t = Instant::now();
     let bytes: u64 = rt.block_on(async {
         futures_util::stream::iter(keys.iter().map(|k| {
@@ -432,14 +438,7 @@ fn disk_write(dir: &Path) -> f64 {
 /// Every key under `parts` of the store.
 fn keys_under(conn: &str, parts: &[&str]) -> Vec<object_store::path::Path> {
     use futures_util::TryStreamExt;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let store = StoreConfig::parse(conn)
-        .expect("conn")
-        .build()
-        .expect("store");
+    let (rt, store) = store_on_runtime(conn, false);
     let prefix = store.path(parts);
     rt.block_on(async {
         store
@@ -916,14 +915,7 @@ fn ack_load(dir: &Path, c: &str, mode: &str) {
     let yardstick = {
         let c = c.to_string();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            let store = StoreConfig::parse(&c)
-                .expect("conn")
-                .build()
-                .expect("store");
+            let (rt, store) = store_on_runtime(&c, false);
             let body = bytes::Bytes::from(vec![7u8; 100 * 1024]);
             let mut h = Histogram::<u64>::new(3).expect("histogram");
             let mut i = 0;

@@ -224,7 +224,7 @@ impl Replica {
             let Some(seg) = self.fetch(&key)? else {
                 return Ok(());
             };
-            self.apply_fetched(table, &key, first, seg, report)?;
+            self.apply_fetched(table, &key, first, seg, u64::MAX, report)?;
         }
     }
 
@@ -263,7 +263,7 @@ impl Replica {
         self.aligned.insert(table.to_string());
         for key in keys {
             let (first, seg) = self.fetch_listed(table, &key, report.txn)?;
-            self.apply_fetched(table, &key, first, seg, report)?;
+            self.apply_fetched(table, &key, first, seg, u64::MAX, report)?;
         }
         Ok(())
     }
@@ -349,31 +349,9 @@ impl Replica {
         Ok(Some(seg))
     }
 
-    /// Applies a verified segment fetched from `key`, which must start at `first`.
+    /// Applies the txns up to `until` of a verified segment fetched from
+    /// `key`, which must start at `first`.
     fn apply_fetched(
-        &mut self,
-        table: &str,
-        key: &ObjectPath,
-        first: u64,
-        seg: Segment,
-        report: &mut SyncReport,
-    ) -> Result<(), ReplicationError> {
-        self.apply_fetched_inner(table, key, first, seg, u64::MAX, report)
-    }
-
-    fn apply_fetched_until(
-        &mut self,
-        table: &str,
-        key: &ObjectPath,
-        first: u64,
-        seg: Segment,
-        until: u64,
-    ) -> Result<(), ReplicationError> {
-        let mut report = SyncReport::default();
-        self.apply_fetched_inner(table, key, first, seg, until, &mut report)
-    }
-
-    fn apply_fetched_inner(
         &mut self,
         table: &str,
         key: &ObjectPath,
@@ -590,23 +568,22 @@ impl Replica {
         else {
             return Ok(None);
         };
-        let mut built = 0;
+        let missing: Vec<&super::snapshot::TableSnapshot> = m
+            .tables
+            .iter()
+            .filter(|t| !self.data_dir.join(&t.name).exists())
+            .collect();
+        let built = missing.len();
         let progress = super::snapshot::Progress::default();
         let started = Instant::now();
-        for t in &m.tables {
-            if self.data_dir.join(&t.name).exists() {
-                continue;
-            }
-            super::snapshot::materialize_blocking(
-                &self.snapshots,
-                &self.data_dir,
-                t,
-                false,
-                &progress,
-            )
-            .map_err(ReplicationError::Io)?;
-            built += 1;
-        }
+        super::snapshot::materialize_blocking(
+            &self.snapshots,
+            &self.data_dir,
+            &missing,
+            false,
+            &progress,
+        )
+        .map_err(ReplicationError::Io)?;
         if built > 0 {
             info!(
                 snapshot = m.seq,
@@ -662,8 +639,14 @@ impl Replica {
         self.links.remove(table);
         self.aligned.remove(table);
         let progress = super::snapshot::Progress::default();
-        super::snapshot::materialize_blocking(&self.snapshots, &self.data_dir, t, true, &progress)
-            .map_err(ReplicationError::Io)?;
+        super::snapshot::materialize_blocking(
+            &self.snapshots,
+            &self.data_dir,
+            &[t],
+            true,
+            &progress,
+        )
+        .map_err(ReplicationError::Io)?;
         let w = TableWriter::open(&self.data_dir, table)?;
         self.tables.insert(table.to_string(), w);
         warn!(
@@ -685,16 +668,18 @@ impl Replica {
         progress: &super::snapshot::Progress,
     ) -> Result<u64, ReplicationError> {
         let mut applied = self.applied_txn(table)?;
+        // One listing of the whole chain: from the segment holding the
+        // txn after the table's (it may start before it) on.
         let prefix = table_prefix(&self.store, table);
         let mut keys = self.rt.block_on(
             self.store
-                .list_after(&prefix, &segment_key(&self.store, table, applied)),
+                .list_after(&prefix, &segment_key(&self.store, table, 0)),
         )?;
-        if keys.first().and_then(first_txn_of) != Some(applied + 1) {
-            if let Some(k) = self.containing(table, applied + 1)? {
-                keys.insert(0, k);
-            }
-        }
+        let from = keys
+            .iter()
+            .rposition(|k| first_txn_of(k).is_some_and(|f| f <= applied + 1))
+            .unwrap_or(0);
+        keys.drain(..from);
         for key in keys {
             if applied >= stop.txn {
                 break;
@@ -714,7 +699,7 @@ impl Replica {
             let len = seg.len() as u64;
             let last_txn = h.last_txn;
             if until > applied {
-                self.apply_fetched_until(table, &key, first, seg, until)?;
+                self.apply_fetched(table, &key, first, seg, until, &mut SyncReport::default())?;
                 if let Some(w) = self.tables.get_mut(table) {
                     w.checkpoint()?;
                     applied = w.state().txn;

@@ -347,18 +347,19 @@ pub fn restore(
         ..Default::default()
     };
     if let Some(m) = &base {
-        for t in &m.tables {
-            if data_dir.join(&t.name).exists() {
-                continue; // built by the killed run
-            }
-            if target.stop(&t.name).txn < t.txn {
-                return Err(format!(
-                    "table {}: the snapshot chosen holds txn {}, past the target",
-                    t.name, t.txn
-                ));
-            }
-            snapshot::materialize_blocking(snapshots, data_dir, t, false, progress)?;
+        // Tables a killed run already built are kept.
+        let todo: Vec<&snapshot::TableSnapshot> = m
+            .tables
+            .iter()
+            .filter(|t| !data_dir.join(&t.name).exists())
+            .collect();
+        if let Some(t) = todo.iter().find(|t| target.stop(&t.name).txn < t.txn) {
+            return Err(format!(
+                "table {}: the snapshot chosen holds txn {}, past the target",
+                t.name, t.txn
+            ));
         }
+        snapshot::materialize_blocking(snapshots, data_dir, &todo, false, progress)?;
     }
     for (name, chain) in &s.chains {
         let in_base = base.as_ref().is_some_and(|m| m.table(name).is_some());

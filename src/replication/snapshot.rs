@@ -536,14 +536,35 @@ pub struct BackupStats {
     pub parts_uploaded: AtomicU64,
     pub part_bytes_uploaded: AtomicU64,
     pub parts_reused: AtomicU64,
-    /// Newest snapshot's sequence number + 1 (0: none taken by this node).
-    pub last_seq_plus_one: AtomicU64,
     pub last_completed_us: AtomicU64,
     pub deleted_snapshots: AtomicU64,
     pub deleted_parts: AtomicU64,
     pub deleted_segments: AtomicU64,
     pub deleted_bytes: AtomicU64,
     pub retention_failures: AtomicU64,
+}
+
+impl BackupStats {
+    fn snapshot_done(&self, r: &SnapshotReport, completed_us: i64) {
+        self.snapshots_taken.fetch_add(1, Ordering::Relaxed);
+        self.parts_uploaded
+            .fetch_add(r.parts_uploaded, Ordering::Relaxed);
+        self.part_bytes_uploaded
+            .fetch_add(r.bytes_uploaded, Ordering::Relaxed);
+        self.parts_reused
+            .fetch_add(r.parts_reused, Ordering::Relaxed);
+        self.last_completed_us
+            .store(completed_us as u64, Ordering::Relaxed);
+    }
+
+    fn retention_done(&self, r: &RetentionReport) {
+        self.deleted_snapshots
+            .fetch_add(r.snapshots, Ordering::Relaxed);
+        self.deleted_parts.fetch_add(r.parts, Ordering::Relaxed);
+        self.deleted_segments
+            .fetch_add(r.segments, Ordering::Relaxed);
+        self.deleted_bytes.fetch_add(r.bytes, Ordering::Relaxed);
+    }
 }
 
 /// What one snapshot did.
@@ -984,8 +1005,9 @@ pub async fn take(
             by.epoch, by.node
         ));
     }
-    // Conditional create: a taken number (another node's snapshot) means the next.
-    let mut seq = manifest_seqs(store).await?.last().map_or(0, |s| s + 1);
+    // Conditional create after the newest readable manifest: a taken
+    // number (an unreadable manifest, another node's snapshot) means the next.
+    let mut seq = previous.as_ref().map_or(0, |m| m.seq + 1);
     loop {
         m.seq = seq;
         let k = manifest_key(store, seq);
@@ -1008,20 +1030,7 @@ pub async fn take(
     }
     report.seq = seq;
     report.millis = started.elapsed().as_secs_f64() * 1e3;
-    stats.snapshots_taken.fetch_add(1, Ordering::Relaxed);
-    stats
-        .parts_uploaded
-        .fetch_add(report.parts_uploaded, Ordering::Relaxed);
-    stats
-        .part_bytes_uploaded
-        .fetch_add(report.bytes_uploaded, Ordering::Relaxed);
-    stats
-        .parts_reused
-        .fetch_add(report.parts_reused, Ordering::Relaxed);
-    stats.last_seq_plus_one.store(seq + 1, Ordering::Relaxed);
-    stats
-        .last_completed_us
-        .store(m.completed_us as u64, Ordering::Relaxed);
+    stats.snapshot_done(&report, m.completed_us);
     info!(
         snapshot = seq,
         tables = report.tables,
@@ -1355,17 +1364,20 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     }
 }
 
-/// [`materialize`] on a runtime of its own with two worker threads, so
-/// downloads go on while parts are written, and with a store of its own
-/// (a cloud store's pooled connections belong to the runtime that opened
-/// them).
+/// [`materialize`] of each of `tables`, in order, on one runtime of its
+/// own with two worker threads, so downloads go on while parts are
+/// written, and with a store of its own (a cloud store's pooled
+/// connections belong to the runtime that opened them).
 pub fn materialize_blocking(
     store: &Store,
     data_dir: &Path,
-    t: &TableSnapshot,
+    tables: &[&TableSnapshot],
     replace: bool,
     progress: &Progress,
 ) -> Result<(), String> {
+    if tables.is_empty() {
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("basalt-restore")
@@ -1376,7 +1388,12 @@ pub fn materialize_blocking(
         crate::store::StoreKind::Memory => store.clone(),
         _ => store.config.build().map_err(|e| e.to_string())?,
     };
-    rt.block_on(materialize(&own, data_dir, t, replace, progress))
+    rt.block_on(async {
+        for t in tables {
+            materialize(&own, data_dir, t, replace, progress).await?;
+        }
+        Ok(())
+    })
 }
 
 // --------------------------------------------------------------- retention
@@ -1511,35 +1528,33 @@ pub async fn enforce(
     // Segments ending at or before that txn go. A segment ends where the
     // next one starts.
     for &(name, least) in &trims {
-        let t = TrimTarget { name, txn: least };
-        let prefix = super::table_prefix(history, t.name);
-        let keys = history
-            .list_after(&prefix, &super::segment_key(history, t.name, 0))
+        let prefix = super::table_prefix(history, name);
+        // One listing gives each segment's age and size too.
+        let metas = history
+            .list_meta_after(&prefix, &super::segment_key(history, name, 0))
             .await
             .map_err(|e| format!("listing {prefix}: {e}"))?;
-        for w in keys.windows(2) {
-            let next_first = super::first_txn_of(&w[1]).unwrap_or(0);
-            if super::first_txn_of(&w[0]).is_none() || next_first == 0 || next_first > t.txn + 1 {
+        for w in metas.windows(2) {
+            let next_first = super::first_txn_of(&w[1].location).unwrap_or(0);
+            if super::first_txn_of(&w[0].location).is_none()
+                || next_first == 0
+                || next_first > least + 1
+            {
                 break;
             }
-            let meta = match history.inner.head(&w[0]).await {
-                Ok(m) => m,
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(format!("reading {}: {e}", w[0])),
-            };
-            if !old_enough(meta.last_modified) {
+            if !old_enough(w[0].last_modified) {
                 continue;
             }
-            delete(history, &w[0]).await?;
+            delete(history, &w[0].location).await?;
             report.segments += 1;
-            report.bytes += meta.size;
+            report.bytes += w[0].size;
         }
     }
     // Snapshots, then the parts no kept one names.
     let mut named: BTreeSet<String> = BTreeSet::new();
     if !unreadable.is_empty() {
         // Cannot tell which parts those name: delete none.
-        report_done(stats, &report);
+        stats.retention_done(&report);
         return Ok(report);
     }
     for m in &manifests {
@@ -1572,7 +1587,7 @@ pub async fn enforce(
         report.parts += 1;
         report.bytes += size;
     }
-    report_done(stats, &report);
+    stats.retention_done(&report);
     if report != RetentionReport::default() {
         info!(
             snapshots = report.snapshots,
@@ -1583,27 +1598,6 @@ pub async fn enforce(
         );
     }
     Ok(report)
-}
-
-/// A table's segments to trim: those ending at or before `txn`.
-struct TrimTarget<'a> {
-    name: &'a str,
-    txn: u64,
-}
-
-fn report_done(stats: &BackupStats, report: &RetentionReport) {
-    stats
-        .deleted_snapshots
-        .fetch_add(report.snapshots, Ordering::Relaxed);
-    stats
-        .deleted_parts
-        .fetch_add(report.parts, Ordering::Relaxed);
-    stats
-        .deleted_segments
-        .fetch_add(report.segments, Ordering::Relaxed);
-    stats
-        .deleted_bytes
-        .fetch_add(report.bytes, Ordering::Relaxed);
 }
 
 async fn delete(store: &Store, k: &ObjectPath) -> Result<(), String> {

@@ -383,16 +383,29 @@ impl Store {
         prefix: &ObjectPath,
         offset: &ObjectPath,
     ) -> Result<Vec<ObjectPath>, object_store::Error> {
+        Ok(self
+            .list_meta_after(prefix, offset)
+            .await?
+            .into_iter()
+            .map(|m| m.location)
+            .collect())
+    }
+
+    /// [`Store::list_after`] with each object's size and modification time.
+    pub async fn list_meta_after(
+        &self,
+        prefix: &ObjectPath,
+        offset: &ObjectPath,
+    ) -> Result<Vec<object_store::ObjectMeta>, object_store::Error> {
         use futures_lite::StreamExt;
-        let mut keys: Vec<ObjectPath> = self
+        let mut metas: Vec<object_store::ObjectMeta> = self
             .inner
             .list_with_offset(Some(prefix), offset)
-            .map(|m| m.map(|m| m.location))
             .try_collect()
             .await?;
-        keys.retain(|k| k > offset);
-        keys.sort();
-        Ok(keys)
+        metas.retain(|m| &m.location > offset);
+        metas.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(metas)
     }
 
     /// `root/<parts...>`.

@@ -221,23 +221,23 @@ pub fn decode_aborted(b: &[u8]) -> Result<Vec<u64>, String> {
     if b[12..16] != [0; 4] {
         return Err("reserved header bytes are not zero".into());
     }
-    let entries: Vec<&[u8]> = b[ABORTED_HEADER_BYTES..]
-        .chunks(ABORTED_ENTRY_BYTES)
-        .collect();
+    let entries = b[ABORTED_HEADER_BYTES..].chunks(ABORTED_ENTRY_BYTES);
+    let last = entries.len().saturating_sub(1);
     let mut out = Vec::with_capacity(entries.len());
-    for (i, e) in entries.iter().enumerate() {
-        let whole = e.len() == ABORTED_ENTRY_BYTES;
-        let txn = whole.then(|| u64::from_le_bytes(e[..8].try_into().expect("8 bytes")));
-        match txn {
-            Some(t) if aborted_entry(t)[..] == e[..] => out.push(t),
-            _ if i + 1 == entries.len() => {} // torn last entry
-            _ => {
-                return Err(format!(
-                    "entry {i} (at byte {}) does not verify, and entries follow it",
-                    ABORTED_HEADER_BYTES + i * ABORTED_ENTRY_BYTES
-                ))
-            }
-        }
+    for (i, e) in entries.enumerate() {
+        let txn = u64::from_le_bytes(
+            e.get(..8)
+                .and_then(|t| t.try_into().ok())
+                .unwrap_or_default(),
+        );
+        if e.len() == ABORTED_ENTRY_BYTES && aborted_entry(txn)[..] == e[..] {
+            out.push(txn);
+        } else if i != last {
+            return Err(format!(
+                "entry {i} (at byte {}) does not verify, and entries follow it",
+                ABORTED_HEADER_BYTES + i * ABORTED_ENTRY_BYTES
+            ));
+        } // else: a torn last entry
     }
     Ok(out)
 }
