@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod db;
+pub mod disk;
 pub mod gen;
 pub mod ilp;
 pub mod ingest;
@@ -15,6 +16,8 @@ pub mod segment;
 pub mod server;
 #[cfg(feature = "sql")]
 pub mod sql;
+#[cfg(feature = "sql-text")]
+pub mod sqltext;
 pub mod store;
 pub mod table;
 pub mod wal;

@@ -647,6 +647,9 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
     // them before any other thread starts, so every thread inherits the mask.
     let signals = block_shutdown_signals();
     let db = node.open().map_err(|e| e.to_string())?;
+    // Held until the replication threads are joined below: the database
+    // closes first, and a replica's follower still writes tables after.
+    let dir_lock = db.dir_lock();
     let shards = db.shard_count();
     let engine = db.engine().choice.clone();
     let mut control = None;
@@ -757,6 +760,7 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
     if let Some(n) = control {
         n.shutdown();
     }
+    drop(dir_lock);
     Ok(())
 }
 

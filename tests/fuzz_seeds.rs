@@ -232,3 +232,23 @@ fn committed_fuzz_seeds_are_valid_encodings() {
     assert_eq!(records.len(), 3);
     assert_eq!(tail, Tail::Clean);
 }
+
+/// The committed seeds of `sql_text` are statements basalt accepts (so the
+/// fuzzer starts from inputs that reach past the first token).
+#[test]
+fn committed_sql_seeds_are_accepted() {
+    use basalt::sql::{ddl, questdb};
+    let dir = tempfile::tempdir().unwrap();
+    basalt::table::TableWriter::create(dir.path(), "cpu", &Schema::reference_cpu()).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(corpus("sql_text")).unwrap() {
+        let path = e.unwrap().path();
+        let sql = std::fs::read_to_string(&path).unwrap();
+        let accepted = ddl::session_command(&sql).is_some()
+            || ddl::parse(&sql).is_ok_and(|d| d.is_some())
+            || questdb::rewrite(&sql, dir.path()).is_ok_and(|r| r.is_some());
+        assert!(accepted, "{}: {sql:?} is not accepted", path.display());
+        n += 1;
+    }
+    assert!(n >= 8, "only {n} sql_text seeds");
+}

@@ -515,3 +515,30 @@ fn a_damaged_aborted_list_refuses_the_open_and_names_the_file() {
         "{e}"
     );
 }
+
+/// A replica node's follower writes tables until it is joined, after the
+/// database closed: the data directory stays locked while anyone holds the
+/// lock (`Database::dir_lock`), so a second process cannot open it in that
+/// window and have its recovery remove partition versions still written.
+#[test]
+fn the_data_dir_lock_outlives_close_while_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DbOptions {
+        data_dir: dir.path().to_path_buf(),
+        engine: EngineChoice::Portable,
+        shards: 1,
+        ..DbOptions::default()
+    };
+    let db = Database::open(opts.clone()).unwrap();
+    let held = db.dir_lock();
+    db.close();
+    let e = Database::open(opts.clone())
+        .err()
+        .expect("open while the lock is held");
+    assert!(
+        e.to_string().contains("in use by another basalt process"),
+        "{e}"
+    );
+    drop(held);
+    Database::open(opts).expect("open once the lock is released");
+}

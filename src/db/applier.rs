@@ -39,6 +39,11 @@ pub enum ApplyMsg {
         table: Arc<TableHandle>,
         done: flume::Sender<()>,
     },
+    /// Answered once the applier has done everything that what was sent
+    /// before asked for, the applies and checkpoints it caused included.
+    Barrier {
+        done: flume::Sender<()>,
+    },
     /// Add a column; answered once `_meta` is durable.
     AddColumn {
         table: Arc<TableHandle>,
@@ -89,13 +94,18 @@ pub fn run(rx: flume::Receiver<ApplyMsg>, limits: ApplierLimits) {
         } else {
             tick
         };
+        let mut barriers = Vec::new();
+        let mut take = |msg: ApplyMsg, slots: &mut HashMap<String, Slot>| match msg {
+            ApplyMsg::Barrier { done } => barriers.push(done),
+            msg => handle(slots, msg),
+        };
         match rx.recv_timeout(wait) {
-            Ok(msg) => handle(&mut slots, msg),
+            Ok(msg) => take(msg, &mut slots),
             Err(flume::RecvTimeoutError::Timeout) => {}
             Err(flume::RecvTimeoutError::Disconnected) => open = false,
         }
         while let Ok(msg) = rx.try_recv() {
-            handle(&mut slots, msg);
+            take(msg, &mut slots);
         }
         let now = Instant::now();
         let apply_now = now >= next_apply || !open;
@@ -111,6 +121,9 @@ pub fn run(rx: flume::Receiver<ApplyMsg>, limits: ApplierLimits) {
             if due {
                 checkpoint(slot);
             }
+        }
+        for b in barriers {
+            let _ = b.send(());
         }
     }
     for slot in slots.values_mut() {
@@ -164,6 +177,9 @@ fn handle(slots: &mut HashMap<String, Slot>, msg: ApplyMsg) {
                 checkpoint(s);
                 slots.remove(&table.name);
             }
+            let _ = done.send(());
+        }
+        ApplyMsg::Barrier { done } => {
             let _ = done.send(());
         }
         ApplyMsg::AddTable { handle, writer } => {

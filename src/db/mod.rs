@@ -27,6 +27,7 @@ use shard::{CommitRequest, ShardContext, ShardLimits, ShardMsg};
 pub use shard::{ShardEnv, ShardStats, SpawnFn};
 
 use crate::batch::{codec, Batch, BatchError};
+use crate::disk;
 use crate::io::{
     self, Engine, EngineChoice, EngineUnavailable, FaultEngine, GlommioEngine, PortableEngine,
     Resolved, TokioUringEngine,
@@ -266,8 +267,19 @@ impl TableHandle {
         self.lock().failed.clone()
     }
 
+    /// Every txn up to `txn` is applied. The watermarks stay ordered:
+    /// allocated ≥ written ≥ applied, and applied never goes back.
     fn set_resolved(&self, txn: u64) {
-        self.lock().resolved = txn;
+        let written = self.written_txn();
+        let mut s = self.lock();
+        assert!(
+            txn >= s.resolved && txn <= written,
+            "table {}: applied txn {txn} after {} with {written} written",
+            self.name,
+            s.resolved
+        );
+        s.resolved = txn;
+        drop(s);
         self.changed.notify_all();
     }
 
@@ -297,7 +309,7 @@ impl TableHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let first = self.next_txn.fetch_add(n, Ordering::SeqCst);
-        let t = now_us().max(*last);
+        let t = disk::now_us(&self.dir).max(*last);
         *last = t;
         (first, t)
     }
@@ -344,6 +356,12 @@ impl TableHandle {
     /// Every txn up to `txn` is in the object store (a PUT landed; its
     /// upload mark may not be written yet): wakes requests waiting for it.
     pub fn set_stored(&self, txn: u64) {
+        debug_assert!(
+            txn <= self.written_txn(),
+            "table {}: txn {txn} stored, only {} written",
+            self.name,
+            self.written_txn()
+        );
         self.stored_txn.fetch_max(txn, Ordering::AcqRel);
         self.uploaded_changed.notify_waiters();
     }
@@ -457,7 +475,13 @@ impl TableHandle {
 
     /// Txns up to `txn` are durable in the table files: their WAL may go.
     fn set_durable(&self, txn: u64) {
-        self.durable_txn.store(txn, Ordering::Release);
+        let prev = self.durable_txn.swap(txn, Ordering::AcqRel);
+        assert!(
+            txn >= prev && txn <= self.resolved_txn(),
+            "table {}: checkpoint txn {txn} after {prev}, with {} applied",
+            self.name,
+            self.resolved_txn()
+        );
     }
 
     /// The last checkpointed txn: durable in the table files, not only the WAL.
@@ -563,9 +587,7 @@ impl TableHandle {
 
 /// Wall-clock time in µs since the Unix epoch (commit times, lag).
 pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
+    disk::system_now_us()
 }
 
 /// The database's tables by name, shared.
@@ -649,7 +671,9 @@ pub struct Database {
     /// never will be (from this node).
     fenced: AtomicBool,
     /// Exclusive lock on `<data-dir>/.lock`, held while the database is open.
-    _lock: fs::File,
+    /// (None on a simulated disk, where one process owns the disk.) Shared
+    /// with [`DirLock`]s, which keep it past [`Database::close`].
+    lock: DirLock,
     recovery: Vec<RecoveryReport>,
     engine: Resolved,
     tables: Catalog,
@@ -681,10 +705,27 @@ impl Database {
     /// Opens (or creates) the database in `opts.data_dir`, recovering every
     /// table: torn WAL tails are cut and committed txns re-applied.
     pub fn open(opts: DbOptions) -> Result<Database, DbError> {
-        let engine = io::resolve(&opts.engine)?;
+        let engine = if disk::is_simulated(&opts.data_dir)
+            && !matches!(opts.engine, EngineChoice::Portable | EngineChoice::Fault(_))
+        {
+            // io_uring engines write real files; the portable engine writes
+            // through the disk seam.
+            Resolved {
+                choice: EngineChoice::Portable,
+                reason: "the data directory is on a simulated disk".into(),
+            }
+        } else {
+            io::resolve(&opts.engine)?
+        };
         info!(engine = %engine.choice, reason = %engine.reason, "I/O engine");
-        fs::create_dir_all(&opts.data_dir).map_err(TableError::io(&opts.data_dir))?;
-        let lock = lock_data_dir(&opts.data_dir)?;
+        disk::create_dir_all_durable(&opts.data_dir).map_err(TableError::io(&opts.data_dir))?;
+        let lock = DirLock {
+            _file: if disk::is_simulated(&opts.data_dir) {
+                None
+            } else {
+                Some(Arc::new(lock_data_dir(&opts.data_dir)?))
+            },
+        };
         let (applier_tx, applier_rx) = flume::bounded(opts.apply_queue_max.max(1));
         // The applier runs before tables are handed to it, so a bounded
         // queue can never block open.
@@ -743,7 +784,7 @@ impl Database {
             read_only: AtomicBool::new(opts.read_only),
             fenced: AtomicBool::new(false),
             opts,
-            _lock: lock,
+            lock,
             recovery,
             engine,
             tables: Catalog {
@@ -1001,7 +1042,7 @@ impl Database {
             // stale from it.
             if h.refusal().is_none() {
                 let wal = h.dir().join(WAL_DIR);
-                if let Err(e) = fs::remove_dir_all(&wal) {
+                if let Err(e) = disk::remove_dir_all(&wal) {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         warn!(table = %h.name, error = %e, "cannot remove the WAL of a released table");
                     }
@@ -1095,9 +1136,9 @@ impl Database {
             self.opts
                 .data_dir
                 .join(format!(".dropped-{}-{:016x}", name, handle.table_id()));
-        fs::rename(&dir, &grave).map_err(TableError::io(&dir))?;
+        disk::rename(&dir, &grave).map_err(TableError::io(&dir))?;
         crate::table::files::fsync_dir(&self.opts.data_dir)?;
-        fs::remove_dir_all(&grave).map_err(TableError::io(&grave))?;
+        disk::remove_dir_all(&grave).map_err(TableError::io(&grave))?;
         info!(table = name, "table dropped");
         Ok(())
     }
@@ -1248,6 +1289,25 @@ impl Database {
         Ok(self.reader(name)?.scan(columns, ts_range)?)
     }
 
+    /// Returns once the applier has done everything asked of it before the
+    /// call: the applies and checkpoints that committed txns caused. Tools
+    /// and the simulation use it to keep the applier's writes from
+    /// interleaving with the next commit's.
+    pub fn applier_barrier(&self) {
+        if let Some(a) = &self.applier_tx {
+            barrier(a, |done| ApplyMsg::Barrier { done });
+        }
+    }
+
+    /// The data directory's lock, held until every clone is dropped too. A
+    /// node whose replication threads outlive the database (a replica's
+    /// follower applies and checkpoints until it is joined) keeps one, so
+    /// no other process opens the directory in between: a second opener's
+    /// recovery would remove partition versions the follower still writes.
+    pub fn dir_lock(&self) -> DirLock {
+        self.lock.clone()
+    }
+
     /// Stops shards and the applier after everything queued is applied.
     pub fn close(mut self) {
         self.shutdown();
@@ -1293,6 +1353,13 @@ fn run_shard<E: Engine>(
     })
 }
 
+/// A hold on `<data-dir>/.lock` (see [`Database::dir_lock`]).
+#[derive(Clone, Debug)]
+pub struct DirLock {
+    /// Held for its descriptor: the lock goes with the last clone.
+    _file: Option<Arc<fs::File>>,
+}
+
 /// Takes `<data-dir>/.lock` exclusively: two processes writing one data
 /// directory would both run recovery and hand out the same txns.
 fn lock_data_dir(dir: &Path) -> Result<fs::File, DbError> {
@@ -1314,18 +1381,18 @@ fn lock_data_dir(dir: &Path) -> Result<fs::File, DbError> {
 fn recover_all(opts: &DbOptions) -> Result<Vec<(TableWriter, RecoveryReport)>, DbError> {
     let mut out = Vec::new();
     let dir = &opts.data_dir;
-    let entries = fs::read_dir(dir).map_err(TableError::io(dir))?;
+    let entries = disk::read_dir(dir).map_err(TableError::io(dir))?;
     let mut names = Vec::new();
     for e in entries {
-        let e = e.map_err(TableError::io(dir))?;
-        let name = e.file_name().to_string_lossy().to_string();
+        let name = e.name;
+        let path = dir.join(&name);
         if name.starts_with(".create-") || name.starts_with(".dropped-") {
             // A table creation that did not finish (nothing was committed to
             // it), or a dropped table not yet removed.
-            fs::remove_dir_all(e.path()).map_err(TableError::io(e.path()))?;
+            disk::remove_dir_all(&path).map_err(TableError::io(&path))?;
             continue;
         }
-        if e.path().join(crate::table::files::META_FILE).is_file() {
+        if disk::is_file(&path.join(crate::table::files::META_FILE)) {
             names.push(name);
         }
     }
@@ -1421,7 +1488,7 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
         .collect();
     drop(recovered);
     for p in &paths {
-        if let Err(e) = fs::remove_file(p) {
+        if let Err(e) = disk::remove_file(p) {
             warn!(path = %p.display(), error = %e, "could not remove recovered WAL file");
         }
     }
@@ -1459,8 +1526,9 @@ fn recover_table(opts: &DbOptions, name: &str) -> Result<(TableWriter, RecoveryR
 /// The upload mark's txn, if the mark was written for this node's store.
 fn valid_mark(wal_dir: &Path, opts: &DbOptions) -> Option<u64> {
     let m = wal::retention::read_upload_mark(wal_dir);
-    (m.store_id == opts.upload_store_id && wal_dir.join(wal::retention::UPLOAD_MARK_FILE).exists())
-        .then_some(m.txn)
+    (m.store_id == opts.upload_store_id
+        && disk::exists(&wal_dir.join(wal::retention::UPLOAD_MARK_FILE)))
+    .then_some(m.txn)
 }
 
 fn apply_chunk(writer: &mut TableWriter, chunk: &mut Vec<(u64, Batch)>) -> Result<(), DbError> {

@@ -3,10 +3,8 @@
 //! TigerBeetle's testing storage: faults are decided by a shared plan that the
 //! test sets while the system runs.
 
-use std::fs::OpenOptions;
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -128,7 +126,7 @@ impl Engine for FaultEngine {
     }
 
     async fn create(&self, path: &Path) -> io::Result<FaultFile> {
-        let f = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let f = crate::disk::open(path, crate::disk::Mode::CreateNew)?;
         Ok(FaultFile {
             inner: PortableFile(f),
             plan: self.plan.clone(),

@@ -8,8 +8,10 @@
 //!   containers where io_uring is blocked, and for non-Linux development.
 //!
 //! [`fault::FaultEngine`] wraps the portable engine and injects fsync errors,
-//! torn writes and ENOSPC for tests. Column files are written with plain
-//! `std::fs` by the applier (off the commit path), not through an engine.
+//! torn writes and ENOSPC for tests. Column files are written by the
+//! applier (off the commit path) through [`crate::disk`], not an engine; the
+//! portable engine's files go through [`crate::disk`] too, so it is the
+//! engine a simulated disk runs with.
 
 pub mod fault;
 mod glommio_engine;

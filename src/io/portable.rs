@@ -2,11 +2,11 @@
 //! futures complete immediately; the shard's tasks (commit loop, network
 //! connections) run on a tokio current-thread runtime with epoll.
 
-use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+use crate::disk::{self, DiskFile, Mode};
 
 use super::{pin_current_thread, Engine, NetStack, WalFile};
 
@@ -27,7 +27,8 @@ where
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PortableEngine;
 
-pub struct PortableFile(pub(crate) File);
+/// A WAL file through the disk seam ([`crate::disk`]): real or simulated.
+pub struct PortableFile(pub(crate) DiskFile);
 
 impl WalFile for PortableFile {
     async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>) {
@@ -59,10 +60,6 @@ impl Engine for PortableEngine {
     }
 
     async fn create(&self, path: &Path) -> io::Result<PortableFile> {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map(PortableFile)
+        disk::open(path, Mode::CreateNew).map(PortableFile)
     }
 }

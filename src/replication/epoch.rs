@@ -165,7 +165,7 @@ pub async fn superseded(store: &Store, epoch: u64) -> Result<Option<Claim>, Stri
 /// claimed one).
 pub fn read_local(data_dir: &Path) -> Result<Option<Claim>, String> {
     let path = data_dir.join(LOCAL_FILE);
-    match std::fs::read(&path) {
+    match crate::disk::read(&path) {
         Ok(b) => decode(&b).map(Some).ok_or_else(|| {
             format!(
                 "{} is damaged (not a checksummed epoch claim); it names the epoch this node \
@@ -181,16 +181,8 @@ pub fn read_local(data_dir: &Path) -> Result<Option<Claim>, String> {
 /// Records durably that this node holds `claim`'s epoch (written to a
 /// temporary file, fsynced, renamed over `_epoch`, directory fsynced).
 pub fn write_local(data_dir: &Path, claim: &Claim) -> Result<(), String> {
-    use std::io::Write;
-    let path = data_dir.join(LOCAL_FILE);
-    let tmp = data_dir.join(format!("{LOCAL_FILE}.tmp"));
-    let io = |e: std::io::Error| format!("writing {}: {e}", path.display());
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&encode(claim)).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    crate::table::files::fsync_dir(data_dir).map_err(|e| e.to_string())?;
-    Ok(())
+    crate::table::files::durable_replace(data_dir, LOCAL_FILE, &encode(claim))
+        .map_err(|e| format!("writing {}: {e}", data_dir.join(LOCAL_FILE).display()))
 }
 
 #[cfg(test)]

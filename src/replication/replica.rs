@@ -95,7 +95,7 @@ pub struct Replica {
 
 impl Replica {
     pub fn new(store: Store, data_dir: &Path) -> Result<Replica, ReplicationError> {
-        std::fs::create_dir_all(data_dir)
+        crate::disk::create_dir_all_durable(data_dir)
             .map_err(|e| ReplicationError::Io(format!("{}: {e}", data_dir.display())))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -121,7 +121,7 @@ impl Replica {
     }
 
     fn writer(&mut self, table: &str) -> Result<Option<&mut TableWriter>, ReplicationError> {
-        if !self.tables.contains_key(table) && self.data_dir.join(table).is_dir() {
+        if !self.tables.contains_key(table) && crate::disk::is_dir(&self.data_dir.join(table)) {
             if self.serving {
                 // Opening runs recovery, which may cut column files that
                 // queries have mapped: only before queries are served.
@@ -571,7 +571,7 @@ impl Replica {
         let missing: Vec<&super::snapshot::TableSnapshot> = m
             .tables
             .iter()
-            .filter(|t| !self.data_dir.join(&t.name).exists())
+            .filter(|t| !crate::disk::exists(&self.data_dir.join(&t.name)))
             .collect();
         let built = missing.len();
         let progress = super::snapshot::Progress::default();

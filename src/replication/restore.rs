@@ -3,7 +3,7 @@
 //! segments after it. Also what `basalt backups` lists.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use futures_util::StreamExt;
@@ -318,7 +318,7 @@ pub fn restore(
     let mut estimate: u64 = 0;
     if let Some(m) = &base {
         for t in &m.tables {
-            if !data_dir.join(&t.name).exists() {
+            if !crate::disk::exists(&data_dir.join(&t.name)) {
                 estimate += t.parts().map(|p| p.bytes).sum::<u64>();
             }
         }
@@ -351,7 +351,7 @@ pub fn restore(
         let todo: Vec<&snapshot::TableSnapshot> = m
             .tables
             .iter()
-            .filter(|t| !data_dir.join(&t.name).exists())
+            .filter(|t| !crate::disk::exists(&data_dir.join(&t.name)))
             .collect();
         if let Some(t) = todo.iter().find(|t| target.stop(&t.name).txn < t.txn) {
             return Err(format!(
@@ -363,7 +363,7 @@ pub fn restore(
     }
     for (name, chain) in &s.chains {
         let in_base = base.as_ref().is_some_and(|m| m.table(name).is_some());
-        if !in_base && chain.first_txn > 1 && !data_dir.join(name).exists() {
+        if !in_base && chain.first_txn > 1 && !crate::disk::exists(&data_dir.join(name)) {
             // Not in the base snapshot and its chain trimmed by retention:
             // dropped before the base (retention only trims tables every
             // kept snapshot holds).
@@ -379,7 +379,7 @@ pub fn restore(
     }
     replica.checkpoint_all().map_err(|e| e.to_string())?;
     drop(replica);
-    std::fs::remove_file(&marker).map_err(|e| format!("{}: {e}", marker.display()))?;
+    crate::disk::remove_file(&marker).map_err(|e| format!("{}: {e}", marker.display()))?;
     crate::table::files::fsync_dir(data_dir).map_err(|e| e.to_string())?;
     report.bytes = progress.bytes.load(Ordering::Relaxed);
     report.objects = progress.objects.load(Ordering::Relaxed);
@@ -388,10 +388,10 @@ pub fn restore(
 
 /// The data directory must be new, empty, or a killed restore of the
 /// same target (its marker says which).
-fn prepare_dir(data_dir: &Path, marker: &PathBuf, want: &str) -> Result<(), String> {
+fn prepare_dir(data_dir: &Path, marker: &Path, want: &str) -> Result<(), String> {
     let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
-    std::fs::create_dir_all(data_dir).map_err(|e| io(data_dir, e))?;
-    match std::fs::read_to_string(marker) {
+    crate::disk::create_dir_all_durable(data_dir).map_err(|e| io(data_dir, e))?;
+    match crate::disk::read(marker).map(|b| String::from_utf8_lossy(&b).into_owned()) {
         Ok(have) if have == want => return Ok(()), // resuming
         Ok(have) => {
             return Err(format!(
@@ -404,8 +404,8 @@ fn prepare_dir(data_dir: &Path, marker: &PathBuf, want: &str) -> Result<(), Stri
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(marker, e)),
     }
-    let mut entries = std::fs::read_dir(data_dir).map_err(|e| io(data_dir, e))?;
-    if entries.next().is_some() {
+    let entries = crate::disk::read_dir(data_dir).map_err(|e| io(data_dir, e))?;
+    if !entries.is_empty() {
         return Err(format!(
             "{} is not empty: restore builds a new data directory (give an empty or new one)",
             data_dir.display()

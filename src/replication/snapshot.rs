@@ -34,6 +34,7 @@ use tracing::{info, warn};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::db::{now_us, Database, TableHandle};
+use crate::disk;
 use crate::store::Store;
 use crate::table::files::{self, MappedFile};
 use crate::table::state::{self, TableState};
@@ -1186,12 +1187,12 @@ pub async fn materialize(
     }
     let tmp = data_dir.join(format!(".create-{}", t.name));
     let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    if disk::exists(&tmp) {
+        disk::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     }
     let sym_dir = tmp.join(files::SYMBOL_DIR);
     for d in [&tmp, &sym_dir, &tmp.join(files::WAL_DIR)] {
-        std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+        disk::create_dir_all(d).map_err(|e| io(d, e))?;
     }
     // Every part in order (the dictionaries, then each partition's blocks),
     // a few downloads ahead of the writes (spawned: on a multi-threaded
@@ -1201,21 +1202,24 @@ pub async fn materialize(
     for (i, parts) in t.partitions.iter().enumerate() {
         wanted.extend(parts.iter().map(|p| (Some(i), p.clone())));
     }
-    let mut writers: BTreeMap<PathBuf, std::fs::File> = BTreeMap::new();
+    // Each open file and where its next bytes go.
+    let mut writers: BTreeMap<PathBuf, (disk::DiskFile, u64)> = BTreeMap::new();
     let mut dirs: Vec<PathBuf> = vec![sym_dir.clone()];
     // Varchar and dictionary offsets start with a 0 the parts leave out.
-    let open = |writers: &mut BTreeMap<PathBuf, std::fs::File>,
+    let open = |writers: &mut BTreeMap<PathBuf, (disk::DiskFile, u64)>,
                 path: PathBuf,
                 offsets: bool|
      -> Result<(), String> {
         if let std::collections::btree_map::Entry::Vacant(v) = writers.entry(path) {
             let path = v.key().clone();
-            let mut f = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
+            let f = disk::open(&path, disk::Mode::Truncate).map_err(|e| io(&path, e))?;
+            let mut at = 0;
             if offsets {
-                use std::io::Write;
-                f.write_all(&0u64.to_le_bytes()).map_err(|e| io(&path, e))?;
+                f.write_all_at(&0u64.to_le_bytes(), 0)
+                    .map_err(|e| io(&path, e))?;
+                at = 8;
             }
-            v.insert(f);
+            v.insert((f, at));
         }
         Ok(())
     };
@@ -1229,7 +1233,7 @@ pub async fn materialize(
                 &schema.partition_by.partition_name(ps.floor),
                 ps.version,
             ));
-            std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+            disk::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
             for name in expected_files(&schema, Some(ps.columns)) {
                 open(&mut writers, dir.join(&name), name.ends_with(".o"))?;
             }
@@ -1238,8 +1242,8 @@ pub async fn materialize(
     }
     // A group's files are synced and closed when the next group starts:
     // open files stay bounded by one partition's.
-    let flush = |writers: &mut BTreeMap<PathBuf, std::fs::File>| -> Result<(), String> {
-        for (path, f) in writers.iter() {
+    let flush = |writers: &mut BTreeMap<PathBuf, (disk::DiskFile, u64)>| -> Result<(), String> {
+        for (path, (f, _)) in writers.iter() {
             f.sync_data().map_err(|e| io(path, e))?;
         }
         writers.clear();
@@ -1287,18 +1291,15 @@ pub async fn materialize(
             ));
         }
         if !dirs.contains(&dir) {
-            std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+            disk::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
             dirs.push(dir.clone());
         }
         for (name, b) in &files_in {
             let path = dir.join(name);
             open(&mut writers, path.clone(), name.ends_with(".o"))?;
-            use std::io::Write;
-            writers
-                .get_mut(&path)
-                .expect("opened above")
-                .write_all(b)
-                .map_err(|e| io(&path, e))?;
+            let (f, at) = writers.get_mut(&path).expect("opened above");
+            f.write_all_at(b, *at).map_err(|e| io(&path, e))?;
+            *at += b.len() as u64;
         }
         progress
             .bytes
@@ -1316,7 +1317,7 @@ pub async fn materialize(
         files::durable_replace(&tmp, files::TXN_FILE, &t.state).map_err(|e| e.to_string())?;
         files::fsync_dir(&tmp).map_err(|e| e.to_string())?;
         let target = data_dir.join(&t.name);
-        if target.exists() {
+        if disk::exists(&target) {
             if !replace {
                 return Err(format!(
                     "table {} is already in {}",
@@ -1327,41 +1328,16 @@ pub async fn materialize(
             // One atomic exchange: a crash leaves the old table or the new
             // one in place, never neither (the other is in `.create-*`,
             // removed at the next open).
-            exchange(&tmp, &target).map_err(|e| io(&target, e))?;
+            disk::rename_exchange(&tmp, &target).map_err(|e| io(&target, e))?;
             files::fsync_dir(data_dir).map_err(|e| e.to_string())?;
-            std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+            disk::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
         } else {
-            std::fs::rename(&tmp, &target).map_err(|e| io(&target, e))?;
+            disk::rename(&tmp, &target).map_err(|e| io(&target, e))?;
             files::fsync_dir(data_dir).map_err(|e| e.to_string())?;
         }
     }
     info!(table = %t.name, txn = t.txn, "table built from snapshot");
     Ok(())
-}
-
-/// Swaps two paths atomically (`renameat2(RENAME_EXCHANGE)`).
-fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::other("a path holds a NUL byte"))
-    };
-    let (ca, cb) = (c(a)?, c(b)?);
-    // SAFETY: two NUL-terminated paths that outlive the call.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// [`materialize`] of each of `tables`, in order, on one runtime of its

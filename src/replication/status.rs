@@ -121,16 +121,22 @@ impl RoleState {
 
 /// Bytes of WAL files under a table directory's `_wal/`.
 fn wal_bytes(table_dir: &Path) -> u64 {
-    let Ok(shards) = std::fs::read_dir(table_dir.join(crate::table::files::WAL_DIR)) else {
+    use crate::disk;
+    let wal = table_dir.join(crate::table::files::WAL_DIR);
+    let Ok(shards) = disk::read_dir(&wal) else {
         return 0;
     };
     shards
-        .flatten()
-        .filter_map(|s| std::fs::read_dir(s.path()).ok())
-        .flat_map(|files| files.flatten())
-        .filter_map(|f| f.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
+        .into_iter()
+        .filter(|s| s.is_dir)
+        .flat_map(|s| {
+            let dir = wal.join(&s.name);
+            disk::read_dir(&dir)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|f| !f.is_dir)
+                .map(move |f| disk::len(&dir.join(f.name)).unwrap_or(0))
+        })
         .sum()
 }
 

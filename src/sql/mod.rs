@@ -10,11 +10,12 @@
 //! `CREATE TABLE` (QuestDB's form) and `DROP TABLE` are basalt's own
 //! ([`ddl`]); DataFusion's DDL and DML are refused.
 
-pub mod ddl;
 pub mod format;
 pub mod pg;
 pub mod provider;
-pub mod questdb;
+
+use crate::sqltext::offset_of;
+pub use crate::sqltext::{ddl, questdb, SqlError};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -39,23 +40,7 @@ pub const OPERATORS_MAX: usize = 2_000;
 /// Most `$n` placeholders in a statement (PostgreSQL's own limit).
 pub const PARAMS_MAX: usize = 65_535;
 
-/// How a query failed, for a person: what, and where in the query text.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct SqlError {
-    pub message: String,
-    /// Character offset into the query the error points at (0 when unknown).
-    pub position: usize,
-}
-
 impl SqlError {
-    pub fn new(message: impl Into<String>, position: usize) -> SqlError {
-        SqlError {
-            message: message.into(),
-            position,
-        }
-    }
-
     /// A DataFusion error, with the position its parser reports (`Line: l,
     /// Column: c`) turned into a character offset of `sql`.
     fn from_datafusion(e: DataFusionError, sql: &str) -> SqlError {
@@ -116,18 +101,6 @@ fn line_column(message: &str) -> Option<(usize, usize)> {
         .unwrap_or(rest.len());
     let column: usize = rest[..end].parse().ok()?;
     Some((line, column))
-}
-
-/// The character offset of 1-based `line`, `column` in `sql`.
-fn offset_of(sql: &str, line: usize, column: usize) -> usize {
-    let mut offset = 0;
-    for (i, l) in sql.split('\n').enumerate() {
-        if i + 1 == line {
-            return offset + column.saturating_sub(1).min(l.chars().count());
-        }
-        offset += l.chars().count() + 1;
-    }
-    0
 }
 
 /// What a statement produced.

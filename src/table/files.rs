@@ -12,14 +12,13 @@
 //! 3. Recovery trusts `_ckpt`, never `_txn` (which may count bytes a power
 //!    loss took).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
-
 use super::TableError;
+use crate::disk::{self, DiskFile, Mode};
+
+/// An open table file (on the real or a simulated disk, see [`crate::disk`]).
+pub type File = DiskFile;
 
 pub const META_FILE: &str = "_meta";
 pub const TXN_FILE: &str = "_txn";
@@ -52,21 +51,17 @@ pub fn parse_partition_dir(dir: &str) -> Option<(&str, u64)> {
 }
 
 pub fn fsync_dir(dir: &Path) -> Result<(), TableError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(TableError::io(dir))
+    disk::sync_dir(dir).map_err(TableError::io(dir))
 }
 
 /// Replaces `dir/name` with `bytes` atomically and durably.
 pub fn durable_replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), TableError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let target = dir.join(name);
-    let mut f = File::create(&tmp).map_err(TableError::io(&tmp))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
+    disk::write(&tmp, bytes)
+        .and_then(|_| disk::open(&tmp, Mode::Write)?.sync_all())
         .map_err(TableError::io(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, &target).map_err(TableError::io(&target))?;
+    disk::rename(&tmp, &target).map_err(TableError::io(&target))?;
     fsync_dir(dir)
 }
 
@@ -74,32 +69,27 @@ pub fn durable_replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Table
 pub fn replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), TableError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let target = dir.join(name);
-    fs::write(&tmp, bytes).map_err(TableError::io(&tmp))?;
-    fs::rename(&tmp, &target).map_err(TableError::io(&target))
+    disk::write(&tmp, bytes).map_err(TableError::io(&tmp))?;
+    disk::rename(&tmp, &target).map_err(TableError::io(&target))
 }
 
 /// Reads a whole small file (`_meta`, `_txn`).
 pub fn read_file(path: &Path) -> Result<Vec<u8>, TableError> {
-    fs::read(path).map_err(TableError::io(path))
+    disk::read(path).map_err(TableError::io(path))
 }
 
 /// Maps a file read-only; an empty file maps to an empty slice.
 pub fn map(path: &Path) -> Result<MappedFile, TableError> {
-    let f = File::open(path).map_err(TableError::io(path))?;
-    let len = f.metadata().map_err(TableError::io(path))?.len();
-    if len == 0 {
-        return Ok(MappedFile { map: None });
-    }
-    // SAFETY: basalt never rewrites bytes below a committed row count in place
+    // basalt never rewrites bytes below a committed row count in place
     // (appends go past it; merges write a new partition version), so the bytes
     // a reader looks at do not change while mapped. Truncation happens only
     // during recovery, before any reader of this process exists.
-    let map = unsafe { Mmap::map(&f) }.map_err(TableError::io(path))?;
-    Ok(MappedFile { map: Some(map) })
+    let map = disk::map(path).map_err(TableError::io(path))?;
+    Ok(MappedFile { map })
 }
 
 pub struct MappedFile {
-    map: Option<Mmap>,
+    map: disk::Map,
 }
 
 impl AsRef<[u8]> for MappedFile {
@@ -110,7 +100,7 @@ impl AsRef<[u8]> for MappedFile {
 
 impl MappedFile {
     pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        self.map.bytes()
     }
 
     pub fn len(&self) -> u64 {
@@ -214,13 +204,7 @@ impl Dirty {
 
 /// Opens `path` for reading and writing, creating it, never truncating.
 pub fn open_rw(path: &Path) -> Result<File, TableError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(TableError::io(path))
+    disk::open(path, Mode::Create).map_err(TableError::io(path))
 }
 
 pub fn write_at(f: &File, path: &Path, bytes: &[u8], pos: u64) -> Result<(), TableError> {
@@ -278,11 +262,8 @@ pub fn append_ones(f: &File, path: &Path, first: u64, n: usize) -> Result<(), Ta
 /// Cuts `path` to `len` bytes if it is longer (recovery of an interrupted
 /// append). A file shorter than `len` is corruption.
 pub fn truncate_to(path: &Path, len: u64) -> Result<(), TableError> {
-    let f = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(TableError::io(path))?;
-    let actual = f.metadata().map_err(TableError::io(path))?.len();
+    let f = disk::open(path, Mode::Write).map_err(TableError::io(path))?;
+    let actual = f.len().map_err(TableError::io(path))?;
     if actual < len {
         return Err(TableError::Corrupt {
             file: path.to_path_buf(),
@@ -301,11 +282,7 @@ pub fn truncate_to(path: &Path, len: u64) -> Result<(), TableError> {
 pub fn truncate_bits(path: &Path, bits: u64) -> Result<(), TableError> {
     truncate_to(path, bits.div_ceil(8))?;
     if !bits.is_multiple_of(8) {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(TableError::io(path))?;
+        let f = disk::open(path, Mode::Write).map_err(TableError::io(path))?;
         let mut b = [0u8; 1];
         let pos = bits / 8;
         f.read_exact_at(&mut b, pos).map_err(TableError::io(path))?;
@@ -332,9 +309,9 @@ mod tests {
         // Stale bits past row 3 (a crashed append) must not leak into the next append.
         write_at(&f, &path, &[0xFF], 0).unwrap();
         truncate_bits(&path, 3).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), vec![0b0000_0111]);
+        assert_eq!(std::fs::read(&path).unwrap(), vec![0b0000_0111]);
         append_bits(&f, &path, 3, &[0, 0, 1, 1, 0, 1, 1, 1, 1]).unwrap();
-        let bits = fs::read(&path).unwrap();
+        let bits = std::fs::read(&path).unwrap();
         assert_eq!(
             unpack_bits(&bits, 0, 12),
             vec![1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 1, 1]

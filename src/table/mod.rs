@@ -22,15 +22,15 @@ pub use writer::TableWriter;
 /// Names of the tables in `data_dir` (directories with a `_meta` and a
 /// valid table name), sorted.
 pub fn table_names(data_dir: &std::path::Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(data_dir) else {
+    let Ok(entries) = crate::disk::read_dir(data_dir) else {
         return Vec::new();
     };
     let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
+        .into_iter()
+        .map(|e| e.name)
         .filter(|n| {
             schema::validate_name("table", n).is_ok()
-                && data_dir.join(n).join(files::META_FILE).is_file()
+                && crate::disk::is_file(&data_dir.join(n).join(files::META_FILE))
         })
         .collect();
     names.sort();
@@ -43,7 +43,7 @@ pub fn table_names(data_dir: &std::path::Path) -> Vec<String> {
 /// such table, or several differ only in case.
 pub fn resolve_name(data_dir: &std::path::Path, name: &str) -> Option<String> {
     if schema::validate_name("table", name).is_ok()
-        && data_dir.join(name).join(files::META_FILE).is_file()
+        && crate::disk::is_file(&data_dir.join(name).join(files::META_FILE))
     {
         return Some(name.to_string());
     }

@@ -134,7 +134,7 @@ impl TableReader {
         validate_name("table", name)?;
         let dir = data_dir.join(name);
         let meta = dir.join(files::META_FILE);
-        if !meta.exists() {
+        if !crate::disk::exists(&meta) {
             return Err(TableError::NotFound(name.to_string()));
         }
         let (schema, table_id) = state::decode_meta(&meta, &files::read_file(&meta)?)?;

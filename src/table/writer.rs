@@ -9,17 +9,14 @@
 
 use foldhash::HashMap;
 use std::borrow::Cow;
-use std::collections::hash_map::RandomState;
-use std::fs;
-use std::hash::BuildHasher;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, info, warn};
 
 use crate::batch::codec::BatchView;
 use crate::batch::{Batch, ColumnBuf, Values};
+use crate::disk;
 
 /// The rows of one txn, owned or viewed in place.
 #[derive(Clone, Copy)]
@@ -101,7 +98,7 @@ impl TableWriter {
     /// Creates table `name` under `data_dir` atomically: it is built in a
     /// hidden directory, then renamed into place.
     pub fn create(data_dir: &Path, name: &str, schema: &Schema) -> Result<TableWriter, TableError> {
-        let table_id = RandomState::new().hash_one((name, std::process::id()));
+        let table_id = disk::random_u64(data_dir);
         Self::create_with_id(data_dir, name, schema, table_id)
     }
 
@@ -116,17 +113,17 @@ impl TableWriter {
         validate_name("table", name)?;
         schema.validate()?;
         let target = data_dir.join(name);
-        if target.exists() {
+        if disk::exists(&target) {
             return Err(TableError::AlreadyExists(name.to_string()));
         }
         let tmp = data_dir.join(format!(".create-{name}"));
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(TableError::io(&tmp))?;
+        if disk::exists(&tmp) {
+            disk::remove_dir_all(&tmp).map_err(TableError::io(&tmp))?;
         }
         let sym_dir = tmp.join(files::SYMBOL_DIR);
         let wal_dir = tmp.join(files::WAL_DIR);
         for d in [&tmp, &sym_dir, &wal_dir] {
-            fs::create_dir_all(d).map_err(TableError::io(d))?;
+            disk::create_dir_all(d).map_err(TableError::io(d))?;
         }
         let mut sync = SyncSet::default();
         for c in schema.columns.iter().filter(|c| c.ty == ColumnType::Symbol) {
@@ -146,7 +143,7 @@ impl TableWriter {
         let initial = initial_state(schema);
         files::durable_replace(&tmp, files::CKPT_FILE, &state::encode_txn(&initial))?;
         files::durable_replace(&tmp, files::TXN_FILE, &state::encode_txn(&initial))?;
-        fs::rename(&tmp, &target).map_err(TableError::io(&target))?;
+        disk::rename(&tmp, &target).map_err(TableError::io(&target))?;
         files::fsync_dir(data_dir)?;
         info!(
             table = name,
@@ -163,7 +160,7 @@ impl TableWriter {
     pub fn open(data_dir: &Path, name: &str) -> Result<TableWriter, TableError> {
         validate_name("table", name)?;
         let dir = data_dir.join(name);
-        if !dir.is_dir() {
+        if !disk::is_dir(&dir) {
             return Err(TableError::NotFound(name.to_string()));
         }
         let meta_path = dir.join(files::META_FILE);
@@ -249,12 +246,12 @@ impl TableWriter {
         // Partition versions not named by `_txn` are leftovers of an apply that
         // did not finish (new version never published) or of one that finished
         // before the old version was removed.
-        let entries = fs::read_dir(&self.dir).map_err(TableError::io(&self.dir))?;
+        let entries = disk::read_dir(&self.dir).map_err(TableError::io(&self.dir))?;
         for e in entries {
-            let e = e.map_err(TableError::io(&self.dir))?;
-            let fname = e.file_name().to_string_lossy().to_string();
+            let fname = e.name;
+            let path = self.dir.join(&fname);
             if fname.ends_with(".tmp") {
-                fs::remove_file(e.path()).map_err(TableError::io(e.path()))?;
+                disk::remove_file(&path).map_err(TableError::io(&path))?;
                 continue;
             }
             if fname.starts_with('_') || files::parse_partition_dir(&fname).is_none() {
@@ -262,7 +259,7 @@ impl TableWriter {
             }
             if !live.contains(&fname) {
                 debug!(table = %self.name, dir = %fname, "removing unpublished partition version");
-                fs::remove_dir_all(e.path()).map_err(TableError::io(e.path()))?;
+                disk::remove_dir_all(&path).map_err(TableError::io(&path))?;
             }
         }
         self.symbols = Vec::with_capacity(self.schema.columns.len());
@@ -355,6 +352,34 @@ impl TableWriter {
         let mut new_symbols: Vec<Vec<String>> = vec![Vec::new(); self.schema.columns.len()];
         let mut combined = self.combine(txns, &mut new_symbols)?;
         let rows = combined.first().map_or(0, |c| c.len());
+        // The columns each row's txn was made with (a batch made before a
+        // column was added has fewer). A partition gets a column's files
+        // only when a row written into it comes from a txn that has the
+        // column, so which partitions have which files depends on the txns
+        // alone, not on how they were grouped into apply steps: a primary
+        // applying txn by txn and a replica applying a whole segment, or a
+        // recovery replaying the WAL, write the same files.
+        let full = self.schema.columns.len();
+        let width_of = |r: &Rows<'_>| {
+            let n = match r {
+                Rows::Batch(b) => b.columns.len(),
+                Rows::View(v) => v.columns.len(),
+            };
+            n.min(full) as u32
+        };
+        let mut widths: Option<Vec<u32>> = txns
+            .iter()
+            .any(|(_, r)| width_of(r) as usize != full)
+            .then(|| {
+                txns.iter()
+                    .flat_map(|(_, r)| std::iter::repeat_n(width_of(r), r.row_count()))
+                    .collect()
+            });
+        let width = |widths: &Option<Vec<u32>>, range: Range<usize>| {
+            widths.as_ref().map_or(full, |w| {
+                w[range].iter().copied().max().unwrap_or(0) as usize
+            })
+        };
         let mut obsolete = Vec::new();
         match self.schema.timestamp {
             None => {
@@ -364,6 +389,7 @@ impl TableWriter {
                         &mut sync,
                         &combined,
                         0..rows,
+                        width(&widths, 0..rows),
                         i64::MIN,
                         &[],
                         &mut obsolete,
@@ -384,6 +410,7 @@ impl TableWriter {
                         .map(|c| Cow::Owned(c.gather(&perm)))
                         .collect();
                     ts = perm.iter().map(|&i| ts[i as usize]).collect();
+                    widths = widths.map(|w| perm.iter().map(|&i| w[i as usize]).collect());
                 }
                 let mut start = 0;
                 while start < rows {
@@ -395,6 +422,7 @@ impl TableWriter {
                         &mut sync,
                         &combined,
                         start..end,
+                        width(&widths, start..end),
                         floor,
                         &ts[start..end],
                         &mut obsolete,
@@ -406,12 +434,44 @@ impl TableWriter {
         self.write_symbols(&mut next, &mut sync, &new_symbols)?;
         sync.defer(&mut self.dirty);
         // Visible to readers now; durable in the WAL until the next checkpoint.
+        self.assert_grows(&next, rows as u64);
         files::replace(&self.dir, files::TXN_FILE, &state::encode_txn(&next))?;
         self.state = next;
         // Old versions stay until a checkpoint no longer names them: `_ckpt`
         // (what recovery trusts) may still point at them.
         self.obsolete.extend(obsolete);
         Ok(())
+    }
+
+    /// The design's invariants of one apply step (docs/format.md): the txn
+    /// moves forward, every row lands once, and no partition loses rows or
+    /// goes back to an older version. Checked before `_txn` is published; a
+    /// violation is a bug that would corrupt the table, so it stops here.
+    fn assert_grows(&self, next: &TableState, rows: u64) {
+        assert!(
+            next.txn > self.state.txn,
+            "table {}: apply moves the txn from {} to {}",
+            self.name,
+            self.state.txn,
+            next.txn
+        );
+        assert_eq!(
+            next.row_count(),
+            self.state.row_count() + rows,
+            "table {}: an apply of {rows} rows at txn {} does not add them exactly once",
+            self.name,
+            next.txn
+        );
+        for old in &self.state.partitions {
+            let new = next.partitions.iter().find(|p| p.floor == old.floor);
+            assert!(
+                new.is_some_and(|p| p.rows >= old.rows && p.version >= old.version),
+                "table {}: partition {} went back at txn {} ({old:?} -> {new:?})",
+                self.name,
+                old.floor,
+                next.txn
+            );
+        }
     }
 
     /// Makes everything applied so far durable in the table files: syncs what
@@ -437,7 +497,7 @@ impl TableWriter {
         }
         self.ckpt = self.state.clone();
         for dir in self.obsolete.drain(..) {
-            if let Err(e) = fs::remove_dir_all(&dir) {
+            if let Err(e) = disk::remove_dir_all(&dir) {
                 // Harmless: recovery removes unnamed versions on the next open.
                 warn!(dir = %dir.display(), error = %e, "could not remove old partition version");
             }
@@ -603,6 +663,7 @@ impl TableWriter {
         sync: &mut SyncSet,
         combined: &[Cow<'_, ColumnBuf>],
         range: Range<usize>,
+        width: usize,
         floor: i64,
         ts: &[i64],
         obsolete: &mut Vec<PathBuf>,
@@ -620,20 +681,22 @@ impl TableWriter {
                 let dir = self.dir.join(files::partition_dir(&name, p.version));
                 // Columns added since this version was written start with
                 // null files for its existing rows.
-                if (p.columns as usize) < self.schema.columns.len() {
+                let width = width.max(p.columns as usize);
+                let cols = &self.schema.columns[..width];
+                if (p.columns as usize) < width {
                     // New file names in an existing directory: the directory
                     // is synced with the files at the next checkpoint.
                     sync.add_dir(dir.clone());
                 }
-                for c in &self.schema.columns[p.columns as usize..] {
+                for c in &cols[p.columns as usize..] {
                     for f in column_files(&c.name) {
                         remove_if_exists(&dir.join(f))?;
                     }
                     let nulls = ColumnBuf::nulls(c.ty, p.rows as usize);
                     write_column(sync, &dir, &c.name, &nulls, 0..p.rows as usize, 0)?;
                 }
-                p.columns = self.schema.columns.len() as u32;
-                for (c, col) in self.schema.columns.iter().zip(combined) {
+                p.columns = width as u32;
+                for (c, col) in cols.iter().zip(combined) {
                     write_column(sync, &dir, &c.name, col, range.clone(), p.rows)?;
                 }
                 p.rows += range.len() as u64;
@@ -647,8 +710,10 @@ impl TableWriter {
                     .schema
                     .timestamp
                     .expect("O3 only with a designated timestamp");
-                let mut merged = Vec::with_capacity(combined.len());
-                for (k, (c, col)) in self.schema.columns.iter().zip(combined).enumerate() {
+                let width = width.max(old.columns as usize);
+                let cols = &self.schema.columns[..width];
+                let mut merged = Vec::with_capacity(width);
+                for (k, (c, col)) in cols.iter().zip(combined).enumerate() {
                     let mut m = if k < old.columns as usize {
                         read_column(&old_dir, &c.name, c.ty, 0..old.rows, true)?
                     } else {
@@ -670,7 +735,7 @@ impl TableWriter {
                 perm.sort_by_key(|&i| ts_of(i));
                 let version = old.version + 1;
                 let dir = self.new_partition_dir(sync, &name, version)?;
-                for (c, col) in self.schema.columns.iter().zip(&merged) {
+                for (c, col) in cols.iter().zip(&merged) {
                     let sorted = col.gather(&perm);
                     write_column(sync, &dir, &c.name, &sorted, 0..total, 0)?;
                 }
@@ -680,14 +745,14 @@ impl TableWriter {
                     rows: total as u64,
                     min_ts: old.min_ts.min(min_ts),
                     max_ts: old.max_ts.max(max_ts),
-                    columns: self.schema.columns.len() as u32,
+                    columns: width as u32,
                 };
                 debug!(table = %self.name, partition = %name, version, rows = total, "out-of-order merge");
                 obsolete.push(old_dir);
             }
             Err(i) => {
                 let dir = self.new_partition_dir(sync, &name, 0)?;
-                for (c, col) in self.schema.columns.iter().zip(combined) {
+                for (c, col) in self.schema.columns[..width].iter().zip(combined) {
                     write_column(sync, &dir, &c.name, col, range.clone(), 0)?;
                 }
                 next.partitions.insert(
@@ -698,7 +763,7 @@ impl TableWriter {
                         rows: range.len() as u64,
                         min_ts,
                         max_ts,
-                        columns: self.schema.columns.len() as u32,
+                        columns: width as u32,
                     },
                 );
             }
@@ -713,10 +778,10 @@ impl TableWriter {
         version: u64,
     ) -> Result<PathBuf, TableError> {
         let dir = self.dir.join(files::partition_dir(name, version));
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(TableError::io(&dir))?;
+        if disk::exists(&dir) {
+            disk::remove_dir_all(&dir).map_err(TableError::io(&dir))?;
         }
-        fs::create_dir(&dir).map_err(TableError::io(&dir))?;
+        disk::create_dir(&dir).map_err(TableError::io(&dir))?;
         sync.add_dir(dir.clone());
         sync.add_dir(self.dir.clone());
         Ok(dir)
@@ -852,7 +917,7 @@ fn column_files(name: &str) -> [String; 3] {
 
 /// Removes `path`; whether it existed.
 fn remove_if_exists(path: &Path) -> Result<bool, TableError> {
-    match fs::remove_file(path) {
+    match disk::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(TableError::io(path)(e)),
@@ -865,7 +930,7 @@ fn recover_column(dir: &Path, name: &str, ty: ColumnType, rows: u64) -> Result<(
         ColumnType::Varchar => {
             let opath = dir.join(files::offsets_file(name));
             files::truncate_to(&opath, (rows + 1) * 8)?;
-            let f = fs::File::open(&opath).map_err(TableError::io(&opath))?;
+            let f = disk::open(&opath, disk::Mode::Read).map_err(TableError::io(&opath))?;
             let mut b = [0u8; 8];
             f.read_exact_at(&mut b, rows * 8)
                 .map_err(TableError::io(&opath))?;

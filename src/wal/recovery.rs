@@ -1,10 +1,9 @@
 //! Reading a table's WAL after a restart: every file of every shard, torn
 //! tails cut, records after the table's committed txn returned in txn order.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
+use crate::disk::{self, Map, Mode};
 use tracing::{info, warn};
 
 use super::format::{self, FileHeaderError, RecordHeader, Tail, FILE_HEADER_BYTES};
@@ -20,7 +19,7 @@ pub struct RecoveredRecord {
 
 /// The WAL files of one table, mapped, with the records still to apply.
 pub struct RecoveredWal {
-    files: Vec<(PathBuf, Option<Mmap>)>,
+    files: Vec<(PathBuf, Map)>,
     /// Highest txn in each file of `files` (0 for none).
     file_max_txn: Vec<u64>,
     /// Records with txn above the committed txn, ascending.
@@ -35,7 +34,7 @@ pub struct RecoveredWal {
 
 impl RecoveredWal {
     pub fn payload(&self, r: &RecoveredRecord) -> &[u8] {
-        let map = self.files[r.file].1.as_deref().unwrap_or(&[]);
+        let map = self.files[r.file].1.bytes();
         let start = r.offset + format::RECORD_HEADER_BYTES;
         &map[start..start + r.header.payload_len as usize]
     }
@@ -55,20 +54,16 @@ impl RecoveredWal {
 
 fn wal_files(wal_dir: &Path) -> Result<Vec<PathBuf>, WalError> {
     let mut out = Vec::new();
-    if !wal_dir.exists() {
+    if !disk::exists(wal_dir) {
         return Ok(out);
     }
-    let shards = fs::read_dir(wal_dir).map_err(|e| WalError::from_io(wal_dir, "list", e))?;
-    for s in shards {
-        let s = s.map_err(|e| WalError::from_io(wal_dir, "list", e))?;
-        if !s.path().is_dir() {
-            continue;
-        }
-        let files = fs::read_dir(s.path()).map_err(|e| WalError::from_io(&s.path(), "list", e))?;
+    let shards = disk::read_dir(wal_dir).map_err(|e| WalError::from_io(wal_dir, "list", e))?;
+    for s in shards.into_iter().filter(|s| s.is_dir) {
+        let sdir = wal_dir.join(&s.name);
+        let files = disk::read_dir(&sdir).map_err(|e| WalError::from_io(&sdir, "list", e))?;
         for f in files {
-            let f = f.map_err(|e| WalError::from_io(&s.path(), "list", e))?;
-            if f.file_name().to_string_lossy().ends_with(".wal") {
-                out.push(f.path());
+            if f.name.ends_with(".wal") {
+                out.push(sdir.join(f.name));
             }
         }
     }
@@ -86,31 +81,25 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
     let mut all_txns = Vec::new();
     let mut torn_bytes_cut = 0;
     for path in wal_files(wal_dir)? {
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| WalError::from_io(&path, "open", e))?;
+        let file =
+            disk::open(&path, Mode::Write).map_err(|e| WalError::from_io(&path, "open", e))?;
         let len = file
-            .metadata()
-            .map_err(|e| WalError::from_io(&path, "stat", e))?
-            .len();
-        let map = if len == 0 {
-            None
-        } else {
-            // SAFETY: recovery runs before any writer of this table exists;
-            // nothing else writes the file while it is mapped, and the only
-            // change (set_len) happens after the map is dropped below.
-            Some(unsafe { Mmap::map(&file) }.map_err(|e| WalError::from_io(&path, "mmap", e))?)
-        };
-        let bytes = map.as_deref().unwrap_or(&[]);
+            .len()
+            .map_err(|e| WalError::from_io(&path, "stat", e))?;
+        // Recovery runs before any writer of this table exists; nothing else
+        // writes the file while it is mapped, and the only change (set_len)
+        // happens after the map is dropped below.
+        let map = file
+            .map()
+            .map_err(|e| WalError::from_io(&path, "mmap", e))?;
+        let bytes = map.bytes();
         match format::decode_file_header(bytes) {
             Ok(_) => {}
             // Created but never synced: an fdatasync of any group would have
             // made the header durable, so nothing acknowledged is in here.
             Err(_) if bytes.len() <= FILE_HEADER_BYTES || bytes.iter().all(|b| *b == 0) => {
                 info!(path = %path.display(), "WAL file with no synced header: nothing to recover");
-                files.push((path, None));
+                files.push((path, Map::Empty));
                 file_max_txn.push(0);
                 continue;
             }
@@ -157,8 +146,9 @@ pub fn recover_table_wal(wal_dir: &Path, committed_txn: u64) -> Result<Recovered
                 file.set_len(end)
                     .and_then(|_| file.sync_all())
                     .map_err(|e| WalError::from_io(&path, "truncate torn tail", e))?;
-                // SAFETY: as above; the file no longer changes.
-                Some(unsafe { Mmap::map(&file) }.map_err(|e| WalError::from_io(&path, "mmap", e))?)
+                // As above; the file no longer changes.
+                file.map()
+                    .map_err(|e| WalError::from_io(&path, "mmap", e))?
             }
         };
         files.push((path, map));

@@ -9,8 +9,9 @@
 //! keeps more WAL than needed, and the uploader asks the store where its
 //! chain ends before it uploads anything).
 
-use std::fs;
 use std::path::Path;
+
+use crate::disk;
 
 use tracing::warn;
 use xxhash_rust::xxh3::xxh3_64;
@@ -81,7 +82,7 @@ pub fn decode_upload_mark(b: &[u8]) -> Option<UploadMark> {
 /// is no readable mark (a damaged one is reported and ignored).
 pub fn read_upload_mark(wal_dir: &Path) -> UploadMark {
     let path = wal_dir.join(UPLOAD_MARK_FILE);
-    match fs::read(&path) {
+    match disk::read(&path) {
         Ok(b) => decode_upload_mark(&b).unwrap_or_else(|| {
             warn!(path = %path.display(), "upload mark unreadable; keeping all WAL for the uploader");
             UploadMark::default()
@@ -93,15 +94,16 @@ pub fn read_upload_mark(wal_dir: &Path) -> UploadMark {
 /// Records that every txn up to `mark.txn` is in the object store: write a
 /// temp file, rename it over the mark (atomic, not fsynced: see the module doc).
 pub fn write_upload_mark(wal_dir: &Path, mark: UploadMark) -> std::io::Result<()> {
-    fs::create_dir_all(wal_dir)?;
+    disk::create_dir_all(wal_dir)?;
     let tmp = wal_dir.join(format!("{UPLOAD_MARK_FILE}.tmp"));
-    fs::write(&tmp, encode(mark))?;
-    fs::rename(&tmp, wal_dir.join(UPLOAD_MARK_FILE))
+    disk::write(&tmp, &encode(mark))?;
+    disk::rename(&tmp, &wal_dir.join(UPLOAD_MARK_FILE))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn mark_round_trips_and_damage_reads_as_zero() {
@@ -165,21 +167,18 @@ fn aborted_entry(txn: u64) -> [u8; ABORTED_ENTRY_BYTES] {
 /// the WAL; recovery must not replay it on a replicated table, or the
 /// primary would hold rows its replicas (which got an empty txn) do not.
 pub fn record_aborted(wal_dir: &Path, txn: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    fs::create_dir_all(wal_dir)?;
+    disk::create_dir_all(wal_dir)?;
     let path = wal_dir.join(ABORTED_FILE);
-    let new = !path.exists();
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)?;
-    let len = f.metadata()?.len();
+    let new = !disk::exists(&path);
+    let f = disk::open(&path, disk::Mode::Create)?;
+    let mut len = f.len()?;
     if new || len < ABORTED_HEADER_BYTES as u64 {
         f.set_len(0)?;
         let mut h = [0u8; ABORTED_HEADER_BYTES];
         h[..8].copy_from_slice(ABORTED_MAGIC);
         h[8..12].copy_from_slice(&ABORTED_VERSION.to_le_bytes());
-        f.write_all(&h)?;
+        f.write_all_at(&h, 0)?;
+        len = ABORTED_HEADER_BYTES as u64;
     } else {
         // A torn last entry (a crash mid-append) is cut first: an entry
         // appended after it would be read misaligned, and with it every
@@ -188,12 +187,13 @@ pub fn record_aborted(wal_dir: &Path, txn: u64) -> std::io::Result<()> {
         let whole = ABORTED_HEADER_BYTES as u64 + entries * ABORTED_ENTRY_BYTES as u64;
         if whole != len {
             f.set_len(whole)?;
+            len = whole;
         }
     }
-    f.write_all(&aborted_entry(txn))?;
+    f.write_all_at(&aborted_entry(txn), len)?;
     f.sync_data()?;
     if new {
-        fs::File::open(wal_dir)?.sync_all()?;
+        disk::sync_dir(wal_dir)?;
     }
     Ok(())
 }
@@ -246,7 +246,7 @@ pub fn decode_aborted(b: &[u8]) -> Result<Vec<u64>, String> {
 /// error names the file when it is damaged (see [`decode_aborted`]).
 pub fn read_aborted(wal_dir: &Path) -> Result<Vec<u64>, String> {
     let path = wal_dir.join(ABORTED_FILE);
-    match fs::read(&path) {
+    match disk::read(&path) {
         Ok(b) => decode_aborted(&b).map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(format!("{}: {e}", path.display())),
@@ -257,18 +257,19 @@ pub fn read_aborted(wal_dir: &Path) -> Result<Vec<u64>, String> {
 /// checkpointed: neither recovery nor the uploader needs it any more).
 pub fn clear_aborted_upto(wal_dir: &Path, txn: u64) {
     let path = wal_dir.join(ABORTED_FILE);
-    if !path.exists() {
+    if !disk::exists(&path) {
         return;
     }
     // A damaged list is kept: recovery refuses it, and says why.
     if read_aborted(wal_dir).is_ok_and(|l| l.iter().all(|t| *t <= txn)) {
-        let _ = fs::remove_file(path);
+        let _ = disk::remove_file(&path);
     }
 }
 
 #[cfg(test)]
 mod aborted_tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn aborted_txns_are_recorded_read_back_and_cleared() {

@@ -8,17 +8,16 @@
 //! unwritten or torn tail just reads as "nothing yet".
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
+use crate::disk::{self, DiskFile, Map, Mode};
 
 use super::format::{self, RecordHeader, FILE_HEADER_BYTES, RECORD_HEADER_BYTES};
 use super::WalError;
 
 struct TailFile {
-    file: fs::File,
-    map: Option<Mmap>,
+    file: DiskFile,
+    map: Option<Map>,
     /// Offset of the next record to read.
     pos: usize,
     /// Highest txn read from this file so far.
@@ -33,14 +32,14 @@ impl TailFile {
                 return Some(h);
             }
         }
-        let len = self.file.metadata().ok()?.len() as usize;
+        let len = self.file.len().ok()? as usize;
         if len <= self.map.as_ref().map_or(0, |m| m.len()) || len <= FILE_HEADER_BYTES {
             return None;
         }
-        // SAFETY: WAL files are only appended to while the database runs
-        // (recovery, the only thing that truncates one, runs before the
-        // uploader starts); a file removed while mapped stays readable.
-        self.map = unsafe { Mmap::map(&self.file) }.ok();
+        // WAL files are only appended to while the database runs (recovery,
+        // the only thing that truncates one, runs before the uploader
+        // starts); a file removed while mapped stays readable.
+        self.map = self.file.map().ok();
         format::read_record(self.map.as_deref()?, self.pos).map(|(h, _)| h)
     }
 
@@ -122,23 +121,19 @@ impl WalTail {
     fn rescan(&mut self) -> Result<(), WalError> {
         let mut seen = Vec::new();
         let dir = &self.wal_dir;
-        let shards = match fs::read_dir(dir) {
+        let shards = match disk::read_dir(dir) {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(WalError::from_io(dir, "list", e)),
         };
-        for s in shards {
-            let s = s.map_err(|e| WalError::from_io(dir, "list", e))?;
-            if !s.path().is_dir() {
+        for s in shards.into_iter().filter(|s| s.is_dir) {
+            let sdir = dir.join(&s.name);
+            let Ok(files) = disk::read_dir(&sdir) else {
                 continue;
-            }
-            let files = match fs::read_dir(s.path()) {
-                Ok(f) => f,
-                Err(_) => continue,
             };
-            for f in files.flatten() {
-                if f.file_name().to_string_lossy().ends_with(".wal") {
-                    seen.push(f.path());
+            for f in files {
+                if f.name.ends_with(".wal") {
+                    seen.push(sdir.join(f.name));
                 }
             }
         }
@@ -148,7 +143,7 @@ impl WalTail {
                 continue;
             }
             // A file removed between the listing and here had nothing we need.
-            if let Ok(file) = fs::File::open(&path) {
+            if let Ok(file) = disk::open(&path, Mode::Read) {
                 self.files.insert(
                     path,
                     TailFile {
@@ -175,12 +170,12 @@ impl WalTail {
                 .get(i + 1)
                 .is_some_and(|next| next.parent() == path.parent());
             let f = self.files.get_mut(path).expect("listed");
-            let len = f.file.metadata().map_or(u64::MAX, |m| m.len()) as usize;
+            let len = f.file.len().unwrap_or(u64::MAX) as usize;
             let consumed = f.peek().is_none() && f.pos >= len;
             if newer_in_shard
                 && consumed
                 && f.max_txn <= release_txn
-                && fs::remove_file(path).is_ok()
+                && disk::remove_file(path).is_ok()
             {
                 self.files.remove(path);
                 removed += 1;

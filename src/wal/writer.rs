@@ -1,10 +1,10 @@
 //! The WAL writer of one (table, shard): group write, one fdatasync, rotation.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, warn};
 
+use crate::disk;
 use crate::io::{Engine, WalFile};
 
 use super::format::{encode_file_header, FILE_HEADER_BYTES};
@@ -38,11 +38,10 @@ fn parse_file_name(name: &str) -> Option<u64> {
 
 /// Highest file sequence number in `dir`, if any.
 fn last_seq(dir: &Path) -> Result<Option<u64>, WalError> {
-    let entries = fs::read_dir(dir).map_err(|e| WalError::from_io(dir, "list", e))?;
+    let entries = disk::read_dir(dir).map_err(|e| WalError::from_io(dir, "list", e))?;
     let mut last = None;
     for e in entries {
-        let e = e.map_err(|e| WalError::from_io(dir, "list", e))?;
-        if let Some(seq) = parse_file_name(&e.file_name().to_string_lossy()) {
+        if let Some(seq) = parse_file_name(&e.name) {
             last = last.max(Some(seq));
         }
     }
@@ -50,9 +49,7 @@ fn last_seq(dir: &Path) -> Result<Option<u64>, WalError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| WalError::from_io(dir, "fsync directory", e))
+    disk::sync_dir(dir).map_err(|e| WalError::from_io(dir, "fsync directory", e))
 }
 
 impl<F: WalFile> WalWriter<F> {
@@ -64,8 +61,9 @@ impl<F: WalFile> WalWriter<F> {
         file_bytes_max: u64,
     ) -> Result<WalWriter<F>, WalError> {
         let dir = wal_dir.join(format!("s{shard}"));
-        if !dir.exists() {
-            fs::create_dir_all(&dir).map_err(|e| WalError::from_io(&dir, "create directory", e))?;
+        if !disk::exists(&dir) {
+            disk::create_dir_all(&dir)
+                .map_err(|e| WalError::from_io(&dir, "create directory", e))?;
             sync_dir(wal_dir)?;
         }
         let seq = last_seq(&dir)?.map_or(0, |s| s + 1);
@@ -188,7 +186,7 @@ impl<F: WalFile> WalWriter<F> {
             if *max_txn > applied_txn {
                 return true;
             }
-            match fs::remove_file(path) {
+            match disk::remove_file(path) {
                 Ok(()) => false,
                 // The uploader removed it (replication keeps files longer).
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,

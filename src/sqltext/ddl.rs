@@ -13,8 +13,8 @@
 //! partitioned by DAY unless told otherwise and is replicated; one without
 //! is local only (`PARTITION BY NONE`).
 
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use super::{offset_of, SqlError};
 use crate::table::{ColumnType, PartitionBy, Schema};

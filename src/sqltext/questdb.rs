@@ -17,12 +17,12 @@
 
 use std::path::Path;
 
-use datafusion::sql::sqlparser::ast::{
+use sqlparser::ast::{
     visit_expressions, Expr, GroupByExpr, SelectItem, SetExpr, Statement, TableFactor,
 };
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use super::{offset_of, SqlError};
 
