@@ -4,10 +4,11 @@
 //! `_wal/_uploaded` mark (layout in docs/format.md) so that recovery keeps
 //! the WAL files still needed after a restart.
 //!
-//! The mark is a hint, never ahead of the truth: it is written only after
-//! the upload it names succeeded, and without fsync (a lost or stale mark
-//! keeps more WAL than needed, and the uploader asks the store where its
-//! chain ends before it uploads anything).
+//! The mark is never ahead of the truth: it is written only after the
+//! upload it names succeeded. It is written durably, because the uploader
+//! accepts at most a few segments after it as its own at start-up (it asks
+//! the store where its chain ends before it uploads anything): a mark that a
+//! power loss emptied or set back would make it refuse its own history.
 
 use std::path::Path;
 
@@ -91,13 +92,15 @@ pub fn read_upload_mark(wal_dir: &Path) -> UploadMark {
     }
 }
 
-/// Records that every txn up to `mark.txn` is in the object store: write a
-/// temp file, rename it over the mark (atomic, not fsynced: see the module doc).
+/// Records durably that every txn up to `mark.txn` is in the object store:
+/// write and sync a temp file, rename it over the mark, sync the directory.
 pub fn write_upload_mark(wal_dir: &Path, mark: UploadMark) -> std::io::Result<()> {
     disk::create_dir_all(wal_dir)?;
     let tmp = wal_dir.join(format!("{UPLOAD_MARK_FILE}.tmp"));
     disk::write(&tmp, &encode(mark))?;
-    disk::rename(&tmp, &wal_dir.join(UPLOAD_MARK_FILE))
+    disk::open(&tmp, disk::Mode::Write)?.sync_data()?;
+    disk::rename(&tmp, &wal_dir.join(UPLOAD_MARK_FILE))?;
+    disk::sync_dir(wal_dir)
 }
 
 #[cfg(test)]
