@@ -1351,3 +1351,73 @@ for q in ["select * frm cpu", "select nope from cpu", "select * from nope where 
         "h5|9.5\n"
     );
 }
+
+/// Names are case-insensitive, as in QuestDB, and keep the case they were
+/// created with: a table and column made by ILP as `Weather`/`Temperature`
+/// are found by any spelling in /exec and psql, and ILP writes to `weather`
+/// with a field `temperature` land in that same table and column.
+#[test]
+fn names_are_case_insensitive_everywhere_and_keep_their_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &[]);
+    let port = pg_port(&s);
+    let ts = |i: i64| (JAN_1_US + i * 1_000_000) * 1000;
+    write(
+        s.http,
+        &format!("Weather,City=Oslo Temperature=1.5 {}\n", ts(0)),
+    );
+    // Other spellings of the same table and columns, in one request and
+    // in the next.
+    write(
+        s.http,
+        &format!(
+            "weather,city=Oslo temperature=2.5 {}\nWEATHER,CITY=Rome TEMPERATURE=3.5 {}\n",
+            ts(1),
+            ts(2)
+        ),
+    );
+    eventually(Duration::from_secs(10), || {
+        let r = exec_with(s.http, "select count(*) from Weather", &[]);
+        (r.status == 200 && r.json()["dataset"][0][0] == 3).then_some(())
+    });
+    // One table, three columns, as first spelled.
+    let tables: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.eq_ignore_ascii_case("weather"))
+        .collect();
+    assert_eq!(tables, ["Weather"]);
+    let j = exec(s.http, "select * from weather");
+    let names: Vec<&str> = j["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["City", "Temperature", "timestamp"]);
+    for q in [
+        "select Temperature from Weather order by timestamp",
+        "select temperature from weather order by timestamp",
+        "SELECT TEMPERATURE FROM WEATHER ORDER BY TIMESTAMP",
+        r#"select "Temperature" from "Weather" order by timestamp"#,
+    ] {
+        let j = exec(s.http, q);
+        assert_eq!(j["columns"][0]["name"], "Temperature", "{q}: {j}");
+        assert_eq!(j["dataset"], json!([[1.5], [2.5], [3.5]]), "{q}: {j}");
+    }
+    let j = exec(
+        s.http,
+        "select city, max(temperature) m from weather where city = 'Oslo' group by city",
+    );
+    assert_eq!(j["dataset"], json!([["Oslo", 2.5]]), "{j}");
+    // psql too.
+    let out = psql_ok(port, "select TEMPERATURE from weather order by timestamp");
+    assert_eq!(out, "1.5\n2.5\n3.5\n");
+    // A table differing only in case is the same table for CREATE TABLE.
+    let (e, _) = exec_error(s.http, "create table WEATHER (ts timestamp) timestamp(ts)");
+    assert!(e.contains("Weather") && e.contains("exists"), "{e}");
+    // A column that is not there is still an error, pointed at.
+    let (e, at) = exec_error(s.http, "select humidity from Weather");
+    assert!(e.contains("humidity"), "{e}");
+    assert_eq!(at, 7, "{e}");
+}

@@ -1063,8 +1063,10 @@ impl Database {
             return Err(e);
         }
         let mut tables = self.tables();
-        if tables.contains_key(name) {
-            return Err(TableError::AlreadyExists(name.to_string()).into());
+        // Names are case-insensitive (as in QuestDB): `weather` is the
+        // table `Weather` if that exists.
+        if let Some(existing) = tables.keys().find(|k| k.eq_ignore_ascii_case(name)) {
+            return Err(TableError::AlreadyExists(existing.clone()).into());
         }
         let writer = TableWriter::create(&self.opts.data_dir, name, schema)?;
         let handle = Arc::new(TableHandle::new(
@@ -1145,6 +1147,24 @@ impl Database {
 
     pub fn table(&self, name: &str) -> Option<Arc<TableHandle>> {
         self.tables().get(name).cloned()
+    }
+
+    /// The table `name` names ignoring ASCII case (names are
+    /// case-insensitive, as in QuestDB; the stored case is kept): itself,
+    /// else the one table equal to it ignoring case.
+    pub fn table_ignoring_case(&self, name: &str) -> Option<Arc<TableHandle>> {
+        let tables = self.tables();
+        if let Some(t) = tables.get(name) {
+            return Some(t.clone());
+        }
+        let mut found = tables
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, t)| t);
+        match (found.next(), found.next()) {
+            (Some(t), None) => Some(t.clone()),
+            _ => None,
+        }
     }
 
     pub fn table_names(&self) -> Vec<String> {

@@ -275,9 +275,18 @@ impl<'a> Ingestor<'a> {
                     IngestError::Db(DbError::Table(t)) => bad(t.to_string()),
                     other => other,
                 })?;
-                buf.tables.push(Pending::new(handle));
-                buf.by_name.insert(table.to_string(), buf.tables.len() - 1);
-                buf.tables.len() - 1
+                // Another spelling of a table already held (`Weather` and
+                // `weather`): one batch for both.
+                let held = buf
+                    .tables
+                    .iter()
+                    .position(|p| Arc::ptr_eq(&p.handle, &handle));
+                let slot = held.unwrap_or_else(|| {
+                    buf.tables.push(Pending::new(handle));
+                    buf.tables.len() - 1
+                });
+                buf.by_name.insert(table.to_string(), slot);
+                slot
             }
         };
         buf.last_slot = Some(slot);
@@ -356,7 +365,8 @@ impl<'a> Ingestor<'a> {
 
     /// The table named by a line, created from the line's shape if missing.
     fn table_for(&self, name: &str, line: &Line<'_>) -> Result<Arc<TableHandle>, IngestError> {
-        if let Some(t) = self.db.table(name) {
+        // `weather` writes to `Weather` (names are case-insensitive).
+        if let Some(t) = self.db.table_ignoring_case(name) {
             return Ok(t);
         }
         let mut cols: Vec<(&str, ColumnType)> = Vec::new();
@@ -375,9 +385,10 @@ impl<'a> Ingestor<'a> {
         match self.db.create_table(name, &schema) {
             Ok(t) => Ok(t),
             // Another request created it meanwhile.
-            Err(DbError::Table(TableError::AlreadyExists(_))) => {
-                self.db.table(name).ok_or(IngestError::Db(DbError::Closed))
-            }
+            Err(DbError::Table(TableError::AlreadyExists(_))) => self
+                .db
+                .table_ignoring_case(name)
+                .ok_or(IngestError::Db(DbError::Closed)),
             Err(e) => Err(e.into()),
         }
     }

@@ -442,6 +442,8 @@ impl SqlEngine {
         if let Some(tag) = ddl::session_command(sql) {
             return Ok(Output::Command(tag));
         }
+        let folded = self.fold_names(sql);
+        let sql = folded.as_ref().map_or(sql, |f| f.sql.as_str());
         let rewritten = questdb::rewrite(sql, &self.data_dir)?;
         let sql = rewritten.as_deref().unwrap_or(sql);
         let located = |e: DataFusionError| {
@@ -449,6 +451,8 @@ impl SqlEngine {
             if rewritten.is_some() {
                 // Positions in the rewritten text mean nothing to the user.
                 e.position = 0;
+            } else if let Some(f) = &folded {
+                e.position = f.original(e.position);
             }
             e
         };
@@ -464,6 +468,17 @@ impl SqlEngine {
         }
         let stream = df.execute_stream().await.map_err(located)?;
         Ok(Output::Rows(stream))
+    }
+
+    /// The statement with unquoted column names spelled as stored (names
+    /// are case-insensitive, as in QuestDB: [`crate::sqltext::names`]).
+    fn fold_names(&self, sql: &str) -> Option<crate::sqltext::names::Folded> {
+        let tables = crate::table::table_names(&self.data_dir);
+        crate::sqltext::names::fold_columns(sql, &tables, |t| {
+            crate::table::TableReader::open(&self.data_dir, t)
+                .ok()
+                .map(|r| r.schema().columns.iter().map(|c| c.name.clone()).collect())
+        })
     }
 
     /// The types of a statement's placeholders (`None` where the query
@@ -484,6 +499,8 @@ impl SqlEngine {
         if ddl::parse(sql)?.is_some() || ddl::session_command(sql).is_some() {
             return Ok((Vec::new(), empty()));
         }
+        let folded = self.fold_names(sql);
+        let sql = folded.as_ref().map_or(sql, |f| f.sql.as_str());
         let rewritten = questdb::rewrite(sql, &self.data_dir)?;
         let sql = rewritten.as_deref().unwrap_or(sql);
         let ctx = self.session();

@@ -4,6 +4,7 @@
 //! `sql-text`), so the fuzz crate fuzzes these without building DataFusion.
 
 pub mod ddl;
+pub mod names;
 pub mod questdb;
 
 /// How a query failed, for a person: what, and where in the query text.
