@@ -661,7 +661,7 @@ const REGRESSIONS: &[(u64, &str)] = &[
         2,
         "a partition's column files depended on how txns were grouped into apply steps",
     ),
-    (3, "the data directory's name was never made durable"),
+    (5, "the data directory's name was never made durable"),
     (
         10031,
         "a power loss emptied the upload mark; the uploader refused its own history",

@@ -86,6 +86,8 @@ pub fn run(rx: flume::Receiver<ApplyMsg>, limits: ApplierLimits) {
     let tick = (limits.checkpoint_interval / 2).max(Duration::from_millis(1));
     let mut next_apply = Instant::now();
     let mut open = true;
+    // Barriers wait for a round that applies (see `ApplyMsg::Barrier`).
+    let mut barriers: Vec<flume::Sender<()>> = Vec::new();
     while open {
         // With txns waiting, sleep only until the next apply is allowed.
         let pending = slots.values().any(|s| !s.pending.is_empty());
@@ -94,7 +96,6 @@ pub fn run(rx: flume::Receiver<ApplyMsg>, limits: ApplierLimits) {
         } else {
             tick
         };
-        let mut barriers = Vec::new();
         let mut take = |msg: ApplyMsg, slots: &mut HashMap<String, Slot>| match msg {
             ApplyMsg::Barrier { done } => barriers.push(done),
             msg => handle(slots, msg),
@@ -122,8 +123,10 @@ pub fn run(rx: flume::Receiver<ApplyMsg>, limits: ApplierLimits) {
                 checkpoint(slot);
             }
         }
-        for b in barriers {
-            let _ = b.send(());
+        if apply_now {
+            for b in barriers.drain(..) {
+                let _ = b.send(());
+            }
         }
     }
     for slot in slots.values_mut() {

@@ -286,9 +286,13 @@ pub fn create_dir_all_durable(path: &Path) -> io::Result<()> {
     }
     create_dir_all(path)?;
     for d in missing.iter().rev() {
-        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
+        // A relative path's first component lives in the current directory.
+        let parent = match d.parent() {
+            Some(p) if p.as_os_str().is_empty() => Path::new("."),
+            Some(p) => p,
+            None => continue,
+        };
+        sync_dir(parent)?;
     }
     Ok(())
 }
@@ -312,10 +316,14 @@ pub fn read_dir(path: &Path) -> io::Result<Vec<Entry>> {
         let Ok(name) = e.file_name().into_string() else {
             continue;
         };
-        out.push(Entry {
-            name,
-            is_dir: e.file_type()?.is_dir(),
-        });
+        // A symbolic link counts as what it points to; an entry removed
+        // while listed (its type no longer known) is left out.
+        let is_dir = match e.file_type() {
+            Ok(t) if t.is_symlink() => fs::metadata(e.path()).is_ok_and(|m| m.is_dir()),
+            Ok(t) => t.is_dir(),
+            Err(_) => continue,
+        };
+        out.push(Entry { name, is_dir });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)

@@ -6,8 +6,10 @@
 //!   the running process sees, and kept pending until an `fsync` or
 //!   `fdatasync` of that file makes the file's whole content and length
 //!   durable. At a crash each pending write of a file independently
-//!   survives whole, is lost, or is torn (a prefix of its 512-byte sectors
-//!   survives); pending length changes survive or not. This covers lost,
+//!   survives whole, is lost, or is torn: each of the pieces it covers of
+//!   the file's 512-byte sectors (cut at absolute sector boundaries, as a
+//!   device writes them) survives or not on its own; pending length
+//!   changes survive or not. This covers lost,
 //!   torn and reordered writes within one file and across files.
 //! - Names: creating, linking, renaming and removing are namespace
 //!   operations kept in one ordered journal, as ext4 and XFS journal them.
@@ -329,18 +331,26 @@ impl SimDisk {
                 let r: f64 = rng.random();
                 match op {
                     FileOp::Write { pos, data } => {
-                        let n = if r < keep_p {
+                        let end = pos + data.len() as u64;
+                        let spans_sectors =
+                            !data.is_empty() && pos / SECTOR as u64 != (end - 1) / SECTOR as u64;
+                        if r < keep_p {
                             report.writes_kept += 1;
-                            data.len()
-                        } else if r < keep_p + tear_p && data.len() > SECTOR {
+                            write_into(&mut img, pos, &data);
+                        } else if r < keep_p + tear_p && spans_sectors {
                             report.writes_torn += 1;
-                            rng.random_range(0..data.len().div_ceil(SECTOR)) * SECTOR
+                            // Pieces cut at absolute sector boundaries.
+                            let mut at = pos;
+                            while at < end {
+                                let next = ((at / SECTOR as u64 + 1) * SECTOR as u64).min(end);
+                                if rng.random_bool(0.5) {
+                                    let piece = &data[(at - pos) as usize..(next - pos) as usize];
+                                    write_into(&mut img, at, piece);
+                                }
+                                at = next;
+                            }
                         } else {
                             report.writes_lost += 1;
-                            0
-                        };
-                        if n > 0 {
-                            write_into(&mut img, pos, &data[..n]);
                         }
                     }
                     FileOp::SetLen(len) => {
@@ -446,13 +456,17 @@ impl SimDisk {
             return Ok(());
         }
         if let Some(dst) = dst {
-            if let Node::Dir(d) = &g.nodes[dst] {
-                if !d.is_empty() || matches!(g.nodes[src], Node::File(_)) {
-                    return Err(io::Error::other(format!(
-                        "simulated disk: cannot rename onto {}",
-                        to.join("/")
-                    )));
-                }
+            let refused = match (&g.nodes[src], &g.nodes[dst]) {
+                (_, Node::Dir(d)) if !d.is_empty() => true,
+                (Node::File(_), Node::Dir(_)) | (Node::Dir(_), Node::File(_)) => true,
+                _ => false,
+            };
+            if refused {
+                return Err(io::Error::other(format!(
+                    "simulated disk: cannot rename {} onto {}",
+                    from.join("/"),
+                    to.join("/")
+                )));
             }
         }
         g.dir_mut(fd).remove(&fname);
@@ -785,6 +799,9 @@ impl SimFile {
 
     pub(super) fn set_len(&self, len: u64) -> io::Result<()> {
         let mut g = self.disk.lock();
+        if self.is_dir(&g) {
+            return Err(io::Error::new(io::ErrorKind::IsADirectory, "directory"));
+        }
         g.mutate(b"setlen", format!("ino {} to {len}", self.ino).as_bytes())?;
         let f = g.file_mut(self.ino);
         f.data.resize(len as usize, 0);
@@ -818,13 +835,21 @@ mod tests {
             d.crash(&mut rng);
             let a = disk::read(&dir.join("a")).unwrap();
             assert!(a.len() >= 2000 && a[..2000] == [7u8; 2000], "seed {seed}");
-            // The tail is all or a sector prefix of the unsynced write.
-            assert!(a[2000..].iter().all(|b| *b == 9), "seed {seed}");
+            // The tail holds pieces of the unsynced write cut at absolute
+            // sector boundaries (2048, 2560, 3072), each whole or absent
+            // (absent before a later piece: zeros).
             assert!(
-                matches!(a.len(), 2000 | 2512 | 3024 | 3500),
+                matches!(a.len(), 2000 | 2048 | 2560 | 3072 | 3500),
                 "seed {seed}: {}",
                 a.len()
             );
+            for piece in [2000..2048, 2048..2560, 2560..3072, 3072..3500] {
+                let got = &a[piece.start.min(a.len())..piece.end.min(a.len())];
+                assert!(
+                    got.iter().all(|b| *b == 9) || got.iter().all(|b| *b == 0),
+                    "seed {seed}: piece {piece:?} is torn inside"
+                );
+            }
             if let Ok(b) = disk::read(&dir.join("b")) {
                 assert!(b"unsynced".starts_with(&b), "seed {seed}");
             }

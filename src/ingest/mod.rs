@@ -385,10 +385,16 @@ impl<'a> Ingestor<'a> {
         match self.db.create_table(name, &schema) {
             Ok(t) => Ok(t),
             // Another request created it meanwhile.
-            Err(DbError::Table(TableError::AlreadyExists(_))) => self
-                .db
-                .table_ignoring_case(name)
-                .ok_or(IngestError::Db(DbError::Closed)),
+            Err(DbError::Table(TableError::AlreadyExists(existing))) => {
+                self.db.table_ignoring_case(name).ok_or_else(|| {
+                    // Tables made before names were case-insensitive may
+                    // differ only in case: say which to use.
+                    IngestError::Db(DbError::Table(TableError::InvalidSchema(format!(
+                        "table name {name:?} matches more than one table ignoring case \
+                         (e.g. {existing:?}); write to the exact name"
+                    ))))
+                })
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -443,18 +443,24 @@ impl SqlEngine {
             return Ok(Output::Command(tag));
         }
         let folded = self.fold_names(sql);
+        let back = |mut e: SqlError| {
+            if let Some(f) = &folded {
+                e.position = f.original(e.position);
+            }
+            e
+        };
         let sql = folded.as_ref().map_or(sql, |f| f.sql.as_str());
-        let rewritten = questdb::rewrite(sql, &self.data_dir)?;
+        let rewritten = questdb::rewrite(sql, &self.data_dir).map_err(back)?;
         let sql = rewritten.as_deref().unwrap_or(sql);
         let located = |e: DataFusionError| {
             let mut e = SqlError::from_datafusion(e, sql);
             if rewritten.is_some() {
                 // Positions in the rewritten text mean nothing to the user.
                 e.position = 0;
-            } else if let Some(f) = &folded {
-                e.position = f.original(e.position);
+                e
+            } else {
+                back(e)
             }
-            e
         };
         let ctx = self.session();
         let mut df = ctx
