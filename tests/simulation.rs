@@ -68,6 +68,8 @@ struct Stats {
     replica_power_losses: u64,
     store_faults: u64,
     columns_added: u64,
+    /// Objects damaged at rest and refused by the replica.
+    corruptions_refused: u64,
 }
 
 struct Sim {
@@ -449,6 +451,12 @@ impl Sim {
             self.replica =
                 Some(Replica::new(store, &dir).map_err(|e| format!("replica does not open: {e}"))?);
         }
+        // Now and then a bit of a segment the replica has not applied yet
+        // flips at rest: the replica must refuse it and apply nothing of it.
+        // Put back, the replica goes on.
+        if self.rng.random_bool(0.25) {
+            self.corrupt_and_restore()?;
+        }
         // Some downloads fail: the replica reports it and the next sync
         // goes on from where it stopped.
         let get_every = [0, 0, 2, 3][self.rng.random_range(0..4)];
@@ -529,6 +537,76 @@ impl Sim {
         Ok(())
     }
 
+    fn corrupt_and_restore(&mut self) -> Result<(), String> {
+        use basalt::replication::{first_txn_of, segment_key, table_prefix};
+        use futures_lite::future::block_on;
+        use object_store::ObjectStoreExt;
+        let replica = self.replica.as_mut().expect("made by the caller");
+        let applied = replica
+            .applied_txn("cpu")
+            .map_err(|e| format!("replica: {e}"))?;
+        let store = &self.store;
+        let keys = block_on(store.list_after(
+            &table_prefix(store, "cpu"),
+            &segment_key(store, "cpu", applied),
+        ))
+        .map_err(|e| format!("listing: {e}"))?;
+        let Some(key) = keys
+            .iter()
+            .filter(|k| first_txn_of(k).is_some_and(|f| f > applied))
+            .max_by_key(|k| first_txn_of(k))
+        else {
+            return Ok(());
+        };
+        let first = first_txn_of(key).expect("filtered");
+        let good = block_on(async { store.inner.get(key).await?.bytes().await })
+            .map_err(|e| format!("reading {key}: {e}"))?;
+        let mut bad = good.to_vec();
+        let at = self.rng.random_range(0..bad.len());
+        bad[at] ^= 1 << self.rng.random_range(0..8);
+        block_on(store.inner.put(key, bad.into())).map_err(|e| format!("{e}"))?;
+        let refused = replica.sync_all();
+        let now = replica
+            .applied_txn("cpu")
+            .map_err(|e| format!("replica: {e}"))?;
+        block_on(store.inner.put(key, good.into())).map_err(|e| format!("{e}"))?;
+        match refused {
+            Err(e) if now < first => {
+                self.log
+                    .push(format!("bit {at} of {key} flipped: refused ({e})"));
+                self.stats.corruptions_refused += 1;
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "the replica applied txn {now} of damaged {key} (from txn {first}), then: {e}"
+            )),
+            Ok(_) => Err(format!(
+                "the replica accepted {key} with byte {at} damaged (applied to txn {now})"
+            )),
+        }
+    }
+
+    /// The order of the table's watermarks, checked after every step:
+    /// allocated ≥ written ≥ applied ≥ checkpointed, uploaded ≤ written.
+    fn check_watermarks(&self) -> Result<(), String> {
+        let Some(t) = &self.table else { return Ok(()) };
+        let (c, w, a, k, u) = (
+            t.committed_txn(),
+            t.written_txn(),
+            t.resolved_txn(),
+            t.checkpoint_txn(),
+            t.uploaded_txn(),
+        );
+        if c >= w && w >= a && a >= k && u <= w {
+            Ok(())
+        } else {
+            Err(format!(
+                "watermarks out of order: committed {c}, written {w}, applied {a}, \
+                 checkpointed {k}, uploaded {u}"
+            ))
+        }
+    }
+
     /// The replica's machine loses power; it comes back and catches up at
     /// the next upload step.
     fn replica_power_loss(&mut self) -> Result<(), String> {
@@ -563,7 +641,7 @@ impl Sim {
         self.open().map_err(|e| self.fail(0, e))?;
         for s in 1..=steps {
             self.stats.steps += 1;
-            if let Err(e) = self.step(s) {
+            if let Err(e) = self.step(s).and_then(|()| self.check_watermarks()) {
                 return Err(self.fail(s, e));
             }
         }
@@ -639,6 +717,7 @@ fn many_seeds() {
         total.replica_power_losses += s.replica_power_losses;
         total.store_faults += s.store_faults;
         total.columns_added += s.columns_added;
+        total.corruptions_refused += s.corruptions_refused;
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
@@ -653,6 +732,7 @@ fn many_seeds() {
     assert!(total.replica_checks > 0, "{total:?}");
     assert!(total.store_faults > 0, "{total:?}");
     assert!(total.columns_added > 0, "{total:?}");
+    assert!(total.corruptions_refused > 0, "{total:?}");
 }
 
 /// Seeds that found bugs, run every time (docs/simulation.md).
