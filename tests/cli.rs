@@ -270,3 +270,24 @@ fn ingest_ilp_from_stdin_then_scan() {
     );
     assert!(stdout(&basalt(&data, &["scan", "weather"])).contains("(2 rows at txn 1)"));
 }
+
+/// Logs written to a pipe or a file carry no ANSI colour codes (a log
+/// shipper or `grep` would see them as text); they still say what happened.
+#[test]
+fn redirected_logs_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["demo", "--rows", "1000", "--io-engine", "portable"])
+        .env("BASALT_LOG", "info")
+        .output()
+        .expect("run basalt");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("INFO"), "no log lines: {err}");
+    assert!(
+        !err.contains('\x1b'),
+        "colour codes in a redirected log: {err:?}"
+    );
+}
