@@ -76,6 +76,19 @@ fn questdb_rs_over_tcp() {
     verify(&s, "cpu_rs_tcp");
 }
 
+/// ILP protocol version 2 over TCP (no /settings there: asked for by
+/// name): doubles travel in binary, any byte included.
+#[test]
+fn questdb_rs_over_tcp_protocol_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &[]);
+    send_rs(
+        &format!("tcp::addr={};protocol_version=2;", s.ilp),
+        "cpu_rs_tcp2",
+    );
+    verify(&s, "cpu_rs_tcp2");
+}
+
 fn python() -> String {
     std::env::var("BASALT_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
@@ -105,6 +118,17 @@ fn questdb_python_over_http() {
     let s = ServerProcess::start(dir.path(), &[]);
     send_py(&format!("http::addr={};", s.http), "cpu_py_http");
     verify(&s, "cpu_py_http");
+}
+
+#[test]
+fn questdb_python_over_tcp_protocol_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &[]);
+    send_py(
+        &format!("tcp::addr={};protocol_version=2;", s.ilp),
+        "cpu_py_tcp2",
+    );
+    verify(&s, "cpu_py_tcp2");
 }
 
 #[test]

@@ -116,6 +116,9 @@ pub enum IlpErrorKind {
     InvalidTimestamp(String),
     TrailingBytes,
     NotUtf8,
+    /// A binary value (ILP protocol version 2) of a type basalt has no
+    /// column for, or cut short.
+    UnsupportedBinary(String),
 }
 
 impl fmt::Display for IlpError {
@@ -139,6 +142,7 @@ impl fmt::Display for IlpError {
                 write!(f, "unexpected bytes after the timestamp at byte {at}")
             }
             IlpErrorKind::NotUtf8 => write!(f, "bytes are not UTF-8 at byte {at}"),
+            IlpErrorKind::UnsupportedBinary(why) => write!(f, "{why} at byte {at}"),
         }
     }
 }
@@ -152,7 +156,11 @@ pub fn next_line(buf: &[u8]) -> Option<(&[u8], usize)> {
     // Common case: no quote or backslash before the first newline, which
     // then ends the line. Found with SIMD scans instead of a byte loop.
     let nl = memchr::memchr(b'\n', buf)?;
-    if memchr::memchr2(b'"', b'\\', &buf[..nl]).is_none() {
+    // A binary value (`==` then a type byte, ILP v2) may hold any byte,
+    // newlines included: such lines take the slow path, which skips it.
+    if memchr::memchr2(b'"', b'\\', &buf[..nl]).is_none()
+        && memchr::memmem::find(&buf[..nl], b"==").is_none()
+    {
         let line = &buf[..nl];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         return Some((line, nl + 1));
@@ -165,6 +173,11 @@ pub fn next_line(buf: &[u8]) -> Option<(&[u8], usize)> {
             b'\\' => i += 1,
             b'"' if in_fields => in_string = !in_string,
             b' ' if !in_string => in_fields = true,
+            b'=' if in_fields && !in_string && buf.get(i + 1) == Some(&b'=') => {
+                // A binary value: skip it whole (`None`: not all here yet).
+                i += 1 + binary_len(&buf[i + 1..])?;
+                continue;
+            }
             b'\n' if !in_string => {
                 let line = &buf[..i];
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -175,6 +188,39 @@ pub fn next_line(buf: &[u8]) -> Option<(&[u8], usize)> {
         i += 1;
     }
     None
+}
+
+/// Type byte of a binary double (ILP protocol version 2): `==` + 16 + 8
+/// bytes little-endian.
+pub const BINARY_DOUBLE: u8 = 16;
+/// Type byte of a binary array: `==` + 14 + element type + dimensions +
+/// one u32 per dimension + the elements.
+pub const BINARY_ARRAY: u8 = 14;
+/// Element type of an array of doubles.
+const ARRAY_OF_DOUBLES: u8 = 10;
+
+/// Bytes of the binary value starting at `b` (its leading `=`, type byte
+/// and payload); `None` when `b` does not hold all of it yet. A value of an
+/// unknown type counts as its two header bytes (the parser refuses it).
+fn binary_len(b: &[u8]) -> Option<usize> {
+    match *b.get(1)? {
+        BINARY_DOUBLE => (b.len() >= 10).then_some(10),
+        BINARY_ARRAY => {
+            let elem = *b.get(2)?;
+            let dims = *b.get(3)? as usize;
+            let mut n: u64 = 1;
+            for d in 0..dims {
+                let at = 4 + 4 * d;
+                let dim = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?);
+                n = n.saturating_mul(u64::from(dim));
+            }
+            let width = if elem == ARRAY_OF_DOUBLES { 8 } else { 0 };
+            let len = (4 + 4 * dims as u64).saturating_add(n.saturating_mul(width));
+            let len = usize::try_from(len).ok()?;
+            (b.len() >= len).then_some(len)
+        }
+        _ => Some(2),
+    }
 }
 
 /// Whether a line carries no data (empty, white space, or a `#` comment).
@@ -197,7 +243,9 @@ static NAME_SPECIAL: [u8; 256] = {
 /// Walks one line. The line is checked for UTF-8 once; every token ends at
 /// an ASCII delimiter, so slicing `s` at token bounds never splits a char.
 struct Cursor<'a> {
-    s: &'a str,
+    /// The line as text, when it was checked as UTF-8 whole (no binary
+    /// values in it); else each token is checked on its own.
+    s: Option<&'a str>,
     b: &'a [u8],
     i: usize,
 }
@@ -205,6 +253,17 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
+    }
+
+    /// Bytes `a..z` of the line as text (they end at ASCII delimiters).
+    fn text(&self, a: usize, z: usize) -> Result<&'a str, IlpError> {
+        match self.s {
+            Some(s) => Ok(&s[a..z]),
+            None => std::str::from_utf8(&self.b[a..z]).map_err(|e| IlpError {
+                kind: IlpErrorKind::NotUtf8,
+                position: a + e.valid_up_to(),
+            }),
+        }
     }
 
     fn err(&self, kind: IlpErrorKind) -> IlpError {
@@ -244,7 +303,7 @@ impl<'a> Cursor<'a> {
             }
         }
         self.i = i;
-        Ok(unescape(&self.s[start..i], escaped, escapable))
+        Ok(unescape(self.text(start, i)?, escaped, escapable))
     }
 
     fn string_value(&mut self) -> Result<Cow<'a, str>, IlpError> {
@@ -268,7 +327,7 @@ impl<'a> Cursor<'a> {
                 Some(_) => self.i += 1,
             }
         }
-        let raw = &self.s[start..self.i];
+        let raw = self.text(start, self.i)?;
         self.i += 1;
         Ok(unescape(raw, escaped, b"\"\\"))
     }
@@ -276,6 +335,9 @@ impl<'a> Cursor<'a> {
     fn field_value(&mut self) -> Result<FieldValue<'a>, IlpError> {
         if self.peek() == Some(b'"') {
             return Ok(FieldValue::String(self.string_value()?));
+        }
+        if self.peek() == Some(b'=') {
+            return self.binary_value();
         }
         let start = self.i;
         let b = self.b;
@@ -285,7 +347,7 @@ impl<'a> Cursor<'a> {
             i += 1;
         }
         self.i = i;
-        let text = &self.s[start..self.i];
+        let text = self.text(start, self.i)?;
         let bad = || IlpError {
             kind: IlpErrorKind::InvalidFieldValue(text.to_string()),
             position: start,
@@ -321,6 +383,36 @@ impl<'a> Cursor<'a> {
             },
         };
         Ok(value)
+    }
+}
+
+impl<'a> Cursor<'a> {
+    /// A binary value (ILP protocol version 2), at its second `=`.
+    fn binary_value(&mut self) -> Result<FieldValue<'a>, IlpError> {
+        let at = self.i;
+        let b = &self.b[at..];
+        let refuse = |why: String| IlpError {
+            kind: IlpErrorKind::UnsupportedBinary(why),
+            position: at,
+        };
+        match b.get(1) {
+            Some(&BINARY_DOUBLE) => {
+                let v = b
+                    .get(2..10)
+                    .ok_or_else(|| refuse("binary double cut short".into()))?;
+                self.i += 10;
+                Ok(FieldValue::Float(f64::from_le_bytes(
+                    v.try_into().expect("8 bytes"),
+                )))
+            }
+            Some(&BINARY_ARRAY) => Err(refuse(
+                "arrays (ILP protocol version 2) are not supported: basalt has no array \
+                 column type"
+                    .into(),
+            )),
+            Some(t) => Err(refuse(format!("unknown binary value type {t}"))),
+            None => Err(refuse("binary value without a type".into())),
+        }
     }
 }
 
@@ -442,11 +534,23 @@ pub fn parse_line<'a>(
     precision: Precision,
     out: &mut Line<'a>,
 ) -> Result<(), IlpError> {
-    let s = std::str::from_utf8(line).map_err(|e| IlpError {
-        kind: IlpErrorKind::NotUtf8,
-        position: e.valid_up_to(),
-    })?;
-    parse_line_str(s, precision, out)
+    match std::str::from_utf8(line) {
+        Ok(s) => parse_line_str(s, precision, out),
+        // Binary values (ILP v2) are not UTF-8: each token is checked.
+        Err(_) if memchr::memmem::find(line, b"==").is_some() => parse_cursor(
+            Cursor {
+                s: None,
+                b: line,
+                i: 0,
+            },
+            precision,
+            out,
+        ),
+        Err(e) => Err(IlpError {
+            kind: IlpErrorKind::NotUtf8,
+            position: e.valid_up_to(),
+        }),
+    }
 }
 
 /// [`parse_line`] for a line already known to be UTF-8 (a caller that
@@ -456,9 +560,23 @@ pub fn parse_line_str<'a>(
     precision: Precision,
     out: &mut Line<'a>,
 ) -> Result<(), IlpError> {
+    parse_cursor(
+        Cursor {
+            s: Some(s),
+            b: s.as_bytes(),
+            i: 0,
+        },
+        precision,
+        out,
+    )
+}
+
+fn parse_cursor<'a>(
+    mut c: Cursor<'a>,
+    precision: Precision,
+    out: &mut Line<'a>,
+) -> Result<(), IlpError> {
     out.clear();
-    let line = s.as_bytes();
-    let mut c = Cursor { s, b: line, i: 0 };
     out.measurement = c.name::<false>(b", ")?;
     if out.measurement.is_empty() {
         return Err(c.err(IlpErrorKind::MissingMeasurement));
@@ -522,7 +640,7 @@ pub fn parse_line_str<'a>(
         Some(_) => return Err(c.err(IlpErrorKind::TrailingBytes)),
     }
     let start = c.i;
-    let text = s[start..].trim_ascii_end();
+    let text = c.text(start, c.b.len())?.trim_ascii_end();
     if text.is_empty() {
         return Ok(());
     }
@@ -536,7 +654,13 @@ pub fn parse_line_str<'a>(
             position: start + space,
         });
     }
-    let v = parse_int(text).ok_or_else(bad)?;
+    // ILP v2 clients name the unit: `n` nanoseconds, `t` microseconds.
+    let (digits, precision) = match text.as_bytes().last() {
+        Some(b'n') => (&text[..text.len() - 1], Precision::Nanos),
+        Some(b't') => (&text[..text.len() - 1], Precision::Micros),
+        _ => (text, precision),
+    };
+    let v = parse_int(digits).ok_or_else(bad)?;
     out.timestamp = Some(precision.to_micros(v).ok_or_else(bad)?);
     Ok(())
 }

@@ -239,3 +239,111 @@ fn one_line_buffer_is_reused_without_growing() {
         buf = &buf[used..];
     }
 }
+
+/// `name==` + type 16 + 8 bytes: a binary double (ILP protocol version 2).
+fn binary_double(name: &str, v: f64) -> Vec<u8> {
+    let mut b = format!("{name}==").into_bytes();
+    b.push(BINARY_DOUBLE);
+    b.extend_from_slice(&v.to_le_bytes());
+    b
+}
+
+#[test]
+fn binary_doubles_parse_whatever_bytes_they_hold() {
+    // Values whose bytes hold a newline, a quote, a backslash, a space,
+    // `=` and bytes that are not UTF-8.
+    let values = [
+        f64::from_le_bytes(*b"\n\"\\ =,\xff\x0a"),
+        -0.0,
+        1.5,
+        f64::MAX,
+        f64::from_bits(0x0a0a_0a0a_0a0a_0a0a),
+    ];
+    let mut buf = Vec::new();
+    for v in values {
+        buf.extend_from_slice(b"cpu,host=h1 ");
+        buf.extend(binary_double("a", v));
+        buf.extend_from_slice(b",n=3i,");
+        buf.extend(binary_double("b", 2.0));
+        buf.extend_from_slice(b" 1000\n");
+    }
+    let mut rest = &buf[..];
+    let mut got = Vec::new();
+    while let Some((line, used)) = next_line(rest) {
+        let mut out = Line::default();
+        parse_line(line, Precision::Nanos, &mut out).unwrap();
+        assert_eq!(out.fields[1], ("n".into(), FieldValue::Integer(3)));
+        assert_eq!(out.fields[2], ("b".into(), FieldValue::Float(2.0)));
+        let FieldValue::Float(a) = out.fields[0].1 else {
+            panic!("{:?}", out.fields)
+        };
+        got.push(a.to_bits());
+        rest = &rest[used..];
+    }
+    assert!(rest.is_empty());
+    assert_eq!(got, values.map(f64::to_bits));
+}
+
+#[test]
+fn binary_values_cut_short_wait_for_more_or_are_refused() {
+    let mut line = b"cpu ".to_vec();
+    line.extend(binary_double("a", 1.0));
+    // Not all of it yet (from the `==` on): no line.
+    for cut in 7..line.len() {
+        let mut part = line[..cut].to_vec();
+        part.push(b'\n');
+        if cut < line.len() {
+            // The "newline" may be a payload byte: only a whole value ends.
+            assert!(
+                next_line(&part).is_none_or(|(l, _)| l.len() >= line.len()),
+                "cut {cut}"
+            );
+        }
+    }
+    // The last line of a request, cut short: refused, with where.
+    let mut out = Line::default();
+    let e = parse_line(&line[..line.len() - 3], Precision::Nanos, &mut out).unwrap_err();
+    assert!(e.to_string().contains("cut short"), "{e}");
+}
+
+#[test]
+fn arrays_and_unknown_binary_types_are_refused_clearly() {
+    // A 1-D array of two doubles: refused, and the line still ends where
+    // the array does, so the next line parses.
+    let mut buf = b"cpu a==".to_vec();
+    buf.push(BINARY_ARRAY);
+    buf.extend_from_slice(&[10, 1]);
+    buf.extend_from_slice(&2u32.to_le_bytes());
+    buf.extend_from_slice(&[b'\n'; 16]);
+    buf.extend_from_slice(b"\ncpu b=1\n");
+    let (line, used) = next_line(&buf).unwrap();
+    assert_eq!(used, buf.len() - b"cpu b=1\n".len());
+    let mut out = Line::default();
+    let e = parse_line(line, Precision::Nanos, &mut out).unwrap_err();
+    assert!(e.to_string().contains("arrays"), "{e}");
+    assert_eq!(e.position, 6);
+    let (line, _) = next_line(&buf[used..]).unwrap();
+    assert_eq!(line, b"cpu b=1");
+    let e = parse_line(b"cpu a==\x07xx", Precision::Nanos, &mut out).unwrap_err();
+    assert!(e.to_string().contains("unknown binary value type 7"), "{e}");
+}
+
+#[test]
+fn designated_timestamps_may_name_their_unit() {
+    // ILP v2 clients append `n` (nanoseconds) or `t` (microseconds); the
+    // request's precision applies to a bare number.
+    let mut out = Line::default();
+    parse_line(
+        b"cpu a=1 1700000000123456789n",
+        Precision::Seconds,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out.timestamp, Some(1_700_000_000_123_456));
+    parse_line(b"cpu a=1 1700000000123456t", Precision::Seconds, &mut out).unwrap();
+    assert_eq!(out.timestamp, Some(1_700_000_000_123_456));
+    parse_line(b"cpu a=1 1700000000", Precision::Seconds, &mut out).unwrap();
+    assert_eq!(out.timestamp, Some(1_700_000_000_000_000));
+    assert!(parse_line(b"cpu a=1 12x", Precision::Nanos, &mut out).is_err());
+    assert!(parse_line(b"cpu a=1 n", Precision::Nanos, &mut out).is_err());
+}

@@ -142,8 +142,9 @@ async fn handle(req: Request<Incoming>, state: &ServerState, env: ShardEnv) -> A
 }
 
 /// What the official QuestDB clients read to pick an ILP protocol version:
-/// basalt speaks version 1 (text). Both the current (`config` object) and
-/// the older (top-level) shapes are given.
+/// basalt speaks versions 1 (text) and 2 (doubles in binary; arrays are
+/// refused, basalt has no array column). Both the current (`config`
+/// object) and the older (top-level) shapes are given.
 fn settings(state: &ServerState) -> serde_json::Value {
     let writes: &[&str] = if state.write_refusal().is_some() {
         &[]
@@ -154,12 +155,12 @@ fn settings(state: &ServerState) -> serde_json::Value {
         "config": {
             "release.type": "basalt",
             "release.version": env!("CARGO_PKG_VERSION"),
-            "line.proto.support.versions": [1],
+            "line.proto.support.versions": [1, 2],
             "ilp.proto.transports": ["tcp", "http"],
             "accepting.writes": writes,
             "cairo.max.file.name.length": crate::table::schema::NAME_BYTES_MAX,
         },
-        "line.proto.support.versions": [1],
+        "line.proto.support.versions": [1, 2],
         "preferences.version": 0,
         "preferences": {},
     })
