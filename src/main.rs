@@ -58,6 +58,11 @@ struct NodeArgs {
     /// Shard threads, each pinned to a core. 0 = one per core.
     #[arg(long, global = true, env = "BASALT_SHARDS", default_value_t = 0)]
     shards: usize,
+    /// Log lines on stderr: `text` (coloured only on a terminal) or `json`
+    /// (one object per line, for log shippers). BASALT_LOG sets the level
+    /// (`info` by default; `warn`, `debug`, or per module).
+    #[arg(long, global = true, env = "BASALT_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     /// How often applied txns are made durable in the table files (and their
     /// WAL dropped). Shorter: less WAL to replay after a crash; longer: fewer
     /// fsync bursts next to commits.
@@ -463,21 +468,37 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BASALT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().with_ansi(false).init(),
         // Colour only for a person at a terminal: escape codes in a
         // redirected log (a file, journald, a log shipper) are noise.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+fn main() -> ExitCode {
+    // The options come first: they say how to log (nothing logs before).
     let cli = match parse_cli() {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    init_logs(cli.node.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&cli.node, &cli.serve),
         Command::Demo {
@@ -521,6 +542,7 @@ fn main() -> ExitCode {
 /// Option names a config file may set: every global option but `config`.
 const CONFIG_KEYS: &[&str] = &[
     "data_dir",
+    "log_format",
     "io_engine",
     "shards",
     "checkpoint_interval_ms",

@@ -291,3 +291,33 @@ fn redirected_logs_have_no_colour_codes() {
         "colour codes in a redirected log: {err:?}"
     );
 }
+
+/// `--log-format json` writes one JSON object per line (for log shippers),
+/// with the level, the message and the fields.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_basalt"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--log-format", "json"])
+        .args(["demo", "--rows", "1000", "--io-engine", "portable"])
+        .env("BASALT_LOG", "info")
+        .output()
+        .expect("run basalt");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for l in &lines {
+        assert!(l["level"].is_string() && l["timestamp"].is_string(), "{l}");
+        assert!(l["fields"]["message"].is_string(), "{l}");
+    }
+    // A bad value is refused by name, before anything runs.
+    let o = basalt(dir.path(), &["--log-format", "xml", "tables"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("xml"), "{}", stderr(&o));
+}

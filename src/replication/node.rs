@@ -826,8 +826,10 @@ impl RoleControl for Node {
             }
         });
         if let Some(r) = refused {
+            tracing::warn!(target: "basalt::audit", action = "switch_role", to = to.name(), refused = %r, "role switch refused");
             return Err(r);
         }
+        tracing::info!(target: "basalt::audit", action = "switch_role", to = to.name(), "role switch started");
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("basalt-switch".into())
@@ -844,7 +846,16 @@ impl RoleControl for Node {
     }
 
     fn backup(&self) -> Result<super::snapshot::SnapshotReport, String> {
-        self.snapshot_now()
+        let r = self.snapshot_now();
+        match &r {
+            Ok(s) => {
+                tracing::info!(target: "basalt::audit", action = "backup", snapshot = s.seq, tables = s.tables, "BACKUP DATABASE done")
+            }
+            Err(e) => {
+                tracing::warn!(target: "basalt::audit", action = "backup", error = %e, "BACKUP DATABASE failed")
+            }
+        }
+        r
     }
 }
 
