@@ -4,11 +4,16 @@
 use std::process::{Command, Output};
 
 fn basalt(data: &std::path::Path, args: &[&str]) -> Output {
+    basalt_logging(data, args, "warn")
+}
+
+/// [`basalt`] with its log filter at `level`.
+fn basalt_logging(data: &std::path::Path, args: &[&str], level: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_basalt"))
         .arg("--data-dir")
         .arg(data)
         .args(args)
-        .env("BASALT_LOG", "warn")
+        .env("BASALT_LOG", level)
         .output()
         .expect("run basalt")
 }
@@ -276,13 +281,11 @@ fn ingest_ilp_from_stdin_then_scan() {
 #[test]
 fn redirected_logs_have_no_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_basalt"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["demo", "--rows", "1000", "--io-engine", "portable"])
-        .env("BASALT_LOG", "info")
-        .output()
-        .expect("run basalt");
+    let o = basalt_logging(
+        &dir.path().join("data"),
+        &["demo", "--rows", "1000", "--io-engine", "portable"],
+        "info",
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("INFO"), "no log lines: {err}");
@@ -297,14 +300,19 @@ fn redirected_logs_have_no_colour_codes() {
 #[test]
 fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_basalt"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--log-format", "json"])
-        .args(["demo", "--rows", "1000", "--io-engine", "portable"])
-        .env("BASALT_LOG", "info")
-        .output()
-        .expect("run basalt");
+    let o = basalt_logging(
+        &dir.path().join("data"),
+        &[
+            "--log-format",
+            "json",
+            "demo",
+            "--rows",
+            "1000",
+            "--io-engine",
+            "portable",
+        ],
+        "info",
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
     let lines: Vec<serde_json::Value> = err

@@ -61,25 +61,6 @@ impl DiskFile {
         }
     }
 
-    /// Reads up to `buf.len()` bytes at `pos`; fewer only at the end.
-    pub fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-        match self {
-            DiskFile::Real(f) => {
-                let mut n = 0;
-                while n < buf.len() {
-                    match f.read_at(&mut buf[n..], pos + n as u64) {
-                        Ok(0) => break,
-                        Ok(k) => n += k,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(n)
-            }
-            DiskFile::Sim(f) => f.read_at(buf, pos),
-        }
-    }
-
     /// `fdatasync`.
     pub fn sync_data(&self) -> io::Result<()> {
         match self {
@@ -130,14 +111,6 @@ impl DiskFile {
                     Map::Bytes(b.into())
                 })
             }
-        }
-    }
-
-    /// The real file, for code that needs its descriptor (locks).
-    pub fn as_real(&self) -> Option<&File> {
-        match self {
-            DiskFile::Real(f) => Some(f),
-            DiskFile::Sim(_) => None,
         }
     }
 }

@@ -252,11 +252,6 @@ impl SimDisk {
         self.lock().recorded.clone().unwrap_or_default()
     }
 
-    /// Mutating operations so far.
-    pub fn ops(&self) -> u64 {
-        self.lock().ops
-    }
-
     /// A hash of every mutating operation so far, in order: two runs of one
     /// seed that did the same I/O have the same trace.
     pub fn trace(&self) -> u64 {
@@ -570,16 +565,7 @@ impl SimDisk {
         let mut g = self.lock();
         let ino = g.resolve(rel).ok_or_else(|| not_found(rel))?;
         g.mutate(b"syncdir", rel.join("/").as_bytes())?;
-        let journal = std::mem::take(&mut g.journal);
-        let mut rest = Vec::with_capacity(journal.len());
-        for op in journal {
-            if op.touches(ino) {
-                g.commit(op);
-            } else {
-                rest.push(op);
-            }
-        }
-        g.journal = rest;
+        g.commit_dir(ino);
         Ok(())
     }
 }
@@ -658,6 +644,21 @@ impl Inner {
             self.dir_mut(ino).remove(&name);
             self.journal.push(NsOp::Unlink { dir: ino, name });
         }
+    }
+
+    /// An fsync of directory `ino`: every journal entry touching it becomes
+    /// durable, in order; the others stay pending.
+    fn commit_dir(&mut self, ino: usize) {
+        let journal = std::mem::take(&mut self.journal);
+        let mut rest = Vec::with_capacity(journal.len());
+        for op in journal {
+            if op.touches(ino) {
+                self.commit(op);
+            } else {
+                rest.push(op);
+            }
+        }
+        self.journal = rest;
     }
 
     /// Makes one journal entry durable.
@@ -776,16 +777,7 @@ impl SimFile {
     fn sync_dir_inode(&self) -> io::Result<()> {
         let mut g = self.disk.lock();
         g.mutate(b"syncdir", format!("ino {}", self.ino).as_bytes())?;
-        let journal = std::mem::take(&mut g.journal);
-        let mut rest = Vec::new();
-        for op in journal {
-            if op.touches(self.ino) {
-                g.commit(op);
-            } else {
-                rest.push(op);
-            }
-        }
-        g.journal = rest;
+        g.commit_dir(self.ino);
         Ok(())
     }
 
