@@ -11,6 +11,7 @@ pub mod gen;
 pub mod ilp;
 pub mod ingest;
 pub mod io;
+pub mod qwp;
 pub mod replication;
 pub mod segment;
 pub mod server;

@@ -640,6 +640,11 @@ impl CommitTicket {
     pub async fn wait_async(self) -> Result<u64, DbError> {
         self.0.recv_async().await.unwrap_or(Err(DbError::Closed))
     }
+    /// [`CommitTicket::wait_async`] without giving up the ticket: dropping
+    /// the wait loses nothing, so it can race other events.
+    pub async fn ready(&self) -> Result<u64, DbError> {
+        self.0.recv_async().await.unwrap_or(Err(DbError::Closed))
+    }
 }
 
 /// What recovery did to one table when the database was opened.

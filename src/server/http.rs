@@ -4,7 +4,9 @@
 //! answered 204 only once its rows are durable; errors are QuestDB's JSON
 //! `{"code","message","line","errorId"}`.
 
+use std::cell::Cell;
 use std::convert::Infallible;
+use std::rc::Rc;
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use hyper::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE}
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::net::{FuturesIo, Stream};
+use super::ws;
 use super::{now_us, or_tick, Event, ServerState, SHUTDOWN_POLL};
 use crate::db::{Database, DbError, ShardEnv};
 use crate::ilp::Precision;
@@ -38,24 +41,35 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
     let st = state.clone();
+    // A WebSocket upgrade answered by the service: once its 101 is written,
+    // this task takes the connection back from hyper and serves QWP on it.
+    let upgraded: Rc<Cell<Option<ws::Upgrade>>> = Rc::default();
+    let slot = upgraded.clone();
     let service = hyper::service::service_fn(move |req| {
         let st = st.clone();
-        async move { Ok::<_, Infallible>(handle(req, &st, env).await) }
+        let slot = slot.clone();
+        Box::pin(async move { Ok::<_, Infallible>(handle(req, &st, env, &slot).await) })
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-    let mut conn = std::pin::pin!(conn);
+    let mut conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
     loop {
-        match or_tick(env.stack, SHUTDOWN_POLL, conn.as_mut()).await {
+        let done = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx));
+        match or_tick(env.stack, SHUTDOWN_POLL, done).await {
             Event::Ready(r) => {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "HTTP connection ended with an error");
+                    return;
+                }
+                if let Some(up) = upgraded.take() {
+                    let parts = conn.into_parts();
+                    ws::run(up, parts.io, parts.read_buf, state, env).await;
                 }
                 return;
             }
             Event::Tick if state.shutting_down() => {
                 // Finish the request in flight (if any), then close.
-                conn.as_mut().graceful_shutdown();
-                let _ = or_tick(env.stack, SHUTDOWN_REQUEST_GRACE, conn.as_mut()).await;
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+                let done = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx));
+                let _ = or_tick(env.stack, SHUTDOWN_REQUEST_GRACE, done).await;
                 return;
             }
             Event::Tick => {}
@@ -76,9 +90,24 @@ pub(super) fn full(b: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
-async fn handle(req: Request<Incoming>, state: &ServerState, env: ShardEnv) -> Answer {
+async fn handle(
+    req: Request<Incoming>,
+    state: &ServerState,
+    env: ShardEnv,
+    upgraded: &Cell<Option<ws::Upgrade>>,
+) -> Answer {
     let path = req.uri().path();
     match (req.method(), path) {
+        (&Method::GET, "/write/v4" | "/api/v4/write" | "/read/v1" | "/api/v1/read") => {
+            let endpoint = if path.contains("write") {
+                ws::Endpoint::Ingress
+            } else {
+                ws::Endpoint::Egress
+            };
+            let (answer, up) = ws::upgrade(req, state, endpoint);
+            upgraded.set(up);
+            answer
+        }
         (&Method::GET | &Method::HEAD, "/ping") => {
             let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
@@ -127,14 +156,15 @@ async fn handle(req: Request<Incoming>, state: &ServerState, env: ShardEnv) -> A
         (
             _,
             "/write" | "/api/v2/write" | "/ping" | "/settings" | "/status" | "/metrics" | "/exec"
-            | "/exp" | "/lifecycle",
+            | "/exp" | "/lifecycle" | "/write/v4" | "/api/v4/write" | "/read/v1"
+            | "/api/v1/read",
         ) => {
             let msg = format!("method {} is not allowed on {path}", req.method());
             invalid(state, StatusCode::METHOD_NOT_ALLOWED, msg)
         }
         _ => {
             let msg = format!(
-                "no such endpoint: {path} (ILP is accepted on POST /write and /api/v2/write; SQL on GET /exec and /exp)"
+                "no such endpoint: {path} (ILP is accepted on POST /write and /api/v2/write; QWP over WebSocket on /write/v4 and /read/v1; SQL on GET /exec and /exp)"
             );
             error(state, StatusCode::NOT_FOUND, "not_found", msg, None)
         }

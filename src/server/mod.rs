@@ -18,6 +18,7 @@ pub mod net;
 #[cfg(feature = "sql")]
 mod sql;
 mod tcp;
+mod ws;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
