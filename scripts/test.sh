@@ -32,14 +32,14 @@ if grep -rnE 'todo!\(|unimplemented!\(|dbg!\(' --include='*.rs' src tests benche
   exit 1
 fi
 
-step "Python QuestDB client (PyPI questdb), moto (S3 server) and psycopg for tests/clients.rs, tests/stores.rs and tests/sql.rs"
+step "Python QuestDB client (PyPI questdb, with pandas and pyarrow for DataFrames over QWP), moto (S3 server) and psycopg for tests/clients.rs, tests/stores.rs and tests/sql.rs"
 command -v python3 >/dev/null || { echo "error: python3 is required for the QuestDB Python client tests" >&2; exit 1; }
 venv="$PWD/target/test-venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" || { echo "error: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'questdb>=6,<7' 'moto[server]>=5,<6' 'psycopg[binary]>=3.1,<4'
-"$venv/bin/python" -c 'import questdb, psycopg; print("questdb", questdb.__version__, "psycopg", psycopg.__version__)'
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'questdb>=6,<7' 'pandas>=2,<3' 'pyarrow>=15' 'moto[server]>=5,<6' 'psycopg[binary]>=3.1,<4'
+"$venv/bin/python" -c 'import questdb, psycopg, pandas, pyarrow; print("questdb", questdb.__version__, "psycopg", psycopg.__version__, "pandas", pandas.__version__)'
 export BASALT_TEST_PYTHON="$venv/bin/python"
 export BASALT_TEST_MOTO="$venv/bin/moto_server"
 [ -x "$BASALT_TEST_MOTO" ] || { echo "error: moto_server was not installed in $venv" >&2; exit 1; }

@@ -56,6 +56,13 @@ fn send_rs(conf: &str, table: &str) {
     if buf.row_count() > 0 {
         sender.flush(&mut buf).expect("flush");
     }
+    if conf.starts_with("ws::") {
+        // QWP's flush only queues: wait until every message is acknowledged
+        // (by basalt, once durable).
+        sender
+            .wait(questdb::ingress::AckLevel::Ok, Duration::from_secs(300))
+            .expect("every QWP message acknowledged");
+    }
 }
 
 #[test]
@@ -137,4 +144,94 @@ fn questdb_python_over_tcp() {
     let s = ServerProcess::start(dir.path(), &[]);
     send_py(&format!("tcp::addr={};", s.ilp), "cpu_py_tcp");
     verify(&s, "cpu_py_tcp");
+}
+
+/// QWP over WebSocket (`ws::`, questdb-rs 7's default transport): 1M rows
+/// of the reference table, acknowledged once durable; then the same rows
+/// read back over QWP egress equal /exec's, value for value.
+#[test]
+fn questdb_rs_over_ws() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &[]);
+    send_rs(&format!("ws::addr={};", s.http), "cpu_rs_ws");
+    verify(&s, "cpu_rs_ws");
+
+    let sql = "select host, usage_user, requests, timestamp from cpu_rs_ws \
+               where requests < 50000 order by requests";
+    let mut reader =
+        questdb::egress::reader::Reader::from_conf(format!("ws::addr={};", s.http)).unwrap();
+    let mut got: Vec<(String, f64, i64, String)> = Vec::new();
+    let mut cursor = reader.execute(sql).expect("query over QWP");
+    while let Some(b) = cursor.next_batch().expect("a result batch") {
+        use questdb::egress::column::ColumnView as C;
+        let (C::Symbol(host), C::Double(user), C::Long(req), C::Timestamp(ts)) = (
+            b.column(0).unwrap(),
+            b.column(1).unwrap(),
+            b.column(2).unwrap(),
+            b.column(3).unwrap(),
+        ) else {
+            panic!("unexpected column types")
+        };
+        for r in 0..b.row_count() {
+            let t = chrono::DateTime::from_timestamp_micros(ts.value(r)).unwrap();
+            got.push((
+                host.resolve(r).unwrap().to_string(),
+                user.value(r),
+                req.value(r),
+                t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            ));
+        }
+    }
+    let exec = common::exec_json(s.http, sql);
+    let want = exec["dataset"].as_array().unwrap();
+    assert_eq!(got.len(), 50_000);
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.0, w[0].as_str().unwrap());
+        assert_eq!(g.1, w[1].as_f64().unwrap());
+        assert_eq!(g.2, w[2].as_i64().unwrap());
+        assert_eq!(g.3, w[3].as_str().unwrap());
+    }
+}
+
+fn qwp_py(args: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/qwp_py.py");
+    let o = std::process::Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim().ends_with("ok"),
+        "qwp_py.py {args:?} failed ({}). The client (questdb>=6, pandas, pyarrow) is \
+         installed by ./scripts/test.sh.\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The Python client 6.x over `ws::`: rows of every type basalt has, nulls,
+/// a column new mid-stream, another spelling of the table, a query round
+/// trip equal to /exec, binds, errors, DDL; and DataFrames both ways.
+#[test]
+fn questdb_python_over_ws() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &[]);
+    let addr = s.http.to_string();
+    qwp_py(&["types", &addr]);
+    qwp_py(&["dataframe", &addr]);
+}
+
+/// A replica refuses QWP writes as QuestDB does (421 + `X-QuestDB-Role`):
+/// a client given only the replica fails, one given both writes to the
+/// primary; readers reach the role they ask for through SERVER_INFO.
+#[test]
+fn questdb_python_ws_finds_the_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pdir, rdir) = (dir.path().join("primary"), dir.path().join("replica"));
+    let p = ServerProcess::start(&pdir, &[]);
+    let store = format!("fs::root={};", pdir.join("_replication").display());
+    let r = ServerProcess::start_replica(&rdir, &store);
+    qwp_py(&["replica", &r.http.to_string(), &p.http.to_string()]);
 }

@@ -565,3 +565,145 @@ fn bad_server_options_are_clear_errors() {
         assert!(err.contains(expect), "{args:?}: {err}");
     }
 }
+
+/// A QWP message for table `t`: one row per value of a LONG column `x`,
+/// plus `extra` columns, designated timestamps 1 µs apart.
+fn qwp_frame(xs: &[i64], extra: &[(&str, u8, &[u8])]) -> Vec<u8> {
+    use basalt::qwp::{finish_message, put_str, put_varint, start_message};
+    let mut out = Vec::new();
+    start_message(&mut out, basalt::qwp::FLAG_DELTA_SYMBOL_DICT, 1);
+    put_varint(&mut out, 0);
+    put_varint(&mut out, 0);
+    put_str(&mut out, "t");
+    put_varint(&mut out, xs.len() as u64);
+    put_varint(&mut out, 2 + extra.len() as u64);
+    put_str(&mut out, "x");
+    out.push(basalt::qwp::types::LONG);
+    put_str(&mut out, "");
+    out.push(basalt::qwp::types::TIMESTAMP);
+    for (name, ty, _) in extra {
+        put_str(&mut out, name);
+        out.push(*ty);
+    }
+    out.push(0);
+    for x in xs {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.push(0);
+    for i in 0..xs.len() as i64 {
+        out.extend_from_slice(&(1_704_067_200_000_000 + i).to_le_bytes());
+    }
+    for (_, _, data) in extra {
+        out.extend_from_slice(data);
+    }
+    finish_message(&mut out);
+    out
+}
+
+type WsClient = tokio_tungstenite::tungstenite::WebSocket<TcpStream>;
+
+fn qwp_connect(addr: std::net::SocketAddr) -> WsClient {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let (ws, resp) =
+        tokio_tungstenite::tungstenite::client::client(format!("ws://{addr}/write/v4"), stream)
+            .expect("WebSocket upgrade");
+    assert_eq!(resp.headers()["x-qwp-version"], "1");
+    ws
+}
+
+/// The next binary answer: (status, sequence number, message).
+fn qwp_answer(ws: &mut WsClient) -> (u8, u64, String) {
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match ws.read().expect("an answer") {
+            Message::Binary(b) => {
+                let seq = u64::from_le_bytes(b[1..9].try_into().unwrap());
+                let msg = if b[0] == 0 {
+                    String::new()
+                } else {
+                    String::from_utf8_lossy(&b[11..]).into_owned()
+                };
+                return (b[0], seq, msg);
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected a binary answer, got {other:?}"),
+        }
+    }
+}
+
+/// Hostile QWP input gets the error the clients act on, naming what is
+/// wrong, and harms nothing accepted: a message that is not QWP, a type
+/// basalt has no column for, frames sent after a refusal (dropped, as the
+/// client will send them again), a message over the size limit, text.
+#[test]
+fn qwp_bad_messages_are_refused_and_nothing_else_is_written() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), &[]);
+
+    // Acknowledged once durable, in order.
+    let mut ws = qwp_connect(s.http);
+    ws.send(Message::Binary(qwp_frame(&[1, 2], &[]).into()))
+        .unwrap();
+    assert_eq!(qwp_answer(&mut ws), (0, 0, String::new()));
+    // A UUID column: SCHEMA_MISMATCH (0x03) for message 1, naming it.
+    let uuid: Vec<u8> = std::iter::once(0u8).chain([7u8; 16]).collect();
+    ws.send(Message::Binary(
+        qwp_frame(&[3], &[("u", basalt::qwp::types::UUID, &uuid)]).into(),
+    ))
+    .unwrap();
+    let (st, seq, msg) = qwp_answer(&mut ws);
+    assert_eq!((st, seq), (0x03, 1), "{msg}");
+    assert!(msg.contains("UUID") && msg.contains("\"u\""), "{msg}");
+    // Later messages on the connection are dropped unanswered; the next
+    // thing read is the close of our own close.
+    ws.send(Message::Binary(qwp_frame(&[4], &[]).into()))
+        .unwrap();
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+
+    // Not QWP at all: PARSE_ERROR (0x05) saying so.
+    let mut ws = qwp_connect(s.http);
+    ws.send(Message::Binary(b"hello, server".to_vec().into()))
+        .unwrap();
+    let (st, seq, msg) = qwp_answer(&mut ws);
+    assert_eq!((st, seq), (0x05, 0), "{msg}");
+    assert!(msg.contains("magic"), "{msg}");
+
+    // Over the size limit: closed with 1009.
+    let mut ws = qwp_connect(s.http);
+    let big = vec![0u8; 17 << 20];
+    let _ = ws.send(Message::Binary(big.into()));
+    let code = loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => break f.code,
+            Ok(_) => {}
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    };
+    assert_eq!(code, CloseCode::Size);
+
+    // Text: closed with 1003.
+    let mut ws = qwp_connect(s.http);
+    ws.send(Message::Text("select 1".into())).unwrap();
+    let code = loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => break f.code,
+            Ok(_) => {}
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    };
+    assert_eq!(code, CloseCode::Unsupported);
+
+    // Only the first message's rows landed.
+    let r = common::exec_json(s.http, "select x from t order by x");
+    assert_eq!(r["dataset"], serde_json::json!([[1], [2]]), "{r}");
+    // A plain GET of the endpoint says what it is.
+    let r = http(s.http, "GET", "/write/v4", &[], b"");
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("WebSocket"));
+}

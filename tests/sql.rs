@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, http, HttpResponse, ServerProcess};
+use common::{eventually, get, http, HttpResponse, ServerProcess};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------- helpers
@@ -33,44 +33,6 @@ fn url(path: &str, query: &str, params: &[(&str, &str)]) -> String {
         q.append_pair(k, v);
     }
     format!("{path}?{}", q.finish())
-}
-
-/// A GET whose streamed (chunked) body is decoded; the body must end with
-/// the last chunk, as a whole answer does.
-fn get(addr: SocketAddr, target: &str) -> HttpResponse {
-    let mut r = http(addr, "GET", target, &[], b"");
-    if r.header("transfer-encoding") == Some("chunked") {
-        r.body = dechunk(&r.body).unwrap_or_else(|e| {
-            panic!(
-                "GET {target}: bad chunked body ({e}): {:?}",
-                String::from_utf8_lossy(&r.body)
-            )
-        });
-    }
-    r
-}
-
-/// The payload of an HTTP/1.1 chunked body.
-fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = raw
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("no chunk size line (the body ended early)")?;
-        let size_text = std::str::from_utf8(&raw[..eol]).map_err(|e| e.to_string())?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
-            .map_err(|e| format!("chunk size {size_text:?}: {e}"))?;
-        raw = &raw[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if raw.len() < size + 2 || &raw[size..size + 2] != b"\r\n" {
-            return Err(format!("a chunk of {size} bytes is cut short"));
-        }
-        out.extend_from_slice(&raw[..size]);
-        raw = &raw[size + 2..];
-    }
 }
 
 /// GET /exec with `params` (`limit`, `count`).

@@ -124,7 +124,11 @@ fn query_request(c: &mut Cursor<'_>, request_id: i64) -> Result<ClientMsg, BadRe
             e
         })?);
     }
-    let flags = if c.is_empty() { 0 } else { c.varint("query flags")? };
+    let flags = if c.is_empty() {
+        0
+    } else {
+        c.varint("query flags")?
+    };
     if flags & QUERY_FLAG_TIMEOUT != 0 {
         return Err(BadRequest {
             request_id: None,
@@ -176,8 +180,7 @@ fn bind(c: &mut Cursor<'_>) -> Result<ScalarValue, BadRequest> {
         types::TIMESTAMP_NANOS => ScalarValue::TimestampNanosecond(v(fixed(c, 8)?), None),
         types::DATE => ScalarValue::TimestampMillisecond(v(fixed(c, 8)?), None),
         types::CHAR => ScalarValue::Utf8(
-            v(fixed(c, 2)?)
-                .map(|u| char::from_u32(u as u32).unwrap_or('\u{fffd}').to_string()),
+            v(fixed(c, 2)?).map(|u| char::from_u32(u as u32).unwrap_or('\u{fffd}').to_string()),
         ),
         types::VARCHAR => {
             if null {
@@ -210,10 +213,7 @@ fn wire_type(dt: &DataType) -> (u8, DataType) {
         D::Float16 | D::Float32 => (types::FLOAT, D::Float32),
         // Decimals as /exec shows them.
         D::Float64 | D::Decimal128(..) | D::Decimal256(..) => (types::DOUBLE, D::Float64),
-        D::Timestamp(..) => (
-            types::TIMESTAMP,
-            D::Timestamp(TimeUnit::Microsecond, None),
-        ),
+        D::Timestamp(..) => (types::TIMESTAMP, D::Timestamp(TimeUnit::Microsecond, None)),
         D::Date32 | D::Date64 => (types::DATE, D::Date64),
         D::Dictionary(..) => (
             types::SYMBOL,
@@ -291,7 +291,8 @@ impl Encoder {
         let col = if col.data_type() == &arrow {
             col.clone()
         } else {
-            cast(col, &arrow).map_err(|e| format!("cannot send a {} column: {e}", col.data_type()))?
+            cast(col, &arrow)
+                .map_err(|e| format!("cannot send a {} column: {e}", col.data_type()))?
         };
         let rows = col.len();
         // BOOLEAN, BYTE and SHORT have no nulls on the wire (nor in QuestDB).

@@ -196,7 +196,9 @@ pub fn decode(frame: &[u8], dict_len: usize) -> Result<Message<'_>, Refusal> {
         msg.tables.push(block(&mut c, symbols, gorilla)?);
     }
     if !c.is_empty() {
-        return Err(c.error(format!("{} bytes after the last table", c.remaining())).into());
+        return Err(c
+            .error(format!("{} bytes after the last table", c.remaining()))
+            .into());
     }
     Ok(msg)
 }
@@ -238,7 +240,7 @@ fn column<'a>(
         let bitmap = c.bytes(rows.div_ceil(8), "null bitmap")?;
         let nulls: usize = bitmap.iter().map(|b| b.count_ones() as usize).sum();
         // Bits past the last row must be clear.
-        if nulls > rows || (rows % 8 != 0 && bitmap[rows / 8] >> (rows % 8) != 0) {
+        if nulls > rows || (!rows.is_multiple_of(8) && bitmap[rows / 8] >> (rows % 8) != 0) {
             return Err(c.error("null bitmap marks rows past the row count").into());
         }
         (Some(bitmap), rows - nulls)
@@ -567,16 +569,18 @@ fn column_index(
     ty: u8,
 ) -> Result<usize, MapError> {
     let find = |s: &Schema| {
-        s.columns
-            .iter()
-            .position(|c| c.name == name)
-            .or_else(|| s.columns.iter().position(|c| c.name.eq_ignore_ascii_case(name)))
+        s.columns.iter().position(|c| c.name == name).or_else(|| {
+            s.columns
+                .iter()
+                .position(|c| c.name.eq_ignore_ascii_case(name))
+        })
     };
     if let Some(i) = find(schema) {
         return Ok(i);
     }
     validate_name("column", name).map_err(|e| Refusal::schema(e.to_string()))?;
-    let new_ty = new_column_type(ty).map_err(|m| Refusal::schema(format!("column {name:?}: {m}")))?;
+    let new_ty =
+        new_column_type(ty).map_err(|m| Refusal::schema(format!("column {name:?}: {m}")))?;
     *schema = match db.add_column(handle, name, new_ty) {
         Ok(s) => s,
         // Added by another connection meanwhile.
@@ -585,7 +589,7 @@ fn column_index(
         }
         Err(e) => return Err(e.into()),
     };
-    find(schema).ok_or_else(|| MapError::Db(DbError::Closed))
+    find(schema).ok_or(MapError::Db(DbError::Closed))
 }
 
 fn block_batch(
@@ -612,7 +616,7 @@ fn block_batch(
         } else {
             column_index(db, handle, &mut schema, c.name, c.ty)?
         };
-        if slots.iter().any(|s| *s == Some(i)) {
+        if slots.contains(&Some(i)) {
             return Err(Refusal::parse(format!(
                 "column {:?} appears twice in the block (names are case-insensitive)",
                 schema.columns[i].name
@@ -626,9 +630,8 @@ fn block_batch(
         let i = slot.expect("set above");
         let target = schema.columns[i].ty;
         let designated = schema.timestamp == Some(i);
-        let mut buf = convert(c, target, b.rows, |id| session.symbol(msg, id)).map_err(|m| {
-            Refusal::schema(format!("column {:?}: {m}", schema.columns[i].name))
-        })?;
+        let mut buf = convert(c, target, b.rows, |id| session.symbol(msg, id))
+            .map_err(|m| Refusal::schema(format!("column {:?}: {m}", schema.columns[i].name)))?;
         if designated {
             fill_nulls_with(&mut buf, now_us);
         }
@@ -756,7 +759,9 @@ fn row_values<'v>(
                             .then(|| temporal_us(c.ty, v).map(Val::Int))
                             .transpose()?
                     }
-                    other => return Err(format!("{} values are not supported", types::name(other))),
+                    other => {
+                        return Err(format!("{} values are not supported", types::name(other)))
+                    }
                 };
                 present.push(v);
             }
@@ -946,9 +951,14 @@ fn convert<'v>(
             for v in &vals {
                 let bytes: [u8; 8] = match (v, target) {
                     (None, _) => [0; 8],
-                    (Some(Val::Bool(b)), ColumnType::Boolean) => [u8::from(*b), 0, 0, 0, 0, 0, 0, 0],
+                    (Some(Val::Bool(b)), ColumnType::Boolean) => {
+                        [u8::from(*b), 0, 0, 0, 0, 0, 0, 0]
+                    }
                     (Some(Val::Int(i)), ColumnType::Timestamp)
-                        if matches!(c.ty, types::TIMESTAMP | types::TIMESTAMP_NANOS | types::DATE) =>
+                        if matches!(
+                            c.ty,
+                            types::TIMESTAMP | types::TIMESTAMP_NANOS | types::DATE
+                        ) =>
                     {
                         i.to_le_bytes()
                     }

@@ -108,7 +108,11 @@ fn truncated_and_padded_messages_say_where() {
     p.push(0);
     p.extend_from_slice(&1i64.to_le_bytes()); // one value of two
     let e = decode(&message(FLAG_DELTA_SYMBOL_DICT, 1, &p), 0).unwrap_err();
-    assert!(e.message.contains("column \"x\"") && e.message.contains("at byte"), "{}", e.message);
+    assert!(
+        e.message.contains("column \"x\"") && e.message.contains("at byte"),
+        "{}",
+        e.message
+    );
     let mut frame = message(FLAG_DELTA_SYMBOL_DICT, 0, &[0, 0]);
     frame.push(0);
     let e = decode(&frame, 0).unwrap_err();
@@ -163,7 +167,10 @@ fn server_info_has_the_layout_clients_read() {
         node_id: "n".into(),
     });
     assert_eq!(&b[..4], b"QWP1");
-    assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize, b.len() - 12);
+    assert_eq!(
+        u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize,
+        b.len() - 12
+    );
     assert_eq!((b[12], b[13]), (0x18, 2));
     assert_eq!(b.len(), 12 + 1 + 1 + 8 + 4 + 8 + 2 + 6 + 2 + 1);
 }

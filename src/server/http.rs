@@ -6,8 +6,8 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
-use std::rc::Rc;
 use std::io::Read;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,8 +156,7 @@ async fn handle(
         (
             _,
             "/write" | "/api/v2/write" | "/ping" | "/settings" | "/status" | "/metrics" | "/exec"
-            | "/exp" | "/lifecycle" | "/write/v4" | "/api/v4/write" | "/read/v1"
-            | "/api/v1/read",
+            | "/exp" | "/lifecycle" | "/write/v4" | "/api/v4/write" | "/read/v1" | "/api/v1/read",
         ) => {
             let msg = format!("method {} is not allowed on {path}", req.method());
             invalid(state, StatusCode::METHOD_NOT_ALLOWED, msg)

@@ -184,7 +184,8 @@ where
     let config = WebSocketConfig::default()
         .max_message_size(Some(limit + 64))
         .max_frame_size(Some(limit + 64));
-    let ws = WebSocketStream::from_partially_read(io, read.to_vec(), WsRole::Server, Some(config)).await;
+    let ws =
+        WebSocketStream::from_partially_read(io, read.to_vec(), WsRole::Server, Some(config)).await;
     match up.endpoint {
         Endpoint::Ingress => Ingress::new(ws, state, env).run().await,
         #[cfg(feature = "sql")]
@@ -357,7 +358,12 @@ impl<'a> Ingress<'a> {
             // client reconnect (and find the primary); nothing of this
             // message was taken.
             self.drain().await;
-            close(&mut self.ws, CloseCode::Normal, "this node no longer takes writes").await;
+            close(
+                &mut self.ws,
+                CloseCode::Normal,
+                "this node no longer takes writes",
+            )
+            .await;
             return false;
         }
         let msg = match ingress::decode(frame, self.session.dict_len()) {
@@ -444,13 +450,21 @@ impl<'a> Ingress<'a> {
     /// Refuses message `seq`: earlier messages are acknowledged first (the
     /// clients require it), then the error; later messages are dropped.
     async fn refuse(&mut self, seq: u64, r: Refusal) -> bool {
-        warn!(seq, status = r.status, "QWP ingress: refused a message: {}", r.message);
+        warn!(
+            seq,
+            status = r.status,
+            "QWP ingress: refused a message: {}",
+            r.message
+        );
         if let Some(first) = self.deferred_since.take().filter(|f| *f < seq) {
             // Messages of the open group are neither acknowledged (their
             // rows were never committed) nor may be skipped by a refusal:
             // close, and the client sends the group again.
             self.deferred.clear();
-            let why = format!("message {seq} refused in a deferred group from {first}: {}", r.message);
+            let why = format!(
+                "message {seq} refused in a deferred group from {first}: {}",
+                r.message
+            );
             close(&mut self.ws, CloseCode::Error, &why).await;
             return false;
         }
@@ -479,7 +493,12 @@ impl<'a> Ingress<'a> {
     async fn fail_write(&mut self, seq: u64, e: DbError) -> bool {
         match e {
             DbError::ReadOnly | DbError::NotPrimary(_) => {
-                close(&mut self.ws, CloseCode::Normal, "this node no longer takes writes").await;
+                close(
+                    &mut self.ws,
+                    CloseCode::Normal,
+                    "this node no longer takes writes",
+                )
+                .await;
                 false
             }
             e => {
@@ -561,7 +580,9 @@ mod egress {
             return;
         };
         if ws
-            .send(Message::Binary(qwp::server_info(&server_info(&state)).into()))
+            .send(Message::Binary(
+                qwp::server_info(&server_info(&state)).into(),
+            ))
             .await
             .is_err()
         {
@@ -585,7 +606,12 @@ mod egress {
                 };
                 let ws = &mut ws;
                 let next = async { EgressEvent::Message(ws.next().await) };
-                or_tick(env.stack, SHUTDOWN_POLL, futures_lite::future::or(out, next)).await
+                or_tick(
+                    env.stack,
+                    SHUTDOWN_POLL,
+                    futures_lite::future::or(out, next),
+                )
+                .await
             };
             let ev = match ev {
                 Event::Tick if state.shutting_down() => {
@@ -723,7 +749,11 @@ mod egress {
         let rid = q.request_id;
         if reset {
             enc.reset_dict();
-            if tx.send_async(Out::Frame(wire::cache_reset())).await.is_err() {
+            if tx
+                .send_async(Out::Frame(wire::cache_reset()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

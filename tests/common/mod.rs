@@ -230,6 +230,52 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
     }
 }
 
+/// A GET whose streamed (chunked) body is decoded; the body must end with
+/// the last chunk, as a whole answer does.
+pub fn get(addr: SocketAddr, target: &str) -> HttpResponse {
+    let mut r = http(addr, "GET", target, &[], b"");
+    if r.header("transfer-encoding") == Some("chunked") {
+        r.body = dechunk(&r.body).unwrap_or_else(|e| {
+            panic!(
+                "GET {target}: bad chunked body ({e}): {:?}",
+                String::from_utf8_lossy(&r.body)
+            )
+        });
+    }
+    r
+}
+
+/// The payload of an HTTP/1.1 chunked body.
+pub fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("no chunk size line (the body ended early)")?;
+        let size_text = std::str::from_utf8(&raw[..eol]).map_err(|e| e.to_string())?;
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+            .map_err(|e| format!("chunk size {size_text:?}: {e}"))?;
+        raw = &raw[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if raw.len() < size + 2 || &raw[size..size + 2] != b"\r\n" {
+            return Err(format!("a chunk of {size} bytes is cut short"));
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
+/// `GET /exec` of a query that must succeed: its JSON answer.
+pub fn exec_json(addr: SocketAddr, sql: &str) -> serde_json::Value {
+    let q: String = form_urlencoded::byte_serialize(sql.as_bytes()).collect();
+    let r = get(addr, &format!("/exec?query={q}"));
+    assert_eq!(r.status, 200, "{sql}: {}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
 /// POSTs an ILP body to /write on a new connection; true only for a 204
 /// (false when the server is gone or refused it), for clients racing a
 /// SIGKILL.
