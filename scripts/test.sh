@@ -74,7 +74,7 @@ if [ "$FUZZ_SECONDS" != "0" ]; then
   # cargo-fuzz needs nightly flags (-Zsanitizer); the stable toolchain accepts
   # them with RUSTC_BOOTSTRAP=1.
   export RUSTC_BOOTSTRAP=1
-  for target in wal_payload wal_scan ilp_parse segment_decode segment_apply metadata_decode sql_text; do
+  for target in wal_payload wal_scan ilp_parse segment_decode segment_apply metadata_decode sql_text qwp_decode; do
     work="$(mktemp -d)"
     # New inputs go to a scratch corpus; the committed seeds are read only.
     (cd fuzz && cargo fuzz run "$target" "$work" "corpus/$target" -- \

@@ -256,3 +256,107 @@ fn committed_sql_seeds_are_accepted() {
     }
     assert!(n >= 8, "only {n} sql_text seeds");
 }
+
+/// Seeds of `qwp_decode`: the dictionary size byte, then a message as the
+/// clients send it.
+fn qwp_seeds() -> Vec<(String, Vec<u8>)> {
+    use basalt::qwp::{finish_message, put_str, put_varint, start_message, types};
+    use basalt::qwp::{FLAG_DEFER_COMMIT, FLAG_DELTA_SYMBOL_DICT, FLAG_GORILLA};
+    let msg = |flags: u8, tables: u16, payload: &[u8]| {
+        let mut out = Vec::new();
+        start_message(&mut out, flags, tables);
+        out.extend_from_slice(payload);
+        finish_message(&mut out);
+        out
+    };
+    // Symbols, longs, doubles, nanosecond designated timestamps; two new
+    // dictionary entries on top of one the connection already has.
+    let mut p = Vec::new();
+    put_varint(&mut p, 1);
+    put_varint(&mut p, 2);
+    put_str(&mut p, "b");
+    put_str(&mut p, "c");
+    put_str(&mut p, "trades");
+    put_varint(&mut p, 3);
+    put_varint(&mut p, 4);
+    for (n, t) in [
+        ("sym", types::SYMBOL),
+        ("qty", types::LONG),
+        ("px", types::DOUBLE),
+        ("", types::TIMESTAMP_NANOS),
+    ] {
+        put_str(&mut p, n);
+        p.push(t);
+    }
+    p.push(0);
+    p.extend_from_slice(&[0, 1, 2]);
+    p.push(0);
+    for v in [1i64, i64::MIN, 3] {
+        p.extend_from_slice(&v.to_le_bytes());
+    }
+    p.push(0);
+    for v in [1.5f64, f64::NAN, 3.0] {
+        p.extend_from_slice(&v.to_le_bytes());
+    }
+    p.push(0);
+    for v in 0..3i64 {
+        p.extend_from_slice(&(1_700_000_000_000_000_000 + v).to_le_bytes());
+    }
+    let trades = [vec![1u8], msg(FLAG_DELTA_SYMBOL_DICT, 1, &p)].concat();
+    // Nulls (bitmap) in VARCHAR, BOOLEAN, a Gorilla TIMESTAMP, a UUID.
+    let mut p = Vec::new();
+    put_varint(&mut p, 0);
+    put_varint(&mut p, 0);
+    put_str(&mut p, "v");
+    put_varint(&mut p, 3);
+    put_varint(&mut p, 4);
+    for (n, t) in [
+        ("s", types::VARCHAR),
+        ("b", types::BOOLEAN),
+        ("t", types::TIMESTAMP),
+        ("u", types::UUID),
+    ] {
+        put_str(&mut p, n);
+        p.push(t);
+    }
+    p.extend_from_slice(&[1, 0b010]);
+    for o in [0u32, 2, 5] {
+        p.extend_from_slice(&o.to_le_bytes());
+    }
+    p.extend_from_slice("hiabc".as_bytes());
+    p.extend_from_slice(&[0, 0b101]);
+    p.extend_from_slice(&[0, 1]); // no nulls, Gorilla
+    p.extend_from_slice(&10i64.to_le_bytes());
+    p.extend_from_slice(&20i64.to_le_bytes());
+    p.push(0); // dod 0
+    p.extend_from_slice(&[1, 0b011]);
+    p.extend_from_slice(&[7u8; 16]);
+    let nulls = [vec![0u8], msg(FLAG_DELTA_SYMBOL_DICT | FLAG_GORILLA, 1, &p)].concat();
+    // A deferred message with no tables, and a commit frame.
+    let deferred = [
+        vec![0u8],
+        msg(FLAG_DELTA_SYMBOL_DICT | FLAG_DEFER_COMMIT, 0, &[0, 0]),
+    ]
+    .concat();
+    vec![
+        ("trades".into(), trades),
+        ("nulls_and_gorilla".into(), nulls),
+        ("deferred_commit".into(), deferred),
+    ]
+}
+
+/// The committed seeds of `qwp_decode` decode.
+#[test]
+fn committed_qwp_seeds_decode() {
+    let write = std::env::var_os("BASALT_WRITE_SEEDS").is_some();
+    std::fs::create_dir_all(corpus("qwp_decode")).unwrap();
+    for (name, bytes) in qwp_seeds() {
+        let path = corpus("qwp_decode").join(&name);
+        if write {
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let seed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        basalt::qwp::ingress::decode(&seed[1..], usize::from(seed[0]))
+            .unwrap_or_else(|e| panic!("seed {name} does not decode: {e:?}"));
+    }
+}
