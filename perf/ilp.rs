@@ -6,6 +6,7 @@
 //! cargo bench --bench ilp -- tcp           # TCP replay over N connections
 //! cargo bench --bench ilp -- http          # HTTP replay, 10k- and 1M-row requests
 //! cargo bench --bench ilp -- latency       # single-row HTTP durable commit latency
+//! cargo bench --bench ilp -- qwp           # QWP over WebSocket (questdb-rs 7), N and 1 connections
 //! PERF_ROWS=2000000 ...                    # rows per replay (default 2M)
 //! PERF_CONNECTIONS=4 ...                   # TCP/HTTP connections (default 4)
 //! PERF_ENGINE=glommio ...                  # server I/O engine (default auto)
@@ -178,6 +179,87 @@ fn http_replay(base: &Path, rows: u64, conns: usize, request_rows: u64) {
     );
 }
 
+/// Rows in one QWP message (one `flush`).
+const QWP_FLUSH_ROWS: u64 = 20_000;
+
+/// QWP over WebSocket with questdb-rs 7 (`ws::`): each connection's rows
+/// are encoded into the client's buffers before the clock starts, then
+/// flushed and waited for (every message acknowledged, i.e. durable).
+fn qwp_replay(base: &Path, rows: u64, conns: usize) {
+    use questdb::ingress::{AckLevel, Sender, TimestampNanos};
+    let dir = base.join("qwp");
+    let server = start_server(&dir);
+    let names = tables(conns);
+    let per = rows / conns as u64;
+    let rows = per * conns as u64;
+    let conf = format!("ws::addr={};", server.http);
+    let hosts: Vec<String> = (0..basalt::gen::HOSTS)
+        .map(|h| format!("host_{h:02}"))
+        .collect();
+    let mut bytes = 0u64;
+    let mut work = Vec::new();
+    for (k, name) in names.iter().enumerate() {
+        let sender = Sender::from_conf(&conf).expect("QWP sender");
+        let mut bufs = Vec::new();
+        let mut buf = sender.new_buffer();
+        for i in k as u64 * per..(k as u64 + 1) * per {
+            let h = (i % basalt::gen::HOSTS) as usize;
+            let f = (i % 1000) as f64;
+            buf.table(name.as_str())
+                .and_then(|b| b.symbol("host", hosts[h].as_str()))
+                .and_then(|b| {
+                    b.symbol(
+                        "region",
+                        basalt::gen::REGIONS[h % basalt::gen::REGIONS.len()],
+                    )
+                })
+                .and_then(|b| b.column_f64("usage_user", f / 10.0))
+                .and_then(|b| b.column_f64("usage_system", f / 20.0))
+                .and_then(|b| b.column_f64("usage_idle", 100.0 - f / 10.0))
+                .and_then(|b| b.column_f64("temp", 40.0 + f / 50.0))
+                .and_then(|b| b.column_i64("requests", i as i64))
+                .and_then(|b| b.at(TimestampNanos::new((BASE_TS_US + i as i64) * 1000)))
+                .expect("row");
+            if buf.row_count() as u64 >= QWP_FLUSH_ROWS {
+                bytes += buf.len() as u64;
+                bufs.push(std::mem::replace(&mut buf, sender.new_buffer()));
+            }
+        }
+        if buf.row_count() > 0 {
+            bytes += buf.len() as u64;
+            bufs.push(buf);
+        }
+        work.push((sender, bufs));
+    }
+    let pid = server.child.id();
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for (mut sender, bufs) in work {
+            s.spawn(move || {
+                for mut b in bufs {
+                    sender.flush(&mut b).expect("flush");
+                }
+                sender
+                    .wait(AckLevel::Ok, Duration::from_secs(600))
+                    .expect("every message acknowledged");
+            });
+        }
+    });
+    let sent = t0.elapsed();
+    wait_visible(&server.dir, &names, rows);
+    Run {
+        what: format!("QWP (questdb-rs 7), {conns} connections"),
+        rows,
+        bytes,
+        sent,
+        visible: t0.elapsed(),
+        cpu_s: cpu_seconds(pid) - cpu0,
+    }
+    .print();
+    println!("  (\"sent\" = every message acknowledged: durable)");
+}
+
 fn single_row_latency(base: &Path, requests: u64) {
     let dir = base.join("latency");
     let server = start_server(&dir);
@@ -250,6 +332,10 @@ fn main() {
     if what == "all" || what == "http" {
         http_replay(&base, rows, conns, 10_000);
         http_replay(&base, rows.max(2_000_000), 2, 1_000_000);
+    }
+    if what == "all" || what == "qwp" {
+        qwp_replay(&base, rows, conns);
+        qwp_replay(&base, rows, 1);
     }
     if what == "all" || what == "latency" {
         single_row_latency(&base, 10_000);

@@ -21,7 +21,7 @@ use super::{finish_message, put_str, put_varint, start_message, status, types, C
 use super::{FLAG_DELTA_SYMBOL_DICT, FLAG_GORILLA};
 
 pub const MSG_QUERY_REQUEST: u8 = 0x10;
-const MSG_RESULT_BATCH: u8 = 0x11;
+pub const MSG_RESULT_BATCH: u8 = 0x11;
 const MSG_RESULT_END: u8 = 0x12;
 const MSG_QUERY_ERROR: u8 = 0x13;
 pub const MSG_CANCEL: u8 = 0x14;
@@ -269,7 +269,14 @@ impl Encoder {
         }
         let dict_before = self.ids.len();
         for col in batch.columns() {
-            self.column(col, &mut body)?;
+            if let Err(e) = self.column(col, &mut body) {
+                // The client never gets this batch: forget its new entries.
+                for s in self.delta.drain(..) {
+                    self.ids.remove(&s);
+                }
+                self.body = body;
+                return Err(e);
+            }
         }
         start_message(out, FLAG_GORILLA | FLAG_DELTA_SYMBOL_DICT, 1);
         out.push(MSG_RESULT_BATCH);

@@ -28,6 +28,8 @@ pub const ROWS_MAX: usize = 1_000_000;
 pub const DICT_ENTRIES_MAX: usize = 2_000_000;
 /// Longest symbol dictionary entry (bytes).
 pub const DICT_ENTRY_BYTES_MAX: usize = 1 << 20;
+/// Most values (rows × table columns) one message may expand to.
+pub const CELLS_MAX: usize = 32 << 20;
 /// Most dimensions of an array value.
 const ARRAY_DIMS_MAX: usize = 32;
 
@@ -482,9 +484,23 @@ pub fn to_batches(
     partition_by: PartitionBy,
 ) -> Result<Vec<(Arc<TableHandle>, Batch)>, MapError> {
     let mut out = Vec::with_capacity(msg.tables.len());
+    let mut cells = 0usize;
     for b in &msg.tables {
         if b.rows == 0 {
             continue;
+        }
+        // A few bytes can describe many rows (all null, or columns the
+        // block leaves out): bound what the message expands to.
+        let width = db
+            .table_ignoring_case(b.name)
+            .map_or(b.columns.len() + 1, |t| t.schema().columns.len())
+            .max(b.columns.len() + 1);
+        cells = cells.saturating_add(b.rows.saturating_mul(width));
+        if cells > CELLS_MAX {
+            return Err(MapError::Refused(Refusal::parse(format!(
+                "the message expands to over {CELLS_MAX} values (rows × table columns); \
+                 send fewer rows per message"
+            ))));
         }
         let ctx = |e: MapError| match e {
             MapError::Refused(mut r) => {
@@ -843,6 +859,40 @@ fn convert<'v>(
             dict: Vec::new(),
         });
     }
+    if let (types::TIMESTAMP_NANOS | types::DATE, ColumnType::Timestamp, Data::Fixed(b)) =
+        (c.ty, target, &c.data)
+    {
+        // Nanoseconds (the clients' designated timestamps) or milliseconds
+        // to microseconds, in one pass.
+        let mut us = Vec::with_capacity(b.len());
+        let mut valid = valid;
+        let bitmap = valid.is_some();
+        for (i, v) in b.chunks_exact(8).enumerate() {
+            let v = i64::from_le_bytes(v.try_into().expect("8 bytes"));
+            let x = if v == i64::MIN {
+                // QuestDB's null: a sentinel only where there is no bitmap.
+                if !bitmap {
+                    valid.get_or_insert_with(|| vec![1; rows])[i] = 0;
+                }
+                0
+            } else {
+                temporal_us(c.ty, v)?
+            };
+            us.extend_from_slice(&x.to_le_bytes());
+        }
+        // Without a bitmap `us` has a value per row already.
+        let values = if bitmap {
+            spread(valid.as_deref(), &us, 8, rows)
+        } else {
+            us
+        };
+        return Ok(ColumnBuf {
+            ty: target,
+            values: Values::Fixed(values),
+            validity: valid,
+            dict: Vec::new(),
+        });
+    }
     if let (types::BOOLEAN, ColumnType::Boolean, Data::Bits(b)) = (c.ty, target, &c.data) {
         let bits: Vec<u8> = (0..c.present).map(|i| (b[i / 8] >> (i % 8)) & 1).collect();
         return Ok(ColumnBuf {
@@ -1041,5 +1091,78 @@ fn mark_sentinels(ty: u8, values: &[u8], rows: usize, valid: &mut Option<Vec<u8>
             let v = valid.get_or_insert_with(|| vec![1; rows]);
             v[r] = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A null (`i64::MIN`) in the middle of nanosecond timestamps sent
+    /// without a bitmap nulls that row only (a review found later rows
+    /// shifted by one).
+    #[test]
+    fn a_sentinel_null_in_nanosecond_timestamps_stays_in_its_row() {
+        let vals: Vec<u8> = [1_000i64, i64::MIN, 3_000, 4_000]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let c = Column {
+            name: "t",
+            ty: types::TIMESTAMP_NANOS,
+            nulls: None,
+            present: 4,
+            data: Data::Fixed(&vals),
+        };
+        let b = convert(&c, ColumnType::Timestamp, 4, |_| "").unwrap();
+        assert_eq!(b.validity, Some(vec![1, 0, 1, 1]));
+        assert_eq!(
+            (0..4).map(|r| b.i64_at(r)).collect::<Vec<_>>(),
+            vec![1, 0, 3, 4]
+        );
+        // With a bitmap, values are only the non-null rows.
+        let vals: Vec<u8> = [1_000i64, 3_000]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let c = Column {
+            name: "t",
+            ty: types::TIMESTAMP_NANOS,
+            nulls: Some(&[0b0010]),
+            present: 2,
+            data: Data::Fixed(&vals),
+        };
+        let b = convert(&c, ColumnType::Timestamp, 3, |_| "").unwrap();
+        assert_eq!(b.validity, Some(vec![1, 0, 1]));
+        assert_eq!(
+            (0..3).map(|r| b.i64_at(r)).collect::<Vec<_>>(),
+            vec![1, 0, 3]
+        );
+    }
+
+    #[test]
+    fn sentinels_read_as_null_and_conversions_check_ranges() {
+        let vals: Vec<u8> = [5i64, i64::MIN, 300]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let c = Column {
+            name: "x",
+            ty: types::LONG,
+            nulls: None,
+            present: 3,
+            data: Data::Fixed(&vals),
+        };
+        let b = convert(&c, ColumnType::Long, 3, |_| "").unwrap();
+        assert_eq!(b.validity, Some(vec![1, 0, 1]));
+        let b = convert(&c, ColumnType::Short, 3, |_| "").unwrap();
+        assert_eq!(b.validity, Some(vec![1, 0, 1]));
+        let e = convert(&c, ColumnType::Byte, 3, |_| "").unwrap_err();
+        assert!(e.contains("300") && e.contains("BYTE"), "{e}");
+        let e = convert(&c, ColumnType::Varchar, 3, |_| "").unwrap_err();
+        assert!(
+            e.contains("LONG values cannot be written to a VARCHAR column"),
+            "{e}"
+        );
     }
 }

@@ -29,7 +29,9 @@ use super::{now_us, or_tick, Event, ServerState, SHUTDOWN_POLL};
 use crate::batch::Batch;
 use crate::db::{CommitTicket, DbError, ShardEnv, TableHandle};
 use crate::qwp::ingress::{self, MapError, Refusal, Session};
-use crate::qwp::{self, status, Role, ServerInfo};
+#[cfg(feature = "sql")]
+use crate::qwp::{self, ServerInfo};
+use crate::qwp::{status, Role};
 
 /// Largest QWP message accepted (before the HTTP request limit lowers it).
 pub const MESSAGE_BYTES_MAX: usize = 16 << 20;
@@ -210,9 +212,17 @@ async fn close(ws: &mut Ws<'_>, code: CloseCode, reason: &str) {
 
 /// A message's rows on their way to durability.
 struct Pending {
+    /// The first message the acknowledgement of `seq` covers that no
+    /// earlier entry does: `seq`, or the start of its deferred group.
+    first: u64,
     seq: u64,
     tickets: VecDeque<CommitTicket>,
 }
+
+/// Rows of a deferred-commit group held before they are committed anyway
+/// (without an acknowledgement, which waits for the group's end), as
+/// QuestDB does past `qwp.max.uncommitted.rows`.
+const DEFERRED_ROWS_MAX: usize = 1_000_000;
 
 struct Ingress<'a> {
     ws: Ws<'a>,
@@ -223,9 +233,12 @@ struct Ingress<'a> {
     next_seq: u64,
     /// Messages in order; acknowledged once all their txns are durable.
     pending: VecDeque<Pending>,
-    /// Rows of an open deferred-commit group, and its first message.
-    deferred: Vec<(Arc<TableHandle>, Batch)>,
+    /// The open deferred-commit group: its first message, rows held, and
+    /// txns already submitted for it.
     deferred_since: Option<u64>,
+    deferred: Vec<(Arc<TableHandle>, Batch)>,
+    deferred_rows: usize,
+    deferred_tickets: VecDeque<CommitTicket>,
     /// Highest sequence number acknowledged.
     acked: Option<u64>,
     /// After a refusal, later messages are dropped unanswered: the client
@@ -238,6 +251,23 @@ enum IngressEvent {
     Durable(Result<u64, DbError>),
 }
 
+/// Why a message was not committed.
+enum Failure {
+    /// Refused for what it is (a status the client reads).
+    Refused(Refusal),
+    /// Valid, but its rows could not be made durable.
+    Write(DbError),
+}
+
+impl From<MapError> for Failure {
+    fn from(e: MapError) -> Failure {
+        match e {
+            MapError::Refused(r) => Failure::Refused(r),
+            MapError::Db(e) => Failure::Write(e),
+        }
+    }
+}
+
 impl<'a> Ingress<'a> {
     fn new(ws: Ws<'a>, state: Arc<ServerState>, env: ShardEnv) -> Ingress<'a> {
         Ingress {
@@ -247,8 +277,10 @@ impl<'a> Ingress<'a> {
             session: Session::default(),
             next_seq: 0,
             pending: VecDeque::new(),
-            deferred: Vec::new(),
             deferred_since: None,
+            deferred: Vec::new(),
+            deferred_rows: 0,
+            deferred_tickets: VecDeque::new(),
             acked: None,
             broken: false,
         }
@@ -256,6 +288,14 @@ impl<'a> Ingress<'a> {
 
     async fn run(mut self) {
         loop {
+            // Checked every turn: a busy connection never lets the tick fire.
+            if self.state.shutting_down() {
+                // Messages in flight are acknowledged once durable; the
+                // close (1001) makes the client send the rest elsewhere.
+                let _ = self.drain().await;
+                close(&mut self.ws, CloseCode::Away, "server shutting down").await;
+                return;
+            }
             let ev = {
                 let front = self.pending.front().and_then(|p| p.tickets.front());
                 let durable = async {
@@ -281,50 +321,21 @@ impl<'a> Ingress<'a> {
                 .await
             };
             let ev = match ev {
-                Event::Tick if self.state.shutting_down() => {
-                    self.drain().await;
-                    close(&mut self.ws, CloseCode::Away, "server shutting down").await;
-                    return;
-                }
                 Event::Tick => continue,
                 Event::Ready(ev) => ev,
             };
-            match ev {
-                IngressEvent::Durable(r) => {
-                    let p = self.pending.front_mut().expect("awaited");
-                    p.tickets.pop_front();
-                    if let Err(e) = r {
-                        let seq = p.seq;
-                        if !self.fail_write(seq, e).await {
-                            return;
-                        }
-                        continue;
-                    }
-                    if p.tickets.is_empty() {
-                        // Acknowledge the last of a run of durable messages.
-                        let mut seq = p.seq;
-                        self.pending.pop_front();
-                        while let Some(q) = self.pending.front().filter(|q| q.tickets.is_empty()) {
-                            seq = q.seq;
-                            self.pending.pop_front();
-                        }
-                        if !self.ack(seq).await {
-                            return;
-                        }
-                    }
-                }
-                IngressEvent::Message(None) => return,
+            let go_on = match ev {
+                IngressEvent::Durable(r) => self.durable(r).await,
+                IngressEvent::Message(None) => false,
                 IngressEvent::Message(Some(Err(e))) => {
                     self.transport_error(e).await;
-                    return;
+                    false
                 }
                 IngressEvent::Message(Some(Ok(m))) => match m {
                     Message::Binary(b) => {
                         let seq = self.next_seq;
                         self.next_seq += 1;
-                        if !self.broken && !self.message(seq, &b).await {
-                            return;
-                        }
+                        self.broken || self.message(seq, &b).await
                     }
                     Message::Text(_) => {
                         close(
@@ -333,99 +344,123 @@ impl<'a> Ingress<'a> {
                             "QWP is binary: text frames are not accepted",
                         )
                         .await;
-                        return;
+                        false
                     }
                     Message::Close(_) => {
-                        self.drain().await;
-                        return;
+                        // Nothing can be sent after the peer's close but
+                        // the reply to it.
+                        let _ = self.ws.close(None).await;
+                        false
                     }
                     // Pongs go out with the next write or read.
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => true,
                 },
+            };
+            if !go_on {
+                return;
             }
         }
+    }
+
+    /// The front message's next txn is durable (or failed).
+    async fn durable(&mut self, r: Result<u64, DbError>) -> bool {
+        let p = self.pending.front_mut().expect("awaited");
+        p.tickets.pop_front();
+        if let Err(e) = r {
+            let (first, seq) = (p.first, p.seq);
+            self.pending.pop_front();
+            return self.fail(first, seq, Failure::Write(e)).await;
+        }
+        if !p.tickets.is_empty() {
+            return true;
+        }
+        // Acknowledge the last of a run of durable messages.
+        let mut seq = p.seq;
+        self.pending.pop_front();
+        while let Some(q) = self.pending.front().filter(|q| q.tickets.is_empty()) {
+            seq = q.seq;
+            self.pending.pop_front();
+        }
+        self.ack(seq).await
     }
 
     /// One message: decoded, mapped and submitted; `false` ends the
     /// connection.
     async fn message(&mut self, seq: u64, frame: &[u8]) -> bool {
-        let Some(db) = self.state.db.upgrade() else {
-            close(&mut self.ws, CloseCode::Away, "server shutting down").await;
-            return false;
-        };
-        if db.write_refusal().is_some() {
-            // A role switch: writes go elsewhere now. Close 1000 makes the
-            // client reconnect (and find the primary); nothing of this
-            // message was taken.
-            self.drain().await;
-            close(
-                &mut self.ws,
-                CloseCode::Normal,
-                "this node no longer takes writes",
-            )
-            .await;
-            return false;
+        let first = self.deferred_since.unwrap_or(seq);
+        match self.take(seq, frame).await {
+            Ok(()) => true,
+            Err(f) => self.fail(first, seq, f).await,
         }
-        let msg = match ingress::decode(frame, self.session.dict_len()) {
-            Ok(m) => m,
-            Err(r) => return self.refuse(seq, r).await,
+    }
+
+    async fn take(&mut self, seq: u64, frame: &[u8]) -> Result<(), Failure> {
+        let Some(db) = self.state.db.upgrade() else {
+            return Err(Failure::Write(DbError::Closed));
         };
-        let batches = match ingress::to_batches(
+        if let Some(e) = db.write_refusal() {
+            return Err(Failure::Write(e));
+        }
+        let msg = ingress::decode(frame, self.session.dict_len()).map_err(Failure::Refused)?;
+        let batches = ingress::to_batches(
             &db,
             &self.session,
             &msg,
             now_us(),
             self.state.config.partition_by,
-        ) {
-            Ok(b) => b,
-            Err(MapError::Refused(r)) => return self.refuse(seq, r).await,
-            Err(MapError::Db(e)) => return self.fail_write(seq, e).await,
-        };
+        )?;
         self.session.apply_delta(&msg);
+        let first = *self.deferred_since.get_or_insert(seq);
+        self.deferred_rows += batches.iter().map(|(_, b)| b.row_count()).sum::<usize>();
         self.deferred.extend(batches);
-        if msg.defer_commit() {
-            // Acknowledged with the frame that commits the group.
-            self.deferred_since.get_or_insert(seq);
-            return true;
+        let defer = msg.defer_commit();
+        if defer && self.deferred_rows <= DEFERRED_ROWS_MAX {
+            // Acknowledged with the message that ends the group.
+            return Ok(());
         }
-        self.deferred_since = None;
-        let mut tickets = VecDeque::new();
         // Validated and encoded whole before any is sent.
         let group = std::mem::take(&mut self.deferred);
+        self.deferred_rows = 0;
         let mut prepared = Vec::with_capacity(group.len());
         for (handle, batch) in group {
-            match db.prepare(&handle, batch) {
-                Ok(p) => prepared.push(p),
-                Err(e) => {
-                    let r = match MapError::from(e) {
-                        MapError::Refused(r) => r,
-                        MapError::Db(e) => return self.fail_write(seq, e).await,
-                    };
-                    return self.refuse(seq, r).await;
-                }
-            }
+            prepared.push(db.prepare(&handle, batch).map_err(MapError::from)?);
         }
         for p in prepared {
-            match db.submit_prepared_async(p).await {
-                Ok(t) => tickets.push_back(t),
-                Err(e) => return self.fail_write(seq, e).await,
-            }
+            let t = db.submit_prepared_async(p).await.map_err(Failure::Write)?;
+            self.deferred_tickets.push_back(t);
         }
+        if defer {
+            // Too many rows held: committed now, acknowledged at the end.
+            return Ok(());
+        }
+        self.deferred_since = None;
+        let tickets = std::mem::take(&mut self.deferred_tickets);
         if tickets.is_empty() && self.pending.is_empty() {
-            return self.ack(seq).await;
+            if !self.ack(seq).await {
+                return Err(Failure::Write(DbError::Closed));
+            }
+            return Ok(());
         }
-        self.pending.push_back(Pending { seq, tickets });
-        true
+        self.pending.push_back(Pending {
+            first,
+            seq,
+            tickets,
+        });
+        Ok(())
     }
 
     /// Waits for every message in flight to be durable and acknowledges
-    /// the last (a client closing or pinging wants its acks).
-    async fn drain(&mut self) {
+    /// the last. `Err` names the first that failed (nothing from it on is
+    /// acknowledged).
+    async fn drain(&mut self) -> Result<(), (u64, u64, DbError)> {
         let mut last = None;
         while let Some(mut p) = self.pending.pop_front() {
             while let Some(t) = p.tickets.pop_front() {
-                if t.wait_async().await.is_err() {
-                    return;
+                if let Err(e) = t.wait_async().await {
+                    if let Some(seq) = last {
+                        self.ack(seq).await;
+                    }
+                    return Err((p.first, p.seq, e));
                 }
             }
             last = Some(p.seq);
@@ -433,6 +468,7 @@ impl<'a> Ingress<'a> {
         if let Some(seq) = last {
             self.ack(seq).await;
         }
+        Ok(())
     }
 
     async fn ack(&mut self, seq: u64) -> bool {
@@ -447,33 +483,52 @@ impl<'a> Ingress<'a> {
         self.ws.send(Message::Binary(out.into())).await.is_ok()
     }
 
-    /// Refuses message `seq`: earlier messages are acknowledged first (the
-    /// clients require it), then the error; later messages are dropped.
-    async fn refuse(&mut self, seq: u64, r: Refusal) -> bool {
+    /// Message `seq` (whose acknowledgement would also cover `first..seq`)
+    /// was not committed. Earlier messages are made durable and
+    /// acknowledged first (the clients expect it), never `first..=seq`;
+    /// then the error. Later messages are dropped: the client sends them
+    /// again after reconnecting. A node that stopped taking writes closes
+    /// with 1000 instead, so the client finds the primary.
+    async fn fail(&mut self, first: u64, seq: u64, f: Failure) -> bool {
+        self.broken = true;
+        self.deferred.clear();
+        self.deferred_rows = 0;
+        self.deferred_since = None;
+        self.deferred_tickets.clear();
+        let (first, seq, f) = match self.drain().await {
+            Ok(()) => (first, seq, f),
+            // An earlier message failed: that one is answered.
+            Err((first, seq, e)) => (first, seq, Failure::Write(e)),
+        };
+        let r = match f {
+            Failure::Refused(r) => r,
+            Failure::Write(DbError::ReadOnly | DbError::NotPrimary(_)) => {
+                close(
+                    &mut self.ws,
+                    CloseCode::Normal,
+                    "this node no longer takes writes",
+                )
+                .await;
+                return false;
+            }
+            Failure::Write(DbError::Closed) => {
+                close(&mut self.ws, CloseCode::Away, "server shutting down").await;
+                return false;
+            }
+            Failure::Write(e) => Refusal {
+                status: status::WRITE_ERROR,
+                message: format!("the rows could not be made durable: {e}"),
+            },
+        };
         warn!(
             seq,
             status = r.status,
             "QWP ingress: refused a message: {}",
             r.message
         );
-        if let Some(first) = self.deferred_since.take().filter(|f| *f < seq) {
-            // Messages of the open group are neither acknowledged (their
-            // rows were never committed) nor may be skipped by a refusal:
-            // close, and the client sends the group again.
-            self.deferred.clear();
-            let why = format!(
-                "message {seq} refused in a deferred group from {first}: {}",
-                r.message
-            );
-            close(&mut self.ws, CloseCode::Error, &why).await;
+        if first > 0 && !self.ack(first - 1).await {
             return false;
         }
-        self.drain().await;
-        if seq > 0 && self.acked.is_none_or(|a| a < seq - 1) && !self.ack(seq - 1).await {
-            return false;
-        }
-        self.broken = true;
-        self.deferred.clear();
         let mut m = r.message;
         let mut end = m.len().min(1024);
         while !m.is_char_boundary(end) {
@@ -486,32 +541,6 @@ impl<'a> Ingress<'a> {
         out.extend_from_slice(&(m.len() as u16).to_le_bytes());
         out.extend_from_slice(m.as_bytes());
         self.ws.send(Message::Binary(out.into())).await.is_ok()
-    }
-
-    /// A commit failed: a role switch closes (the client reconnects and
-    /// finds the primary); anything else is a retriable write error.
-    async fn fail_write(&mut self, seq: u64, e: DbError) -> bool {
-        match e {
-            DbError::ReadOnly | DbError::NotPrimary(_) => {
-                close(
-                    &mut self.ws,
-                    CloseCode::Normal,
-                    "this node no longer takes writes",
-                )
-                .await;
-                false
-            }
-            e => {
-                let r = Refusal {
-                    status: status::WRITE_ERROR,
-                    message: format!("the rows could not be made durable: {e}"),
-                };
-                // Later messages in flight are not acknowledged: the client
-                // sends them again.
-                self.pending.clear();
-                self.refuse(seq, r).await
-            }
-        }
     }
 
     async fn transport_error(&mut self, e: WsError) {
@@ -535,6 +564,7 @@ impl<'a> Ingress<'a> {
 }
 
 /// `SERVER_INFO` for this node now.
+#[cfg(feature = "sql")]
 fn server_info(state: &ServerState) -> ServerInfo {
     let (role, epoch) = role(state);
     ServerInfo {
@@ -595,6 +625,11 @@ mod egress {
         let mut reset = false;
         let mut running: Option<Running> = None;
         loop {
+            // Checked every turn: a streaming query never lets the tick fire.
+            if state.shutting_down() {
+                close(&mut ws, CloseCode::Away, "server shutting down").await;
+                return;
+            }
             let ev = {
                 let out = async {
                     match &running {
@@ -614,10 +649,6 @@ mod egress {
                 .await
             };
             let ev = match ev {
-                Event::Tick if state.shutting_down() => {
-                    close(&mut ws, CloseCode::Away, "server shutting down").await;
-                    return;
-                }
                 Event::Tick => continue,
                 Event::Ready(ev) => ev,
             };
@@ -636,7 +667,8 @@ mod egress {
                             true,
                         ),
                     };
-                    if let Some(c) = &mut r.credit {
+                    // Clients give back credit for result batches only.
+                    if let Some(c) = r.credit.as_mut().filter(|_| is_batch(&frame)) {
                         *c -= frame.len() as i64;
                     }
                     if last {
@@ -714,11 +746,18 @@ mod egress {
                         close(&mut ws, CloseCode::Unsupported, "QWP is binary").await;
                         return;
                     }
-                    Message::Close(_) => return,
+                    Message::Close(_) => {
+                        let _ = ws.close(None).await;
+                        return;
+                    }
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 },
             }
         }
+    }
+
+    fn is_batch(frame: &[u8]) -> bool {
+        frame.get(qwp::HEADER_BYTES) == Some(&wire::MSG_RESULT_BATCH)
     }
 
     fn start(
