@@ -634,6 +634,20 @@ fn qwp_answer(ws: &mut WsClient) -> (u8, u64, String) {
     }
 }
 
+/// The code of the server's close frame.
+fn qwp_close_code(
+    ws: &mut WsClient,
+) -> tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode {
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return f.code,
+            Ok(_) => {}
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    }
+}
+
 /// Hostile QWP input gets the error the clients act on, naming what is
 /// wrong, and harms nothing accepted: a message that is not QWP, a type
 /// basalt has no column for, frames sent after a refusal (dropped, as the
@@ -678,26 +692,12 @@ fn qwp_bad_messages_are_refused_and_nothing_else_is_written() {
     let mut ws = qwp_connect(s.http);
     let big = vec![0u8; 17 << 20];
     let _ = ws.send(Message::Binary(big.into()));
-    let code = loop {
-        match ws.read() {
-            Ok(Message::Close(Some(f))) => break f.code,
-            Ok(_) => {}
-            Err(e) => panic!("expected a close frame, got {e}"),
-        }
-    };
-    assert_eq!(code, CloseCode::Size);
+    assert_eq!(qwp_close_code(&mut ws), CloseCode::Size);
 
     // Text: closed with 1003.
     let mut ws = qwp_connect(s.http);
     ws.send(Message::Text("select 1".into())).unwrap();
-    let code = loop {
-        match ws.read() {
-            Ok(Message::Close(Some(f))) => break f.code,
-            Ok(_) => {}
-            Err(e) => panic!("expected a close frame, got {e}"),
-        }
-    };
-    assert_eq!(code, CloseCode::Unsupported);
+    assert_eq!(qwp_close_code(&mut ws), CloseCode::Unsupported);
 
     // Only the first message's rows landed.
     let r = common::exec_json(s.http, "select x from t order by x");
