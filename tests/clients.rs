@@ -158,8 +158,12 @@ fn questdb_rs_over_ws() {
 
     let sql = "select host, usage_user, requests, timestamp from cpu_rs_ws \
                where requests < 50000 order by requests";
-    let mut reader =
-        questdb::egress::reader::Reader::from_conf(format!("ws::addr={};", s.http)).unwrap();
+    // The client asks for batches of at most 1000 rows.
+    let mut reader = questdb::egress::reader::Reader::from_conf(format!(
+        "ws::addr={};max_batch_rows=1000;",
+        s.http
+    ))
+    .unwrap();
     let mut got: Vec<(String, f64, i64, String)> = Vec::new();
     let mut cursor = reader.execute(sql).expect("query over QWP");
     while let Some(b) = cursor.next_batch().expect("a result batch") {
@@ -172,6 +176,7 @@ fn questdb_rs_over_ws() {
         ) else {
             panic!("unexpected column types")
         };
+        assert!(b.row_count() <= 1000, "a batch of {} rows", b.row_count());
         for r in 0..b.row_count() {
             let t = chrono::DateTime::from_timestamp_micros(ts.value(r)).unwrap();
             got.push((

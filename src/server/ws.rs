@@ -48,6 +48,9 @@ pub(super) enum Endpoint {
 /// An accepted upgrade, run once hyper hands the connection back.
 pub(super) struct Upgrade {
     pub endpoint: Endpoint,
+    /// Egress: rows per result batch the client asked for
+    /// (`X-QWP-Max-Batch-Rows`), within the server's own limit.
+    pub batch_rows: usize,
 }
 
 fn message_limit(state: &ServerState) -> usize {
@@ -149,6 +152,16 @@ pub(super) fn upgrade(
             }
         }
     }
+    #[cfg(feature = "sql")]
+    let server_rows = crate::qwp::egress::BATCH_ROWS_MAX;
+    #[cfg(not(feature = "sql"))]
+    let server_rows = 16_384;
+    // Zero, malformed or larger values leave the server's limit.
+    let batch_rows = h
+        .get("x-qwp-max-batch-rows")
+        .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .map_or(server_rows, |n| n.min(server_rows));
     let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let hs = r.headers_mut();
@@ -166,7 +179,13 @@ pub(super) fn upgrade(
             HeaderValue::from(message_limit(state) as u64),
         );
     }
-    (r, Some(Upgrade { endpoint }))
+    (
+        r,
+        Some(Upgrade {
+            endpoint,
+            batch_rows,
+        }),
+    )
 }
 
 /// The connection's socket after the upgrade, as tokio's I/O traits see it.
@@ -191,7 +210,7 @@ where
     match up.endpoint {
         Endpoint::Ingress => Ingress::new(ws, state, env).run().await,
         #[cfg(feature = "sql")]
-        Endpoint::Egress => egress::run(ws, state, env).await,
+        Endpoint::Egress => egress::run(ws, state, env, up.batch_rows).await,
         #[cfg(not(feature = "sql"))]
         Endpoint::Egress => {}
     }
@@ -605,7 +624,12 @@ mod egress {
         Out(Option<Out>),
     }
 
-    pub(super) async fn run(mut ws: Ws<'_>, state: Arc<ServerState>, env: ShardEnv) {
+    pub(super) async fn run(
+        mut ws: Ws<'_>,
+        state: Arc<ServerState>,
+        env: ShardEnv,
+        max_rows: usize,
+    ) {
         let Some(engine) = state.sql.clone() else {
             return;
         };
@@ -618,7 +642,6 @@ mod egress {
         {
             return;
         }
-        let max_rows = wire::BATCH_ROWS_MAX;
         let mut encoder = Some(Encoder::default());
         // The client's dictionary is no longer ours (a cancelled query kept
         // it): reset before the next query.
