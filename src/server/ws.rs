@@ -50,6 +50,7 @@ pub(super) struct Upgrade {
     pub endpoint: Endpoint,
     /// Egress: rows per result batch the client asked for
     /// (`X-QWP-Max-Batch-Rows`), within the server's own limit.
+    #[cfg_attr(not(feature = "sql"), allow(dead_code))]
     pub batch_rows: usize,
 }
 
