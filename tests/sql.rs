@@ -42,14 +42,7 @@ fn exec_with(addr: SocketAddr, query: &str, params: &[(&str, &str)]) -> HttpResp
 
 /// A query that must succeed: its JSON answer.
 fn exec(addr: SocketAddr, query: &str) -> Value {
-    let r = exec_with(addr, query, &[]);
-    assert_eq!(
-        r.status,
-        200,
-        "{query}: {}",
-        String::from_utf8_lossy(&r.body)
-    );
-    r.json()
+    common::exec_json(addr, query)
 }
 
 /// A query that must fail: its error message and position.

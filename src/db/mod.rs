@@ -638,7 +638,7 @@ impl CommitTicket {
         self.0.recv().unwrap_or(Err(DbError::Closed))
     }
     pub async fn wait_async(self) -> Result<u64, DbError> {
-        self.0.recv_async().await.unwrap_or(Err(DbError::Closed))
+        self.ready().await
     }
     /// [`CommitTicket::wait_async`] without giving up the ticket: dropping
     /// the wait loses nothing, so it can race other events.

@@ -17,7 +17,9 @@ use datafusion::arrow::datatypes::{
 use datafusion::common::ScalarValue;
 use foldhash::HashMap;
 
-use super::{finish_message, put_str, put_varint, start_message, status, types, Cursor, WireError};
+use super::{
+    finish_message, put_str, put_varint, start_message, status, truncate, types, Cursor, WireError,
+};
 use super::{FLAG_DELTA_SYMBOL_DICT, FLAG_GORILLA};
 
 pub const MSG_QUERY_REQUEST: u8 = 0x10;
@@ -401,14 +403,6 @@ impl Encoder {
         }
         Ok(())
     }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// `RESULT_END`: the last batch's sequence number and the rows sent.

@@ -489,19 +489,6 @@ pub fn to_batches(
         if b.rows == 0 {
             continue;
         }
-        // A few bytes can describe many rows (all null, or columns the
-        // block leaves out): bound what the message expands to.
-        let width = db
-            .table_ignoring_case(b.name)
-            .map_or(b.columns.len() + 1, |t| t.schema().columns.len())
-            .max(b.columns.len() + 1);
-        cells = cells.saturating_add(b.rows.saturating_mul(width));
-        if cells > CELLS_MAX {
-            return Err(MapError::Refused(Refusal::parse(format!(
-                "the message expands to over {CELLS_MAX} values (rows × table columns); \
-                 send fewer rows per message"
-            ))));
-        }
         let ctx = |e: MapError| match e {
             MapError::Refused(mut r) => {
                 r.message = format!("table {:?}: {}", b.name, r.message);
@@ -510,6 +497,16 @@ pub fn to_batches(
             other => other,
         };
         let handle = table_for(db, b, partition_by).map_err(ctx)?;
+        // A few bytes can describe many rows (all null, or columns the
+        // block leaves out): bound what the message expands to.
+        let width = handle.schema().columns.len().max(b.columns.len() + 1);
+        cells = cells.saturating_add(b.rows.saturating_mul(width));
+        if cells > CELLS_MAX {
+            return Err(MapError::Refused(Refusal::parse(format!(
+                "the message expands to over {CELLS_MAX} values (rows × table columns); \
+                 send fewer rows per message"
+            ))));
+        }
         let batch = block_batch(db, &handle, session, msg, b, now_us).map_err(ctx)?;
         out.push((handle, batch));
     }

@@ -229,6 +229,16 @@ pub fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// `s` cut to at most `max` bytes, on a character boundary (names and
+/// messages have byte limits on the wire).
+pub fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Starts a message with a header; [`finish_message`] fills in its length.
 pub fn start_message(out: &mut Vec<u8>, flags: u8, tables: u16) {
     out.clear();

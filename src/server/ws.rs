@@ -30,8 +30,8 @@ use crate::batch::Batch;
 use crate::db::{CommitTicket, DbError, ShardEnv, TableHandle};
 use crate::qwp::ingress::{self, MapError, Refusal, Session};
 #[cfg(feature = "sql")]
-use crate::qwp::{self, ServerInfo};
-use crate::qwp::{status, Role};
+use crate::qwp::ServerInfo;
+use crate::qwp::{self, status, Role};
 
 /// Largest QWP message accepted (before the HTTP request limit lowers it).
 pub const MESSAGE_BYTES_MAX: usize = 16 << 20;
@@ -219,13 +219,9 @@ where
 
 /// Closes with a code and a reason (cut to fit a control frame).
 async fn close(ws: &mut Ws<'_>, code: CloseCode, reason: &str) {
-    let mut end = reason.len().min(120);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
     let frame = CloseFrame {
         code,
-        reason: reason[..end].to_string().into(),
+        reason: qwp::truncate(reason, 120).to_string().into(),
     };
     let _ = ws.close(Some(frame)).await;
 }
@@ -549,12 +545,7 @@ impl<'a> Ingress<'a> {
         if first > 0 && !self.ack(first - 1).await {
             return false;
         }
-        let mut m = r.message;
-        let mut end = m.len().min(1024);
-        while !m.is_char_boundary(end) {
-            end -= 1;
-        }
-        m.truncate(end);
+        let m = qwp::truncate(&r.message, 1024);
         let mut out = Vec::with_capacity(11 + m.len());
         out.push(r.status);
         out.extend_from_slice(&seq.to_le_bytes());
