@@ -4,6 +4,7 @@
 //! per-core shards through an [`io`] engine) → [`table`] column files via the
 //! [`db`] applier. See docs/architecture.md and docs/format.md.
 
+pub mod auth;
 pub mod batch;
 pub mod db;
 pub mod disk;

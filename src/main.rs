@@ -134,7 +134,6 @@ struct ServeArgs {
     ilp: String,
     /// Address for the PostgreSQL wire protocol (psql, psycopg, Grafana),
     /// or `off`. SQL over HTTP is GET /exec (JSON) and /exp (CSV) on --http.
-    /// No authentication: keep it on loopback or a trusted network.
     #[arg(
         long,
         global = true,
@@ -142,6 +141,44 @@ struct ServeArgs {
         default_value = "127.0.0.1:8812"
     )]
     pg: String,
+    /// Users file (TOML, docs/security.md): who may log in on every port
+    /// (HTTP basic or bearer token, ILP/TCP's ECDSA challenge, PostgreSQL
+    /// SCRAM-SHA-256) and with what permission (read-only, read-write,
+    /// admin). Secrets are stored hashed: `basalt user password|token|ilp-key`
+    /// makes the entries. BASALT_USERS_TOML may hold the file's text instead.
+    /// Without users, every port is open to whoever reaches it, which basalt
+    /// refuses on non-loopback addresses (see --allow-unauthenticated).
+    #[arg(long, global = true, env = "BASALT_USERS")]
+    users: Option<PathBuf>,
+    /// Serve non-loopback addresses without users: anyone who reaches a port
+    /// may read and write every table. Only for networks you trust.
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_ALLOW_UNAUTHENTICATED",
+        num_args = 0..=1,
+        default_value_t = false,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    allow_unauthenticated: bool,
+    /// TLS on every port (https/wss, tcps, PostgreSQL sslmode): the
+    /// certificate chain (PEM, the node's own certificate first). Reloaded
+    /// without a restart when the file changes.
+    #[arg(long, global = true, env = "BASALT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, global = true, env = "BASALT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// With --tls-cert: CA certificates (PEM) that every client's
+    /// certificate must chain to; clients without one are refused.
+    #[arg(
+        long,
+        global = true,
+        env = "BASALT_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<PathBuf>,
     /// Partition scheme of tables created by ingestion: HOUR, DAY, WEEK, MONTH or YEAR.
     #[arg(
         long,
@@ -286,6 +323,67 @@ impl ServeArgs {
         })
     }
 
+    /// Users and TLS, from their options; refuses to serve non-loopback
+    /// addresses without users unless told to.
+    fn security(&self, config: &mut basalt::server::ServerConfig) -> Result<(), String> {
+        use basalt::auth::{tls, Auth, Users};
+        let inline = std::env::var("BASALT_USERS_TOML").ok();
+        let users = match (&self.users, inline) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "give users either as --users FILE or in BASALT_USERS_TOML, not both".into(),
+                )
+            }
+            (Some(path), None) => Some(Users::load(path)?),
+            (None, Some(text)) => Some(Users::parse(&text, "BASALT_USERS_TOML")?),
+            (None, None) => None,
+        };
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(tls::Tls::load(&tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })?);
+        }
+        let exposed: Vec<String> = [
+            ("http", Some(config.http)),
+            ("ilp", Some(config.ilp)),
+            ("pg", config.pg),
+        ]
+        .into_iter()
+        .filter_map(|(what, a)| {
+            a.filter(|a| !a.ip().is_loopback())
+                .map(|a| format!("--{what} {a}"))
+        })
+        .collect();
+        match users {
+            Some(u) => {
+                if config.tls.is_none() && !exposed.is_empty() {
+                    tracing::warn!(
+                        addresses = exposed.join(", "),
+                        "serving beyond loopback without TLS: passwords and tokens cross the network in clear (give --tls-cert and --tls-key)"
+                    );
+                }
+                config.auth = Arc::new(Auth::new(u));
+            }
+            None if !exposed.is_empty() && !self.allow_unauthenticated => {
+                return Err(format!(
+                    "{} can be reached from beyond this machine, and no users are configured: anyone \
+                     who reaches it could read, write and drop every table. Give --users FILE (docs/security.md; \
+                     `basalt user password` makes an entry), bind to 127.0.0.1, or pass \
+                     --allow-unauthenticated to serve it open on purpose",
+                    exposed.join(", ")
+                ));
+            }
+            None if !exposed.is_empty() => tracing::warn!(
+                addresses = exposed.join(", "),
+                "--allow-unauthenticated: serving beyond loopback with no users; anyone who reaches these ports may read and write every table"
+            ),
+            None => {}
+        }
+        Ok(())
+    }
+
     fn config(&self) -> Result<basalt::server::ServerConfig, String> {
         let addr = |what: &str, s: &str| {
             use std::net::ToSocketAddrs;
@@ -322,6 +420,8 @@ impl ServeArgs {
                 "off" => None,
                 pg => Some(addr("pg", pg)?),
             },
+            auth: Arc::new(basalt::auth::Auth::off()),
+            tls: None,
         })
     }
 }
@@ -375,6 +475,25 @@ impl NodeArgs {
             .map(Some)
             .map_err(|e| format!("--object-store: {e}"))
     }
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Reads a password (one line on standard input) and prints its
+    /// SCRAM-SHA-256 verifier for `password = ...`: what HTTP basic logins
+    /// and PostgreSQL's SCRAM are checked against.
+    Password {
+        /// Also print PostgreSQL's md5 form (`password_md5`) for drivers that
+        /// speak only md5; it depends on the user's name.
+        #[arg(long, value_name = "USER")]
+        md5_for: Option<String>,
+    },
+    /// Prints a new random bearer token (the clients' `token=`) and its
+    /// digest for `tokens = [...]`.
+    Token,
+    /// Prints a new ILP/TCP key pair: the client's `token`, `token_x` and
+    /// `token_y`, and the users-file lines for the public half.
+    IlpKey,
 }
 
 #[derive(Subcommand)]
@@ -455,6 +574,12 @@ enum Command {
     /// List the snapshots in the object store and the range of moments it
     /// can restore.
     Backups,
+    /// Make the entries of a users file (--users; docs/security.md). Secrets
+    /// are printed once here and stored only hashed.
+    User {
+        #[command(subcommand)]
+        what: UserCommand,
+    },
     /// Test support: ingest acknowledged batches forever, printing `ack <id>`
     /// after each durable commit (the crash test kills it with SIGKILL).
     #[command(hide = true)]
@@ -524,6 +649,7 @@ fn main() -> ExitCode {
             precision,
             partition_by,
         } => ingest(&cli.node, &file, &precision, partition_by),
+        Command::User { what } => user(what),
         Command::CrashChild {
             first_batch,
             batch_rows,
@@ -569,6 +695,11 @@ const CONFIG_KEYS: &[&str] = &[
     "retention",
     "retention_snapshots",
     "retention_grace",
+    "users",
+    "allow_unauthenticated",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
 ];
 
 /// Parses the command line, then fills options given neither as flags nor
@@ -603,6 +734,7 @@ fn parse_cli() -> Result<Cli, clap::Error> {
         let text = match value {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
             other => {
                 return Err(bad(format!(
                     "key {key:?} in config file {} must be a string or an integer, not {}",
@@ -637,6 +769,7 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
         Node, NodeConfig, NodeStatus, ReplicaOptions, Role, RoleState, UploadOptions,
     };
     let mut config = args.config()?;
+    args.security(&mut config)?;
     let store_config = node.store()?;
     let role = if node.role == "replica" {
         Role::Replica
@@ -786,6 +919,47 @@ fn serve(node: &NodeArgs, args: &ServeArgs) -> Result<(), String> {
         n.shutdown();
     }
     drop(dir_lock);
+    Ok(())
+}
+
+fn user(what: UserCommand) -> Result<(), String> {
+    use basalt::auth;
+    match what {
+        UserCommand::Password { md5_for } => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+            let password = line.strip_suffix('\n').unwrap_or(&line);
+            let password = password.strip_suffix('\r').unwrap_or(password);
+            if password.is_empty() {
+                return Err("the password is empty (give it as one line on standard input)".into());
+            }
+            println!(
+                "password = \"{}\"",
+                auth::ScramVerifier::new(password).encode()
+            );
+            if let Some(name) = md5_for {
+                println!(
+                    "password_md5 = \"md5{:x}\"",
+                    md5::compute(format!("{password}{name}"))
+                );
+            }
+        }
+        UserCommand::Token => {
+            let t = auth::new_token();
+            println!("# the client's setting (keep it secret): token={t}");
+            println!("tokens = [\"{}\"]", auth::token_digest_text(&t));
+        }
+        UserCommand::IlpKey => {
+            let (d, x, y) = auth::new_ilp_key();
+            println!(
+                "# the client's settings (keep token secret): token={d};token_x={x};token_y={y};"
+            );
+            println!("ilp_key_x = \"{x}\"");
+            println!("ilp_key_y = \"{y}\"");
+        }
+    }
     Ok(())
 }
 

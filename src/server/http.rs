@@ -7,6 +7,7 @@
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,12 +17,15 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::net::{FuturesIo, Stream};
 use super::ws;
 use super::{now_us, or_tick, Event, ServerState, SHUTDOWN_POLL};
+use crate::auth::{Denied, Door, Permission, Principal};
 use crate::db::{Database, DbError, ShardEnv};
 use crate::ilp::Precision;
 use crate::ingest::{IngestError, Ingestor};
@@ -29,14 +33,22 @@ use crate::ingest::{IngestError, Ingestor};
 /// How long a request in flight may take to finish once shutdown began.
 const SHUTDOWN_REQUEST_GRACE: Duration = Duration::from_secs(10);
 
-pub(super) async fn serve(stream: Stream, state: Arc<ServerState>, env: ShardEnv) {
+pub(super) async fn serve(
+    stream: Stream,
+    peer: Option<SocketAddr>,
+    state: Arc<ServerState>,
+    env: ShardEnv,
+) {
+    let peer = peer.map(|p| p.ip());
     match stream {
-        Stream::Glommio(s) => serve_io(FuturesIo(s), state, env).await,
-        Stream::Tokio(s) => serve_io(hyper_util::rt::TokioIo::new(s), state, env).await,
+        Stream::Glommio(s) => serve_io(FuturesIo(s), peer, state, env).await,
+        Stream::Tokio(s) => serve_io(hyper_util::rt::TokioIo::new(s), peer, state, env).await,
+        Stream::GlommioTls(s) => serve_io(FuturesIo(s), peer, state, env).await,
+        Stream::TokioTls(s) => serve_io(hyper_util::rt::TokioIo::new(s), peer, state, env).await,
     }
 }
 
-async fn serve_io<I>(io: I, state: Arc<ServerState>, env: ShardEnv)
+async fn serve_io<I>(io: I, peer: Option<IpAddr>, state: Arc<ServerState>, env: ShardEnv)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
@@ -48,7 +60,7 @@ where
     let service = hyper::service::service_fn(move |req| {
         let st = st.clone();
         let slot = slot.clone();
-        Box::pin(async move { Ok::<_, Infallible>(handle(req, &st, env, &slot).await) })
+        Box::pin(async move { Ok::<_, Infallible>(handle(req, &st, env, peer, &slot).await) })
     });
     let mut conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
     loop {
@@ -90,12 +102,82 @@ pub(super) fn full(b: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
+/// What an endpoint needs of the caller: nothing (`/ping`, and `/settings`,
+/// which the official clients fetch without credentials), or a permission.
+fn needs(method: &Method, path: &str) -> Option<Permission> {
+    Some(match (method, path) {
+        (_, "/ping" | "/settings") => return None,
+        (&Method::POST, "/write" | "/api/v2/write") => Permission::Write,
+        (_, "/write/v4" | "/api/v4/write") => Permission::Write,
+        _ => Permission::Read,
+    })
+}
+
+/// Checks the request's credentials against what `needs` says; the refusal
+/// (401 after the per-peer slowdown, or 403) otherwise.
+async fn authorize(
+    req: &Request<Incoming>,
+    state: &ServerState,
+    env: ShardEnv,
+    peer: Option<IpAddr>,
+) -> Result<Principal, Answer> {
+    let auth = &state.config.auth;
+    if !auth.enabled() {
+        return Ok(Principal::anonymous());
+    }
+    let Some(need) = needs(req.method(), req.uri().path()) else {
+        return Ok(Principal::anonymous());
+    };
+    let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    let who = match auth.http(header) {
+        Ok(p) => {
+            auth.succeeded(Door::Http, peer);
+            p
+        }
+        Err(denied) => {
+            if denied != Denied::Missing {
+                let user = header.and_then(crate::auth::basic_user).unwrap_or_default();
+                let delay = auth.failed(Door::Http, peer, &user, &denied);
+                crate::io::sleep(env.stack, delay).await;
+            }
+            let mut r = plain_text(StatusCode::UNAUTHORIZED, denied.to_string());
+            r.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"basalt\", charset=\"UTF-8\""),
+            );
+            return Err(r);
+        }
+    };
+    let what = format!("{} {}", req.method(), req.uri().path());
+    match who.require(need, &what) {
+        Ok(()) => Ok(who),
+        Err(msg) => Err(plain_text(StatusCode::FORBIDDEN, msg)),
+    }
+}
+
+/// A plain-text answer: what the official clients print as it is for 401
+/// and 403.
+pub(super) fn plain_text(status: StatusCode, msg: String) -> Answer {
+    let mut r = Response::new(full(msg));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
 async fn handle(
     req: Request<Incoming>,
     state: &ServerState,
     env: ShardEnv,
+    peer: Option<IpAddr>,
     upgraded: &Cell<Option<ws::Upgrade>>,
 ) -> Answer {
+    let who = match authorize(&req, state, env, peer).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET, "/write/v4" | "/api/v4/write" | "/read/v1" | "/api/v1/read") => {
@@ -104,7 +186,7 @@ async fn handle(
             } else {
                 ws::Endpoint::Egress
             };
-            let (answer, up) = ws::upgrade(req, state, endpoint);
+            let (answer, up) = ws::upgrade(req, state, endpoint, who);
             upgraded.set(up);
             answer
         }
@@ -130,9 +212,11 @@ async fn handle(
         },
         (&Method::GET, "/settings") => json(StatusCode::OK, settings(state)),
         #[cfg(feature = "sql")]
-        (&Method::GET, "/exec") => super::sql::answer(req, state, super::sql::Kind::Exec).await,
+        (&Method::GET, "/exec") => {
+            super::sql::answer(req, state, super::sql::Kind::Exec, who).await
+        }
         #[cfg(feature = "sql")]
-        (&Method::GET, "/exp") => super::sql::answer(req, state, super::sql::Kind::Exp).await,
+        (&Method::GET, "/exp") => super::sql::answer(req, state, super::sql::Kind::Exp, who).await,
         (&Method::GET, "/status") => match &state.config.node {
             Some(n) => json(StatusCode::OK, n.status_json()),
             None => json(
@@ -141,11 +225,12 @@ async fn handle(
             ),
         },
         (&Method::GET, "/metrics") => {
-            let text = state
+            let mut text = state
                 .config
                 .node
                 .as_ref()
                 .map_or_else(String::new, |n| n.metrics_text());
+            text.push_str(&state.config.auth.metrics_text());
             let mut r = Response::new(full(text));
             r.headers_mut().insert(
                 CONTENT_TYPE,

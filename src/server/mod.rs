@@ -65,6 +65,10 @@ pub struct ServerConfig {
     pub sql: bool,
     /// PostgreSQL wire protocol; `None` turns it off.
     pub pg: Option<SocketAddr>,
+    /// Users and their permissions on every port (`Auth::off()`: none).
+    pub auth: Arc<crate::auth::Auth>,
+    /// TLS on every port, when set.
+    pub tls: Option<crate::auth::tls::Tls>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +88,8 @@ impl Default for ServerConfig {
             control: None,
             sql: true,
             pg: Some("127.0.0.1:8812".parse().expect("valid address")),
+            auth: Arc::new(crate::auth::Auth::off()),
+            tls: None,
         }
     }
 }
@@ -216,14 +222,18 @@ impl Server {
         let (pg_addr, pg_stop) = match (&sql, config.pg) {
             (Some(engine), Some(addr)) => {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-                let bound =
-                    crate::sql::pg::listen(engine.clone(), addr, stop_rx).map_err(|source| {
-                        ServerError::Listen {
-                            what: "PostgreSQL",
-                            addr,
-                            source,
-                        }
-                    })?;
+                let bound = crate::sql::pg::listen(
+                    engine.clone(),
+                    addr,
+                    config.auth.clone(),
+                    config.tls.clone(),
+                    stop_rx,
+                )
+                .map_err(|source| ServerError::Listen {
+                    what: "PostgreSQL",
+                    addr,
+                    source,
+                })?;
                 (Some(bound), Some(stop_tx))
             }
             _ => (None, None),
@@ -293,6 +303,8 @@ impl Server {
             ilp = %ilp_addr,
             shards = server.db.shard_count(),
             engine = %server.db.engine().choice,
+            tls = server.state.config.tls.is_some(),
+            users = server.state.config.auth.users().map_or(0, |u| u.len()),
             "serving ILP over HTTP and TCP"
         );
         Ok(server)
@@ -415,16 +427,23 @@ async fn accept_loop(
         };
         stream.set_nodelay();
         let state = state.clone();
-        let task: crate::io::LocalTask = match protocol {
-            Protocol::Http => Box::pin(async move {
-                http::serve(stream, state, env).await;
-                drop(guard);
-            }),
-            Protocol::Ilp => Box::pin(async move {
-                tcp::serve(stream, peer, state, env).await;
-                drop(guard);
-            }),
-        };
+        let task: crate::io::LocalTask = Box::pin(async move {
+            let stream = match &state.config.tls {
+                None => stream,
+                Some(tls) => match stream.accept_tls(tls, env.stack).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(protocol = protocol.name(), peer = ?peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+            };
+            match protocol {
+                Protocol::Http => http::serve(stream, peer, state, env).await,
+                Protocol::Ilp => tcp::serve(stream, peer, state, env).await,
+            }
+            drop(guard);
+        });
         crate::io::spawn_local(env.stack, task);
     }
 }

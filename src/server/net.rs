@@ -27,6 +27,8 @@ pub enum Listener {
 pub enum Stream {
     Glommio(glommio::net::TcpStream),
     Tokio(tokio::net::TcpStream),
+    GlommioTls(Box<futures_rustls::server::TlsStream<glommio::net::TcpStream>>),
+    TokioTls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
 }
 
 /// A listening socket for `addr` with `SO_REUSEPORT`, so every shard can
@@ -80,7 +82,37 @@ impl Stream {
         let _ = match self {
             Stream::Glommio(s) => s.set_nodelay(true).map_err(io::Error::from),
             Stream::Tokio(s) => s.set_nodelay(true),
+            Stream::GlommioTls(s) => s.get_ref().0.set_nodelay(true).map_err(io::Error::from),
+            Stream::TokioTls(s) => s.get_ref().0.set_nodelay(true),
         };
+    }
+
+    /// The TLS handshake (as the server), within
+    /// [`crate::auth::tls::HANDSHAKE_TIMEOUT`].
+    pub async fn accept_tls(
+        self,
+        tls: &crate::auth::tls::Tls,
+        stack: NetStack,
+    ) -> io::Result<Stream> {
+        let handshake = async {
+            match self {
+                Stream::Glommio(s) => Ok(Stream::GlommioTls(Box::new(
+                    tls.futures_acceptor().accept(s).await?,
+                ))),
+                Stream::Tokio(s) => Ok(Stream::TokioTls(Box::new(
+                    tls.tokio_acceptor().accept(s).await?,
+                ))),
+                tls_already => Ok(tls_already),
+            }
+        };
+        let timeout = async {
+            crate::io::sleep(stack, crate::auth::tls::HANDSHAKE_TIMEOUT).await;
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the TLS handshake took too long",
+            ))
+        };
+        futures_lite::future::or(handshake, timeout).await
     }
 
     /// Reads into `buf`; 0 means the peer closed its side.
@@ -88,6 +120,8 @@ impl Stream {
         match self {
             Stream::Glommio(s) => s.read(buf).await,
             Stream::Tokio(s) => tokio::io::AsyncReadExt::read(s, buf).await,
+            Stream::GlommioTls(s) => s.read(buf).await,
+            Stream::TokioTls(s) => tokio::io::AsyncReadExt::read(s, buf).await,
         }
     }
 
@@ -95,6 +129,14 @@ impl Stream {
         match self {
             Stream::Glommio(s) => s.write_all(buf).await,
             Stream::Tokio(s) => tokio::io::AsyncWriteExt::write_all(s, buf).await,
+            Stream::GlommioTls(s) => {
+                s.write_all(buf).await?;
+                s.flush().await
+            }
+            Stream::TokioTls(s) => {
+                tokio::io::AsyncWriteExt::write_all(s, buf).await?;
+                tokio::io::AsyncWriteExt::flush(s).await
+            }
         }
     }
 }

@@ -62,13 +62,23 @@ fn parse_limit(v: &str) -> Result<Window, String> {
 }
 
 fn sql_error(query: &str, e: &SqlError) -> Answer {
+    let status = if e.message.starts_with(crate::auth::DENIED_PREFIX) {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::BAD_REQUEST
+    };
     json(
-        StatusCode::BAD_REQUEST,
+        status,
         serde_json::json!({"query": query, "error": e.message, "position": e.position}),
     )
 }
 
-pub(super) async fn answer(req: Request<Incoming>, state: &ServerState, kind: Kind) -> Answer {
+pub(super) async fn answer(
+    req: Request<Incoming>,
+    state: &ServerState,
+    kind: Kind,
+    who: crate::auth::Principal,
+) -> Answer {
     let q = req.uri().query();
     let query = query_param(q, "query").unwrap_or_default();
     if query.trim().is_empty() {
@@ -98,7 +108,7 @@ pub(super) async fn answer(req: Request<Incoming>, state: &ServerState, kind: Ki
     let q2 = query.clone();
     let runtime = engine.runtime().clone();
     runtime.spawn(async move {
-        produce(&engine, &q2, kind, window, count_all, tx).await;
+        produce(&engine, &q2, kind, window, count_all, &who, tx).await;
     });
     let first = match rx.recv_async().await {
         Ok(Ok(b)) => b,
@@ -145,9 +155,10 @@ async fn produce(
     kind: Kind,
     window: Window,
     count_all: bool,
+    who: &crate::auth::Principal,
     tx: flume::Sender<Result<Bytes, SqlError>>,
 ) {
-    let mut stream = match engine.execute(query, None).await {
+    let mut stream = match engine.execute(query, None, who).await {
         Ok(Output::Rows(s)) => s,
         Ok(Output::Command(_)) => {
             let body: &[u8] = match kind {

@@ -9,15 +9,19 @@
 //!
 //! One commit per connection is in flight while the next rows are parsed:
 //! its ticket is awaited before the next commit is sent.
+//!
+//! With users, a connection first logs in with QuestDB's ECDSA challenge
+//! ([`login`]); a failed login closes it without a word, as QuestDB does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
 use super::net::Stream;
 use super::{now_us, or_tick, Event, ServerState, SHUTDOWN_POLL};
+use crate::auth::{Auth, Denied, Door, Permission, Principal};
 use crate::db::ShardEnv;
 use crate::ilp::Precision;
 use crate::ingest::{Committing, IngestBuffer, Ingestor};
@@ -30,11 +34,11 @@ const COMMIT_BYTES: usize = 64 * 1024 * 1024;
 
 pub(super) async fn serve(
     mut stream: Stream,
-    peer: Option<SocketAddr>,
+    peer_addr: Option<SocketAddr>,
     state: Arc<ServerState>,
     env: ShardEnv,
 ) {
-    let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
+    let peer = peer_addr.map_or_else(|| "?".to_string(), |p| p.to_string());
     debug!(peer, shard = env.shard, "ILP/TCP connection");
     if let Some(e) = state.write_refusal() {
         warn!(peer, "ILP/TCP: closing connection: {e}");
@@ -51,6 +55,23 @@ pub(super) async fn serve(
     let line_max = state.config.ilp_line_bytes_max;
     let mut data = vec![0u8; READ_BUFFER_BYTES.min(line_max.max(1024))];
     let mut filled = 0;
+    if state.config.auth.enabled() {
+        let ip = peer_addr.map(|p| p.ip());
+        let who = match login(&mut stream, &mut data, &mut filled, &state, env).await {
+            Ok(p) => p,
+            Err(Some((user, denied))) => {
+                let delay = state.config.auth.failed(Door::IlpTcp, ip, &user, &denied);
+                crate::io::sleep(env.stack, delay).await;
+                return;
+            }
+            Err(None) => return,
+        };
+        state.config.auth.succeeded(Door::IlpTcp, ip);
+        if let Err(msg) = who.require(Permission::Write, "ILP/TCP writes") {
+            warn!(peer, "ILP/TCP: closing connection: {msg}");
+            return;
+        }
+    }
     loop {
         if filled == data.len() {
             if data.len() >= line_max {
@@ -110,6 +131,109 @@ pub(super) async fn serve(
     conn.commit().await;
     conn.wait_in_flight().await;
     debug!(peer, "ILP/TCP connection closed");
+}
+
+/// The time a client has to log in (QuestDB's clients wait 15 s).
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// A key id line longer than this is refused.
+const KEY_ID_BYTES_MAX: usize = 256;
+/// A signature line longer than this is refused (base64 of a 72-byte DER
+/// signature is 96 bytes).
+const SIGNATURE_BYTES_MAX: usize = 128;
+
+/// Reads one `\n`-terminated line into `data[..filled]` (more bytes may
+/// follow it); returns where the newline is. `None` on EOF, error, timeout,
+/// shutdown or a line longer than `max`.
+async fn read_line(
+    stream: &mut Stream,
+    data: &mut [u8],
+    filled: &mut usize,
+    max: usize,
+    deadline: Instant,
+    state: &ServerState,
+    env: ShardEnv,
+) -> Option<usize> {
+    loop {
+        if let Some(i) = memchr::memchr(b'\n', &data[..*filled]) {
+            return (i <= max).then_some(i);
+        }
+        if *filled > max || *filled == data.len() {
+            return None;
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match or_tick(
+            env.stack,
+            left.min(SHUTDOWN_POLL),
+            stream.read(&mut data[*filled..]),
+        )
+        .await
+        {
+            Event::Tick if state.shutting_down() => return None,
+            Event::Tick => {}
+            Event::Ready(Ok(0) | Err(_)) => return None,
+            Event::Ready(Ok(n)) => *filled += n,
+        }
+    }
+}
+
+/// QuestDB's ILP/TCP login: the client sends its key id and a newline; the
+/// server answers a 512-byte challenge and a newline; the client sends the
+/// base64 ECDSA P-256 signature of the challenge and a newline, then its
+/// ILP lines. A challenge goes out whatever the key id, so unknown ids and
+/// bad signatures look alike. `Err(Some(..))` for a failed login (counted
+/// and slowed down by the caller), `Err(None)` when the client went away.
+async fn login(
+    stream: &mut Stream,
+    data: &mut [u8],
+    filled: &mut usize,
+    state: &ServerState,
+    env: ShardEnv,
+) -> Result<Principal, Option<(String, Denied)>> {
+    let deadline = Instant::now() + LOGIN_TIMEOUT;
+    let Some(end) = read_line(stream, data, filled, KEY_ID_BYTES_MAX, deadline, state, env).await
+    else {
+        let claimed = String::from_utf8_lossy(&data[..(*filled).min(64)]).into_owned();
+        return Err((*filled > 0).then(|| {
+            (
+                claimed,
+                Denied::Malformed("no key id line within the time or size limit".into()),
+            )
+        }));
+    };
+    let key_id = String::from_utf8_lossy(&data[..end])
+        .trim_end_matches('\r')
+        .to_string();
+    data.copy_within(end + 1..*filled, 0);
+    *filled -= end + 1;
+    let mut challenge = Auth::ilp_challenge();
+    challenge.push(b'\n');
+    if stream.write_all(&challenge).await.is_err() {
+        return Err(None);
+    }
+    challenge.pop();
+    let Some(end) = read_line(
+        stream,
+        data,
+        filled,
+        SIGNATURE_BYTES_MAX,
+        deadline,
+        state,
+        env,
+    )
+    .await
+    else {
+        return Err(Some((
+            key_id,
+            Denied::Malformed("no signature line within the time or size limit".into()),
+        )));
+    };
+    let result = state
+        .config
+        .auth
+        .verify_ilp(&key_id, &challenge, &data[..end]);
+    data.copy_within(end + 1..*filled, 0);
+    *filled -= end + 1;
+    result.map_err(|d| Some((key_id, d)))
 }
 
 struct Connection<'a> {

@@ -52,6 +52,9 @@ pub(super) struct Upgrade {
     /// (`X-QWP-Max-Batch-Rows`), within the server's own limit.
     #[cfg_attr(not(feature = "sql"), allow(dead_code))]
     pub batch_rows: usize,
+    /// Whom the connection's queries run as.
+    #[cfg_attr(not(feature = "sql"), allow(dead_code))]
+    pub who: crate::auth::Principal,
 }
 
 fn message_limit(state: &ServerState) -> usize {
@@ -90,6 +93,7 @@ pub(super) fn upgrade(
     req: Request<Incoming>,
     state: &ServerState,
     endpoint: Endpoint,
+    who: crate::auth::Principal,
 ) -> (Answer, Option<Upgrade>) {
     let h = req.headers();
     let has_token = |name, token: &str| {
@@ -185,6 +189,7 @@ pub(super) fn upgrade(
         Some(Upgrade {
             endpoint,
             batch_rows,
+            who,
         }),
     )
 }
@@ -211,7 +216,7 @@ where
     match up.endpoint {
         Endpoint::Ingress => Ingress::new(ws, state, env).run().await,
         #[cfg(feature = "sql")]
-        Endpoint::Egress => egress::run(ws, state, env, up.batch_rows).await,
+        Endpoint::Egress => egress::run(ws, state, env, up.batch_rows, up.who).await,
         #[cfg(not(feature = "sql"))]
         Endpoint::Egress => {}
     }
@@ -621,6 +626,7 @@ mod egress {
         state: Arc<ServerState>,
         env: ShardEnv,
         max_rows: usize,
+        who: crate::auth::Principal,
     ) {
         let Some(engine) = state.sql.clone() else {
             return;
@@ -718,7 +724,8 @@ mod egress {
                             let reset_now = std::mem::take(&mut reset)
                                 || q.flags & wire::QUERY_FLAG_RESET_DICT != 0
                                 || enc.dict_len() > wire::DICT_ENTRIES_SOFT_MAX;
-                            running = Some(start(&engine, q, enc, reset_now, max_rows));
+                            running =
+                                Some(start(&engine, q, enc, reset_now, max_rows, who.clone()));
                         }
                         Ok(ClientMsg::Cancel { request_id }) => {
                             if running.as_ref().is_some_and(|r| r.rid == request_id) {
@@ -781,13 +788,14 @@ mod egress {
         enc: Encoder,
         reset: bool,
         max_rows: usize,
+        who: crate::auth::Principal,
     ) -> Running {
         let (tx, rx) = flume::bounded(QUEUED_MAX);
         let rid = q.request_id;
         let credit = (q.initial_credit > 0).then(|| q.initial_credit.min(i64::MAX as u64) as i64);
         let engine2 = engine.clone();
         engine.runtime().spawn(async move {
-            produce(&engine2, q, enc, reset, max_rows, tx).await;
+            produce(&engine2, q, enc, reset, max_rows, &who, tx).await;
         });
         Running { rid, rx, credit }
     }
@@ -798,6 +806,7 @@ mod egress {
         mut enc: Encoder,
         reset: bool,
         max_rows: usize,
+        who: &crate::auth::Principal,
         tx: flume::Sender<Out>,
     ) {
         let rid = q.request_id;
@@ -812,7 +821,10 @@ mod egress {
             }
         }
         let params = (!q.binds.is_empty()).then_some(q.binds);
-        let last = match engine.execute(&q.sql, params).await {
+        let last = match engine.execute(&q.sql, params, who).await {
+            Err(e) if e.message.starts_with(crate::auth::DENIED_PREFIX) => {
+                wire::query_error(rid, status::SECURITY_ERROR, &e.message)
+            }
             Err(e) => wire::query_error(rid, status::PARSE_ERROR, &e.message),
             Ok(Output::Command(tag)) => wire::exec_done(rid, wire::op_type(tag), 0),
             Ok(Output::Rows(mut stream)) => {

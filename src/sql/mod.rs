@@ -412,9 +412,22 @@ impl SqlEngine {
         &self,
         sql: &str,
         params: Option<Vec<ScalarValue>>,
+        who: &crate::auth::Principal,
     ) -> Result<Output, SqlError> {
         check_size(sql)?;
         if let Some(stmt) = ddl::parse(sql)? {
+            use crate::auth::Permission;
+            let (need, what) = match &stmt {
+                ddl::Ddl::SwitchRole { .. } => (Permission::Admin, "SWITCH ROLE"),
+                ddl::Ddl::BackupDatabase => (Permission::Admin, "BACKUP DATABASE"),
+                ddl::Ddl::SwitchStatus => (Permission::Read, "SWITCH STATUS"),
+                ddl::Ddl::CreateTable { .. } => (Permission::Write, "CREATE TABLE"),
+                ddl::Ddl::DropTable { .. } => (Permission::Write, "DROP TABLE"),
+            };
+            who.require(need, what).map_err(|m| SqlError::new(m, 0))?;
+            if need == Permission::Admin {
+                tracing::info!(target: "basalt::audit", action = what, user = who.user, "admin statement");
+            }
             match stmt {
                 ddl::Ddl::SwitchRole { to, timeout_ms } => {
                     let c = self.control()?;

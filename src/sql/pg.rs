@@ -1,9 +1,10 @@
 //! The PostgreSQL wire protocol (v3) over the SQL engine, so psql, psycopg,
 //! Grafana's PostgreSQL source and other drivers can query basalt: simple
 //! and extended query protocols, text and binary results, `$n` parameters.
-//! No authentication (like QuestDB's defaults, bind it to loopback or a
-//! trusted network); no TLS. Transactions are accepted and mean nothing:
-//! every statement reads its own snapshot.
+//! With users (`--users`), SCRAM-SHA-256 (or md5 for users with an md5
+//! password) and per-statement permissions; with `--tls-cert`, TLS
+//! (`sslmode=require`/`verify-full`). Transactions are accepted and mean
+//! nothing: every statement reads its own snapshot.
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
@@ -34,8 +35,19 @@ use pgwire::messages::data::DataRow;
 use pgwire::messages::PgWireBackendMessage;
 use tracing::{debug, info, warn};
 
+use pgwire::api::auth::driver::AuthOutcome;
+use pgwire::api::auth::md5pass::Md5PasswordAuth;
+use pgwire::api::auth::mechanism::AuthMechanismFactory;
+use pgwire::api::auth::sasl::scram::{ScramAuth, ScramSecret};
+use pgwire::api::auth::{
+    protocol_negotiation, save_startup_parameters_to_metadata, AuthDriver, AuthSource,
+    DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+};
+use pgwire::messages::PgWireFrontendMessage;
+
 use super::format::Strings;
 use super::{Output, SqlEngine, SqlError};
+use crate::auth::{Auth, Door, Principal};
 
 /// A statement parsed by a client's `Parse`: its text, and what `describe`
 /// found (placeholder types, result schema).
@@ -47,12 +59,17 @@ pub struct PgStatement {
 }
 
 fn user_error(e: SqlError) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".to_owned(),
+    PgWireError::UserError(Box::new(error_info(e)))
+}
+
+fn error_info(e: SqlError) -> ErrorInfo {
+    let code = if e.message.starts_with(crate::auth::DENIED_PREFIX) {
+        "42501" // insufficient_privilege
+    } else {
         // syntax_error_or_access_rule_violation: the closest generic class.
-        "42000".to_owned(),
-        e.message,
-    )))
+        "42000"
+    };
+    ErrorInfo::new("ERROR".to_owned(), code.to_owned(), e.message)
 }
 
 /// The PostgreSQL type a result column is sent as.
@@ -283,6 +300,26 @@ fn response(output: Output, format: &Format) -> Response {
 pub struct PgHandler {
     engine: Arc<SqlEngine>,
     parser: Arc<PgParser>,
+    auth: Arc<Auth>,
+    startup: Arc<PgStartup>,
+}
+
+impl PgHandler {
+    /// Whom the session runs as: its authenticated user (the startup
+    /// handler let no one else in), or everyone when authentication is off.
+    fn principal<C: ClientInfo>(&self, client: &C) -> PgWireResult<Principal> {
+        if !self.auth.enabled() {
+            return Ok(Principal::anonymous());
+        }
+        let name = client.metadata().get("user").map_or("", String::as_str);
+        match self.auth.users().and_then(|u| u.get(name)) {
+            Some(u) => Ok(Principal {
+                user: u.name.clone(),
+                permission: u.permission,
+            }),
+            None => Err(PgWireError::InvalidPassword(name.to_owned())),
+        }
+    }
 }
 
 pub struct PgParser {
@@ -340,7 +377,7 @@ impl QueryParser for PgParser {
 
 #[async_trait]
 impl SimpleQueryHandler for PgHandler {
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -349,16 +386,13 @@ impl SimpleQueryHandler for PgHandler {
     {
         // psql sends one statement per message; several separated by `;`
         // run one by one, each at its own snapshot.
+        let who = self.principal(client)?;
         let mut out = Vec::new();
         for stmt in split_statements(query) {
-            match self.engine.execute(stmt, None).await {
+            match self.engine.execute(stmt, None, &who).await {
                 Ok(o) => out.push(response(o, &Format::UnifiedText)),
                 Err(e) => {
-                    out.push(Response::Error(Box::new(ErrorInfo::new(
-                        "ERROR".to_owned(),
-                        "42000".to_owned(),
-                        e.message,
-                    ))));
+                    out.push(Response::Error(Box::new(error_info(e))));
                     break;
                 }
             }
@@ -480,7 +514,7 @@ impl ExtendedQueryHandler for PgHandler {
 
     async fn do_query<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<PgStatement>,
         _max_rows: usize,
     ) -> PgWireResult<Response>
@@ -493,7 +527,12 @@ impl ExtendedQueryHandler for PgHandler {
         let params = bind_params(portal)?;
         let sql = &portal.statement.statement.sql;
         let params = (!params.is_empty()).then_some(params);
-        let output = self.engine.execute(sql, params).await.map_err(user_error)?;
+        let who = self.principal(client)?;
+        let output = self
+            .engine
+            .execute(sql, params, &who)
+            .await
+            .map_err(user_error)?;
         if let Output::Rows(stream) = &output {
             // The client was told the columns at Parse; a column added since
             // (by ingestion) would not match them.
@@ -516,19 +555,168 @@ impl ExtendedQueryHandler for PgHandler {
     }
 }
 
-impl PgWireServerHandlers for PgHandler {
-    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        Arc::new(PgHandler {
+impl PgHandler {
+    fn again(&self) -> PgHandler {
+        PgHandler {
             engine: self.engine.clone(),
             parser: self.parser.clone(),
-        })
+            auth: self.auth.clone(),
+            startup: self.startup.clone(),
+        }
+    }
+}
+
+impl PgWireServerHandlers for PgHandler {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::new(self.again())
     }
 
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        Arc::new(PgHandler {
-            engine: self.engine.clone(),
-            parser: self.parser.clone(),
-        })
+        Arc::new(self.again())
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+}
+
+/// The users' secrets as pgwire's mechanisms ask for them.
+#[derive(Debug)]
+struct PgSecrets(Arc<Auth>);
+
+#[async_trait]
+impl AuthSource for PgSecrets {
+    /// md5: `md5` + md5(stored md5(password ‖ user) ‖ salt), with a fresh
+    /// salt per login.
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        let user = login.user().unwrap_or_default();
+        let stored = self
+            .0
+            .users()
+            .and_then(|u| u.get(user))
+            .and_then(|u| u.password_md5.clone())
+            .ok_or_else(|| PgWireError::InvalidPassword(user.to_owned()))?;
+        let salt: [u8; 4] = crate::auth::random_bytes();
+        let mut inner = stored.as_bytes()[3..].to_vec();
+        inner.extend_from_slice(&salt);
+        let hashed = format!("md5{:x}", md5::compute(inner));
+        Ok(Password::new(Some(salt.to_vec()), hashed.into_bytes()))
+    }
+
+    async fn get_scram_secret(&self, login: &LoginInfo) -> PgWireResult<(ScramSecret, Option<()>)> {
+        let user = login.user().unwrap_or_default();
+        let found = self
+            .0
+            .users()
+            .and_then(|u| u.get(user))
+            .and_then(|u| u.password.as_ref());
+        let secret = match found {
+            Some(v) => ScramSecret::Verifier {
+                salt: v.salt.clone(),
+                iterations: v.iterations as usize,
+                stored_key: v.stored_key.to_vec(),
+                server_key: v.server_key.to_vec(),
+            },
+            // An unknown user gets a random verifier: the exchange runs to
+            // the end and fails as a wrong password does, so names cannot
+            // be probed.
+            None => ScramSecret::Verifier {
+                salt: crate::auth::random_bytes::<16>().to_vec(),
+                iterations: crate::auth::SCRAM_ITERATIONS as usize,
+                stored_key: crate::auth::random_bytes::<32>().to_vec(),
+                server_key: crate::auth::random_bytes::<32>().to_vec(),
+            },
+        };
+        Ok((secret, None))
+    }
+}
+
+/// The startup of a PostgreSQL session: with users, SCRAM-SHA-256 (md5 for
+/// users who have an md5 password); a failure is counted, audited, held
+/// back by the per-peer slowdown, and answered `28P01`. Without users,
+/// everyone is let in.
+pub struct PgStartup {
+    auth: Arc<Auth>,
+    driver: AuthDriver<DefaultServerParameterProvider>,
+    scram: Arc<dyn AuthMechanismFactory>,
+    md5: Arc<dyn AuthMechanismFactory>,
+}
+
+impl PgStartup {
+    fn new(auth: Arc<Auth>) -> PgStartup {
+        let secrets = Arc::new(PgSecrets(auth.clone()));
+        PgStartup {
+            driver: AuthDriver::new(DefaultServerParameterProvider::default()),
+            scram: Arc::new(ScramAuth::new(secrets.clone())),
+            md5: Arc::new(Md5PasswordAuth::new(secrets)),
+            auth,
+        }
+    }
+
+    async fn refuse<C: ClientInfo>(&self, client: &C, e: PgWireError) -> PgWireError {
+        let user = client.metadata().get("user").cloned().unwrap_or_default();
+        let why = match &e {
+            PgWireError::InvalidPassword(_) => crate::auth::Denied::Invalid,
+            other => crate::auth::Denied::Malformed(other.to_string()),
+        };
+        let delay = self
+            .auth
+            .failed(Door::Pg, Some(client.socket_addr().ip()), &user, &why);
+        tokio::time::sleep(delay).await;
+        e
+    }
+}
+
+#[async_trait]
+impl StartupHandler for PgStartup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                let Some(users) = self.auth.users() else {
+                    return self.driver.complete_authentication(client, None).await;
+                };
+                let Some(name) = client.metadata().get("user").cloned() else {
+                    return Err(self.refuse(client, PgWireError::UserNameRequired).await);
+                };
+                let md5 = users
+                    .get(&name)
+                    .is_some_and(|u| u.password.is_none() && u.password_md5.is_some());
+                let mechanism = if md5 {
+                    self.md5.create()
+                } else {
+                    self.scram.create()
+                };
+                if let Err(e) = self.driver.begin_authentication(client, mechanism).await {
+                    return Err(self.refuse(client, e).await);
+                }
+                Ok(())
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(m) => {
+                match self.driver.advance_authentication(client, m).await {
+                    Ok(AuthOutcome::Authenticated { final_message, .. }) => {
+                        self.auth
+                            .succeeded(Door::Pg, Some(client.socket_addr().ip()));
+                        self.driver
+                            .complete_authentication(client, final_message)
+                            .await
+                    }
+                    Ok(AuthOutcome::InProgress) => Ok(()),
+                    Err(e) => Err(self.refuse(client, e).await),
+                }
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -540,6 +728,8 @@ pub const PG_CONNECTIONS_MAX: usize = 256;
 pub fn listen(
     engine: Arc<SqlEngine>,
     addr: SocketAddr,
+    auth: Arc<Auth>,
+    tls: Option<crate::auth::tls::Tls>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
@@ -551,7 +741,10 @@ pub fn listen(
         parser: Arc::new(PgParser {
             engine: engine.clone(),
         }),
+        startup: Arc::new(PgStartup::new(auth.clone())),
+        auth,
     });
+    let tls = tls.map(|t| t.pg_acceptor());
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     handle.spawn(async move {
         let listener = match tokio::net::TcpListener::from_std(std_listener) {
@@ -585,8 +778,9 @@ pub fn listen(
             let _ = socket.set_nodelay(true);
             let handler = handler.clone();
             let connections = connections.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                if let Err(e) = pgwire::tokio::process_socket(socket, None, handler).await {
+                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handler).await {
                     debug!(peer = %peer, error = %e, "PostgreSQL connection ended with an error");
                 }
                 connections.fetch_sub(1, Ordering::AcqRel);
