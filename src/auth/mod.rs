@@ -431,9 +431,13 @@ impl Users {
                 (Some(x), Some(y)) => Some(ilp_point(x, y).map_err(|m| format!("{at}: {m}"))?),
                 _ => return Err(format!("{at}: give both ilp_key_x and ilp_key_y")),
             };
-            if password.is_none() && tokens.is_empty() && ilp_key.is_none() {
+            if password.is_none()
+                && password_md5.is_none()
+                && tokens.is_empty()
+                && ilp_key.is_none()
+            {
                 return Err(format!(
-                    "{at}: no password, token or ilp_key: this user could never log in"
+                    "{at}: no password, password_md5, token or ilp_key: this user could never log in"
                 ));
             }
             let user = User {

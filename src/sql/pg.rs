@@ -663,7 +663,16 @@ impl PgStartup {
             .auth
             .failed(Door::Pg, Some(client.socket_addr().ip()), &user, &why);
         tokio::time::sleep(delay).await;
-        e
+        match e {
+            // PostgreSQL's own words and the user's name (SCRAM's
+            // client-first carries none, so pgwire's message has "").
+            PgWireError::InvalidPassword(_) => PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".to_owned(),
+                "28P01".to_owned(),
+                format!("password authentication failed for user \"{user}\""),
+            ))),
+            other => other,
+        }
     }
 }
 
