@@ -7,6 +7,7 @@
 //! cargo bench --bench ilp -- http          # HTTP replay, 10k- and 1M-row requests
 //! cargo bench --bench ilp -- latency       # single-row HTTP durable commit latency
 //! cargo bench --bench ilp -- qwp           # QWP over WebSocket (questdb-rs 7), N and 1 connections
+//! cargo bench --bench ilp -- tls           # TLS against plaintext: TCP and HTTP replays, set-up time
 //! PERF_ROWS=2000000 ...                    # rows per replay (default 2M)
 //! PERF_CONNECTIONS=4 ...                   # TCP/HTTP connections (default 4)
 //! PERF_ENGINE=glommio ...                  # server I/O engine (default auto)
@@ -22,6 +23,7 @@
 
 mod fio;
 mod node;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -32,14 +34,13 @@ use node::{cpu_seconds, ilp_text, wait_visible, KeepAlive, Server};
 
 /// A fresh server in `dir` with the engine and apply interval of the
 /// environment (PERF_ENGINE, PERF_APPLY_MS).
-fn start_server(dir: &Path) -> Server {
+fn start_server(dir: &Path, extra: &[&str]) -> Server {
     let _ = std::fs::remove_dir_all(dir);
     let engine = std::env::var("PERF_ENGINE").unwrap_or_else(|_| "auto".into());
     let apply_ms = std::env::var("PERF_APPLY_MS").unwrap_or_else(|_| "5".into());
-    node::start(
-        dir,
-        &["--io-engine", &engine, "--apply-interval-ms", &apply_ms],
-    )
+    let mut args = vec!["--io-engine", &engine, "--apply-interval-ms", &apply_ms];
+    args.extend_from_slice(extra);
+    node::start(dir, &args)
 }
 
 struct Run {
@@ -99,7 +100,20 @@ fn measure<T>(
     bytes: u64,
     clients: impl FnOnce(&Server) -> T,
 ) -> T {
-    let server = start_server(dir);
+    measure_with(dir, &[], what, names, rows, bytes, clients).0
+}
+
+/// [`measure`] with more server flags; also returns the run.
+fn measure_with<T>(
+    dir: &Path,
+    extra: &[&str],
+    what: String,
+    names: &[String],
+    rows: u64,
+    bytes: u64,
+    clients: impl FnOnce(&Server) -> T,
+) -> (T, Run) {
+    let server = start_server(dir, extra);
     let pid = server.child.id();
     let cpu0 = cpu_seconds(pid);
     let t0 = Instant::now();
@@ -107,16 +121,16 @@ fn measure<T>(
     let sent = t0.elapsed();
     wait_visible(&server.dir, names, rows);
     let visible = t0.elapsed();
-    Run {
+    let run = Run {
         what,
         rows,
         bytes,
         sent,
         visible,
         cpu_s: cpu_seconds(pid) - cpu0,
-    }
-    .print();
-    out
+    };
+    run.print();
+    (out, run)
 }
 
 fn http_replay(base: &Path, rows: u64, conns: usize, request_rows: u64) {
@@ -188,7 +202,7 @@ const QWP_FLUSH_ROWS: u64 = 20_000;
 fn qwp_replay(base: &Path, rows: u64, conns: usize) {
     use questdb::ingress::{AckLevel, Sender, TimestampNanos};
     let dir = base.join("qwp");
-    let server = start_server(&dir);
+    let server = start_server(&dir, &[]);
     let names = tables(conns);
     let per = rows / conns as u64;
     let rows = per * conns as u64;
@@ -262,7 +276,7 @@ fn qwp_replay(base: &Path, rows: u64, conns: usize) {
 
 fn single_row_latency(base: &Path, requests: u64) {
     let dir = base.join("latency");
-    let server = start_server(&dir);
+    let server = start_server(&dir, &[]);
     let yard_dir = base.join("fio");
     std::fs::create_dir_all(&yard_dir).expect("fio dir");
     let yard = fio::fio(&yard_dir, 4096, 64);
@@ -336,6 +350,9 @@ fn main() {
     if what == "all" || what == "qwp" {
         qwp_replay(&base, rows, conns);
         qwp_replay(&base, rows, 1);
+    }
+    if what == "all" || what == "tls" {
+        tls::compare(&base, rows, conns);
     }
     if what == "all" || what == "latency" {
         single_row_latency(&base, 10_000);

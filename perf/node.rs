@@ -182,8 +182,8 @@ pub fn ilp_text(gen: &CpuGenerator, table: &str, first: u64, n: u64) -> Vec<u8> 
 }
 
 /// An HTTP/1.1 keep-alive connection.
-pub struct KeepAlive {
-    s: TcpStream,
+pub struct KeepAlive<S = TcpStream> {
+    s: S,
     buf: Vec<u8>,
 }
 
@@ -191,6 +191,13 @@ impl KeepAlive {
     pub fn connect(addr: SocketAddr) -> KeepAlive {
         let s = TcpStream::connect(addr).expect("connect ILP/HTTP");
         s.set_nodelay(true).expect("nodelay");
+        KeepAlive::over(s)
+    }
+}
+
+impl<S: Read + Write> KeepAlive<S> {
+    /// Over an established stream (TLS, say).
+    pub fn over(s: S) -> KeepAlive<S> {
         KeepAlive { s, buf: Vec::new() }
     }
 

@@ -51,6 +51,13 @@ fi
 command -v psql >/dev/null || { echo "error: psql is required for tests/sql.rs (apt-get install postgresql-client)" >&2; exit 1; }
 psql --version
 
+step "openssl for the test CA of tests/security.rs (scripts/test-pki.sh)"
+if ! command -v openssl >/dev/null && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
+command -v openssl >/dev/null || { echo "error: openssl is required for tests/security.rs (apt-get install openssl)" >&2; exit 1; }
+openssl version
+
 step "Azurite (npm azurite) for the Azure Blob tests in tests/stores.rs"
 command -v npm >/dev/null && command -v node >/dev/null \
   || { echo "error: node and npm are required for the Azurite tests (apt-get install nodejs npm)" >&2; exit 1; }
@@ -74,7 +81,7 @@ if [ "$FUZZ_SECONDS" != "0" ]; then
   # cargo-fuzz needs nightly flags (-Zsanitizer); the stable toolchain accepts
   # them with RUSTC_BOOTSTRAP=1.
   export RUSTC_BOOTSTRAP=1
-  for target in wal_payload wal_scan ilp_parse segment_decode segment_apply metadata_decode sql_text qwp_decode; do
+  for target in wal_payload wal_scan ilp_parse segment_decode segment_apply metadata_decode sql_text qwp_decode auth_parse; do
     work="$(mktemp -d)"
     # New inputs go to a scratch corpus; the committed seeds are read only.
     (cd fuzz && cargo fuzz run "$target" "$work" "corpus/$target" -- \

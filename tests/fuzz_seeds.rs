@@ -360,3 +360,32 @@ fn committed_qwp_seeds_decode() {
             .unwrap_or_else(|e| panic!("seed {name} does not decode: {e:?}"));
     }
 }
+
+/// The committed seeds of `auth_parse` reach past their parsers' first
+/// checks: the users file and the verifier load, the header is a valid
+/// login of the fuzz target's user, the signature line is base64.
+#[test]
+fn committed_auth_seeds_parse() {
+    let seed = |name: &str| {
+        let path = corpus("auth_parse").join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let users = seed("users_file");
+    assert_eq!(users[0], 0);
+    basalt::auth::Users::parse(std::str::from_utf8(&users[1..]).unwrap(), "seed").unwrap();
+    let header = seed("basic_header");
+    assert_eq!(header[0], 1);
+    assert_eq!(
+        basalt::auth::basic_user(&header[1..]).as_deref(),
+        Some("fuzz")
+    );
+    let sig = seed("signature_line");
+    assert_eq!(sig[0], 2);
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(&sig[1..])
+        .unwrap();
+    let verifier = seed("verifier");
+    assert_eq!(verifier[0], 3);
+    basalt::auth::ScramVerifier::parse(std::str::from_utf8(&verifier[1..]).unwrap()).unwrap();
+}

@@ -1243,6 +1243,8 @@ fn a_partitioned_primary_is_fenced_when_healed_and_forks_nothing() {
     cmd.args(["netns", "exec", &ns.name])
         .arg(env!("CARGO_BIN_EXE_basalt"))
         .args(["serve", "--http", &listen, "--ilp", &listen, "--pg", "off"])
+        // A private address of the test's own namespace.
+        .arg("--allow-unauthenticated")
         .arg("--data-dir")
         .arg(&adir)
         .args(["--object-store", &conn_at(&format!("{}.1", ns.store_net))])

@@ -178,7 +178,13 @@ impl Tls {
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        let config = builder.with_cert_resolver(resolver);
+        let mut config = builder.with_cert_resolver(resolver);
+        // No TLS 1.3 session tickets: they are the only bytes the server
+        // would send an ILP/TCP client, which never reads, and a socket
+        // closed with unread bytes sends RST, which discards the rows
+        // still in flight to the server. (Sessions are not resumed; a
+        // full handshake is a few hundred µs.)
+        config.send_tls13_tickets = 0;
         let mut pg = config.clone();
         pg.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(Tls {
