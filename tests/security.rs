@@ -199,9 +199,11 @@ fn http_credentials_and_permissions() {
             t.elapsed()
         );
     }
-    let r = write(Some("Digest x"));
+    let r = write(Some("Digest secret-x"));
     assert_eq!(r.status, 401);
-    assert!(String::from_utf8_lossy(&r.body).contains("not Basic or Bearer"));
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("not Basic or Bearer"), "{body}");
+    assert!(!body.contains("secret-x"), "the header is echoed: {body}");
     // A read-only user may not write.
     let r = write(Some(&basic(READER)));
     assert_eq!(r.status, 403);
@@ -598,6 +600,15 @@ fn postgres_scram_md5_and_verify_full() {
     )
     .unwrap_err();
     assert!(e.contains("not-this-node"), "{e}");
+    // With TLS on, a plaintext session is refused before any password.
+    let e = psql(
+        port,
+        &format!("host=localhost sslmode=disable user={}", READER.0),
+        READER.1,
+        "select 1",
+    )
+    .unwrap_err();
+    assert!(e.contains("over TLS only"), "{e}");
     secure_py(&["pg", &port.to_string(), &ca, READER.0, READER.1]);
     assert!(
         tls_metric(

@@ -12,9 +12,10 @@
 //! - an ILP/TCP public key (`ilp_key_x`, `ilp_key_y`: the clients'
 //!   `token_x`/`token_y`), whose private half signs the server's challenge.
 //!
-//! Every comparison of secret material is constant-time. Failed logins are
-//! counted (`/metrics`), written to the audit log, and slowed down per
-//! peer address.
+//! basalt's own comparisons of secret material are constant-time (pgwire's
+//! SCRAM and md5 checks compare with `==`). Failed logins are counted
+//! (`/metrics`), written to the audit log, and slowed down per peer
+//! address.
 
 pub mod tls;
 
@@ -101,9 +102,8 @@ pub const SCRAM_ITERATIONS: u32 = 4096;
 /// Verifiers with fewer rounds are refused when the users are loaded.
 const SCRAM_ITERATIONS_MIN: u32 = 4096;
 /// Verifiers with more rounds are refused too: each HTTP basic login costs
-/// the rounds once (then it is cached), and a hostile file must not make
-/// that unbounded.
-const SCRAM_ITERATIONS_MAX: u32 = 1 << 20;
+/// the rounds once (then it is cached) on the shard that serves it.
+const SCRAM_ITERATIONS_MAX: u32 = 1 << 16;
 
 /// A password, as PostgreSQL stores it for SCRAM-SHA-256.
 #[derive(Clone)]
@@ -148,6 +148,15 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// The password as SCRAM hashes it: SASLprep-normalized, as libpq does,
+/// or as it is when SASLprep refuses it (PostgreSQL does the same).
+fn normalize(password: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match std::str::from_utf8(password).map(stringprep::saslprep) {
+        Ok(Ok(std::borrow::Cow::Owned(p))) => std::borrow::Cow::Owned(p.into_bytes()),
+        _ => std::borrow::Cow::Borrowed(password),
+    }
+}
+
 impl ScramVerifier {
     /// A verifier for `password` with a fresh random salt.
     pub fn new(password: &str) -> ScramVerifier {
@@ -155,6 +164,8 @@ impl ScramVerifier {
     }
 
     fn salted(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+        let password = normalize(password);
+        let password = password.as_ref();
         let mut salted = [0u8; 32];
         pbkdf2::derive(
             pbkdf2::PBKDF2_HMAC_SHA256,
@@ -295,7 +306,6 @@ pub fn new_ilp_key() -> (String, String, String) {
 }
 
 /// One user, as loaded.
-#[derive(Debug)]
 pub struct User {
     pub name: String,
     pub permission: Permission,
@@ -305,6 +315,16 @@ pub struct User {
     tokens: Vec<[u8; 32]>,
     /// The uncompressed P-256 point 0x04 ‖ x ‖ y.
     ilp_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No secret material, not even hashed.
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("permission", &self.permission)
+            .finish_non_exhaustive()
+    }
 }
 
 impl User {
@@ -409,7 +429,7 @@ impl Users {
                         && m[3..].bytes().all(|b| b.is_ascii_hexdigit());
                     if !ok {
                         return Err(format!(
-                            "{at}: password_md5 must be md5 followed by 32 hex digits (`basalt user password --md5` makes it)"
+                            "{at}: password_md5 must be md5 followed by 32 hex digits (`basalt user password --md5-for USER` makes it)"
                         ));
                     }
                     Some(m.to_ascii_lowercase())
@@ -539,7 +559,8 @@ pub struct Auth {
     failures: [AtomicU64; 3],
     logins: [AtomicU64; 3],
     cache: Mutex<HashMap<[u8; 32], Principal>>,
-    throttle: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Per address: recent failures, the last one, the next free slot.
+    throttle: Mutex<HashMap<IpAddr, (u32, Instant, Instant)>>,
 }
 
 impl Auth {
@@ -596,9 +617,11 @@ impl Auth {
             return found.ok_or(Denied::Invalid);
         }
         if !scheme.eq_ignore_ascii_case("basic") {
-            return Err(Denied::Malformed(format!(
-                "the Authorization scheme {scheme:?} is not Basic or Bearer"
-            )));
+            // Not echoed: a client that sent a bare secret would see it in
+            // the answer and the audit log.
+            return Err(Denied::Malformed(
+                "the Authorization scheme is not Basic or Bearer".into(),
+            ));
         }
         let key = sha256(h.as_bytes());
         if let Some(p) = self.cache.lock().expect("not poisoned").get(&key) {
@@ -612,17 +635,15 @@ impl Auth {
         let (user, password) = text.split_once(':').ok_or_else(|| {
             Denied::Malformed("the Basic credentials have no ':' between user and password".into())
         })?;
-        let p = match users.get(user) {
-            Some(u)
-                if u.password
-                    .as_ref()
-                    .is_some_and(|v| v.check(password.as_bytes())) =>
-            {
-                u.principal()
-            }
+        let p = match users
+            .get(user)
+            .and_then(|u| Some((u, u.password.as_ref()?)))
+        {
+            Some((u, v)) if v.check(password.as_bytes()) => u.principal(),
             Some(_) => return Err(Denied::Invalid),
             None => {
-                // As long as a real check, so names cannot be timed out.
+                // As long as a real check, so names (and users without a
+                // password) cannot be told apart by time.
                 let _ = ScramVerifier::salted(password.as_bytes(), b"basalt", SCRAM_ITERATIONS);
                 return Err(Denied::Invalid);
             }
@@ -683,6 +704,34 @@ impl Auth {
             .collect()
     }
 
+    /// How long a login attempt from `peer` must wait before it is checked:
+    /// nothing for an address without recent failures; otherwise each
+    /// attempt takes the next slot after the previous one's (100 ms,
+    /// doubling per failure, at most 5 s), so parallel connections from
+    /// one address do not multiply its guesses.
+    pub fn admit(&self, peer: Option<IpAddr>) -> Duration {
+        let Some(ip) = peer else {
+            return Duration::ZERO;
+        };
+        let mut t = self.throttle.lock().expect("not poisoned");
+        let Some(e) = t.get_mut(&ip) else {
+            return Duration::ZERO;
+        };
+        let now = Instant::now();
+        if now.duration_since(e.1) >= THROTTLE_FORGET {
+            t.remove(&ip);
+            return Duration::ZERO;
+        }
+        let start = e.2.max(now);
+        e.2 = start + Self::delay(e.0);
+        start - now
+    }
+
+    fn delay(failures: u32) -> Duration {
+        let shift = failures.saturating_sub(1).min(16);
+        (Duration::from_millis(100) * (1u32 << shift)).min(THROTTLE_DELAY_MAX)
+    }
+
     /// Counts a successful login (and forgets the peer's failures).
     pub fn succeeded(&self, door: Door, peer: Option<IpAddr>) {
         self.logins[Self::slot(door)].fetch_add(1, Ordering::Relaxed);
@@ -701,7 +750,8 @@ impl Auth {
             event = "login_failed",
             protocol = door.name(),
             peer = peer.map(|p| p.to_string()).unwrap_or_default(),
-            user,
+            // Debug-quoted: a claimed name may hold newlines.
+            user = ?user,
             reason = %why,
             "login failed"
         );
@@ -710,19 +760,19 @@ impl Auth {
         };
         let mut t = self.throttle.lock().expect("not poisoned");
         if t.len() >= THROTTLE_PEERS_MAX {
-            t.retain(|_, (_, at)| at.elapsed() < THROTTLE_FORGET);
+            t.retain(|_, (_, at, _)| at.elapsed() < THROTTLE_FORGET);
             if t.len() >= THROTTLE_PEERS_MAX {
                 t.clear();
             }
         }
-        let e = t.entry(ip).or_insert((0, Instant::now()));
+        let now = Instant::now();
+        let e = t.entry(ip).or_insert((0, now, now));
         if e.1.elapsed() >= THROTTLE_FORGET {
             e.0 = 0;
         }
         e.0 = e.0.saturating_add(1);
-        e.1 = Instant::now();
-        let shift = (e.0 - 1).min(16);
-        (Duration::from_millis(100) * (1u32 << shift)).min(THROTTLE_DELAY_MAX)
+        e.1 = now;
+        Self::delay(e.0)
     }
 
     /// Prometheus lines: logins and failed logins by protocol.

@@ -81,6 +81,17 @@ fn bad_verifiers_and_files_say_what_is_wrong() {
 }
 
 #[test]
+fn passwords_are_saslprepped_as_libpq_does() {
+    // U+00A0 (no-break space) maps to a space under SASLprep.
+    let v = ScramVerifier::new("a\u{a0}b");
+    assert!(v.check("a b".as_bytes()));
+    assert!(v.check("a\u{a0}b".as_bytes()));
+    // Refused by SASLprep (a control character): used as it is.
+    let v = ScramVerifier::new("a\u{7}b");
+    assert!(v.check("a\u{7}b".as_bytes()));
+}
+
+#[test]
 fn http_credentials() {
     let auth = Auth::new(users(""));
     let p = auth.http(Some(&basic("ingest", "s3cret"))).unwrap();
@@ -198,7 +209,20 @@ fn failures_slow_the_same_peer_down_and_are_counted() {
         auth.failed(Door::Pg, Some(other), "x", &Denied::Invalid),
         Duration::from_millis(100)
     );
+    // Attempts from a failing address queue one after another, however
+    // many connections they come on; others do not wait.
+    let first = auth.admit(Some(ip));
+    let second = auth.admit(Some(ip));
+    assert!(
+        second >= first + Duration::from_secs(4),
+        "{first:?} {second:?}"
+    );
+    assert_eq!(
+        auth.admit(Some("10.9.9.9".parse().unwrap())),
+        Duration::ZERO
+    );
     auth.succeeded(Door::Http, Some(ip));
+    assert_eq!(auth.admit(Some(ip)), Duration::ZERO);
     assert_eq!(
         auth.failed(Door::Http, Some(ip), "x", &Denied::Invalid),
         Duration::from_millis(100)

@@ -40,8 +40,10 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn mtime(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+/// What tells a changed file: its modification time and length.
+fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 fn load_key(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
@@ -68,8 +70,9 @@ fn load_key(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey,
 
 struct Current {
     key: Arc<CertifiedKey>,
-    cert_mtime: Option<SystemTime>,
-    key_mtime: Option<SystemTime>,
+    /// The files as last loaded, or as last tried (a pair that failed is
+    /// tried again, and warned about, only once it changes again).
+    stamps: (Option<(SystemTime, u64)>, Option<(SystemTime, u64)>),
     checked: Instant,
 }
 
@@ -93,17 +96,16 @@ impl Reloading {
         let mut c = self.current.lock().expect("not poisoned");
         if c.checked.elapsed() >= RELOAD_CHECK {
             c.checked = Instant::now();
-            let (cm, km) = (mtime(&self.files.cert), mtime(&self.files.key));
-            if cm != c.cert_mtime || km != c.key_mtime {
+            let stamps = (stamp(&self.files.cert), stamp(&self.files.key));
+            if stamps != c.stamps {
+                c.stamps = stamps;
                 match load_key(&self.files, &self.provider) {
                     Ok(k) => {
                         tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
                         c.key = Arc::new(k);
-                        c.cert_mtime = cm;
-                        c.key_mtime = km;
                     }
                     // A half-written pair (the certificate replaced, the key
-                    // not yet) is retried on the next check.
+                    // not yet) is tried again once a file changes again.
                     Err(e) => tracing::warn!(
                         error = %e,
                         "TLS certificate files changed but do not load; still serving the previous certificate"
@@ -145,8 +147,7 @@ impl Tls {
             provider: provider.clone(),
             current: Mutex::new(Current {
                 key: Arc::new(first),
-                cert_mtime: mtime(&files.cert),
-                key_mtime: mtime(&files.key),
+                stamps: (stamp(&files.cert), stamp(&files.key)),
                 checked: Instant::now(),
             }),
         });

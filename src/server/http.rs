@@ -129,6 +129,12 @@ async fn authorize(
         return Ok(Principal::anonymous());
     };
     let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    if header.is_some() {
+        let wait = auth.admit(peer);
+        if !wait.is_zero() {
+            crate::io::sleep(env.stack, wait).await;
+        }
+    }
     let who = match auth.http(header) {
         Ok(p) => {
             auth.succeeded(Door::Http, peer);

@@ -57,7 +57,7 @@ pub(super) async fn serve(
     let mut filled = 0;
     if state.config.auth.enabled() {
         let ip = peer_addr.map(|p| p.ip());
-        let who = match login(&mut stream, &mut data, &mut filled, &state, env).await {
+        let who = match login(&mut stream, &mut data, &mut filled, ip, &state, env).await {
             Ok(p) => p,
             Err(Some((user, denied))) => {
                 let delay = state.config.auth.failed(Door::IlpTcp, ip, &user, &denied);
@@ -70,6 +70,17 @@ pub(super) async fn serve(
         if let Err(msg) = who.require(Permission::Write, "ILP/TCP writes") {
             warn!(peer, "ILP/TCP: closing connection: {msg}");
             return;
+        }
+        // Lines that came with the signature: parsed now, not after the
+        // next read (which may never come).
+        if filled > 0 {
+            let Some(used) = conn.add(&data[..filled], false) else {
+                conn.wait_in_flight().await;
+                return;
+            };
+            data.copy_within(used..filled, 0);
+            filled -= used;
+            conn.bytes += used;
         }
     }
     loop {
@@ -186,10 +197,15 @@ async fn login(
     stream: &mut Stream,
     data: &mut [u8],
     filled: &mut usize,
+    peer: Option<std::net::IpAddr>,
     state: &ServerState,
     env: ShardEnv,
 ) -> Result<Principal, Option<(String, Denied)>> {
     let deadline = Instant::now() + LOGIN_TIMEOUT;
+    let wait = state.config.auth.admit(peer);
+    if !wait.is_zero() {
+        crate::io::sleep(env.stack, wait).await;
+    }
     let Some(end) = read_line(stream, data, filled, KEY_ID_BYTES_MAX, deadline, state, env).await
     else {
         let claimed = String::from_utf8_lossy(&data[..(*filled).min(64)]).into_owned();

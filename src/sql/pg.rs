@@ -43,6 +43,7 @@ use pgwire::api::auth::{
     protocol_negotiation, save_startup_parameters_to_metadata, AuthDriver, AuthSource,
     DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
+use pgwire::messages::startup::PasswordMessageFamily;
 use pgwire::messages::PgWireFrontendMessage;
 
 use super::format::Strings;
@@ -311,13 +312,11 @@ impl PgHandler {
         if !self.auth.enabled() {
             return Ok(Principal::anonymous());
         }
-        let name = client.metadata().get("user").map_or("", String::as_str);
-        match self.auth.users().and_then(|u| u.get(name)) {
-            Some(u) => Ok(Principal {
-                user: u.name.clone(),
-                permission: u.permission,
-            }),
-            None => Err(PgWireError::InvalidPassword(name.to_owned())),
+        // Set only once the login completed: the startup user name alone
+        // proves nothing.
+        match client.session_extensions().get::<LoggedIn>() {
+            Some(p) => Ok(p.0.clone()),
+            None => Err(fatal("28000", "not logged in".to_owned())),
         }
     }
 }
@@ -580,6 +579,36 @@ impl PgWireServerHandlers for PgHandler {
     }
 }
 
+/// The principal a session logged in as (in pgwire's session extensions).
+struct LoggedIn(Principal);
+
+/// Marks a session that logs in with SASL (SCRAM); true once its
+/// SASLInitialResponse was seen.
+struct Sasl(std::sync::atomic::AtomicBool);
+
+fn fatal(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_owned(),
+        code.to_owned(),
+        message,
+    )))
+}
+
+/// Whether `body` is a well-formed SASLInitialResponse (mechanism name,
+/// then a length that fits the rest, or -1). pgwire's decoder trusts the
+/// length and panics on a short body.
+fn sasl_initial_ok(body: &[u8]) -> bool {
+    let Some(nul) = body.iter().position(|b| *b == 0) else {
+        return false;
+    };
+    let rest = &body[nul + 1..];
+    let Some(len) = rest.get(..4) else {
+        return false;
+    };
+    let len = i32::from_be_bytes(len.try_into().expect("4 bytes"));
+    len == -1 || (len >= 0 && len as usize <= rest.len() - 4)
+}
+
 /// The users' secrets as pgwire's mechanisms ask for them.
 #[derive(Debug)]
 struct PgSecrets(Arc<Auth>);
@@ -637,15 +666,18 @@ impl AuthSource for PgSecrets {
 /// everyone is let in.
 pub struct PgStartup {
     auth: Arc<Auth>,
+    /// TLS is configured: plaintext sessions are refused.
+    tls: bool,
     driver: AuthDriver<DefaultServerParameterProvider>,
     scram: Arc<dyn AuthMechanismFactory>,
     md5: Arc<dyn AuthMechanismFactory>,
 }
 
 impl PgStartup {
-    fn new(auth: Arc<Auth>) -> PgStartup {
+    fn new(auth: Arc<Auth>, tls: bool) -> PgStartup {
         let secrets = Arc::new(PgSecrets(auth.clone()));
         PgStartup {
+            tls,
             driver: AuthDriver::new(DefaultServerParameterProvider::default()),
             scram: Arc::new(ScramAuth::new(secrets.clone())),
             md5: Arc::new(Md5PasswordAuth::new(secrets)),
@@ -663,15 +695,20 @@ impl PgStartup {
             .auth
             .failed(Door::Pg, Some(client.socket_addr().ip()), &user, &why);
         tokio::time::sleep(delay).await;
+        // Always FATAL: pgwire lets a session go on after a non-fatal error,
+        // and this one never logged in.
         match e {
             // PostgreSQL's own words and the user's name (SCRAM's
             // client-first carries none, so pgwire's message has "").
-            PgWireError::InvalidPassword(_) => PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".to_owned(),
-                "28P01".to_owned(),
+            PgWireError::InvalidPassword(_) => fatal(
+                "28P01",
                 format!("password authentication failed for user \"{user}\""),
-            ))),
-            other => other,
+            ),
+            PgWireError::UserError(mut info) => {
+                info.severity = "FATAL".to_owned();
+                PgWireError::UserError(info)
+            }
+            other => fatal("28000", format!("authentication failed: {other}")),
         }
     }
 }
@@ -692,18 +729,34 @@ impl StartupHandler for PgStartup {
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
+                if self.tls && !client.is_secure() {
+                    return Err(fatal(
+                        "28000",
+                        "this node accepts PostgreSQL connections over TLS only: connect with sslmode=require or verify-full".to_owned(),
+                    ));
+                }
                 let Some(users) = self.auth.users() else {
+                    client
+                        .session_extensions()
+                        .insert(LoggedIn(Principal::anonymous()));
                     return self.driver.complete_authentication(client, None).await;
                 };
                 let Some(name) = client.metadata().get("user").cloned() else {
                     return Err(self.refuse(client, PgWireError::UserNameRequired).await);
                 };
+                let wait = self.auth.admit(Some(client.socket_addr().ip()));
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 let md5 = users
                     .get(&name)
                     .is_some_and(|u| u.password.is_none() && u.password_md5.is_some());
                 let mechanism = if md5 {
                     self.md5.create()
                 } else {
+                    client
+                        .session_extensions()
+                        .insert(Sasl(std::sync::atomic::AtomicBool::new(false)));
                     self.scram.create()
                 };
                 if let Err(e) = self.driver.begin_authentication(client, mechanism).await {
@@ -712,10 +765,27 @@ impl StartupHandler for PgStartup {
                 Ok(())
             }
             PgWireFrontendMessage::PasswordMessageFamily(m) => {
+                let sasl = client.session_extensions().get::<Sasl>();
+                if let (Some(sasl), PasswordMessageFamily::Raw(body)) = (sasl, &m) {
+                    if !sasl.0.swap(true, std::sync::atomic::Ordering::Relaxed)
+                        && !sasl_initial_ok(body)
+                    {
+                        let e = fatal("08P01", "malformed SASLInitialResponse".to_owned());
+                        return Err(self.refuse(client, e).await);
+                    }
+                }
                 match self.driver.advance_authentication(client, m).await {
                     Ok(AuthOutcome::Authenticated { final_message, .. }) => {
                         self.auth
                             .succeeded(Door::Pg, Some(client.socket_addr().ip()));
+                        let name = client.metadata().get("user").cloned().unwrap_or_default();
+                        let Some(u) = self.auth.users().and_then(|u| u.get(&name)) else {
+                            return Err(fatal("28000", format!("no user {name:?}")));
+                        };
+                        client.session_extensions().insert(LoggedIn(Principal {
+                            user: u.name.clone(),
+                            permission: u.permission,
+                        }));
                         self.driver
                             .complete_authentication(client, final_message)
                             .await
@@ -726,6 +796,15 @@ impl StartupHandler for PgStartup {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// A PostgreSQL connection's place in the count of open ones.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -750,7 +829,7 @@ pub fn listen(
         parser: Arc::new(PgParser {
             engine: engine.clone(),
         }),
-        startup: Arc::new(PgStartup::new(auth.clone())),
+        startup: Arc::new(PgStartup::new(auth.clone(), tls.is_some())),
         auth,
     });
     let tls = tls.map(|t| t.pg_acceptor());
@@ -786,13 +865,14 @@ pub fn listen(
             }
             let _ = socket.set_nodelay(true);
             let handler = handler.clone();
-            let connections = connections.clone();
+            let slot = Slot(connections.clone());
             let tls = tls.clone();
             tokio::spawn(async move {
+                // Released when the task ends, a panic in it included.
+                let _slot = slot;
                 if let Err(e) = pgwire::tokio::process_socket(socket, tls, handler).await {
                     debug!(peer = %peer, error = %e, "PostgreSQL connection ended with an error");
                 }
-                connections.fetch_sub(1, Ordering::AcqRel);
             });
         }
     });
@@ -801,7 +881,28 @@ pub fn listen(
 
 #[cfg(test)]
 mod tests {
-    use super::split_statements;
+    use super::{sasl_initial_ok, split_statements};
+
+    #[test]
+    fn sasl_initial_responses_that_would_panic_pgwire_are_caught() {
+        let mut ok = b"SCRAM-SHA-256\0".to_vec();
+        ok.extend_from_slice(&3i32.to_be_bytes());
+        ok.extend_from_slice(b"n,,");
+        assert!(sasl_initial_ok(&ok));
+        let mut none = b"SCRAM-SHA-256\0".to_vec();
+        none.extend_from_slice(&(-1i32).to_be_bytes());
+        assert!(sasl_initial_ok(&none));
+        // No length, a length past the end, a negative one, no name.
+        assert!(!sasl_initial_ok(b"SCRAM-SHA-256\0"));
+        let mut long = b"SCRAM-SHA-256\0".to_vec();
+        long.extend_from_slice(&100i32.to_be_bytes());
+        long.extend_from_slice(b"n,,");
+        assert!(!sasl_initial_ok(&long));
+        let mut neg = b"X\0".to_vec();
+        neg.extend_from_slice(&(-2i32).to_be_bytes());
+        assert!(!sasl_initial_ok(&neg));
+        assert!(!sasl_initial_ok(b"SCRAM-SHA-256"));
+    }
 
     #[test]
     fn splits_outside_quotes() {
