@@ -96,16 +96,12 @@ fn questdb_rs_over_tcp_protocol_2() {
     verify(&s, "cpu_rs_tcp2");
 }
 
-fn python() -> String {
-    std::env::var("BASALT_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 fn send_py(conf: &str, table: &str) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/questdb_py.py");
-    let o = std::process::Command::new(python())
+    let o = std::process::Command::new(common::python())
         .args([script, conf, table, &ROWS.to_string()])
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", common::python()));
     assert!(
         o.status.success(),
         "the Python QuestDB client failed ({}). Install it with ./scripts/test.sh, or \
@@ -200,19 +196,10 @@ fn questdb_rs_over_ws() {
 }
 
 fn qwp_py(args: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/qwp_py.py");
-    let o = std::process::Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
-    assert!(
-        o.status.success() && String::from_utf8_lossy(&o.stdout).trim().ends_with("ok"),
-        "qwp_py.py {args:?} failed ({}). The client (questdb>=6, pandas, pyarrow) is \
-         installed by ./scripts/test.sh.\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+    common::client_script(
+        "qwp_py.py",
+        args,
+        "The client (questdb>=6, pandas, pyarrow)",
     );
 }
 

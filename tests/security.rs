@@ -333,25 +333,8 @@ fn tls_metric(pki: &Pki, port: u16, name: &str) -> u64 {
     metric(&String::from_utf8(body).unwrap(), name)
 }
 
-fn python() -> String {
-    std::env::var("BASALT_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 fn secure_py(args: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/secure_py.py");
-    let o = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
-    assert!(
-        o.status.success() && String::from_utf8_lossy(&o.stdout).trim().ends_with("ok"),
-        "secure_py.py {args:?} failed ({}). The client (questdb>=6, psycopg) is installed \
-         by ./scripts/test.sh.\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    common::client_script("secure_py.py", args, "The client (questdb>=6) and psycopg");
 }
 
 /// The official clients over TLS with the credentials they support: ILP
@@ -538,76 +521,47 @@ fn postgres_scram_md5_and_verify_full() {
     let port = s.pg.expect("pg served").port();
     let ca = pki.path("ca.pem");
     let verify_full = format!("host=localhost sslmode=verify-full sslrootcert={ca}");
+    let as_user = |conn: &str, (user, password): (&str, &str), sql: &str| {
+        psql(port, &format!("{conn} user={user}"), password, sql)
+    };
 
-    let out = psql(
-        port,
-        &format!("{verify_full} user={}", READER.0),
-        READER.1,
-        "select 6 * 7",
-    )
-    .expect("psql over verify-full with SCRAM");
+    let out =
+        as_user(&verify_full, READER, "select 6 * 7").expect("psql over verify-full with SCRAM");
     assert_eq!(out.trim(), "42");
-    let e = psql(
-        port,
-        &format!("{verify_full} user={}", READER.0),
-        "wrong",
-        "select 1",
-    )
-    .unwrap_err();
+    let e = as_user(&verify_full, (READER.0, "wrong"), "select 1").unwrap_err();
     assert!(
         e.contains("FATAL:  password authentication failed for user \"reader\""),
         "{e}"
     );
-    let e = psql(port, &format!("{verify_full} user=nobody"), "x", "select 1").unwrap_err();
+    let e = as_user(&verify_full, ("nobody", "x"), "select 1").unwrap_err();
     assert!(
         e.contains("password authentication failed for user \"nobody\""),
         "{e}"
     );
-    let out = psql(
-        port,
-        &format!("{verify_full} user=old"),
-        "old-pw",
-        "select 1",
-    )
-    .expect("psql with md5");
+    let out = as_user(&verify_full, ("old", "old-pw"), "select 1").expect("psql with md5");
     assert_eq!(out.trim(), "1");
-    let e = psql(
-        port,
-        &format!("{verify_full} user={}", READER.0),
-        READER.1,
+    let e = as_user(
+        &verify_full,
+        READER,
         "create table p (ts timestamp) timestamp(ts)",
     )
     .unwrap_err();
     assert!(e.contains("CREATE TABLE needs read-write"), "{e}");
     // The admin may.
-    psql(
-        port,
-        &format!("{verify_full} user={}", ADMIN.0),
-        ADMIN.1,
+    as_user(
+        &verify_full,
+        ADMIN,
         "create table p (ts timestamp) timestamp(ts)",
     )
     .expect("the admin creates a table");
     // verify-full checks the name: 127.0.0.1 is in the certificate, a name
     // that is not is refused by the client.
-    let e = psql(
-        port,
-        &format!(
-            "hostaddr=127.0.0.1 host=not-this-node sslmode=verify-full sslrootcert={ca} user={}",
-            READER.0
-        ),
-        READER.1,
-        "select 1",
-    )
-    .unwrap_err();
+    let other_name =
+        format!("hostaddr=127.0.0.1 host=not-this-node sslmode=verify-full sslrootcert={ca}");
+    let e = as_user(&other_name, READER, "select 1").unwrap_err();
     assert!(e.contains("not-this-node"), "{e}");
     // With TLS on, a plaintext session is refused before any password.
-    let e = psql(
-        port,
-        &format!("host=localhost sslmode=disable user={}", READER.0),
-        READER.1,
-        "select 1",
-    )
-    .unwrap_err();
+    let e = as_user("host=localhost sslmode=disable", READER, "select 1").unwrap_err();
     assert!(e.contains("over TLS only"), "{e}");
     secure_py(&["pg", &port.to_string(), &ca, READER.0, READER.1]);
     assert!(
@@ -625,26 +579,17 @@ fn postgres_scram_md5_and_verify_full() {
     args.extend(["--tls-client-ca".to_string(), ca.clone()]);
     let s = start(&dir.path().join("node2"), &args);
     let port = s.pg.unwrap().port();
+    let as_user = |conn: &str, (user, password): (&str, &str), sql: &str| {
+        psql(port, &format!("{conn} user={user}"), password, sql)
+    };
     let with_cert = format!(
         "{verify_full} sslcert={} sslkey={}",
         pki.path("client.pem"),
         pki.path("client.key")
     );
-    let out = psql(
-        port,
-        &format!("{with_cert} user={}", READER.0),
-        READER.1,
-        "select 1",
-    )
-    .expect("psql with a client certificate");
+    let out = as_user(&with_cert, READER, "select 1").expect("psql with a client certificate");
     assert_eq!(out.trim(), "1");
-    let e = psql(
-        port,
-        &format!("{verify_full} user={}", READER.0),
-        READER.1,
-        "select 1",
-    )
-    .unwrap_err();
+    let e = as_user(&verify_full, READER, "select 1").unwrap_err();
     assert!(e.contains("certificate"), "{e}");
 }
 

@@ -396,3 +396,28 @@ pub fn open_db(dir: &Path) -> Database {
     })
     .unwrap()
 }
+
+/// The Python with the QuestDB client (`$BASALT_TEST_PYTHON`, default
+/// `python3`; ./scripts/test.sh sets up a virtualenv).
+pub fn python() -> String {
+    std::env::var("BASALT_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs tests/clients/`script` with `args`; it must exit 0 and print `ok`
+/// last. `needs` names what the script imports, for the failure message.
+pub fn client_script(script: &str, args: &[&str], needs: &str) {
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim().ends_with("ok"),
+        "{script} {args:?} failed ({}). {needs} are installed by ./scripts/test.sh.\n\
+         stdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
