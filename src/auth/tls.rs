@@ -41,7 +41,9 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// What tells a changed file: its modification time and length.
-fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(p: &Path) -> Stamp {
     let m = std::fs::metadata(p).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
@@ -72,7 +74,7 @@ struct Current {
     key: Arc<CertifiedKey>,
     /// The files as last loaded, or as last tried (a pair that failed is
     /// tried again, and warned about, only once it changes again).
-    stamps: (Option<(SystemTime, u64)>, Option<(SystemTime, u64)>),
+    stamps: (Stamp, Stamp),
     checked: Instant,
 }
 
