@@ -602,6 +602,7 @@ impl Auth {
             .trim();
         let (scheme, value) = h.split_once(' ').unwrap_or((h, ""));
         let value = value.trim();
+        let key = sha256(h.as_bytes());
         if scheme.eq_ignore_ascii_case("bearer") {
             let digest = sha256(value.as_bytes());
             // Every user's every token is compared: the time taken does not
@@ -614,7 +615,9 @@ impl Auth {
                     }
                 }
             }
-            return found.ok_or(Denied::Invalid);
+            let p = found.ok_or(Denied::Invalid)?;
+            self.remember(key, &p);
+            return Ok(p);
         }
         if !scheme.eq_ignore_ascii_case("basic") {
             // Not echoed: a client that sent a bare secret would see it in
@@ -623,7 +626,6 @@ impl Auth {
                 "the Authorization scheme is not Basic or Bearer".into(),
             ));
         }
-        let key = sha256(h.as_bytes());
         if let Some(p) = self.cache.lock().expect("not poisoned").get(&key) {
             return Ok(p.clone());
         }
@@ -648,11 +650,7 @@ impl Auth {
                 return Err(Denied::Invalid);
             }
         };
-        let mut cache = self.cache.lock().expect("not poisoned");
-        if cache.len() >= LOGIN_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(key, p.clone());
+        self.remember(key, &p);
         Ok(p)
     }
 
@@ -732,12 +730,27 @@ impl Auth {
         (Duration::from_millis(100) * (1u32 << shift)).min(THROTTLE_DELAY_MAX)
     }
 
-    /// Counts a successful login (and forgets the peer's failures).
-    pub fn succeeded(&self, door: Door, peer: Option<IpAddr>) {
+    /// Counts a successful login.
+    pub fn succeeded(&self, door: Door, _peer: Option<IpAddr>) {
+        // The address's failures are not forgotten: a guesser holding one
+        // valid login must not reset its own slowdown with it. They expire
+        // a minute after the last one.
         self.logins[Self::slot(door)].fetch_add(1, Ordering::Relaxed);
-        if let Some(ip) = peer {
-            self.throttle.lock().expect("not poisoned").remove(&ip);
+    }
+
+    /// Whether this exact `Authorization` header already logged in (and is
+    /// remembered): such a request is not a guess and is not held back.
+    pub fn known(&self, authorization: &[u8]) -> bool {
+        let key = sha256(authorization.trim_ascii());
+        self.cache.lock().expect("not poisoned").contains_key(&key)
+    }
+
+    fn remember(&self, key: [u8; 32], p: &Principal) {
+        let mut cache = self.cache.lock().expect("not poisoned");
+        if cache.len() >= LOGIN_CACHE_MAX {
+            cache.clear();
         }
+        cache.insert(key, p.clone());
     }
 
     /// Counts a failed login, writes the audit line, and returns how long

@@ -129,7 +129,8 @@ async fn authorize(
         return Ok(Principal::anonymous());
     };
     let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
-    if header.is_some() {
+    // A header that already logged in is not a guess: it never waits.
+    if header.is_some_and(|h| !auth.known(h)) {
         let wait = auth.admit(peer);
         if !wait.is_zero() {
             crate::io::sleep(env.stack, wait).await;
