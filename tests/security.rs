@@ -337,6 +337,16 @@ fn secure_py(args: &[&str]) {
     common::client_script("secure_py.py", args, "The client (questdb>=6) and psycopg");
 }
 
+/// A node with the test users and TLS (the test CA's `node` certificate).
+fn secure_node(dir: &Path) -> (Pki, Users, ServerProcess) {
+    let pki = Pki::new(&dir.join("pki"));
+    let users = Users::new(dir);
+    let mut args = users.args();
+    args.extend(pki.tls_args("node"));
+    let s = start(&dir.join("node"), &args);
+    (pki, users, s)
+}
+
 /// The official clients over TLS with the credentials they support: ILP
 /// over HTTPS with a password, ILP over TCP+TLS with QuestDB's ECDSA
 /// challenge, QWP over WSS with a token (write and query); wrong
@@ -344,11 +354,7 @@ fn secure_py(args: &[&str]) {
 #[test]
 fn official_clients_over_tls_with_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&dir.path().join("pki"));
-    let users = Users::new(dir.path());
-    let mut args = users.args();
-    args.extend(pki.tls_args("node"));
-    let s = start(&dir.path().join("node"), &args);
+    let (pki, users, s) = secure_node(dir.path());
     let (http_port, ilp_port) = (s.http.port(), s.ilp.port());
     let tls = format!("tls_roots={};", pki.path("ca.pem"));
     let (d, x, y) = &users.key;
@@ -513,11 +519,7 @@ fn psql(port: u16, conn: &str, password: &str, sql: &str) -> Result<String, Stri
 #[test]
 fn postgres_scram_md5_and_verify_full() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&dir.path().join("pki"));
-    let users = Users::new(dir.path());
-    let mut args = users.args();
-    args.extend(pki.tls_args("node"));
-    let s = start(&dir.path().join("node"), &args);
+    let (pki, users, s) = secure_node(dir.path());
     let port = s.pg.expect("pg served").port();
     let ca = pki.path("ca.pem");
     let verify_full = format!("host=localhost sslmode=verify-full sslrootcert={ca}");
