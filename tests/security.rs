@@ -595,6 +595,53 @@ fn postgres_scram_md5_and_verify_full() {
     assert!(e.contains("certificate"), "{e}");
 }
 
+/// A SASLInitialResponse whose length field is missing (which panics
+/// pgwire's decoder) is answered `FATAL 08P01` before it gets there, and
+/// the node goes on serving logins.
+#[test]
+fn a_malformed_scram_message_is_refused_not_a_crash() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let users = Users::new(dir.path());
+    let s = start(&dir.path().join("node"), &users.args());
+    let port = s.pg.expect("pg served").port();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let params = b"user\0reader\0database\0qdb\0\0";
+    let mut startup = ((8 + params.len()) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&196_608i32.to_be_bytes()); // protocol 3.0
+    startup.extend_from_slice(params);
+    c.write_all(&startup).unwrap();
+    // AuthenticationSASL: 'R', length, 10, mechanism names.
+    let mut head = [0u8; 9];
+    c.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], b'R');
+    assert_eq!(i32::from_be_bytes(head[5..9].try_into().unwrap()), 10);
+    let len = i32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+    let mut rest = vec![0u8; len - 8];
+    c.read_exact(&mut rest).unwrap();
+    assert!(String::from_utf8_lossy(&rest).contains("SCRAM-SHA-256"));
+    // The mechanism's name, and no length of its data.
+    let body = b"SCRAM-SHA-256\0";
+    let mut msg = vec![b'p'];
+    msg.extend_from_slice(&((4 + body.len()) as i32).to_be_bytes());
+    msg.extend_from_slice(body);
+    c.write_all(&msg).unwrap();
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    assert_eq!(answer.first(), Some(&b'E'), "{answer:?}");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("FATAL") && text.contains("08P01"), "{text}");
+    let out = psql(
+        port,
+        &format!("host=127.0.0.1 user={}", READER.0),
+        READER.1,
+        "select 1",
+    )
+    .expect("a login after the malformed one");
+    assert_eq!(out.trim(), "1");
+}
+
 /// The certificate the node serves now.
 fn served_certificate(pki: &Pki, port: u16) -> Vec<u8> {
     use std::io::Write;
