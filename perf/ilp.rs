@@ -50,13 +50,15 @@ struct Run {
     sent: Duration,
     visible: Duration,
     cpu_s: f64,
+    /// This process's CPU over the run: the load generator's.
+    client_cpu_s: f64,
 }
 
 impl Run {
     fn print(&self) {
         let s = self.visible.as_secs_f64();
         println!(
-            "{:<34} {:>9} rows {:>7.1} MB  sent {:>7.3}s  visible {:>7.3}s  {:>10.0} rows/s {:>7.1} MB/s  server CPU {:>6.3}s = {:.3} µs/row",
+            "{:<34} {:>9} rows {:>7.1} MB  sent {:>7.3}s  visible {:>7.3}s  {:>10.0} rows/s {:>7.1} MB/s  server CPU {:>6.3}s = {:.3} µs/row  client CPU {:.3} µs/row",
             self.what,
             self.rows,
             self.bytes as f64 / 1e6,
@@ -66,6 +68,7 @@ impl Run {
             self.bytes as f64 / 1e6 / s,
             self.cpu_s,
             self.cpu_s * 1e6 / self.rows as f64,
+            self.client_cpu_s * 1e6 / self.rows as f64,
         );
     }
 }
@@ -116,6 +119,8 @@ fn measure_with<T>(
     let server = start_server(dir, extra);
     let pid = server.child.id();
     let cpu0 = cpu_seconds(pid);
+    let me = std::process::id();
+    let client0 = cpu_seconds(me);
     let t0 = Instant::now();
     let out = clients(&server);
     let sent = t0.elapsed();
@@ -128,6 +133,7 @@ fn measure_with<T>(
         sent,
         visible,
         cpu_s: cpu_seconds(pid) - cpu0,
+        client_cpu_s: cpu_seconds(me) - client0,
     };
     run.print();
     (out, run)
@@ -246,7 +252,10 @@ fn qwp_replay(base: &Path, rows: u64, conns: usize) {
         work.push((sender, bufs));
     }
     let pid = server.child.id();
+    let client0 = cpu_seconds(std::process::id());
     let cpu0 = cpu_seconds(pid);
+    let me = std::process::id();
+    let client0 = cpu_seconds(me);
     let t0 = Instant::now();
     std::thread::scope(|s| {
         for (mut sender, bufs) in work {
@@ -269,6 +278,7 @@ fn qwp_replay(base: &Path, rows: u64, conns: usize) {
         sent,
         visible: t0.elapsed(),
         cpu_s: cpu_seconds(pid) - cpu0,
+        client_cpu_s: cpu_seconds(std::process::id()) - client0,
     }
     .print();
     println!("  (\"sent\" = every message acknowledged: durable)");

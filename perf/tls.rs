@@ -45,11 +45,13 @@ fn connect_tls(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> Tls {
 fn ratio(what: &str, plain: &Run, tls: &Run) {
     let rate = |r: &Run| r.rows as f64 / r.visible.as_secs_f64();
     println!(
-        "  {what}: TLS rows/s = {:.1}% of plaintext; server CPU per row {:.3} µs over TLS, {:.3} µs plaintext (+{:.1}%)",
+        "  {what}: TLS rows/s = {:.1}% of plaintext; server CPU per row {:.3} µs over TLS, {:.3} µs plaintext (+{:.1}%); client CPU per row {:.3} µs over TLS, {:.3} µs plaintext",
         100.0 * rate(tls) / rate(plain),
         tls.cpu_s * 1e6 / tls.rows as f64,
         plain.cpu_s * 1e6 / plain.rows as f64,
         100.0 * (tls.cpu_s / tls.rows as f64) / (plain.cpu_s / plain.rows as f64) - 100.0,
+        tls.client_cpu_s * 1e6 / tls.rows as f64,
+        plain.client_cpu_s * 1e6 / plain.rows as f64,
     );
 }
 
