@@ -252,7 +252,6 @@ fn qwp_replay(base: &Path, rows: u64, conns: usize) {
         work.push((sender, bufs));
     }
     let pid = server.child.id();
-    let client0 = cpu_seconds(std::process::id());
     let cpu0 = cpu_seconds(pid);
     let me = std::process::id();
     let client0 = cpu_seconds(me);
@@ -278,7 +277,7 @@ fn qwp_replay(base: &Path, rows: u64, conns: usize) {
         sent,
         visible: t0.elapsed(),
         cpu_s: cpu_seconds(pid) - cpu0,
-        client_cpu_s: cpu_seconds(std::process::id()) - client0,
+        client_cpu_s: cpu_seconds(me) - client0,
     }
     .print();
     println!("  (\"sent\" = every message acknowledged: durable)");
