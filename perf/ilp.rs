@@ -77,16 +77,67 @@ fn tables(conns: usize) -> Vec<String> {
     (0..conns).map(|k| format!("cpu_{k}")).collect()
 }
 
-fn tcp_replay(base: &Path, rows: u64, conns: usize) {
+/// The ILP text of a replay over `conns` connections, one table each:
+/// table names, each connection's text, the rows and bytes in all.
+struct Replay {
+    names: Vec<String>,
+    texts: Vec<Vec<u8>>,
+    rows: u64,
+    bytes: u64,
+}
+
+fn tcp_texts(rows: u64, conns: usize) -> Replay {
     let gen = CpuGenerator::default();
     let per = rows / conns as u64;
     let names = tables(conns);
     let texts: Vec<Vec<u8>> = (0..conns)
         .map(|k| ilp_text(&gen, &names[k], k as u64 * per, per))
         .collect();
-    let bytes: u64 = texts.iter().map(|t| t.len() as u64).sum();
+    let bytes = texts.iter().map(|t| t.len() as u64).sum();
+    Replay {
+        names,
+        texts,
+        rows: per * conns as u64,
+        bytes,
+    }
+}
+
+/// Each connection's HTTP request bodies of `request_rows` rows (at least
+/// one per connection), with the table names and rows in all.
+fn http_bodies(
+    rows: u64,
+    conns: usize,
+    request_rows: u64,
+) -> (Vec<String>, Vec<Vec<Vec<u8>>>, u64) {
+    let gen = CpuGenerator::default();
+    let per = (rows / conns as u64).max(request_rows);
+    let per = per - per % request_rows;
+    let names = tables(conns);
+    let bodies = (0..conns)
+        .map(|k| {
+            (0..per / request_rows)
+                .map(|r| {
+                    ilp_text(
+                        &gen,
+                        &names[k],
+                        k as u64 * per + r * request_rows,
+                        request_rows,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    (names, bodies, per * conns as u64)
+}
+
+fn tcp_replay(base: &Path, rows: u64, conns: usize) {
+    let Replay {
+        names,
+        texts,
+        rows,
+        bytes,
+    } = tcp_texts(rows, conns);
     let what = format!("TCP replay, {conns} connections");
-    let rows = per * conns as u64;
     measure(&base.join("tcp"), what, &names, rows, bytes, |server| {
         node::tcp_send_all(server.ilp, &texts)
     });
@@ -140,27 +191,9 @@ fn measure_with<T>(
 }
 
 fn http_replay(base: &Path, rows: u64, conns: usize, request_rows: u64) {
-    let gen = CpuGenerator::default();
-    let per = (rows / conns as u64).max(request_rows);
-    let per = per - per % request_rows;
-    let names = tables(conns);
-    let bodies: Vec<Vec<Vec<u8>>> = (0..conns)
-        .map(|k| {
-            (0..per / request_rows)
-                .map(|r| {
-                    ilp_text(
-                        &gen,
-                        &names[k],
-                        k as u64 * per + r * request_rows,
-                        request_rows,
-                    )
-                })
-                .collect()
-        })
-        .collect();
+    let (names, bodies, rows) = http_bodies(rows, conns, request_rows);
     let bytes: u64 = bodies.iter().flatten().map(|b| b.len() as u64).sum();
     let what = format!("HTTP {request_rows}-row requests, {conns} conns");
-    let rows = per * conns as u64;
     let hists: Vec<Histogram<u64>> =
         measure(&base.join("http"), what, &names, rows, bytes, |server| {
             std::thread::scope(|s| {

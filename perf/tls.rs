@@ -10,11 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use basalt::gen::CpuGenerator;
 use hdrhistogram::Histogram;
 
-use super::node::{self, ilp_text, KeepAlive};
-use super::{measure_with, tables, Run};
+use super::node::{self, KeepAlive};
+use super::{measure_with, Run};
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
@@ -55,6 +54,13 @@ fn ratio(what: &str, plain: &Run, tls: &Run) {
     );
 }
 
+/// POSTs every body on one keep-alive connection; each must be 204.
+fn post_each<S: Read + Write>(mut c: KeepAlive<S>, bodies: &[Vec<u8>]) {
+    for b in bodies {
+        assert_eq!(c.post(b), 204);
+    }
+}
+
 pub fn compare(base: &Path, rows: u64, conns: usize) {
     let pki = base.join("pki");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-pki.sh");
@@ -67,16 +73,13 @@ pub fn compare(base: &Path, rows: u64, conns: usize) {
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let tls_args = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
     let config = client_config(&pki.join("ca.pem"));
-    let gen = CpuGenerator::default();
-
     for c in [conns, 1] {
-        let per = rows / c as u64;
-        let names = tables(c);
-        let texts: Vec<Vec<u8>> = (0..c)
-            .map(|k| ilp_text(&gen, &names[k], k as u64 * per, per))
-            .collect();
-        let bytes: u64 = texts.iter().map(|t| t.len() as u64).sum();
-        let total = per * c as u64;
+        let super::Replay {
+            names,
+            texts,
+            rows: total,
+            bytes,
+        } = super::tcp_texts(rows, c);
         let ((), plain) = measure_with(
             &base.join("tcp"),
             &[],
@@ -114,41 +117,17 @@ pub fn compare(base: &Path, rows: u64, conns: usize) {
     }
 
     // HTTP: 10,000-row requests on keep-alive connections.
-    let request_rows = 10_000u64;
-    let per = (rows / conns as u64).max(request_rows);
-    let per = per - per % request_rows;
-    let names = tables(conns);
-    let bodies: Vec<Vec<Vec<u8>>> = (0..conns)
-        .map(|k| {
-            (0..per / request_rows)
-                .map(|i| {
-                    ilp_text(
-                        &gen,
-                        &names[k],
-                        k as u64 * per + i * request_rows,
-                        request_rows,
-                    )
-                })
-                .collect()
-        })
-        .collect();
+    let (names, bodies, total) = super::http_bodies(rows, conns, 10_000);
     let bytes: u64 = bodies.iter().flatten().map(|b| b.len() as u64).sum();
-    let total = per * conns as u64;
     let post_all = |addr: SocketAddr, tls: bool| {
         std::thread::scope(|s| {
             for mine in &bodies {
                 let config = &config;
                 s.spawn(move || {
                     if tls {
-                        let mut c = KeepAlive::over(connect_tls(addr, config));
-                        for b in mine {
-                            assert_eq!(c.post(b), 204);
-                        }
+                        post_each(KeepAlive::over(connect_tls(addr, config)), mine);
                     } else {
-                        let mut c = KeepAlive::connect(addr);
-                        for b in mine {
-                            assert_eq!(c.post(b), 204);
-                        }
+                        post_each(KeepAlive::connect(addr), mine);
                     }
                 });
             }

@@ -60,10 +60,6 @@ impl Permission {
     }
 }
 
-/// How every refusal for want of permission starts (PostgreSQL answers
-/// these with SQLSTATE 42501, HTTP with 403).
-pub const DENIED_PREFIX: &str = "permission denied:";
-
 /// Whom a request runs as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
@@ -83,12 +79,12 @@ impl Principal {
 
     /// `Err` with the message a client is shown (HTTP 403, PostgreSQL
     /// 42501) when this principal may not do `what`.
-    pub fn require(&self, need: Permission, what: &str) -> Result<(), String> {
+    pub fn require(&self, need: Permission, what: &dyn std::fmt::Display) -> Result<(), String> {
         if self.permission >= need {
             return Ok(());
         }
         Err(format!(
-            "{DENIED_PREFIX} user {:?} is {}; {what} needs {}",
+            "permission denied: user {:?} is {}; {what} needs {}",
             self.user,
             self.permission.name(),
             need.name()
@@ -589,7 +585,8 @@ impl Auth {
     }
 
     /// Checks an HTTP `Authorization` header: `Basic base64(user:password)`
-    /// or `Bearer <token>`.
+    /// or `Bearer <token>`, and remembers it when it logs in (see
+    /// [`Auth::cached`], which callers ask first).
     pub fn http(&self, authorization: Option<&[u8]>) -> Result<Principal, Denied> {
         let Some(users) = &self.users else {
             return Ok(Principal::anonymous());
@@ -597,12 +594,12 @@ impl Auth {
         let Some(h) = authorization else {
             return Err(Denied::Missing);
         };
+        let h = h.trim_ascii();
+        let key = sha256(h);
         let h = std::str::from_utf8(h)
-            .map_err(|_| Denied::Malformed("the Authorization header is not text".into()))?
-            .trim();
+            .map_err(|_| Denied::Malformed("the Authorization header is not text".into()))?;
         let (scheme, value) = h.split_once(' ').unwrap_or((h, ""));
         let value = value.trim();
-        let key = sha256(h.as_bytes());
         if scheme.eq_ignore_ascii_case("bearer") {
             let digest = sha256(value.as_bytes());
             // Every user's every token is compared: the time taken does not
@@ -625,9 +622,6 @@ impl Auth {
             return Err(Denied::Malformed(
                 "the Authorization scheme is not Basic or Bearer".into(),
             ));
-        }
-        if let Some(p) = self.cache.lock().expect("not poisoned").get(&key) {
-            return Ok(p.clone());
         }
         let raw = STANDARD
             .decode(value)
@@ -738,11 +732,12 @@ impl Auth {
         self.logins[Self::slot(door)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether this exact `Authorization` header already logged in (and is
-    /// remembered): such a request is not a guess and is not held back.
-    pub fn known(&self, authorization: &[u8]) -> bool {
+    /// Whom this exact `Authorization` header logged in as, when it did
+    /// before (and is remembered): such a request is not a guess, is not
+    /// held back, and costs no PBKDF2.
+    pub fn cached(&self, authorization: &[u8]) -> Option<Principal> {
         let key = sha256(authorization.trim_ascii());
-        self.cache.lock().expect("not poisoned").contains_key(&key)
+        self.cache.lock().expect("not poisoned").get(&key).cloned()
     }
 
     fn remember(&self, key: [u8; 32], p: &Principal) {
@@ -790,22 +785,25 @@ impl Auth {
 
     /// Prometheus lines: logins and failed logins by protocol.
     pub fn metrics_text(&self) -> String {
+        use std::fmt::Write;
         let mut s = String::new();
-        s.push_str("# HELP basalt_auth_failures_total Failed logins (wrong or missing credentials).\n# TYPE basalt_auth_failures_total counter\n");
-        for d in [Door::Http, Door::IlpTcp, Door::Pg] {
-            s.push_str(&format!(
-                "basalt_auth_failures_total{{protocol=\"{}\"}} {}\n",
-                d.name(),
-                self.failures[Self::slot(d)].load(Ordering::Relaxed)
-            ));
-        }
-        s.push_str("# HELP basalt_auth_logins_total Successful logins (HTTP: requests that carried credentials).\n# TYPE basalt_auth_logins_total counter\n");
-        for d in [Door::Http, Door::IlpTcp, Door::Pg] {
-            s.push_str(&format!(
-                "basalt_auth_logins_total{{protocol=\"{}\"}} {}\n",
-                d.name(),
-                self.logins[Self::slot(d)].load(Ordering::Relaxed)
-            ));
+        for (name, help, counts) in [
+            (
+                "basalt_auth_failures_total",
+                "Failed logins (wrong or missing credentials).",
+                &self.failures,
+            ),
+            (
+                "basalt_auth_logins_total",
+                "Successful logins (HTTP: requests that carried credentials).",
+                &self.logins,
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+            for d in [Door::Http, Door::IlpTcp, Door::Pg] {
+                let n = counts[Self::slot(d)].load(Ordering::Relaxed);
+                let _ = writeln!(s, "{name}{{protocol=\"{}\"}} {n}", d.name());
+            }
         }
         s
     }

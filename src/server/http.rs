@@ -129,14 +129,20 @@ async fn authorize(
         return Ok(Principal::anonymous());
     };
     let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
-    // A header that already logged in is not a guess: it never waits.
-    if header.is_some_and(|h| !auth.known(h)) {
+    // A header that already logged in is not a guess: it neither waits
+    // nor costs a check again.
+    let known = header.and_then(|h| auth.cached(h));
+    if header.is_some() && known.is_none() {
         let wait = auth.admit(peer);
         if !wait.is_zero() {
             crate::io::sleep(env.stack, wait).await;
         }
     }
-    let who = match auth.http(header) {
+    let checked = match known {
+        Some(p) => Ok(p),
+        None => auth.http(header),
+    };
+    let who = match checked {
         Ok(p) => {
             auth.succeeded(Door::Http, peer);
             p
@@ -155,8 +161,8 @@ async fn authorize(
             return Err(r);
         }
     };
-    let what = format!("{} {}", req.method(), req.uri().path());
-    match who.require(need, &what) {
+    // The message is built only for a refusal.
+    match who.require(need, &format_args!("{} {}", req.method(), req.uri().path())) {
         Ok(()) => Ok(who),
         Err(msg) => Err(plain_text(StatusCode::FORBIDDEN, msg)),
     }

@@ -62,7 +62,7 @@ fn parse_limit(v: &str) -> Result<Window, String> {
 }
 
 fn sql_error(query: &str, e: &SqlError) -> Answer {
-    let status = if e.message.starts_with(crate::auth::DENIED_PREFIX) {
+    let status = if e.denied {
         StatusCode::FORBIDDEN
     } else {
         StatusCode::BAD_REQUEST

@@ -822,9 +822,7 @@ mod egress {
         }
         let params = (!q.binds.is_empty()).then_some(q.binds);
         let last = match engine.execute(&q.sql, params, who).await {
-            Err(e) if e.message.starts_with(crate::auth::DENIED_PREFIX) => {
-                wire::query_error(rid, status::SECURITY_ERROR, &e.message)
-            }
+            Err(e) if e.denied => wire::query_error(rid, status::SECURITY_ERROR, &e.message),
             Err(e) => wire::query_error(rid, status::PARSE_ERROR, &e.message),
             Ok(Output::Command(tag)) => wire::exec_done(rid, wire::op_type(tag), 0),
             Ok(Output::Rows(mut stream)) => {

@@ -63,7 +63,7 @@ impl SqlError {
             .map(|(l, c)| offset_of(sql, l, c))
             .or_else(|| quoted_name_at(&message, sql))
             .unwrap_or(0);
-        SqlError { message, position }
+        SqlError::new(message, position)
     }
 }
 
@@ -424,7 +424,7 @@ impl SqlEngine {
                 ddl::Ddl::CreateTable { .. } => (Permission::Write, "CREATE TABLE"),
                 ddl::Ddl::DropTable { .. } => (Permission::Write, "DROP TABLE"),
             };
-            who.require(need, what).map_err(|m| SqlError::new(m, 0))?;
+            who.require(need, &what).map_err(SqlError::denied)?;
             if need == Permission::Admin {
                 tracing::info!(target: "basalt::audit", action = what, user = who.user, "admin statement");
             }

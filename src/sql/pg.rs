@@ -64,7 +64,7 @@ fn user_error(e: SqlError) -> PgWireError {
 }
 
 fn error_info(e: SqlError) -> ErrorInfo {
-    let code = if e.message.starts_with(crate::auth::DENIED_PREFIX) {
+    let code = if e.denied {
         "42501" // insufficient_privilege
     } else {
         // syntax_error_or_access_rule_violation: the closest generic class.

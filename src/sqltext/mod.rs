@@ -14,6 +14,9 @@ pub struct SqlError {
     pub message: String,
     /// Character offset into the query the error points at (0 when unknown).
     pub position: usize,
+    /// Refused for want of permission (HTTP 403, PostgreSQL 42501, QWP
+    /// security error), not because the query is wrong.
+    pub denied: bool,
 }
 
 impl SqlError {
@@ -21,6 +24,15 @@ impl SqlError {
         SqlError {
             message: message.into(),
             position,
+            denied: false,
+        }
+    }
+
+    /// A refusal for want of permission.
+    pub fn denied(message: impl Into<String>) -> SqlError {
+        SqlError {
+            denied: true,
+            ..SqlError::new(message, 0)
         }
     }
 }
