@@ -1,13 +1,17 @@
 //! Criterion micro-benchmarks of the storage core on the reference table:
 //! apply into column files (in order, and with 10% of rows out of order),
-//! and the WAL payload codec, each beside a memcpy of the same bytes.
+//! the WAL payload codec, and ILP text parsed into column batches, each
+//! beside a memcpy of the same bytes.
 //!
 //! cargo bench --bench storage
 
 use std::path::Path;
 
 use basalt::batch::{codec, Batch, BatchBuilder};
+use basalt::db::{Database, DbOptions};
 use basalt::gen::{CpuGenerator, BASE_TS_US};
+use basalt::ingest::{IngestBuffer, IngestOptions, Ingestor};
+use basalt::io::EngineChoice;
 use basalt::table::TableWriter;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
@@ -115,5 +119,54 @@ fn codec_bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, apply, codec_bench);
+/// ILP text of the reference table into column batches (what a server
+/// does with every request before the WAL), beside a memcpy of the text.
+fn ilp_bench(c: &mut Criterion) {
+    const LINES: u64 = 100_000;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let db = Database::open(DbOptions {
+        data_dir: dir.path().to_path_buf(),
+        engine: EngineChoice::Portable,
+        shards: 1,
+        ..DbOptions::default()
+    })
+    .expect("open database");
+    let gen = CpuGenerator::default();
+    let mut text = Vec::new();
+    for i in 0..LINES {
+        gen.ilp_line(&mut text, "cpu", i);
+    }
+    let parse = |ing: &Ingestor| {
+        let mut buf = IngestBuffer::default();
+        let used = ing.add(&mut buf, &text, 0, true).expect("valid ILP");
+        assert_eq!(used, text.len());
+        ing.take_batches(&mut buf)
+    };
+    let fast = Ingestor::new(&db, IngestOptions::default());
+    let general = Ingestor::new(&db, IngestOptions::default()).general_path_only();
+    // The first run creates the table and its columns.
+    let batches = parse(&fast);
+    assert_eq!(batches[0].1 as u64, LINES);
+    assert_eq!(batches[0].2, parse(&general)[0].2, "both paths agree");
+    let mut g = c.benchmark_group("ilp_parse");
+    g.throughput(Throughput::Elements(LINES));
+    // Lines straight into the columns (what servers do)...
+    g.bench_function("text_to_batch_100k_rows", |b| b.iter(|| parse(&fast)));
+    // ... and each line parsed into values, then mapped (the general path).
+    g.bench_function("text_to_batch_100k_rows_general_path", |b| {
+        b.iter(|| parse(&general))
+    });
+    let mut dst = vec![0u8; text.len()];
+    g.bench_function("memcpy_same_bytes", |b| {
+        b.iter(|| {
+            dst.copy_from_slice(&text);
+            criterion::black_box(&dst);
+        })
+    });
+    g.finish();
+    drop(batches);
+    db.close();
+}
+
+criterion_group!(benches, apply, codec_bench, ilp_bench);
 criterion_main!(benches);

@@ -31,6 +31,8 @@ const FLAG_VALIDITY: u8 = 1;
 /// Appends the encoding of `batch` to `out`.
 pub fn encode(batch: &Batch, out: &mut Vec<u8>) {
     let rows = batch.row_count();
+    // One allocation of the final size, not a doubling series of copies.
+    out.reserve(encoded_len_max(batch));
     out.extend_from_slice(&(rows as u32).to_le_bytes());
     out.extend_from_slice(&(batch.columns.len() as u32).to_le_bytes());
     for c in &batch.columns {
@@ -63,6 +65,23 @@ pub fn encode(batch: &Batch, out: &mut Vec<u8>) {
             }
         }
     }
+}
+
+/// At least the bytes [`encode`] writes for `batch`.
+fn encoded_len_max(batch: &Batch) -> usize {
+    let rows = batch.row_count();
+    8 + batch
+        .columns
+        .iter()
+        .map(|c| {
+            let dict: usize = c.dict.iter().map(|s| 4 + s.len()).sum();
+            let values = match &c.values {
+                Values::Fixed(b) => b.len(),
+                Values::Var { offsets, bytes } => 8 + offsets.len() * 8 + bytes.len(),
+            };
+            4 + rows.div_ceil(8) + 4 + dict + values
+        })
+        .sum::<usize>()
 }
 
 struct Reader<'a> {

@@ -219,6 +219,7 @@ impl ColumnBuf {
         }
     }
 
+    #[inline]
     fn push_fixed(&mut self, bytes: &[u8], valid: bool) {
         self.set_valid(valid);
         if let Values::Fixed(b) = &mut self.values {
@@ -562,16 +563,7 @@ impl BatchBuilder {
             (ColumnType::Timestamp, Value::Timestamp(v)) => col.push_fixed(&v.to_le_bytes(), true),
             (ColumnType::Varchar, Value::Varchar(s)) => col.push_str(s, true),
             (ColumnType::Symbol, Value::Symbol(s)) => {
-                let keys = &mut self.symbol_keys[column];
-                let key = match keys.get(s) {
-                    Some(k) => *k,
-                    None => {
-                        let k = col.dict.len() as i32;
-                        col.dict.push(s.to_string());
-                        keys.insert(s.to_string(), k);
-                        k
-                    }
-                };
+                let key = symbol_key(&mut self.symbol_keys[column], &mut col.dict, s);
                 col.push_fixed(&key.to_le_bytes(), true);
             }
             (_, v) => return Err(mismatch(&v)),
@@ -634,12 +626,72 @@ impl BatchBuilder {
         self.columns.len()
     }
 
+    /// Whole rows appended by a caller that already checked every value
+    /// against the column types (ILP's fast path, `ingest`): `push_*` one
+    /// value into every column, then [`BatchBuilder::end_raw_row`]. No
+    /// [`BatchBuilder::set`] may be pending.
+    #[inline]
+    pub(crate) fn push_raw_fixed<const N: usize>(&mut self, column: usize, bytes: [u8; N]) {
+        let col = &mut self.columns[column];
+        debug_assert_eq!(col.width(), N);
+        col.set_valid(true);
+        if let Values::Fixed(b) = &mut col.values {
+            b.extend_from_slice(&bytes);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn push_raw_str(&mut self, column: usize, s: &str) {
+        self.columns[column].push_str(s, true);
+    }
+
+    #[inline]
+    pub(crate) fn push_raw_null(&mut self, column: usize) {
+        self.columns[column].push_null();
+    }
+
+    /// A symbol value: its key in this batch's dictionary of `column`.
+    #[inline]
+    pub(crate) fn push_raw_symbol(&mut self, column: usize, s: &str) {
+        let col = &mut self.columns[column];
+        let key = symbol_key(&mut self.symbol_keys[column], &mut col.dict, s);
+        col.push_fixed(&key.to_le_bytes(), true);
+    }
+
+    /// Whether one more row fits the batch.
+    #[inline]
+    pub(crate) fn has_room(&self) -> bool {
+        self.rows < BATCH_ROWS_MAX
+    }
+
+    /// Ends a row whose every column got one `push_raw_*`.
+    #[inline]
+    pub(crate) fn end_raw_row(&mut self) {
+        self.rows += 1;
+        debug_assert!(
+            self.columns.iter().all(|c| c.len() == self.rows),
+            "a raw row must set every column once"
+        );
+    }
+
     pub fn finish(mut self) -> Batch {
         self.cancel_row();
         Batch {
             columns: self.columns,
         }
     }
+}
+
+/// The key of symbol `s` in a batch dictionary, added if new.
+#[inline]
+fn symbol_key(keys: &mut HashMap<String, i32>, dict: &mut Vec<String>, s: &str) -> i32 {
+    if let Some(k) = keys.get(s) {
+        return *k;
+    }
+    let k = dict.len() as i32;
+    dict.push(s.to_string());
+    keys.insert(s.to_string(), k);
+    k
 }
 
 /// Packs one-byte-per-row flags into an LSB-first bitmap (Arrow's layout).

@@ -18,6 +18,11 @@
 //! Parsing borrows from the input: a name or string is copied only when it
 //! contains escapes. [`Line`] keeps its vectors between lines, so parsing a
 //! buffer allocates nothing per row once they have grown.
+//!
+//! This is the general parser. Servers read most lines through the fast
+//! path of `crate::ingest` (lines shaped like their table's last line go
+//! straight into the columns) and come here for the rest; both use
+//! [`parse_int`] and [`parse_float`], so a value reads the same either way.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -357,14 +362,14 @@ impl<'a> Cursor<'a> {
             "" => return Err(bad()),
             _ if !matches!(first, Some(b't' | b'T' | b'f' | b'F')) => {
                 match text.as_bytes()[text.len() - 1] {
-                    b'i' => {
-                        FieldValue::Integer(parse_int(&text[..text.len() - 1]).ok_or_else(bad)?)
-                    }
-                    b't' => {
-                        FieldValue::Timestamp(parse_int(&text[..text.len() - 1]).ok_or_else(bad)?)
-                    }
+                    b'i' => FieldValue::Integer(
+                        parse_int(&text.as_bytes()[..text.len() - 1]).ok_or_else(bad)?,
+                    ),
+                    b't' => FieldValue::Timestamp(
+                        parse_int(&text.as_bytes()[..text.len() - 1]).ok_or_else(bad)?,
+                    ),
                     b'n' if text.len() > 1 && text.as_bytes()[text.len() - 2].is_ascii_digit() => {
-                        let ns = parse_int(&text[..text.len() - 1]).ok_or_else(bad)?;
+                        let ns = parse_int(&text.as_bytes()[..text.len() - 1]).ok_or_else(bad)?;
                         FieldValue::Timestamp(ns.div_euclid(1000))
                     }
                     _ => FieldValue::Float(parse_float(text).ok_or_else(bad)?),
@@ -373,10 +378,14 @@ impl<'a> Cursor<'a> {
             "t" | "T" | "true" | "True" | "TRUE" => FieldValue::Boolean(true),
             "f" | "F" | "false" | "False" | "FALSE" => FieldValue::Boolean(false),
             _ => match text.as_bytes()[text.len() - 1] {
-                b'i' => FieldValue::Integer(parse_int(&text[..text.len() - 1]).ok_or_else(bad)?),
-                b't' => FieldValue::Timestamp(parse_int(&text[..text.len() - 1]).ok_or_else(bad)?),
+                b'i' => FieldValue::Integer(
+                    parse_int(&text.as_bytes()[..text.len() - 1]).ok_or_else(bad)?,
+                ),
+                b't' => FieldValue::Timestamp(
+                    parse_int(&text.as_bytes()[..text.len() - 1]).ok_or_else(bad)?,
+                ),
                 b'n' if text.len() > 1 && text.as_bytes()[text.len() - 2].is_ascii_digit() => {
-                    let ns = parse_int(&text[..text.len() - 1]).ok_or_else(bad)?;
+                    let ns = parse_int(&text.as_bytes()[..text.len() - 1]).ok_or_else(bad)?;
                     FieldValue::Timestamp(ns.div_euclid(1000))
                 }
                 _ => FieldValue::Float(parse_float(text).ok_or_else(bad)?),
@@ -442,8 +451,7 @@ fn unescape<'a>(s: &'a str, escaped: bool, escapable: &[u8]) -> Cow<'a, str> {
 }
 
 /// A decimal integer with an optional `-`; `None` on anything else or overflow.
-fn parse_int(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
+pub(crate) fn parse_int(b: &[u8]) -> Option<i64> {
     let (neg, digits) = match b.first() {
         Some(b'-') => (true, &b[1..]),
         _ => (false, b),
@@ -468,7 +476,7 @@ fn parse_int(s: &str) -> Option<i64> {
 }
 
 /// Powers of ten exactly representable as f64.
-const POW10: [f64; 23] = [
+pub(crate) const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
@@ -506,7 +514,7 @@ fn parse_simple_decimal(s: &[u8]) -> Option<f64> {
     Some(if neg { -v } else { v })
 }
 
-fn parse_float(s: &str) -> Option<f64> {
+pub(crate) fn parse_float(s: &str) -> Option<f64> {
     if let Some(v) = parse_simple_decimal(s.as_bytes()) {
         return Some(v);
     }
@@ -660,7 +668,7 @@ fn parse_cursor<'a>(
         Some(b't') => (&text[..text.len() - 1], Precision::Micros),
         _ => (text, precision),
     };
-    let v = parse_int(digits).ok_or_else(bad)?;
+    let v = parse_int(digits.as_bytes()).ok_or_else(bad)?;
     out.timestamp = Some(precision.to_micros(v).ok_or_else(bad)?);
     Ok(())
 }

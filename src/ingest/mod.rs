@@ -19,7 +19,10 @@
 //! trailing timestamp, or the server's clock) and the configured partition
 //! scheme.
 
+mod fast;
+
 use foldhash::{HashMap, HashMapExt};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::batch::{Batch, BatchBuilder, Value};
@@ -88,6 +91,8 @@ struct Pending {
     /// The column of each tag/field position in the last lines (tags first):
     /// clients repeat one layout, so one short compare replaces a hash lookup.
     layout: Vec<Option<(String, usize)>>,
+    /// The shape of the table's last line, for the fast path (`fast`).
+    fast: Option<fast::Layout>,
     builder: BatchBuilder,
 }
 
@@ -101,7 +106,54 @@ impl Pending {
             schema,
             index,
             layout: Vec::new(),
+            fast: None,
         }
+    }
+
+    /// The fast-path layout of `line`, just added through the general
+    /// path; `None` when a name had escapes or a value needed a conversion
+    /// only the general path makes.
+    fn fast_layout(&self, line: &Line<'_>) -> Option<fast::Layout> {
+        let Cow::Borrowed(measurement) = &line.measurement else {
+            return None;
+        };
+        let tags = line.tags.len();
+        let mut entries = Vec::with_capacity(tags + line.fields.len());
+        let mut set = vec![false; self.builder.column_count()];
+        let names = line.tags.iter().map(|(k, _)| k);
+        let names = names.chain(line.fields.iter().map(|(k, _)| k));
+        for (pos, key) in names.enumerate() {
+            let Cow::Borrowed(key) = key else { return None };
+            let column = self.layout.get(pos)?.as_ref()?.1;
+            let ty = self.schema.columns.get(column)?.ty;
+            let kind = match pos.checked_sub(tags) {
+                None => fast::Kind::tag(ty)?,
+                Some(f) => fast::Kind::field(ty, &line.fields[f].1)?,
+            };
+            let lead = if pos == tags { b' ' } else { b',' };
+            let mut prefix = Vec::with_capacity(key.len() + 2);
+            prefix.push(lead);
+            prefix.extend_from_slice(key.as_bytes());
+            prefix.push(b'=');
+            *set.get_mut(column)? = true;
+            entries.push(fast::Entry {
+                prefix: fast::Bytes::new(&prefix),
+                column,
+                kind,
+            });
+        }
+        let timestamp = self.schema.timestamp;
+        if let Some(t) = timestamp {
+            *set.get_mut(t)? = true;
+        }
+        let nulls = (0..set.len()).filter(|&c| !set[c]).collect();
+        Some(fast::Layout {
+            measurement: fast::Bytes::new(measurement.as_bytes()),
+            entries,
+            nulls,
+            timestamp,
+            columns: set.len(),
+        })
     }
 
     fn refresh(&mut self, schema: Arc<Schema>) {
@@ -139,12 +191,22 @@ pub struct IngestBuffer {
     rows: usize,
     /// Slot of the table of the last line (most lines repeat it).
     last_slot: Option<usize>,
+    /// Values of the line the fast path is reading.
+    slots: Vec<fast::Slot>,
+    /// Lines the fast path took, ever.
+    fast_lines: u64,
 }
 
 impl IngestBuffer {
     /// Rows held, not yet committed.
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Lines that went straight into the columns (see `fast`), since the
+    /// buffer was made.
+    pub fn fast_lines(&self) -> u64 {
+        self.fast_lines
     }
 }
 
@@ -159,11 +221,26 @@ pub struct Committing {
 pub struct Ingestor<'a> {
     db: &'a Database,
     opts: IngestOptions,
+    /// Lines that fit their table's last shape go straight into the columns.
+    fast: bool,
 }
 
 impl<'a> Ingestor<'a> {
     pub fn new(db: &'a Database, opts: IngestOptions) -> Ingestor<'a> {
-        Ingestor { db, opts }
+        Ingestor {
+            db,
+            opts,
+            fast: true,
+        }
+    }
+
+    /// Every line through the general path (parse, then map each value),
+    /// none through the fast path: what the fast path is checked and
+    /// measured against (the differential tests, `cargo bench --bench
+    /// storage`). The results are the same, only slower.
+    pub fn general_path_only(mut self) -> Ingestor<'a> {
+        self.fast = false;
+        self
     }
 
     /// Ingests one request body as one txn per table; returns once every
@@ -219,45 +296,88 @@ impl<'a> Ingestor<'a> {
     ) -> Result<usize, IngestError> {
         let mut rest = text;
         let mut parsed = Line::default();
-        // Lines split at ASCII newlines, so a valid buffer has valid lines.
-        let whole = std::str::from_utf8(text).ok();
-        loop {
-            let at = text.len() - rest.len();
+        let mut slots = std::mem::take(&mut buf.slots);
+        let result = loop {
+            // Most lines: straight into the columns.
+            if let Some(used) = self.add_fast(buf, rest, now_us, &mut slots) {
+                rest = &rest[used..];
+                buf.line_no += 1;
+                buf.lines += 1;
+                buf.rows += 1;
+                buf.fast_lines += 1;
+                continue;
+            }
             let (line, used) = match ilp::next_line(rest) {
                 Some(x) => x,
                 // The last line may end without a newline.
                 None if last && !rest.is_empty() => (rest, rest.len()),
-                None => break,
+                None => break Ok(()),
             };
             rest = &rest[used..];
             buf.line_no += 1;
             if ilp::is_blank(line) {
                 continue;
             }
-            let line_str = whole.and_then(|w| w.get(at..at + line.len()));
-            self.add_line(buf, line, line_str, now_us, &mut parsed)?;
+            if let Err(e) = self.add_line(buf, line, now_us, &mut parsed) {
+                break Err(e);
+            }
             buf.lines += 1;
             buf.rows += 1;
+        };
+        buf.slots = slots;
+        result.map(|()| text.len() - rest.len())
+    }
+
+    /// The line at the start of `b` through its table's fast-path layout
+    /// (see `fast`); the bytes it took, or `None` for the general path.
+    #[inline]
+    fn add_fast(
+        &self,
+        buf: &mut IngestBuffer,
+        b: &[u8],
+        now_us: i64,
+        slots: &mut Vec<fast::Slot>,
+    ) -> Option<usize> {
+        if !self.fast {
+            return None;
         }
-        Ok(text.len() - rest.len())
+        let m = fast::measurement_end(b)?;
+        let name = &b[..m];
+        let slot = match buf.last_slot {
+            Some(s)
+                if buf.tables[s]
+                    .fast
+                    .as_ref()
+                    .is_some_and(|l| l.measurement.is(name)) =>
+            {
+                s
+            }
+            _ => *buf.by_name.get(std::str::from_utf8(name).ok()?)?,
+        };
+        let p = &mut buf.tables[slot];
+        let layout = p.fast.as_ref()?;
+        if layout.columns != p.builder.column_count() || !p.builder.has_room() {
+            return None;
+        }
+        let (used, ts) = fast::parse(layout, b, m, self.opts.precision, now_us, slots)?;
+        fast::append(layout, b, slots, ts, &mut p.builder);
+        buf.last_slot = Some(slot);
+        Some(used)
     }
 
     fn add_line<'l>(
         &self,
         buf: &mut IngestBuffer,
         text: &'l [u8],
-        text_str: Option<&'l str>,
         now_us: i64,
         parsed: &mut Line<'l>,
     ) -> Result<(), IngestError> {
         let line_no = buf.line_no;
-        match text_str {
-            Some(s) => ilp::parse_line_str(s, self.opts.precision, parsed),
-            None => ilp::parse_line(text, self.opts.precision, parsed),
-        }
-        .map_err(|source| IngestError::Parse {
-            line: line_no,
-            source,
+        ilp::parse_line(text, self.opts.precision, parsed).map_err(|source| {
+            IngestError::Parse {
+                line: line_no,
+                source,
+            }
         })?;
         let bad = |message: String| IngestError::Line {
             line: line_no,
@@ -290,17 +410,21 @@ impl<'a> Ingestor<'a> {
             }
         };
         buf.last_slot = Some(slot);
-        self.add_row(&mut buf.tables[slot], parsed, now_us)
-            .map_err(|e| match e {
-                IngestError::Line { message, .. } => bad(message),
-                IngestError::Db(DbError::Table(t)) => bad(t.to_string()),
-                IngestError::Db(DbError::Batch(b)) => bad(b.to_string()),
-                other => other,
-            })
+        let p = &mut buf.tables[slot];
+        self.add_row(p, parsed, now_us).map_err(|e| match e {
+            IngestError::Line { message, .. } => bad(message),
+            IngestError::Db(DbError::Table(t)) => bad(t.to_string()),
+            IngestError::Db(DbError::Batch(b)) => bad(b.to_string()),
+            other => other,
+        })?;
+        // The next lines of this shape take the fast path.
+        p.fast = p.fast_layout(parsed);
+        Ok(())
     }
 
-    /// Takes every table's rows out of `buf`, leaving it ready for more.
-    fn take_batches(&self, buf: &mut IngestBuffer) -> Vec<(Arc<TableHandle>, usize, Batch)> {
+    /// Takes every table's rows out of `buf`, leaving it ready for more
+    /// (uncommitted: for benchmarks and tools; servers [`Ingestor::submit`]).
+    pub fn take_batches(&self, buf: &mut IngestBuffer) -> Vec<(Arc<TableHandle>, usize, Batch)> {
         buf.rows = 0;
         buf.lines = 0;
         let mut out = Vec::new();

@@ -12,6 +12,8 @@ import datetime
 import json
 import math
 import sys
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -26,6 +28,26 @@ def exec_json(addr, sql):
     url = f"http://{addr}/exec?" + urllib.parse.urlencode({"query": sql})
     with urllib.request.urlopen(url, timeout=60) as r:
         return json.load(r)
+
+
+def wait_rows(addr, table, n):
+    """Acknowledged rows are durable at once and visible to queries a few
+    ms later (the apply step, `--apply-interval-ms`): wait until `table`
+    holds `n` rows. A table not there yet counts as not yet; any other
+    error fails."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            got = exec_json(addr, f"select count() from {table}")["dataset"][0][0]
+        except urllib.error.HTTPError as e:
+            body = e.read().decode(errors="replace")
+            check(e.code == 400 and "not found" in body.lower(), f"{table}: {e.code} {body}")
+            got = None
+        if got == n:
+            return
+        check(got is None or got < n, f"{table}: {got} rows, more than {n}")
+        check(time.monotonic() < deadline, f"{table}: {got} rows after 60 s, want {n}")
+        time.sleep(0.02)
 
 
 def iso_us(dt):
@@ -80,6 +102,7 @@ def types(addr):
               columns={"temperature": 30.25, "n": 5, "extra": "new"},
               at=TimestampNanos(BASE_NS + 2_000))
         s.flush()
+    wait_rows(addr, "qwp_types", 3)
     db = questdb.connect(conf)
     try:
         info = db.server_info()
@@ -129,6 +152,7 @@ def dataframe(addr):
     db = questdb.connect(conf)
     try:
         db.dataframe(df, table_name="qwp_df", at="ts")
+        wait_rows(addr, "qwp_df", 4)
         got = db.query("select sym, x, n, name, timestamp from qwp_df order by timestamp").to_pandas()
         check(len(got) == 4, f"rows {got}")
         check(list(got["sym"].astype(str)) == ["a", "b", "a", "c"], f"sym {got['sym']}")
@@ -156,6 +180,7 @@ def replica(replica_addr, primary_addr):
     with Sender.from_conf(f"ws::addr={replica_addr},{primary_addr};") as s:
         s.row("qwp_failover", columns={"x": 2}, at=TimestampNanos(BASE_NS))
         s.flush()
+    wait_rows(primary_addr, "qwp_failover", 1)
     got = exec_json(primary_addr, "select x from qwp_failover")
     check(got["dataset"] == [[2]], f"primary has {got}")
     # Readers find the role they ask for.
