@@ -7,12 +7,16 @@
 //! cargo bench --bench ilp -- http          # HTTP replay, 10k- and 1M-row requests
 //! cargo bench --bench ilp -- latency       # single-row HTTP durable commit latency
 //! cargo bench --bench ilp -- qwp           # QWP over WebSocket (questdb-rs 7), N and 1 connections
+//! cargo bench --bench ilp -- qwp-py        # a pandas DataFrame over QWP (Python client 6, perf/qwp_df.py)
 //! cargo bench --bench ilp -- tls           # TLS against plaintext: TCP and HTTP replays, set-up time
 //! PERF_ROWS=2000000 ...                    # rows per replay (default 2M)
 //! PERF_CONNECTIONS=4 ...                   # TCP/HTTP connections (default 4)
 //! PERF_ENGINE=glommio ...                  # server I/O engine (default auto)
 //! PERF_DIR=/mnt/nvme/x ...                 # where the server's data goes
 //! PERF_APPLY_MS=5 ...                      # server --apply-interval-ms (default 5)
+//! PERF_BASALT=/path/to/basalt ...          # run another build's server (compare commits)
+//! PERF_PYTHON=/path/to/python ...          # Python with questdb 6, pandas, pyarrow (default:
+//!                                          # target/test-venv, made by ./scripts/test.sh)
 //!
 //! The ILP text (rows of the reference `cpu` table, src/gen.rs) is generated
 //! before the clock starts. Connection k sends to its own table `cpu_<k>`,
@@ -316,6 +320,71 @@ fn qwp_replay(base: &Path, rows: u64, conns: usize) {
     println!("  (\"sent\" = every message acknowledged: durable)");
 }
 
+/// The reference table as one pandas DataFrame written by the official
+/// Python client's columnar QWP path (`QuestDB.dataframe`, which returns
+/// once every batch is committed). The frame is built before the clock
+/// starts; the client's CPU is the Python process's own.
+fn qwp_dataframe(base: &Path, rows: u64) {
+    use std::io::{BufRead, BufReader, Write};
+    let python = std::env::var_os("PERF_PYTHON").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python"),
+        PathBuf::from,
+    );
+    assert!(
+        python.exists(),
+        "{} not found: run ./scripts/test.sh once (it makes target/test-venv with the QuestDB \
+         client, pandas and pyarrow) or set PERF_PYTHON",
+        python.display()
+    );
+    let server = start_server(&base.join("qwp-py"), &[]);
+    let table = "cpu_df".to_string();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("perf/qwp_df.py");
+    let mut child = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(server.http.to_string())
+        .arg(&table)
+        .arg(rows.to_string())
+        .arg(basalt::gen::HOSTS.to_string())
+        .arg(BASE_TS_US.to_string())
+        .arg(basalt::gen::REGIONS.join(","))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start perf/qwp_df.py");
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read perf/qwp_df.py");
+    let bytes: u64 = line
+        .strip_prefix("ready ")
+        .and_then(|b| b.trim().parse().ok())
+        .unwrap_or_else(|| panic!("perf/qwp_df.py did not get ready: {line:?}"));
+    let pid = server.child.id();
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin.write_all(b"go\n").expect("start the write");
+    line.clear();
+    out.read_line(&mut line).expect("read perf/qwp_df.py");
+    let sent = t0.elapsed();
+    let client_cpu_s: f64 = line
+        .strip_prefix("done ")
+        .and_then(|d| d.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("perf/qwp_df.py failed: {line:?}"));
+    wait_visible(&server.dir, std::slice::from_ref(&table), rows);
+    let run = Run {
+        what: "QWP pandas DataFrame (Python 6)".into(),
+        rows,
+        bytes,
+        sent,
+        visible: t0.elapsed(),
+        cpu_s: cpu_seconds(pid) - cpu0,
+        client_cpu_s,
+    };
+    assert!(child.wait().expect("perf/qwp_df.py").success());
+    run.print();
+    println!("  (MB = the frame in memory; \"sent\" = the call returned: every batch durable)");
+}
+
 fn single_row_latency(base: &Path, requests: u64) {
     let dir = base.join("latency");
     let server = start_server(&dir, &[]);
@@ -392,6 +461,9 @@ fn main() {
     if what == "all" || what == "qwp" {
         qwp_replay(&base, rows, conns);
         qwp_replay(&base, rows, 1);
+    }
+    if what == "all" || what == "qwp-py" {
+        qwp_dataframe(&base, rows);
     }
     if what == "all" || what == "tls" {
         tls::compare(&base, rows, conns);

@@ -28,7 +28,13 @@ impl Drop for Server {
 /// Starts `basalt serve` on ephemeral ports with data in `dir` (kept if it
 /// exists) and `extra` flags; waits for its ready line.
 pub fn start(dir: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_basalt"))
+    // PERF_BASALT: another build's binary (an earlier commit's, say), to
+    // compare two builds on the same machine in the same session.
+    let bin = std::env::var_os("PERF_BASALT").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_basalt")),
+        PathBuf::from,
+    );
+    let mut child = Command::new(&bin)
         .args(["serve", "--http", "127.0.0.1:0", "--ilp", "127.0.0.1:0"])
         .args(["--pg", "127.0.0.1:0"])
         .arg("--data-dir")

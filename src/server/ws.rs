@@ -148,10 +148,14 @@ pub(super) fn upgrade(
                 return (r, None);
             }
         }
-        Endpoint::Egress =>
-        {
+        Endpoint::Egress => {
             #[cfg(feature = "sql")]
-            if state.sql.is_none() {
+            let enabled = state.sql.is_some();
+            // A build without SQL (`--no-default-features`) answers queries
+            // as a server with SQL off does, not with a dropped upgrade.
+            #[cfg(not(feature = "sql"))]
+            let enabled = false;
+            if !enabled {
                 let msg = "SQL is not enabled on this server".to_string();
                 return (plain(StatusCode::NOT_FOUND, msg), None);
             }
