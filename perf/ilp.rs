@@ -8,6 +8,7 @@
 //! cargo bench --bench ilp -- latency       # single-row HTTP durable commit latency
 //! cargo bench --bench ilp -- qwp           # QWP over WebSocket (questdb-rs 7), N and 1 connections
 //! cargo bench --bench ilp -- qwp-py        # a pandas DataFrame over QWP (Python client 6, perf/qwp_df.py)
+//! cargo bench --bench ilp -- qwp-read      # QWP egress: the whole table through questdb-rs 7's Reader
 //! cargo bench --bench ilp -- tls           # TLS against plaintext: TCP and HTTP replays, set-up time
 //! PERF_ROWS=2000000 ...                    # rows per replay (default 2M)
 //! PERF_CONNECTIONS=4 ...                   # TCP/HTTP connections (default 4)
@@ -385,6 +386,60 @@ fn qwp_dataframe(base: &Path, rows: u64) {
     println!("  (MB = the frame in memory; \"sent\" = the call returned: every batch durable)");
 }
 
+/// QWP egress: `rows` rows of the reference table (ingested over ILP/TCP
+/// first) read back whole through questdb-rs 7's `Reader`, every value of
+/// one column summed on the client so every batch is decoded; beside a
+/// memcpy of as many bytes as the rows' values, in the same run.
+fn qwp_read(base: &Path, rows: u64) {
+    use questdb::egress::column::ColumnView;
+    use questdb::egress::reader::Reader;
+    let Replay {
+        names, texts, rows, ..
+    } = tcp_texts(rows, 1);
+    let server = start_server(&base.join("qwp-read"), &[]);
+    node::tcp_send_all(server.ilp, &texts);
+    wait_visible(&server.dir, &names, rows);
+    drop(texts);
+    let pid = server.child.id();
+    let me = std::process::id();
+    let mut reader = Reader::from_conf(format!("ws::addr={};", server.http)).expect("QWP reader");
+    let sql = format!("select * from {}", names[0]);
+    for round in 0..3 {
+        let (cpu0, client0) = (cpu_seconds(pid), cpu_seconds(me));
+        let t0 = Instant::now();
+        let mut cursor = reader.execute(&sql).expect("query over QWP");
+        let (mut got, mut batches, mut sum) = (0u64, 0u64, 0i64);
+        while let Some(b) = cursor.next_batch().expect("a result batch") {
+            let ColumnView::Long(req) = b.column(6).expect("requests") else {
+                panic!("requests is not a LONG column")
+            };
+            sum = (0..b.row_count()).fold(sum, |s, r| s.wrapping_add(req.value(r)));
+            got += b.row_count() as u64;
+            batches += 1;
+        }
+        let took = t0.elapsed().as_secs_f64();
+        assert_eq!(got, rows, "rows read back");
+        assert_eq!(sum, (0..rows as i64).sum::<i64>(), "requests read back");
+        println!(
+            "QWP egress (questdb-rs 7 Reader), round {round}: {rows} rows in {batches} batches  {took:.3}s  {:.0} rows/s  server CPU {:.3} µs/row  client CPU {:.3} µs/row",
+            rows as f64 / took,
+            (cpu_seconds(pid) - cpu0) * 1e6 / rows as f64,
+            (cpu_seconds(me) - client0) * 1e6 / rows as f64,
+        );
+    }
+    // Yardstick: the rows' values (8 columns, 54 bytes a row) copied once.
+    let bytes = rows as usize * 54;
+    let (src, mut dst) = (vec![7u8; bytes], vec![0u8; bytes]);
+    let t0 = Instant::now();
+    dst.copy_from_slice(&src);
+    std::hint::black_box(&dst);
+    println!(
+        "  memcpy of the same {:.0} MB, same run: {:.3}s",
+        bytes as f64 / 1e6,
+        t0.elapsed().as_secs_f64()
+    );
+}
+
 fn single_row_latency(base: &Path, requests: u64) {
     let dir = base.join("latency");
     let server = start_server(&dir, &[]);
@@ -464,6 +519,9 @@ fn main() {
     }
     if what == "all" || what == "qwp-py" {
         qwp_dataframe(&base, rows);
+    }
+    if what == "all" || what == "qwp-read" {
+        qwp_read(&base, rows);
     }
     if what == "all" || what == "tls" {
         tls::compare(&base, rows, conns);

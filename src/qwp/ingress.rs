@@ -900,15 +900,31 @@ fn convert<'v>(
         });
     }
     if let (types::SYMBOL, ColumnType::Symbol, Data::Symbols(ids)) = (c.ty, target, &c.data) {
-        let mut keys: HashMap<u32, i32> = HashMap::new();
         let mut dict = Vec::new();
         let mut local = Vec::with_capacity(ids.len() * 4);
-        for id in ids {
-            let k = *keys.entry(*id).or_insert_with(|| {
-                dict.push(sym(*id).to_string());
-                (dict.len() - 1) as i32
-            });
-            local.extend_from_slice(&k.to_le_bytes());
+        let mut add = |id: u32| {
+            dict.push(sym(id).to_string());
+            (dict.len() - 1) as i32
+        };
+        // The connection's ids are dense from 0: a table indexed by id
+        // beats hashing every row's id, unless the ids run far past the
+        // rows of this message.
+        let max = ids.iter().max().map_or(0, |m| *m as usize);
+        if max < 4 * ids.len() + 1024 {
+            let mut keys = vec![-1i32; max + 1];
+            for &id in ids {
+                let slot = &mut keys[id as usize];
+                if *slot < 0 {
+                    *slot = add(id);
+                }
+                local.extend_from_slice(&slot.to_le_bytes());
+            }
+        } else {
+            let mut keys: HashMap<u32, i32> = HashMap::new();
+            for &id in ids {
+                let k = *keys.entry(id).or_insert_with(|| add(id));
+                local.extend_from_slice(&k.to_le_bytes());
+            }
         }
         return Ok(ColumnBuf {
             ty: target,
