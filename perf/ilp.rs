@@ -7,6 +7,7 @@
 //! cargo bench --bench ilp -- http          # HTTP replay, 10k- and 1M-row requests
 //! cargo bench --bench ilp -- latency       # single-row HTTP durable commit latency
 //! cargo bench --bench ilp -- qwp           # QWP over WebSocket (questdb-rs 7), N and 1 connections
+//! cargo bench --bench ilp -- ilp2          # ILP protocol version 2 (binary doubles) over HTTP, questdb-rs 7
 //! cargo bench --bench ilp -- qwp-py        # a pandas DataFrame over QWP (Python client 6, perf/qwp_df.py)
 //! cargo bench --bench ilp -- qwp-read      # QWP egress: the whole table through questdb-rs 7's Reader
 //! cargo bench --bench ilp -- tls           # TLS against plaintext: TCP and HTTP replays, set-up time
@@ -243,14 +244,38 @@ const QWP_FLUSH_ROWS: u64 = 20_000;
 /// QWP over WebSocket with questdb-rs 7 (`ws::`): each connection's rows
 /// are encoded into the client's buffers before the clock starts, then
 /// flushed and waited for (every message acknowledged, i.e. durable).
+/// The official Rust client's two binary paths.
+#[derive(Clone, Copy, PartialEq)]
+enum Proto {
+    /// QWP over WebSocket: pipelined messages, every one acknowledged
+    /// once durable.
+    Qwp,
+    /// ILP protocol version 2 over HTTP (binary doubles): each request
+    /// answered 204 once durable.
+    IlpV2Http,
+}
+
 fn qwp_replay(base: &Path, rows: u64, conns: usize) {
+    client_replay(base, rows, conns, Proto::Qwp)
+}
+
+/// questdb-rs 7 writing the reference table over `proto`, `conns`
+/// connections, `QWP_FLUSH_ROWS` rows a message or request, all built
+/// before the clock starts.
+fn client_replay(base: &Path, rows: u64, conns: usize, proto: Proto) {
     use questdb::ingress::{AckLevel, Sender, TimestampNanos};
-    let dir = base.join("qwp");
+    let dir = base.join(if proto == Proto::Qwp { "qwp" } else { "ilp2" });
     let server = start_server(&dir, &[]);
     let names = tables(conns);
     let per = rows / conns as u64;
     let rows = per * conns as u64;
-    let conf = format!("ws::addr={};", server.http);
+    let conf = match proto {
+        Proto::Qwp => format!("ws::addr={};", server.http),
+        Proto::IlpV2Http => format!(
+            "http::addr={};protocol_version=2;auto_flush=off;request_timeout=600000;",
+            server.http
+        ),
+    };
     let hosts: Vec<String> = (0..basalt::gen::HOSTS)
         .map(|h| format!("host_{h:02}"))
         .collect();
@@ -300,16 +325,21 @@ fn qwp_replay(base: &Path, rows: u64, conns: usize) {
                 for mut b in bufs {
                     sender.flush(&mut b).expect("flush");
                 }
-                sender
-                    .wait(AckLevel::Ok, Duration::from_secs(600))
-                    .expect("every message acknowledged");
+                if proto == Proto::Qwp {
+                    sender
+                        .wait(AckLevel::Ok, Duration::from_secs(600))
+                        .expect("every message acknowledged");
+                }
             });
         }
     });
     let sent = t0.elapsed();
     wait_visible(&server.dir, &names, rows);
     Run {
-        what: format!("QWP (questdb-rs 7), {conns} connections"),
+        what: match proto {
+            Proto::Qwp => format!("QWP (questdb-rs 7), {conns} connections"),
+            Proto::IlpV2Http => format!("ILP v2 HTTP (questdb-rs 7), {conns} conns"),
+        },
         rows,
         bytes,
         sent,
@@ -318,7 +348,7 @@ fn qwp_replay(base: &Path, rows: u64, conns: usize) {
         client_cpu_s: cpu_seconds(me) - client0,
     }
     .print();
-    println!("  (\"sent\" = every message acknowledged: durable)");
+    println!("  (\"sent\" = every message acknowledged or request answered: durable)");
 }
 
 /// The reference table as one pandas DataFrame written by the official
@@ -516,6 +546,10 @@ fn main() {
     if what == "all" || what == "qwp" {
         qwp_replay(&base, rows, conns);
         qwp_replay(&base, rows, 1);
+    }
+    if what == "all" || what == "ilp2" {
+        client_replay(&base, rows, conns, Proto::IlpV2Http);
+        client_replay(&base, rows, 1, Proto::IlpV2Http);
     }
     if what == "all" || what == "qwp-py" {
         qwp_dataframe(&base, rows);

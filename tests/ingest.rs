@@ -186,8 +186,26 @@ fn lines_of_one_shape_take_the_fast_path() {
         b"cpu,host=a n=1i,u=2.5 1704067200000000000\ncpu,host=b n=2i,u=3.5 1704067200000000000\n";
     ing.add(&mut buf, other, NOW_US, true).unwrap();
     assert_eq!(buf.fast_lines(), 1000);
+    // Two shapes taking turns (an optional field): after the first line of
+    // each, every line goes fast.
+    let before = buf.fast_lines();
+    let mut turns = Vec::new();
+    for i in 0..100 {
+        let extra = if i % 2 == 0 { ",x=1.5" } else { "" };
+        turns
+            .extend_from_slice(format!("cpu,host=a u=2.5{extra} 1704067200000000000\n").as_bytes());
+    }
+    ing.add(&mut buf, &turns, NOW_US, true).unwrap();
+    assert_eq!(buf.fast_lines() - before, 98);
+    // An escaped tag value goes the general way every time, and its shape
+    // (the one it had) stays first.
+    let before = buf.fast_lines();
+    let escaped =
+        b"cpu,host=a\\ b u=1.5 1704067200000000000\ncpu,host=c u=2.5 1704067200000000000\n";
+    ing.add(&mut buf, escaped, NOW_US, true).unwrap();
+    assert_eq!(buf.fast_lines() - before, 1);
     let batches = ing.take_batches(&mut buf);
-    assert_eq!(batches[0].1, 1002);
+    assert_eq!(batches[0].1, 1104);
     db.close();
 }
 
@@ -195,181 +213,289 @@ fn lines_of_one_shape_take_the_fast_path() {
 /// (each line parsed into values, then mapped) take the same text to the
 /// same result: the same batches, the same errors on the same lines, the
 /// same tables and columns, whatever the mix of shapes, types, escapes,
-/// bad values and read boundaries.
+/// bad values, precisions and read boundaries; into tables ILP made and
+/// tables made with other column types, or without a designated timestamp.
 mod fast_path_matches_the_general_path {
     use super::*;
     use basalt::ingest::IngestBuffer;
+    use basalt::table::Schema;
     use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    const PRECISIONS: [Precision; 4] = [
+        Precision::Nanos,
+        Precision::Micros,
+        Precision::Millis,
+        Precision::Seconds,
+    ];
+
+    /// A float as text: short decimals (the one-pass reader), long ones
+    /// (up to 20 digits, the general parser), shortest round-trip forms.
+    fn float_text() -> BoxedStrategy<Vec<u8>> {
+        let decimal = |max: usize| {
+            (any::<bool>(), "[0-9]{1,20}", 0usize..21).prop_map(move |(neg, digits, dot)| {
+                let digits = &digits[..digits.len().min(max)];
+                let sign = if neg { "-" } else { "" };
+                let dot = dot.min(digits.len());
+                if dot == 0 || dot == digits.len() {
+                    format!("{sign}{digits}").into_bytes()
+                } else {
+                    format!("{sign}{}.{}", &digits[..dot], &digits[dot..]).into_bytes()
+                }
+            })
+        };
+        prop_oneof![
+            16 => decimal(8),
+            8 => decimal(20),
+            3 => any::<f64>().prop_map(|v| format!("{v:?}").into_bytes()),
+            2 => any::<f64>().prop_map(|v| [b"==\x10".as_slice(), &v.to_le_bytes()].concat()),
+            1 => prop::sample::select(vec!["-2e3", "NaN", "3i", "abc", "t", "1.", ".5", "-Infinity", "00.10", "1.2.3", "-", "1e400"])
+                .prop_map(|v| v.as_bytes().to_vec()),
+        ]
+        .boxed()
+    }
 
     /// A value of field kind `kind` (mostly valid, sometimes not).
     fn value(kind: usize) -> BoxedStrategy<Vec<u8>> {
         let odd =
             |v: Vec<&'static str>| prop::sample::select(v).prop_map(|v| v.as_bytes().to_vec());
         match kind {
-            // Floats as clients print them: any number of decimals, signs.
-            0 => prop_oneof![
-                12 => (any::<bool>(), 0u64..100_000_000, 0usize..8).prop_map(|(neg, m, frac)| {
-                    let digits = format!("{m:0w$}", w = frac + 1);
-                    let (a, b) = digits.split_at(digits.len() - frac);
-                    let sign = if neg { "-" } else { "" };
-                    let v = if frac == 0 { format!("{sign}{a}") } else { format!("{sign}{a}.{b}") };
-                    v.into_bytes()
-                }),
-                3 => any::<f64>().prop_map(|v| format!("{v:?}").into_bytes()),
-                2 => any::<f64>().prop_map(|v| [b"==\x10".as_slice(), &v.to_le_bytes()].concat()),
-                1 => odd(vec!["-2e3", "NaN", "3i", "abc", "t", "1.", ".5", "-Infinity", "1234567890123456.5", "00.10", "1.2.3", "-"]),
-            ]
-            .boxed(),
+            0 => float_text(),
             1 => prop_oneof![
-                12 => any::<i64>().prop_map(|v| format!("{v}i").into_bytes()),
-                4 => (-1000i64..1000).prop_map(|v| format!("{v}i").into_bytes()),
-                1 => odd(vec!["99999999999999999999i", "1.5", "4000000000i", "-i", "12", "1i2i", "-9223372036854775808i", "9223372036854775808i"]),
+                4 => any::<i64>().prop_map(|v| format!("{v}i").into_bytes()),
+                // In range of BYTE columns; of SHORT, and just out of it.
+                16 => (-128i64..128).prop_map(|v| format!("{v}i").into_bytes()),
+                2 => (-40_000i64..40_000).prop_map(|v| format!("{v}i").into_bytes()),
+                1 => odd(vec!["99999999999999999999i", "1.5", "4000000000i", "-i", "12", "1i2i", "-9223372036854775808i", "9223372036854775808i", "-2147483649i"]),
             ]
             .boxed(),
             2 => prop_oneof![
-                8 => "[a-z ,=é]{0,8}".prop_map(|v| format!("\"{v}\"").into_bytes()),
-                1 => odd(vec!["\"a\\\"b\"", "\"two\nlines\"", "unquoted", "\"x\\\\\""]),
+                16 => "[a-z ,=é]{0,8}".prop_map(|v| format!("\"{v}\"").into_bytes()),
+                1 => odd(vec!["\"a\\\"b\"", "\"two\nlines\"", "unquoted", "\"x\\\\\"", "\"\r\""]),
             ]
             .boxed(),
-            3 => odd(vec!["t", "false", "T", "TRUE", "True", "f", "F", "FALSE", "False", "true", "yes"]).boxed(),
+            3 => prop_oneof![
+                20 => odd(vec!["t", "false", "T", "TRUE", "True", "f", "F", "FALSE", "False", "true"]),
+                1 => odd(vec!["yes", "tru"]),
+            ]
+            .boxed(),
             _ => prop_oneof![
-                6 => (0i64..1_000_000_000).prop_map(|v| format!("{v}t").into_bytes()),
-                3 => (0i64..1_000_000_000).prop_map(|v| format!("{v}n").into_bytes()),
+                12 => (0i64..1_000_000_000).prop_map(|v| format!("{v}t").into_bytes()),
+                6 => (0i64..1_000_000_000).prop_map(|v| format!("{v}n").into_bytes()),
                 1 => odd(vec!["12", "n", "-7t", "5x"]),
             ]
             .boxed(),
         }
     }
 
+    /// A designated timestamp written for `precision`, or with its unit.
+    fn timestamp(precision: Precision) -> BoxedStrategy<String> {
+        let us = 1_704_067_200_000_000i64..1_704_067_300_000_000;
+        prop_oneof![
+            24 => us.clone().prop_map(move |us| match precision {
+                Precision::Nanos => format!(" {}", us * 1000 + us % 7),
+                Precision::Micros => format!(" {us}"),
+                Precision::Millis => format!(" {}", us / 1000),
+                Precision::Seconds => format!(" {}", us / 1_000_000),
+            }),
+            4 => Just(String::new()),
+            2 => us.clone().prop_map(|us| format!(" {us}t")),
+            2 => us.prop_map(|us| format!(" {}n", us * 1000)),
+            1 => prop::sample::select(vec![" -5", " 99999999999999999999", " 12 13", " 1704067200000000000 ", " 9223372036854775807", " 1704067200000000000x", " 1704067200000000000\r"])
+                .prop_map(String::from),
+        ]
+        .boxed()
+    }
+
     /// Lines of one shape (table, tags, fields and their kinds, timestamp
     /// form, line end) with their own values; sometimes a value of another
     /// kind, an escape, a bad timestamp.
-    fn lines() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    fn lines(precision: Precision) -> impl Strategy<Value = Vec<Vec<u8>>> {
         let table = prop_oneof![
-            6 => Just("cpu"),
-            1 => prop::sample::select(vec!["Cpu", "mem", "m\\ x", "cpu\\,y"]),
+            4 => Just("cpu"),
+            // Made by `run` with other column types; without a timestamp.
+            2 => prop::sample::select(vec!["typed", "short", "tiny", "nots"]),
+            1 => prop::sample::select(vec!["Cpu", "TYPED", "mem", "m\\ x", "cpu\\,y"]),
         ];
         let tag_key = prop_oneof![
             6 => prop::sample::select(vec!["host", "region"]),
             1 => prop::sample::select(vec!["HOST", "r\\ k"]),
         ];
         let tags = prop::collection::vec(tag_key, 0..3);
-        // (key, kind): the keys repeat across kinds, so types conflict too.
-        let field = (
-            prop::sample::select(vec!["f", "n", "s", "b", "at", "F"]),
-            0usize..5,
-        );
-        let fields = prop::collection::vec(field, 0..5);
-        let ts_form = 0usize..8;
+        // (key, kind): a key keeps its kind mostly, so the layouts repeat;
+        // sometimes not, so types conflict too.
+        let field = prop_oneof![
+            12 => prop::sample::select(vec![("f", 0usize), ("n", 1), ("s", 2), ("b", 3), ("at", 4), ("g", 0)]),
+            1 => (prop::sample::select(vec!["f", "n", "s", "b", "at", "g", "F"]), 0usize..5),
+        ];
+        let fields = prop::collection::vec(field, 1..5);
         let end = prop_oneof![
-            6 => Just("\n"),
+            12 => Just("\n"),
             1 => prop::sample::select(vec!["\r\n", "\n\n", "\n# note\n"]),
         ];
-        (table, tags, fields, ts_form, end, 1usize..8).prop_flat_map(
-            |(table, tags, fields, ts_form, end, n)| {
-                let tag_value = prop_oneof![
-                    12 => "[a-z]{1,6}",
-                    1 => prop::sample::select(vec!["h\\,1", "x=y", "é", ""]).prop_map(String::from),
-                ];
-                let tag_values = prop::collection::vec(tag_value, tags.len());
-                let values: Vec<_> = fields.iter().map(|&(_, kind)| value(kind)).collect();
-                let ts = match ts_form {
-                    0..=3 => (1_704_067_200_000_000_000i64..1_704_067_300_000_000_000)
-                        .prop_map(|t| format!(" {t}"))
-                        .boxed(),
-                    4 => Just(String::new()).boxed(),
-                    5 => (1_704_067_200_000_000i64..1_704_067_300_000_000)
-                        .prop_map(|t| format!(" {t}t"))
-                        .boxed(),
-                    6 => (1_704_067_200_000_000_000i64..1_704_067_300_000_000_000)
-                        .prop_map(|t| format!(" {t}n"))
-                        .boxed(),
-                    _ => prop::sample::select(vec![
-                        " -5",
-                        " 99999999999999999999",
-                        " 12 13",
-                        " 1704067200000000000 ",
-                        " 9223372036854775807",
-                        " 1704067200000000000x",
-                    ])
-                    .prop_map(String::from)
-                    .boxed(),
-                };
-                let line = (tag_values, values, ts).prop_map(move |(tag_values, values, ts)| {
-                    let mut out = table.as_bytes().to_vec();
-                    for (k, v) in tags.iter().zip(tag_values) {
-                        out.extend_from_slice(format!(",{k}={v}").as_bytes());
-                    }
-                    for (i, ((k, _), v)) in fields.iter().zip(values).enumerate() {
-                        out.push(if i == 0 { b' ' } else { b',' });
-                        out.extend_from_slice(k.as_bytes());
-                        out.push(b'=');
-                        out.extend_from_slice(&v);
-                    }
-                    out.extend_from_slice(ts.as_bytes());
-                    out.extend_from_slice(end.as_bytes());
-                    out
-                });
-                prop::collection::vec(line, n)
-            },
-        )
+        // Repeated names (in any case) are refused: sometimes, not mostly.
+        let repeats = prop::bool::weighted(0.1);
+        (table, tags, fields, end, 1usize..8, repeats).prop_flat_map(move |(table, mut tags, mut fields, end, n, repeats)| {
+            if !repeats {
+                let mut seen = std::collections::HashSet::new();
+                tags.retain(|k| seen.insert(k.to_lowercase()));
+                fields.retain(|(k, _)| seen.insert(k.to_lowercase()));
+                if fields.is_empty() {
+                    fields.push(("f", 0));
+                }
+            }
+            let tag_value = prop_oneof![
+                24 => "[a-z]{1,6}",
+                1 => prop::sample::select(vec!["h\\,1", "x=y", "é", "", "a\rb"]).prop_map(String::from),
+            ];
+            let tag_values = prop::collection::vec(tag_value, tags.len());
+            let values: Vec<_> = fields.iter().map(|&(_, kind)| value(kind)).collect();
+            let line = (tag_values, values, timestamp(precision)).prop_map(move |(tag_values, values, ts)| {
+                let mut out = table.as_bytes().to_vec();
+                for (k, v) in tags.iter().zip(tag_values) {
+                    out.extend_from_slice(format!(",{k}={v}").as_bytes());
+                }
+                for (i, ((k, _), v)) in fields.iter().zip(values).enumerate() {
+                    out.push(if i == 0 { b' ' } else { b',' });
+                    out.extend_from_slice(k.as_bytes());
+                    out.push(b'=');
+                    out.extend_from_slice(&v);
+                }
+                out.extend_from_slice(ts.as_bytes());
+                out.extend_from_slice(end.as_bytes());
+                out
+            });
+            prop::collection::vec(line, n)
+        })
     }
 
-    /// A few shapes' lines, in runs, as clients send them.
-    fn text() -> impl Strategy<Value = Vec<u8>> {
+    /// A few shapes' lines, in runs, as clients send them: each run one
+    /// HTTP request, or all of them one TCP stream.
+    fn requests(precision: Precision) -> impl Strategy<Value = Vec<Vec<u8>>> {
         (
-            prop::collection::vec(lines(), 1..4),
+            prop::collection::vec(lines(precision), 1..4),
             prop::collection::vec(0usize..4, 1..8),
         )
             .prop_map(|(shapes, picks)| {
-                let mut out = Vec::new();
-                for s in picks {
-                    for l in &shapes[s % shapes.len()] {
-                        out.extend_from_slice(l);
-                    }
-                }
-                out
+                picks
+                    .into_iter()
+                    .map(|s| shapes[s % shapes.len()].concat())
+                    .collect()
             })
     }
 
-    /// What ingesting `text` in reads ending at `cuts` gives: each add's
-    /// answer, then every table's batch and the tables' columns.
-    fn run(fast: bool, text: &[u8], cuts: &[usize], precision: Precision) -> Vec<String> {
+    /// Tables with the column types ILP never creates, and one without a
+    /// designated timestamp.
+    fn create_tables(db: &Database) {
+        use ColumnType as T;
+        let tables: [(&str, Vec<(&str, T)>, bool); 4] = [
+            (
+                "typed",
+                vec![
+                    ("host", T::Varchar),
+                    ("region", T::Symbol),
+                    ("f", T::Float),
+                    ("n", T::Int),
+                    ("s", T::Symbol),
+                    ("b", T::Boolean),
+                    ("at", T::Timestamp),
+                    ("g", T::Double),
+                ],
+                true,
+            ),
+            (
+                "short",
+                vec![("n", T::Short), ("f", T::Double), ("g", T::Float)],
+                true,
+            ),
+            ("tiny", vec![("n", T::Byte), ("host", T::Symbol)], true),
+            (
+                "nots",
+                vec![
+                    ("host", T::Symbol),
+                    ("f", T::Double),
+                    ("n", T::Long),
+                    ("s", T::Varchar),
+                ],
+                false,
+            ),
+        ];
+        for (name, mut cols, ts) in tables {
+            let schema = if ts {
+                cols.push(("timestamp", T::Timestamp));
+                Schema::new(cols, Some("timestamp"), PartitionBy::Day)
+            } else {
+                Schema::new(cols, None, PartitionBy::None)
+            };
+            db.create_table(name, &schema.unwrap()).unwrap();
+        }
+    }
+
+    /// What ingesting `requests` gives: each add's answer, every table's
+    /// batch and the tables' columns; and the lines the fast path took.
+    /// As a TCP stream (`cuts`: where reads end; the first error ends the
+    /// connection), or as HTTP requests (each in a buffer of its own).
+    fn run(
+        fast: bool,
+        requests: &[Vec<u8>],
+        stream: Option<&[usize]>,
+        precision: Precision,
+    ) -> (Vec<String>, u64) {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path());
+        create_tables(&db);
         let opts = IngestOptions {
             precision,
             ..IngestOptions::default()
         };
         let ing = Ingestor::new(&db, opts);
         let ing = if fast { ing } else { ing.general_path_only() };
-        let mut buf = IngestBuffer::default();
         let mut out = Vec::new();
-        // As a streaming connection reads: what was not taken waits for
-        // the next read.
-        let mut pending: Vec<u8> = Vec::new();
-        let mut at = 0;
-        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (text.len() + 1)).collect();
-        ends.sort_unstable();
-        ends.push(text.len());
-        for (k, &end) in ends.iter().enumerate() {
-            let end = end.max(at);
-            pending.extend_from_slice(&text[at..end]);
-            at = end;
-            let last = k + 1 == ends.len();
-            match ing.add(&mut buf, &pending, NOW_US, last) {
-                Ok(used) => {
-                    out.push(format!("took {used}"));
-                    pending.drain(..used);
+        let mut fast_lines = 0;
+        let mut finish = |buf: &mut IngestBuffer, out: &mut Vec<String>| {
+            fast_lines += buf.fast_lines();
+            for (handle, rows, batch) in ing.take_batches(buf) {
+                out.push(format!("{} {rows} {batch:?}", handle.name));
+            }
+        };
+        match stream {
+            Some(cuts) => {
+                let text = requests.concat();
+                let mut buf = IngestBuffer::default();
+                // What was not taken waits for the next read.
+                let mut pending: Vec<u8> = Vec::new();
+                let mut at = 0;
+                let mut ends: Vec<usize> = cuts.iter().map(|c| c % (text.len() + 1)).collect();
+                ends.sort_unstable();
+                ends.push(text.len());
+                for (k, &end) in ends.iter().enumerate() {
+                    let end = end.max(at);
+                    pending.extend_from_slice(&text[at..end]);
+                    at = end;
+                    let last = k + 1 == ends.len();
+                    match ing.add(&mut buf, &pending, NOW_US, last) {
+                        Ok(used) => {
+                            out.push(format!("took {used}"));
+                            pending.drain(..used);
+                        }
+                        Err(e) => {
+                            out.push(format!("error {e}"));
+                            break;
+                        }
+                    }
                 }
-                Err(e) => {
-                    out.push(format!("error {e}"));
-                    break;
+                finish(&mut buf, &mut out);
+            }
+            None => {
+                for body in requests {
+                    let mut buf = IngestBuffer::default();
+                    match ing.add(&mut buf, body, NOW_US, true) {
+                        Ok(used) => out.push(format!("took {used}")),
+                        Err(e) => out.push(format!("error {e}")),
+                    }
+                    finish(&mut buf, &mut out);
                 }
             }
-        }
-        for (handle, rows, batch) in ing.take_batches(&mut buf) {
-            out.push(format!("{} {rows} {batch:?}", handle.name));
         }
         let mut names = db.table_names();
         names.sort();
@@ -383,21 +509,51 @@ mod fast_path_matches_the_general_path {
             out.push(format!("{t} {cols:?}"));
         }
         db.close();
-        out
+        (out, fast_lines)
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-        #[test]
-        fn same_batches_errors_and_tables(
-            text in text(),
-            cuts in prop::collection::vec(any::<usize>(), 0..4),
-            micros in any::<bool>(),
-        ) {
-            let precision = if micros { Precision::Micros } else { Precision::Nanos };
-            let fast = run(true, &text, &cuts, precision);
-            let general = run(false, &text, &cuts, precision);
-            prop_assert_eq!(fast, general, "text {:?}", String::from_utf8_lossy(&text));
-        }
+    #[test]
+    fn same_batches_errors_and_tables() {
+        let mut runner = TestRunner::new(Config {
+            cases: 256,
+            ..Config::default()
+        });
+        let cases = (0usize..4).prop_flat_map(|p| {
+            let precision = PRECISIONS[p];
+            let stream = prop::option::of(prop::collection::vec(any::<usize>(), 0..4));
+            (Just(precision), requests(precision), stream)
+        });
+        let fast_lines = std::cell::Cell::new(0u64);
+        let lines = std::cell::Cell::new(0u64);
+        runner
+            .run(&cases, |(precision, requests, stream)| {
+                let stream = stream.as_deref();
+                let (fast, taken) = run(true, &requests, stream, precision);
+                let (general, none) = run(false, &requests, stream, precision);
+                prop_assert_eq!(none, 0);
+                prop_assert_eq!(
+                    fast,
+                    general,
+                    "requests {:?}",
+                    requests
+                        .iter()
+                        .map(|r| String::from_utf8_lossy(r))
+                        .collect::<Vec<_>>()
+                );
+                fast_lines.set(fast_lines.get() + taken);
+                let newlines = requests.iter().flatten().filter(|&&b| b == b'\n').count();
+                lines.set(lines.get() + newlines as u64);
+                Ok(())
+            })
+            .unwrap();
+        // The comparison means something only if the fast path took a good
+        // share of the lines (a first line per shape, and lines after an
+        // error on a stream, cannot).
+        let (fast_lines, lines) = (fast_lines.get(), lines.get());
+        println!("{fast_lines} of about {lines} lines took the fast path");
+        assert!(
+            fast_lines * 5 > lines,
+            "only {fast_lines} of about {lines} lines took the fast path"
+        );
     }
 }

@@ -1,10 +1,10 @@
-//! ILP text straight into column buffers, for lines shaped like the last
-//! line of their table.
+//! ILP text straight into column buffers, for lines shaped like one of the
+//! last lines of their table.
 //!
 //! Clients send one table's lines with the same tags and fields in the same
 //! order. After a line has gone through the general path (`ilp::parse_line`,
-//! then the column mapping of `super`), its shape becomes the table's
-//! [`Layout`]: each tag or field as the exact bytes that introduce it
+//! then the column mapping of `super`), its shape becomes one of the table's
+//! [`Layout`]s (a few are kept, see `Pending::learn_shape`): each tag or field as the exact bytes that introduce it
 //! (`,host=`, ` usage_user=`, `,temp=`), the column it goes to and how its
 //! value is read. A following line is then matched against the layout byte
 //! for byte and its values parsed straight from the buffer into a few
@@ -109,16 +109,18 @@ pub(super) struct Layout {
 #[derive(Clone, Copy, Default)]
 pub(super) struct Slot {
     bits: u64,
-    start: u32,
-    end: u32,
+    start: usize,
+    end: usize,
 }
 
-/// Bytes that end an unquoted field value: `,` ` ` and newline.
+/// Bytes that end an unquoted field value: `,` ` ` and newline, and `\r`
+/// (of a `\r\n` line end; anywhere else the line then fits no layout).
 static VALUE_END: [bool; 256] = {
     let mut t = [false; 256];
     t[b',' as usize] = true;
     t[b' ' as usize] = true;
     t[b'\n' as usize] = true;
+    t[b'\r' as usize] = true;
     t
 };
 
@@ -178,6 +180,10 @@ impl Bytes {
     #[inline]
     pub(super) fn len(&self) -> usize {
         self.bytes.len()
+    }
+
+    pub(super) fn as_slice(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// Whether `b[i..]` starts with these bytes.
@@ -318,8 +324,8 @@ pub(super) fn parse(
                 if high >= 0x80 {
                     std::str::from_utf8(&b[i..end]).ok()?;
                 }
-                slot.start = i as u32;
-                slot.end = end as u32;
+                slot.start = i;
+                slot.end = end;
                 end
             }
             Kind::Double | Kind::Float if b.get(i) == Some(&b'=') => {
@@ -391,8 +397,8 @@ pub(super) fn parse(
                     return None;
                 }
                 std::str::from_utf8(&b[start..close]).ok()?;
-                slot.start = start as u32;
-                slot.end = close as u32;
+                slot.start = start;
+                slot.end = close;
                 close + 1
             }
         };
@@ -438,7 +444,7 @@ fn float_bits(kind: Kind, v: f64) -> u64 {
 #[inline]
 pub(super) fn append(layout: &Layout, b: &[u8], slots: &[Slot], ts: i64, out: &mut BatchBuilder) {
     let text = |s: &Slot| {
-        let bytes = &b[s.start as usize..s.end as usize];
+        let bytes = &b[s.start..s.end];
         // SAFETY: `parse` checked these bytes as UTF-8 (or as ASCII) and
         // the caller passes the same `b` it parsed.
         unsafe { std::str::from_utf8_unchecked(bytes) }

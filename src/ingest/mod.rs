@@ -83,6 +83,10 @@ pub struct IngestReport {
     pub tables: Vec<(String, usize, u64)>,
 }
 
+/// Shapes a table's fast path keeps (see [`Pending::learn_shape`]): lines
+/// that alternate between a few shapes (optional fields, say) all go fast.
+const FAST_LAYOUTS: usize = 4;
+
 struct Pending {
     handle: Arc<TableHandle>,
     schema: Arc<Schema>,
@@ -91,8 +95,9 @@ struct Pending {
     /// The column of each tag/field position in the last lines (tags first):
     /// clients repeat one layout, so one short compare replaces a hash lookup.
     layout: Vec<Option<(String, usize)>>,
-    /// The shape of the table's last line, for the fast path (`fast`).
-    fast: Option<fast::Layout>,
+    /// The shapes of the table's last lines, for the fast path (`fast`),
+    /// the last used first; at most [`FAST_LAYOUTS`].
+    fast: Vec<fast::Layout>,
     builder: BatchBuilder,
 }
 
@@ -106,8 +111,52 @@ impl Pending {
             schema,
             index,
             layout: Vec::new(),
-            fast: None,
+            fast: Vec::new(),
         }
+    }
+
+    /// After `line` went the general way: its shape becomes the first the
+    /// fast path tries (made only when no layout held already has it, so
+    /// lines that fall back for their values allocate nothing).
+    fn learn_shape(&mut self, line: &Line<'_>) {
+        if let Some(k) = self.fast.iter().position(|l| self.describes(l, line)) {
+            self.fast[..=k].rotate_right(1);
+            return;
+        }
+        if let Some(layout) = self.fast_layout(line) {
+            self.fast.truncate(FAST_LAYOUTS - 1);
+            self.fast.insert(0, layout);
+        }
+    }
+
+    /// Whether `layout` is `line`'s shape, as [`Pending::fast_layout`]
+    /// would make it.
+    fn describes(&self, layout: &fast::Layout, line: &Line<'_>) -> bool {
+        let tags = line.tags.len();
+        let names = line.tags.iter().map(|(k, _)| k);
+        let names = names.chain(line.fields.iter().map(|(k, _)| k));
+        layout.columns == self.builder.column_count()
+            && layout.measurement.as_slice() == line.measurement.as_bytes()
+            && layout.entries.len() == tags + line.fields.len()
+            && names
+                .zip(&layout.entries)
+                .enumerate()
+                .all(|(pos, (key, e))| {
+                    let p = e.prefix.as_slice();
+                    let lead = if pos == tags { b' ' } else { b',' };
+                    let column = self.layout.get(pos).and_then(|c| c.as_ref()).map(|c| c.1);
+                    let kind = self.schema.columns.get(e.column).and_then(|c| {
+                        match pos.checked_sub(tags) {
+                            None => fast::Kind::tag(c.ty),
+                            Some(f) => fast::Kind::field(c.ty, &line.fields[f].1),
+                        }
+                    });
+                    p.len() == key.len() + 2
+                        && p[0] == lead
+                        && &p[1..p.len() - 1] == key.as_bytes()
+                        && column == Some(e.column)
+                        && kind == Some(e.kind)
+                })
     }
 
     /// The fast-path layout of `line`, just added through the general
@@ -347,7 +396,7 @@ impl<'a> Ingestor<'a> {
             Some(s)
                 if buf.tables[s]
                     .fast
-                    .as_ref()
+                    .first()
                     .is_some_and(|l| l.measurement.is(name)) =>
             {
                 s
@@ -355,14 +404,26 @@ impl<'a> Ingestor<'a> {
             _ => *buf.by_name.get(std::str::from_utf8(name).ok()?)?,
         };
         let p = &mut buf.tables[slot];
-        let layout = p.fast.as_ref()?;
-        if layout.columns != p.builder.column_count() || !p.builder.has_room() {
+        if !p.builder.has_room() {
             return None;
         }
-        let (used, ts) = fast::parse(layout, b, m, self.opts.precision, now_us, slots)?;
-        fast::append(layout, b, slots, ts, &mut p.builder);
-        buf.last_slot = Some(slot);
-        Some(used)
+        let columns = p.builder.column_count();
+        for k in 0..p.fast.len() {
+            let layout = &p.fast[k];
+            if layout.columns != columns {
+                continue;
+            }
+            let Some((used, ts)) = fast::parse(layout, b, m, self.opts.precision, now_us, slots)
+            else {
+                continue;
+            };
+            fast::append(layout, b, slots, ts, &mut p.builder);
+            // The shape just used is tried first next time.
+            p.fast[..=k].rotate_right(1);
+            buf.last_slot = Some(slot);
+            return Some(used);
+        }
+        None
     }
 
     fn add_line<'l>(
@@ -418,7 +479,7 @@ impl<'a> Ingestor<'a> {
             other => other,
         })?;
         // The next lines of this shape take the fast path.
-        p.fast = p.fast_layout(parsed);
+        p.learn_shape(parsed);
         Ok(())
     }
 
