@@ -388,7 +388,9 @@ mod fast_path_matches_the_general_path {
     /// designated timestamp.
     fn create_tables(db: &Database) {
         use ColumnType as T;
-        let tables: [(&str, Vec<(&str, T)>, bool); 4] = [
+        /// A table: its name, its columns, whether it has a designated timestamp.
+        type Table = (&'static str, Vec<(&'static str, T)>, bool);
+        let tables: [Table; 4] = [
             (
                 "typed",
                 vec![
