@@ -90,6 +90,28 @@ pub(super) struct Entry {
     pub kind: Kind,
 }
 
+impl Entry {
+    /// The entry for a tag or field named `key`, introduced by `lead`
+    /// (`,` or ` `).
+    pub(super) fn new(lead: u8, key: &str, column: usize, kind: Kind) -> Entry {
+        Entry {
+            prefix: Bytes::new(&[&[lead], key.as_bytes(), b"="].concat()),
+            column,
+            kind,
+        }
+    }
+
+    /// Whether this is the entry [`Entry::new`] makes of these.
+    pub(super) fn is(&self, lead: u8, key: &str, column: usize, kind: Kind) -> bool {
+        let p = self.prefix.as_slice();
+        p.len() == key.len() + 2
+            && p[0] == lead
+            && &p[1..p.len() - 1] == key.as_bytes()
+            && self.column == column
+            && self.kind == kind
+    }
+}
+
 /// The shape of a table's last line (see the module docs).
 #[derive(Debug)]
 pub(super) struct Layout {

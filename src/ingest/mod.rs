@@ -129,34 +129,38 @@ impl Pending {
         }
     }
 
-    /// Whether `layout` is `line`'s shape, as [`Pending::fast_layout`]
-    /// would make it.
-    fn describes(&self, layout: &fast::Layout, line: &Line<'_>) -> bool {
+    /// Each tag and field of `line` as the fast path reads it: the byte
+    /// before its name, the name, its column and how its value is read;
+    /// `None` for one only the general path takes (an escaped name, a
+    /// conversion).
+    fn shape<'s>(
+        &'s self,
+        line: &'s Line<'_>,
+    ) -> impl Iterator<Item = Option<(u8, &'s str, usize, fast::Kind)>> + 's {
         let tags = line.tags.len();
         let names = line.tags.iter().map(|(k, _)| k);
         let names = names.chain(line.fields.iter().map(|(k, _)| k));
+        names.enumerate().map(move |(pos, key)| {
+            let Cow::Borrowed(key) = key else { return None };
+            let column = self.layout.get(pos)?.as_ref()?.1;
+            let ty = self.schema.columns.get(column)?.ty;
+            let kind = match pos.checked_sub(tags) {
+                None => fast::Kind::tag(ty)?,
+                Some(f) => fast::Kind::field(ty, &line.fields[f].1)?,
+            };
+            Some((if pos == tags { b' ' } else { b',' }, *key, column, kind))
+        })
+    }
+
+    /// Whether `layout` is `line`'s shape, as [`Pending::fast_layout`]
+    /// would make it.
+    fn describes(&self, layout: &fast::Layout, line: &Line<'_>) -> bool {
         layout.columns == self.builder.column_count()
             && layout.measurement.as_slice() == line.measurement.as_bytes()
-            && layout.entries.len() == tags + line.fields.len()
-            && names
-                .zip(&layout.entries)
-                .enumerate()
-                .all(|(pos, (key, e))| {
-                    let p = e.prefix.as_slice();
-                    let lead = if pos == tags { b' ' } else { b',' };
-                    let column = self.layout.get(pos).and_then(|c| c.as_ref()).map(|c| c.1);
-                    let kind = self.schema.columns.get(e.column).and_then(|c| {
-                        match pos.checked_sub(tags) {
-                            None => fast::Kind::tag(c.ty),
-                            Some(f) => fast::Kind::field(c.ty, &line.fields[f].1),
-                        }
-                    });
-                    p.len() == key.len() + 2
-                        && p[0] == lead
-                        && &p[1..p.len() - 1] == key.as_bytes()
-                        && column == Some(e.column)
-                        && kind == Some(e.kind)
-                })
+            && layout.entries.len() == line.tags.len() + line.fields.len()
+            && self.shape(line).zip(&layout.entries).all(|(item, e)| {
+                item.is_some_and(|(lead, key, column, kind)| e.is(lead, key, column, kind))
+            })
     }
 
     /// The fast-path layout of `line`, just added through the general
@@ -166,30 +170,12 @@ impl Pending {
         let Cow::Borrowed(measurement) = &line.measurement else {
             return None;
         };
-        let tags = line.tags.len();
-        let mut entries = Vec::with_capacity(tags + line.fields.len());
         let mut set = vec![false; self.builder.column_count()];
-        let names = line.tags.iter().map(|(k, _)| k);
-        let names = names.chain(line.fields.iter().map(|(k, _)| k));
-        for (pos, key) in names.enumerate() {
-            let Cow::Borrowed(key) = key else { return None };
-            let column = self.layout.get(pos)?.as_ref()?.1;
-            let ty = self.schema.columns.get(column)?.ty;
-            let kind = match pos.checked_sub(tags) {
-                None => fast::Kind::tag(ty)?,
-                Some(f) => fast::Kind::field(ty, &line.fields[f].1)?,
-            };
-            let lead = if pos == tags { b' ' } else { b',' };
-            let mut prefix = Vec::with_capacity(key.len() + 2);
-            prefix.push(lead);
-            prefix.extend_from_slice(key.as_bytes());
-            prefix.push(b'=');
+        let mut entries = Vec::with_capacity(line.tags.len() + line.fields.len());
+        for item in self.shape(line) {
+            let (lead, key, column, kind) = item?;
             *set.get_mut(column)? = true;
-            entries.push(fast::Entry {
-                prefix: fast::Bytes::new(&prefix),
-                column,
-                kind,
-            });
+            entries.push(fast::Entry::new(lead, key, column, kind));
         }
         let timestamp = self.schema.timestamp;
         if let Some(t) = timestamp {
