@@ -831,3 +831,51 @@ fn open_ports_need_users_and_replicas_refuse_admins() {
     let r = exec_as(&p, READER, "select count() from t");
     assert_eq!(r.json()["dataset"][0][0], 1);
 }
+
+/// Lines an ILP/TCP client sends right behind its signature, in the same
+/// write, are kept when a later line is bad: the lines before a bad line
+/// are committed, on a logged-in connection as on any other.
+#[test]
+fn ilp_tcp_lines_sent_with_the_signature_survive_a_bad_line() {
+    use aws_lc_rs::signature::{self, EcdsaKeyPair};
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let users = Users::new(dir.path());
+    let s = start(&dir.path().join("node"), &users.args());
+    let (d, x, y) = &users.key;
+    let mut point = vec![4u8];
+    point.extend(URL_SAFE_NO_PAD.decode(x).unwrap());
+    point.extend(URL_SAFE_NO_PAD.decode(y).unwrap());
+    let key = EcdsaKeyPair::from_private_key_and_public_key(
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &URL_SAFE_NO_PAD.decode(d).unwrap(),
+        &point,
+    )
+    .unwrap();
+    let mut c = std::net::TcpStream::connect(s.ilp).unwrap();
+    c.write_all(format!("{}\n", WRITER.0).as_bytes()).unwrap();
+    let mut challenge = Vec::new();
+    BufReader::new(c.try_clone().unwrap())
+        .read_until(b'\n', &mut challenge)
+        .unwrap();
+    assert_eq!(challenge.pop(), Some(b'\n'));
+    let sig = key
+        .sign(&aws_lc_rs::rand::SystemRandom::new(), &challenge)
+        .unwrap();
+    let mut rest = STANDARD.encode(sig).into_bytes();
+    rest.extend_from_slice(b"\n");
+    for i in 0..3 {
+        writeln!(
+            rest,
+            "signed,host=a n={i}i {}",
+            1_704_067_200_000_000_000i64 + i
+        )
+        .unwrap();
+    }
+    rest.extend_from_slice(b"signed,host=a n=oops\n");
+    c.write_all(&rest).unwrap();
+    eventually(Duration::from_secs(60), || {
+        (row_count(&s.data_dir, "signed") == 3).then_some(())
+    });
+}

@@ -71,18 +71,10 @@ pub(super) async fn serve(
             warn!(peer, "ILP/TCP: closing connection: {msg}");
             return;
         }
-        // Lines that came with the signature: parsed now, not after the
-        // next read (which may never come).
-        if filled > 0 {
-            let Some(used) = conn.add(&data[..filled], false) else {
-                conn.wait_in_flight().await;
-                return;
-            };
-            data.copy_within(used..filled, 0);
-            filled -= used;
-            conn.bytes += used;
-        }
     }
+    // Lines that came with the signature are parsed before the first read
+    // (which may never come), the same way as any read's.
+    let mut unread = filled > 0;
     loop {
         if filled == data.len() {
             if data.len() >= line_max {
@@ -104,24 +96,28 @@ pub(super) async fn serve(
                 .min(SHUTDOWN_POLL),
             None => SHUTDOWN_POLL,
         };
-        let n = match or_tick(env.stack, wait, stream.read(&mut data[filled..])).await {
-            Event::Tick => {
-                if conn.due() && !conn.commit().await {
-                    return;
+        let eof = if std::mem::take(&mut unread) {
+            false
+        } else {
+            let n = match or_tick(env.stack, wait, stream.read(&mut data[filled..])).await {
+                Event::Tick => {
+                    if conn.due() && !conn.commit().await {
+                        return;
+                    }
+                    if state.shutting_down() {
+                        break;
+                    }
+                    continue;
                 }
-                if state.shutting_down() {
+                Event::Ready(Ok(n)) => n,
+                Event::Ready(Err(e)) => {
+                    debug!(peer, error = %e, "ILP/TCP read failed");
                     break;
                 }
-                continue;
-            }
-            Event::Ready(Ok(n)) => n,
-            Event::Ready(Err(e)) => {
-                debug!(peer, error = %e, "ILP/TCP read failed");
-                break;
-            }
+            };
+            filled += n;
+            n == 0
         };
-        let eof = n == 0;
-        filled += n;
         // Whole lines only, unless the peer is done: then the rest is the
         // last line. `add` says how far it got (a newline inside a quoted
         // string does not end a line), and the rest waits for more bytes.
