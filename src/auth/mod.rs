@@ -324,7 +324,7 @@ impl std::fmt::Debug for User {
 }
 
 impl User {
-    fn principal(&self) -> Principal {
+    pub(crate) fn principal(&self) -> Principal {
         Principal {
             user: self.name.clone(),
             permission: self.permission,
@@ -725,7 +725,7 @@ impl Auth {
     }
 
     /// Counts a successful login.
-    pub fn succeeded(&self, door: Door, _peer: Option<IpAddr>) {
+    pub fn succeeded(&self, door: Door) {
         // The address's failures are not forgotten: a guesser holding one
         // valid login must not reset its own slowdown with it. They expire
         // a minute after the last one.

@@ -225,7 +225,7 @@ fn failures_slow_the_same_peer_down_and_are_counted() {
         Duration::ZERO
     );
     // A valid login from the address does not reset its slowdown.
-    auth.succeeded(Door::Http, Some(ip));
+    auth.succeeded(Door::Http);
     assert!(auth.admit(Some(ip)) > Duration::ZERO);
     assert_eq!(
         auth.failed(Door::Http, Some(ip), "x", &Denied::Invalid),

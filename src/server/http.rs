@@ -144,7 +144,7 @@ async fn authorize(
     };
     let who = match checked {
         Ok(p) => {
-            auth.succeeded(Door::Http, peer);
+            auth.succeeded(Door::Http);
             p
         }
         Err(denied) => {

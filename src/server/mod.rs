@@ -117,7 +117,7 @@ pub(crate) struct ServerState {
     db: Weak<Database>,
     config: ServerConfig,
     shutting_down: AtomicBool,
-    connections: AtomicUsize,
+    connections: Arc<AtomicUsize>,
     /// Numbers the `errorId` of HTTP error answers.
     errors: AtomicU64,
     /// Random per process, so error ids from two runs do not collide.
@@ -145,21 +145,28 @@ impl ServerState {
     }
 
     /// Counts a connection in; `None` when at the limit.
-    fn enter(self: &Arc<Self>) -> Option<ConnectionGuard> {
-        let n = self.connections.fetch_add(1, Ordering::AcqRel);
-        if n >= self.config.connections_max {
-            self.connections.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ConnectionGuard(self.clone()))
+    fn enter(&self) -> Option<Slot> {
+        Slot::enter(&self.connections, self.config.connections_max)
     }
 }
 
-struct ConnectionGuard(Arc<ServerState>);
+/// A connection's place in a count of open ones, given back on drop.
+pub(crate) struct Slot(Arc<AtomicUsize>);
 
-impl Drop for ConnectionGuard {
+impl Slot {
+    /// Counts one in; `None` (and nothing counted) when `limit` are open.
+    pub(crate) fn enter(count: &Arc<AtomicUsize>, limit: usize) -> Option<Slot> {
+        if count.fetch_add(1, Ordering::AcqRel) >= limit {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(count.clone()))
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -244,7 +251,7 @@ impl Server {
             db: Arc::downgrade(&db),
             config,
             shutting_down: AtomicBool::new(false),
-            connections: AtomicUsize::new(0),
+            connections: Arc::new(AtomicUsize::new(0)),
             errors: AtomicU64::new(0),
             error_prefix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -66,7 +66,7 @@ pub(super) async fn serve(
             }
             Err(None) => return,
         };
-        state.config.auth.succeeded(Door::IlpTcp, ip);
+        state.config.auth.succeeded(Door::IlpTcp);
         if let Err(msg) = who.require(Permission::Write, &"ILP/TCP writes") {
             warn!(peer, "ILP/TCP: closing connection: {msg}");
             return;

@@ -309,11 +309,8 @@ impl PgHandler {
     /// Whom the session runs as: its authenticated user (the startup
     /// handler let no one else in), or everyone when authentication is off.
     fn principal<C: ClientInfo>(&self, client: &C) -> PgWireResult<Principal> {
-        if !self.auth.enabled() {
-            return Ok(Principal::anonymous());
-        }
-        // Set only once the login completed: the startup user name alone
-        // proves nothing.
+        // Set by the startup handler only once the login completed (or at
+        // once without users): the startup user name alone proves nothing.
         match client.session_extensions().get::<LoggedIn>() {
             Some(p) => Ok(p.0.clone()),
             None => Err(fatal("28000", "not logged in".to_owned())),
@@ -776,16 +773,14 @@ impl StartupHandler for PgStartup {
                 }
                 match self.driver.advance_authentication(client, m).await {
                     Ok(AuthOutcome::Authenticated { final_message, .. }) => {
-                        self.auth
-                            .succeeded(Door::Pg, Some(client.socket_addr().ip()));
                         let name = client.metadata().get("user").cloned().unwrap_or_default();
-                        let Some(u) = self.auth.users().and_then(|u| u.get(&name)) else {
+                        let Some(who) = self.auth.users().and_then(|u| u.get(&name)) else {
                             return Err(fatal("28000", format!("no user {name:?}")));
                         };
-                        client.session_extensions().insert(LoggedIn(Principal {
-                            user: u.name.clone(),
-                            permission: u.permission,
-                        }));
+                        client
+                            .session_extensions()
+                            .insert(LoggedIn(who.principal()));
+                        self.auth.succeeded(Door::Pg);
                         self.driver
                             .complete_authentication(client, final_message)
                             .await
@@ -796,15 +791,6 @@ impl StartupHandler for PgStartup {
             }
             _ => Ok(()),
         }
-    }
-}
-
-/// A PostgreSQL connection's place in the count of open ones.
-struct Slot(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -857,15 +843,12 @@ pub fn listen(
                     continue;
                 }
             };
-            use std::sync::atomic::Ordering;
-            if connections.fetch_add(1, Ordering::AcqRel) >= PG_CONNECTIONS_MAX {
-                connections.fetch_sub(1, Ordering::AcqRel);
+            let Some(slot) = crate::server::Slot::enter(&connections, PG_CONNECTIONS_MAX) else {
                 warn!(peer = %peer, limit = PG_CONNECTIONS_MAX, "refusing PostgreSQL connection: too many open");
                 continue;
-            }
+            };
             let _ = socket.set_nodelay(true);
             let handler = handler.clone();
-            let slot = Slot(connections.clone());
             let tls = tls.clone();
             tokio::spawn(async move {
                 // Released when the task ends, a panic in it included.
